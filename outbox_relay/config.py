@@ -1,0 +1,227 @@
+"""One immutable Config: defaults in one table, then a TOML file, the environment, flags.
+
+Precedence: flags > OUTBOX_RELAY_* environment > TOML file > defaults. Library
+code never reads the environment or argv itself; the CLI builds a Config and
+hands it down.
+"""
+
+import dataclasses
+import os
+import re
+import urllib.parse
+
+from .errors import ConfigError
+from .schema import check_table_name
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+ENV_PREFIX = "OUTBOX_RELAY_"
+DEFAULT_CONFIG_FILE = "outbox-relay.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    default: object
+    kind: str  # str, int, float, bool, choice, url, hostport, table
+    help: str
+    choices: tuple = ()
+    minimum: float | None = None
+    secret: bool = False
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self):
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS = (
+    Setting("outbox", "data/outbox.db", "str", "the local SQLite outbox"),
+    Setting("target", "sqlite:///data/archive.db", "url",
+            "where messages go (postgresql://user:pass@host:5432/db?sslmode=require on RDS)"),
+    Setting("table", "feishu_messages", "table", "target table"),
+    Setting("http", "127.0.0.1:8080", "hostport", "where run/serve listen (HOST:PORT)"),
+    Setting("batch_size", 500, "int", "rows per relay batch", minimum=1),
+    Setting("pool_size", 2, "int", "most target connections the relay holds", minimum=1),
+    Setting("max_pending", 1000, "int", "pending rows kept before overflow applies", minimum=1),
+    Setting("overflow", "park", "choice", "what overflow does", choices=("park", "reject")),
+    Setting("keep_delivered", 1000, "int", "delivered rows kept locally", minimum=0),
+    Setting("synchronous", "full", "choice", "SQLite durability", choices=("full", "normal")),
+    Setting("feishu_encrypt_key", None, "str", "decrypt + verify Feishu signatures", secret=True),
+    Setting("feishu_verification_token", None, "str", "check the Feishu event token", secret=True),
+    Setting("auth_token", None, "str", "bearer token for non-Feishu senders", secret=True),
+    # Beyond the design card's table: tuning a production deployment needs these.
+    Setting("busy_timeout", 30.0, "float", "seconds a writer waits for the outbox lock", minimum=0),
+    Setting("connect_timeout", 10, "int", "seconds to wait for a target connection", minimum=1),
+    Setting("statement_timeout", 30, "int", "seconds a target statement may run", minimum=1),
+    Setting("max_body", 1048576, "int", "largest webhook body accepted, bytes", minimum=1024),
+    Setting("unhealthy_after", 300, "float",
+            "seconds the target may be unreachable before health reports down", minimum=1),
+    Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    outbox: str = "data/outbox.db"
+    target: str = "sqlite:///data/archive.db"
+    table: str = "feishu_messages"
+    http: str = "127.0.0.1:8080"
+    batch_size: int = 500
+    pool_size: int = 2
+    max_pending: int = 1000
+    overflow: str = "park"
+    keep_delivered: int = 1000
+    synchronous: str = "full"
+    feishu_encrypt_key: str | None = None
+    feishu_verification_token: str | None = None
+    auth_token: str | None = None
+    busy_timeout: float = 30.0
+    connect_timeout: int = 10
+    statement_timeout: int = 30
+    max_body: int = 1048576
+    unhealthy_after: float = 300.0
+    http_threads: int = 8
+    config_file: str | None = None
+    sources: tuple = ()  # (name, where-from) for `outbox-relay config`
+
+    def __post_init__(self):
+        for s in SETTINGS:
+            object.__setattr__(self, s.name, _parse(s, getattr(self, s.name), "value"))
+
+    @property
+    def target_is_default(self):
+        return self.target == BY_NAME["target"].default
+
+    @property
+    def http_address(self):
+        host, _, port = self.http.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def outbox_kwargs(self):
+        return dict(max_pending=self.max_pending, overflow=self.overflow, synchronous=self.synchronous,
+                    busy_timeout=self.busy_timeout, keep_delivered=self.keep_delivered)
+
+    def open_outbox(self):
+        from .outbox import Outbox
+        return Outbox(self.outbox, **self.outbox_kwargs())
+
+    def masked(self):
+        """Every setting with where it came from; secrets and URL passwords hidden."""
+        origin = dict(self.sources)
+        out = {}
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if s.secret and value:
+                value = "***"
+            elif s.kind == "url":
+                value = mask_url(value)
+            out[s.name] = {"value": value, "from": origin.get(s.name, "default")}
+        return out
+
+    @classmethod
+    def load(cls, flags=None, environ=None, config_file=None):
+        """Build the effective Config. `flags` holds only what the user gave on the command line."""
+        flags = {k: v for k, v in (flags or {}).items() if v is not None}
+        environ = os.environ if environ is None else environ
+        explicit = config_file or environ.get(ENV_PREFIX + "CONFIG")
+        path = explicit or (DEFAULT_CONFIG_FILE if os.path.exists(DEFAULT_CONFIG_FILE) else None)
+        values, sources = {}, {}
+        if path:
+            for name, value in _read_toml(path).items():
+                values[name], sources[name] = value, f"file {path}"
+        for s in SETTINGS:
+            if s.env in environ and environ[s.env] != "":
+                values[s.name], sources[s.name] = environ[s.env], f"env {s.env}"
+        for name, value in flags.items():
+            if name not in BY_NAME:
+                raise ConfigError(f"unknown setting {name!r}")
+            values[name], sources[name] = value, f"flag {BY_NAME[name].flag}"
+        parsed = {}
+        for name, value in values.items():
+            parsed[name] = _parse(BY_NAME[name], value, sources[name])
+        return cls(**parsed, config_file=path, sources=tuple(sorted(sources.items())))
+
+
+def _read_toml(path):
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    # Accept both a flat file and one with an [outbox-relay] / [outbox_relay] table.
+    for section in ("outbox-relay", "outbox_relay"):
+        if isinstance(data.get(section), dict):
+            data = data[section]
+    unknown = sorted(k for k in data if k.replace("-", "_") not in BY_NAME)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _parse(s, value, origin):
+    """Turn one raw value (str from env/flags, typed from TOML) into the setting's type, or raise."""
+    if value is None:
+        return None
+    where = f"{s.name} ({s.flag} / {s.env})"
+    shown = "***" if s.secret else (mask_url(value) if s.kind == "url" and isinstance(value, str) else value)
+
+    def bad(why):
+        return ConfigError(f"invalid {where} from {origin}: {shown!r} {why}")
+
+    if s.kind in ("int", "float"):
+        if isinstance(value, bool):
+            raise bad("is not a number")
+        try:
+            value = int(value) if s.kind == "int" else float(value)
+        except (TypeError, ValueError):
+            raise bad("is not " + ("an integer" if s.kind == "int" else "a number")) from None
+        if s.minimum is not None and value < s.minimum:
+            raise bad(f"is below the minimum {s.minimum:g}")
+        return value
+    if not isinstance(value, str):
+        raise bad("must be a string")
+    if s.kind == "choice":
+        if value.lower() not in s.choices:
+            raise bad(f"must be one of: {', '.join(s.choices)}")
+        return value.lower()
+    if s.kind == "hostport":
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise bad("must be HOST:PORT, e.g. 127.0.0.1:8080")
+        return value
+    if s.kind == "table":
+        try:
+            return check_table_name(value)
+        except ConfigError:
+            raise bad("is not a valid table name (letters, digits, _; optionally schema.table)") from None
+    if s.kind == "url":
+        scheme = urllib.parse.urlsplit(value).scheme.split("+")[0]
+        if scheme not in ("postgresql", "postgres", "sqlite"):
+            raise bad("must be a postgresql:// or sqlite:/// URL")
+        return value
+    if value == "":
+        raise bad("must not be empty")
+    return value
+
+
+_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
+
+
+def mask_url(url):
+    """postgresql://user:secret@host/db -> postgresql://user:***@host/db; password= in the query too."""
+    if not isinstance(url, str):
+        return url
+    url = _PASSWORD.sub(r"\1***\3", url)
+    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)

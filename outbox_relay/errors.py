@@ -1,0 +1,80 @@
+"""One error tree for the whole package (dramatiq's errors.py is the model).
+
+Driver errors (sqlite3, psycopg2, peewee) are translated at one boundary each:
+the outbox for SQLite, target.classify() for the target database.
+"""
+
+
+class OutboxRelayError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class InvalidMessage(OutboxRelayError, ValueError):
+    """Raised by the normalizer when a payload is not a message we can store."""
+
+
+class NotAMessage(InvalidMessage):
+    """Raised for a well-formed Feishu event that is not a chat message.
+
+    The webhook acknowledges these (200) and stores nothing; `event_type` says
+    what it was (``url_verification``, ``im.chat.member.bot.added_v1`` …).
+    """
+
+    def __init__(self, event_type, detail=None):
+        self.event_type = event_type
+        super().__init__(detail or f"not a chat message: event type {event_type!r}")
+
+
+class OutboxError(OutboxRelayError):
+    """Raised when the local outbox cannot do what was asked."""
+
+
+class OutboxFull(OutboxError):
+    """Raised by put() under ``overflow=reject`` when max_pending rows are already pending."""
+
+
+class OutboxUnavailable(OutboxError):
+    """Raised when the outbox cannot commit now (locked past busy_timeout, disk full, read-only)."""
+
+
+class RelayLocked(OutboxRelayError):
+    """Raised when another relay already works this outbox (the lock beside the file is held)."""
+
+
+class ConfigError(OutboxRelayError, ValueError):
+    """Raised for a configuration value that is missing, malformed or out of range."""
+
+
+class TargetError(OutboxRelayError):
+    """Raised for a target database failure, already classified.
+
+    `transient` errors (connection lost, timeouts, SQLSTATE 08/53/57/40…) leave
+    rows pending and are retried; the others are about the rows themselves.
+    """
+
+    def __init__(self, message, *, transient, sqlstate=None):
+        self.transient = transient
+        self.sqlstate = sqlstate
+        super().__init__(message)
+
+
+class TargetUnavailable(TargetError):
+    """Raised for an error the relay waits out: the rows stay pending."""
+
+    def __init__(self, message, sqlstate=None):
+        super().__init__(message, transient=True, sqlstate=sqlstate)
+
+
+class RowRejected(TargetError):
+    """Raised when the target refuses the data itself (SQLSTATE class 22, 23): isolate and park it."""
+
+    def __init__(self, message, sqlstate=None):
+        super().__init__(message, transient=False, sqlstate=sqlstate)
+
+
+class SignatureError(OutboxRelayError):
+    """Raised when a Feishu signature, verification token or bearer token does not match."""
+
+
+class DecryptError(InvalidMessage):
+    """Raised when an encrypted Feishu body cannot be decrypted with the configured key."""

@@ -1,0 +1,468 @@
+"""Every accepted input shape -> one `Message`, or `InvalidMessage`. Pure: no I/O.
+
+Shapes (samples in tests/samples/): Feishu event v2 (`im.message.receive_v1`),
+Feishu event v1 (`event_callback`), OpenClaw's `message:received` hook event,
+and the flat dict the old in-process call and the legacy JSON queue used.
+"""
+
+import dataclasses
+import json
+import re
+
+from .errors import InvalidMessage, NotAMessage
+
+# One message's payload, encoded as UTF-8 JSON. Matches the webhook's default
+# body limit: anything bigger is not a chat message.
+MAX_MESSAGE_BYTES = 1024 * 1024
+# Real events nest 5-6 levels (post content: 4 inside the content string).
+MAX_DEPTH = 32
+MAX_ID_LENGTH = 128
+MAX_KIND_LENGTH = 64
+MESSAGE_EVENT_V2 = "im.message.receive_v1"
+
+SOURCES = ("feishu.v2", "feishu.v1", "openclaw", "api")
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """One chat message, whatever shape it arrived in. `message_id` is the idempotency key."""
+
+    message_id: str
+    source: str
+    chat_id: str | None = None
+    chat_type: str | None = None
+    thread_id: str | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    sender_id: str | None = None
+    sender_type: str | None = None
+    msg_type: str = "text"
+    content: object = None
+    text: str = ""
+    mentions: list = dataclasses.field(default_factory=list)
+    created_at: int | None = None  # epoch milliseconds, UTC
+    raw: object = None
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls) if f.name in data})
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text):
+        return cls.from_dict(json.loads(text))
+
+
+def parse_payload(data):
+    """Bytes or str of JSON -> a dict, or InvalidMessage. Size is checked before parsing."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = bytes(data)
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise InvalidMessage(f"payload too large: {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidMessage(f"payload is not valid UTF-8 (byte {e.start})") from None
+    elif not isinstance(data, str):
+        raise InvalidMessage(f"payload must be JSON text, not {type(data).__name__}")
+    elif len(data) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"payload too large: {len(data)} characters, limit {MAX_MESSAGE_BYTES}")
+    if not data.strip():
+        raise InvalidMessage("payload is empty")
+    value = _loads(data, "payload")
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"payload must be a JSON object, not {_json_type(value)}")
+    return value
+
+
+def normalize(payload):
+    """Any accepted shape (a dict, or JSON text) -> Message. Raises InvalidMessage / NotAMessage."""
+    if isinstance(payload, Message):
+        return payload
+    if isinstance(payload, (str, bytes, bytearray, memoryview)):
+        payload = parse_payload(payload)
+    if not isinstance(payload, dict):
+        raise InvalidMessage(f"payload must be a JSON object, not {_json_type(payload)}")
+    _check_shape(payload)
+    if "encrypt" in payload and len(payload) == 1:
+        raise InvalidMessage("encrypted Feishu event: it must be decrypted first (configure the encrypt key)")
+    if payload.get("type") == "url_verification":
+        raise NotAMessage("url_verification", "Feishu url_verification handshake, not a message")
+    if payload.get("schema") == "2.0" or "header" in payload:
+        message = _from_feishu_v2(payload)
+    elif payload.get("type") == "event_callback":
+        message = _from_feishu_v1(payload)
+    elif payload.get("type") == "message" and "context" in payload:
+        message = _from_openclaw(payload)
+    elif "message_id" in payload:
+        message = _from_flat(payload)
+    elif "type" in payload and isinstance(payload["type"], str):
+        raise InvalidMessage(f"unsupported event type {payload['type']!r}")
+    else:
+        raise InvalidMessage("unrecognised payload: no message_id and not a Feishu or OpenClaw event")
+    return message
+
+
+# -- shapes -------------------------------------------------------------------
+
+
+def _from_feishu_v2(p):
+    header = _get(p, "header", dict, required=True, where="")
+    event_type = _get(header, "event_type", str, required=True, where="header.")
+    if event_type != MESSAGE_EVENT_V2:
+        raise NotAMessage(event_type)
+    event = _get(p, "event", dict, required=True, where="")
+    msg = _get(event, "message", dict, required=True, where="event.")
+    sender = _get(event, "sender", dict, where="event.") or {}
+    sender_ids = _get(sender, "sender_id", dict, where="event.sender.") or {}
+    msg_type = _kind(msg, "message_type", "event.message.", default="text")
+    content = _json_string(msg, "content", "event.message.")
+    mentions = _get(msg, "mentions", list, where="event.message.") or []
+    created = _get(msg, "create_time", (str, int), where="event.message.")
+    if created is None:
+        created = _get(header, "create_time", (str, int), where="header.")
+    return _build(
+        source="feishu.v2",
+        message_id=_id(msg, "message_id", "event.message.", required=True),
+        chat_id=_id(msg, "chat_id", "event.message."),
+        chat_type=_kind(msg, "chat_type", "event.message."),
+        thread_id=_id(msg, "thread_id", "event.message."),
+        root_id=_id(msg, "root_id", "event.message."),
+        parent_id=_id(msg, "parent_id", "event.message."),
+        sender_id=(_id(sender_ids, "open_id", "event.sender.sender_id.")
+                   or _id(sender_ids, "user_id", "event.sender.sender_id.")
+                   or _id(sender_ids, "union_id", "event.sender.sender_id.")),
+        sender_type=_kind(sender, "sender_type", "event.sender."),
+        msg_type=msg_type,
+        content=content,
+        text=extract_text(msg_type, content, mentions),
+        mentions=mentions,
+        created_at=parse_timestamp(created, "event.message.create_time"),
+        raw=p,
+    )
+
+
+_AT_TAG = re.compile(r"<at\b[^>]*>(.*?)</at>", re.S)
+
+
+def _from_feishu_v1(p):
+    event = _get(p, "event", dict, required=True, where="")
+    event_type = _get(event, "type", str, required=True, where="event.")
+    if event_type != "message":
+        raise NotAMessage(event_type)
+    msg_type = _kind(event, "msg_type", "event.", default="text")
+    raw_text = _get(event, "text", str, where="event.") or ""
+    chat_type = _kind(event, "chat_type", "event.")
+    content = {"text": raw_text} if msg_type == "text" else {
+        k: v for k, v in event.items() if k in ("image_key", "file_key", "title", "text")}
+    text = _AT_TAG.sub(r"\1", raw_text) if msg_type == "text" else extract_text(msg_type, content, [])
+    ts = _get(p, "ts", (str, int, float), where="")
+    return _build(
+        source="feishu.v1",
+        message_id=_id(event, "open_message_id", "event.", required=True, name="message_id"),
+        chat_id=_id(event, "open_chat_id", "event."),
+        chat_type="p2p" if chat_type == "private" else chat_type,
+        root_id=_id(event, "root_id", "event."),
+        parent_id=_id(event, "parent_id", "event."),
+        sender_id=_id(event, "open_id", "event.") or _id(event, "user_open_id", "event."),
+        sender_type="user",
+        msg_type=msg_type,
+        content=content,
+        text=text,
+        mentions=[],
+        created_at=parse_timestamp(ts, "ts") if ts is not None else None,
+        raw=p,
+    )
+
+
+def _from_openclaw(p):
+    if p.get("action") != "received":
+        raise NotAMessage(f"message:{p.get('action')}")
+    ctx = _get(p, "context", dict, required=True, where="")
+    meta = _get(ctx, "metadata", dict, where="context.") or {}
+    body = _get(ctx, "content", str, where="context.") or ""
+    conversation = _get(ctx, "conversationId", str, where="context.") or ""
+    origin = _get(ctx, "from", str, where="context.") or ""
+    # "feishu:group:oc_x" -> group; "feishu:oc_x" -> oc_x (the provider prefix goes).
+    parts = origin.split(":")
+    chat_type = parts[1] if len(parts) == 3 else None
+    chat_id = conversation.split(":", 1)[1] if ":" in conversation else (conversation or None)
+    created = ctx.get("timestamp")
+    if created is None:
+        created = p.get("timestamp")
+    return _build(
+        source="openclaw",
+        message_id=_id(ctx, "messageId", "context.", required=True, name="message_id"),
+        chat_id=_check_len(chat_id, "context.conversationId", MAX_ID_LENGTH),
+        chat_type=_check_len(chat_type, "context.from", MAX_KIND_LENGTH),
+        thread_id=_id(meta, "threadId", "context.metadata."),
+        sender_id=_id(meta, "senderId", "context.metadata."),
+        sender_type="user",
+        msg_type="text",
+        content={"text": body},
+        text=body,
+        mentions=[],
+        created_at=parse_timestamp(created, "context.timestamp") if created is not None else None,
+        raw=p,
+    )
+
+
+def _from_flat(p):
+    msg_type = _kind(p, "msg_type", "", default=None) or _kind(p, "message_type", "", default="text")
+    if "content" in p and p["content"] is not None:
+        if isinstance(p["content"], dict):
+            content = p["content"]
+        else:
+            content = _json_string(p, "content", "")
+    else:
+        text = _get(p, "text", str, where="")
+        content = {"text": text or ""}
+    mentions = _get(p, "mentions", list, where="") or []
+    text = _get(p, "text", str, where="")
+    if text is None:
+        text = extract_text(msg_type, content, mentions)
+    created = p.get("create_time", p.get("created_at"))
+    return _build(
+        source="api",
+        message_id=_id(p, "message_id", "", required=True),
+        chat_id=_id(p, "chat_id", ""),
+        chat_type=_kind(p, "chat_type", ""),
+        thread_id=_id(p, "thread_id", ""),
+        root_id=_id(p, "root_id", ""),
+        parent_id=_id(p, "parent_id", ""),
+        sender_id=_id(p, "sender_id", ""),
+        sender_type=_kind(p, "sender_type", ""),
+        msg_type=msg_type,
+        content=content,
+        text=text,
+        mentions=mentions,
+        created_at=parse_timestamp(created, "create_time") if created is not None else None,
+        raw=p,
+    )
+
+
+def _build(**fields):
+    return Message(**fields)
+
+
+# -- text extraction ------------------------------------------------------------
+
+_PLACEHOLDERS = {
+    "image": "[image]", "file": "[file]", "audio": "[audio]", "media": "[video]",
+    "sticker": "[sticker]", "interactive": "[card]", "share_chat": "[shared chat]",
+    "share_user": "[shared contact]", "location": "[location]", "video_chat": "[video call]",
+    "merge_forward": "[forwarded messages]", "system": "[system]", "hongbao": "[red packet]",
+    "todo": "[todo]", "vote": "[vote]", "calendar": "[calendar]", "share_calendar_event": "[calendar]",
+}
+_POST_LOCALES = ("zh_cn", "en_us", "ja_jp")
+
+
+def extract_text(msg_type, content, mentions=()):
+    """Plain text for search: text -> text, post -> its runs joined, others -> a placeholder."""
+    if msg_type == "text" and isinstance(content, dict):
+        text = content.get("text")
+        text = text if isinstance(text, str) else ""
+        for m in mentions or ():
+            if isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("name"), str):
+                text = text.replace(m["key"], "@" + m["name"])
+        return text
+    if msg_type == "post" and isinstance(content, dict):
+        return _post_text(content)
+    if msg_type == "file" and isinstance(content, dict) and isinstance(content.get("file_name"), str):
+        return f"[file] {content['file_name']}"
+    return _PLACEHOLDERS.get(msg_type, f"[{msg_type}]")
+
+
+def _post_text(content):
+    body = content
+    if "content" not in content:
+        # A locale wrapper: {"zh_cn": {"title": …, "content": […]}, "en_us": …}
+        wrapped = [content[k] for k in _POST_LOCALES if isinstance(content.get(k), dict)]
+        wrapped += [v for k, v in content.items() if k not in _POST_LOCALES and isinstance(v, dict)]
+        body = wrapped[0] if wrapped else {}
+    lines = []
+    title = body.get("title")
+    if isinstance(title, str) and title:
+        lines.append(title)
+    paragraphs = body.get("content")
+    for para in paragraphs if isinstance(paragraphs, list) else ():
+        runs = para if isinstance(para, list) else [para]
+        line = "".join(_run_text(r) for r in runs if isinstance(r, dict))
+        if line:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _run_text(run):
+    tag = run.get("tag")
+    if tag in ("text", "a", "code_block", "md"):
+        text = run.get("text")
+        return text if isinstance(text, str) else ""
+    if tag == "at":
+        name = run.get("user_name") or run.get("user_id")
+        return "@" + name if isinstance(name, str) else ""
+    if tag == "img":
+        return "[image]"
+    if tag == "media":
+        return "[video]"
+    if tag == "emotion":
+        emoji = run.get("emoji_type")
+        return f"[{emoji}]" if isinstance(emoji, str) else ""
+    return ""
+
+
+# -- field helpers -----------------------------------------------------------------
+
+
+def parse_timestamp(value, field):
+    """Epoch seconds / ms / µs / ns (number or digit string) -> epoch ms. Feishu sends ms strings;
+    16-digit (µs) values appear in its docs, so the unit is inferred from the magnitude."""
+    if isinstance(value, bool):
+        raise InvalidMessage(f"{field} must be an epoch timestamp, not a boolean")
+    if isinstance(value, str):
+        value = value.strip()
+        if re.fullmatch(r"\d{1,19}", value):
+            number = int(value)
+        elif re.fullmatch(r"\d{1,12}\.\d{1,9}", value):
+            number = float(value)
+        else:
+            iso = _parse_iso(value)
+            if iso is None:
+                raise InvalidMessage(f"{field} is not a timestamp: {value[:40]!r}")
+            return iso
+    elif isinstance(value, (int, float)):
+        number = value
+    else:
+        raise InvalidMessage(f"{field} must be an epoch timestamp string or number, not {_json_type(value)}")
+    if number != number or number < 0:
+        raise InvalidMessage(f"{field} is not a valid timestamp: {value!r}")
+    for limit, scale in ((1e11, 1000), (1e14, 1), (1e17, 1e-3), (1e20, 1e-6)):
+        if number < limit:
+            return int(number * scale)
+    raise InvalidMessage(f"{field} is out of range: {str(value)[:40]!r}")
+
+
+def _parse_iso(value):
+    import datetime as dt
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.timezone.utc)
+    return int(parsed.timestamp() * 1000)
+
+
+def _get(obj, key, types, *, required=False, where=""):
+    value = obj.get(key)
+    if value is None or (value == "" and types is not dict):
+        if required:
+            raise InvalidMessage(f"missing {where}{key}")
+        return None
+    if not isinstance(value, types) or isinstance(value, bool):
+        expected = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise InvalidMessage(f"{where}{key} must be {_article(expected)}, not {_json_type(value)}")
+    return value
+
+
+def _id(obj, key, where, *, required=False, name=None):
+    value = _get(obj, key, (str, int), required=required, where=where)
+    if value is None:
+        return None
+    value = str(value)
+    if name and not value.strip():
+        raise InvalidMessage(f"missing {name}")
+    return _check_len(value, where + key, MAX_ID_LENGTH)
+
+
+def _kind(obj, key, where, default=None):
+    value = _get(obj, key, str, where=where)
+    return _check_len(value, where + key, MAX_KIND_LENGTH) if value is not None else default
+
+
+def _check_len(value, field, limit):
+    if value is not None and len(value) > limit:
+        raise InvalidMessage(f"{field} is longer than {limit} characters")
+    return value
+
+
+def _json_string(obj, key, where):
+    value = obj.get(key)
+    if value is None or value == "":
+        return {}
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{where}{key} must be a JSON-encoded string, not {_json_type(value)}")
+    decoded = _loads(value, where + key)
+    if not isinstance(decoded, dict):
+        raise InvalidMessage(f"{where}{key} must encode a JSON object, not {_json_type(decoded)}")
+    _check_shape(decoded, where + key)
+    return decoded
+
+
+def _loads(text, what):
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except InvalidMessage:
+        raise
+    except RecursionError:
+        raise InvalidMessage(f"{what} is nested too deeply (limit {MAX_DEPTH})") from None
+    except ValueError as e:  # JSONDecodeError, and int() refusing 5,000-digit numbers
+        raise InvalidMessage(f"{what} is not valid JSON: {str(e)[:120]}") from None
+
+
+def _reject_constant(name):
+    raise InvalidMessage(f"{name} is not valid JSON")
+
+
+def _check_shape(value, what="payload"):
+    """Depth, size and encodability, checked iteratively before anything recurses into the value."""
+    stack = [(value, 1)]
+    size = 0
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidMessage(f"{what} is nested too deeply (limit {MAX_DEPTH} levels)")
+        if isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise InvalidMessage(f"{what} has a non-string key")
+                size += len(k) + 4
+                stack.append((v, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+            size += 2 + len(item)
+        elif isinstance(item, str):
+            size += len(item) + 2
+        elif isinstance(item, float):
+            if item != item or item in (float("inf"), float("-inf")):
+                raise InvalidMessage(f"{what} contains a non-finite number")
+            size += 24
+        elif item is None or isinstance(item, (bool, int)):
+            size += 8
+        else:
+            raise InvalidMessage(f"{what} contains a {type(item).__name__}, which is not JSON")
+        if size > MAX_MESSAGE_BYTES:
+            raise InvalidMessage(f"{what} is too large (limit {MAX_MESSAGE_BYTES} bytes)")
+    try:
+        encoded = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidMessage(f"{what} contains invalid Unicode (a lone surrogate)") from None
+    except ValueError as e:  # ints too long to print
+        raise InvalidMessage(f"{what} cannot be encoded: {str(e)[:80]}") from None
+    if len(encoded) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"{what} is too large: {len(encoded)} bytes, limit {MAX_MESSAGE_BYTES}")
+
+
+def _json_type(value):
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _article(name):
+    return {"str": "a string", "dict": "an object", "list": "an array", "int": "a number",
+            "str or int": "a string", "str or int or float": "a string or number"}.get(name, name)

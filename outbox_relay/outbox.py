@@ -1,0 +1,454 @@
+"""The local SQLite outbox: put, claim, mark, prune.
+
+Every accepted message is committed here before the caller is answered; the
+relay (sync.py) moves rows on to the target. The hot path is one short
+`BEGIN IMMEDIATE` transaction per put, written with the stdlib sqlite3 module
+so the pragmas and the transaction boundaries are exactly what we say they are.
+
+States: pending -> delivered (-> pruned); pending -> parked (overflow, kept);
+pending -> dead (the target refused the row itself; `replay` requeues).
+"""
+
+import collections
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+
+from .errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
+from .message import Message, normalize
+from .schema import OUTBOX_MIGRATIONS, OUTBOX_VERSION
+
+log = logging.getLogger(__name__)
+
+STATES = ("pending", "delivered", "parked", "dead")
+OVERFLOW_POLICIES = ("park", "reject")
+SYNCHRONOUS = ("full", "normal")
+
+PutResult = collections.namedtuple("PutResult", "message_id duplicate id state")
+Row = collections.namedtuple("Row", "id message_id payload received_at attempts")
+
+
+class Outbox:
+    """A durable local queue of messages, safe from many threads and processes at once.
+
+    `put()` returns only after the SQLite commit (WAL, synchronous=FULL by
+    default), and says whether the message was new or a duplicate of a row
+    still in the outbox (same `message_id`).
+    """
+
+    def __init__(self, path, *, max_pending=1000, overflow="park", synchronous="full",
+                 busy_timeout=30.0, keep_delivered=1000):
+        if overflow not in OVERFLOW_POLICIES:
+            raise ValueError(f"overflow must be one of {OVERFLOW_POLICIES}, not {overflow!r}")
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, not {synchronous!r}")
+        if max_pending < 1 or keep_delivered < 0 or busy_timeout < 0:
+            raise ValueError("max_pending must be >= 1, keep_delivered and busy_timeout >= 0")
+        self.path = os.fspath(path)
+        self.max_pending = max_pending
+        self.overflow = overflow
+        self.synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self.keep_delivered = keep_delivered
+        self._local = threading.local()
+        self._conns = []
+        self._conns_lock = threading.Lock()
+        self._listeners = []
+        self._pid = os.getpid()
+        self._closed = False
+        directory = os.path.dirname(os.path.abspath(self.path))
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise OutboxUnavailable(f"cannot create the outbox directory {directory}: {e.strerror}") from None
+        self._migrate()
+
+    # -- connections -----------------------------------------------------------
+
+    def _conn(self):
+        if self._closed:
+            raise OutboxError("the outbox is closed")
+        if self._pid != os.getpid():
+            # Inherited across fork(): never share a SQLite handle with the parent.
+            self._local = threading.local()
+            self._conns = []
+            self._pid = os.getpid()
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _open(self):
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            return conn
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from None
+
+    def close(self):
+        """Close every connection this object opened (all threads)."""
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _tx(self):
+        return _Transaction(self._conn(), self.path)
+
+    def _migrate(self):
+        conn = self._conn()
+        try:
+            # Both must happen outside a transaction; auto_vacuum only takes on an empty file.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), self.busy_timeout)
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from None
+        with self._tx() as c:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version > OUTBOX_VERSION:
+                raise OutboxError(
+                    f"{self.path} has outbox schema version {version}, newer than this release "
+                    f"understands ({OUTBOX_VERSION}): upgrade outbox-relay")
+            for step in OUTBOX_MIGRATIONS[version:]:
+                for sql in step:
+                    c.execute(sql)
+            if version != OUTBOX_VERSION:
+                c.execute(f"PRAGMA user_version = {OUTBOX_VERSION}")
+                log.debug("outbox %s migrated from schema %s to %s", self.path, version, OUTBOX_VERSION)
+
+    def schema_version(self):
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    # -- writing -----------------------------------------------------------------
+
+    def add_listener(self, callback):
+        """Call `callback()` after every commit that added pending rows (wakes an in-process relay)."""
+        self._listeners.append(callback)
+
+    def put(self, payload):
+        """Normalize and commit one message. Returns PutResult(message_id, duplicate, id, state).
+
+        Raises InvalidMessage (nothing stored), OutboxFull (overflow=reject and
+        max_pending rows pending), OutboxUnavailable (cannot commit now).
+        """
+        return self.put_many([payload])[0]
+
+    def put_many(self, payloads):
+        """Commit many messages in one transaction: all are stored, or none (any invalid -> none)."""
+        messages = []
+        for i, payload in enumerate(payloads):
+            try:
+                messages.append(normalize(payload))
+            except InvalidMessage as e:
+                if len(payloads) == 1:
+                    raise
+                raise type(e)(f"item {i}: {e}") if type(e) is InvalidMessage else e
+        if not messages:
+            return []
+        now = time.time()
+        rows = [_row_values(m, now) for m in messages]
+        results = []
+        added = 0
+        with self._tx() as c:
+            if self.overflow == "reject":
+                pending = _count(c, "pending")
+            for m, values in zip(messages, rows):
+                cur = c.execute(
+                    "INSERT INTO outbox (message_id, chat_id, sender_id, msg_type, text, created_at,"
+                    " received_at, updated_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (message_id) DO NOTHING", values)
+                if cur.rowcount == 1:
+                    if self.overflow == "reject":
+                        if pending >= self.max_pending:
+                            raise OutboxFull(
+                                f"outbox is full: {pending} messages pending (max_pending "
+                                f"{self.max_pending}, overflow=reject); retry later")
+                        pending += 1
+                    results.append(PutResult(m.message_id, False, cur.lastrowid, "pending"))
+                    added += 1
+                else:
+                    existing = c.execute("SELECT id, state FROM outbox WHERE message_id = ?",
+                                         (m.message_id,)).fetchone()
+                    results.append(PutResult(m.message_id, True, existing[0], existing[1]))
+            if added and self.overflow == "park":
+                self._park_overflow(c)
+        if added:
+            self._notify()
+        return results
+
+    def _park_overflow(self, c):
+        excess = _count(c, "pending") - self.max_pending
+        if excess > 0:
+            # Oldest first, as the design card says; the relay refills them oldest first.
+            c.execute(
+                "UPDATE outbox SET state = 'parked', updated_at = ? WHERE id IN"
+                " (SELECT id FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?)",
+                (time.time(), excess))
+
+    def _notify(self):
+        for callback in list(self._listeners):
+            try:
+                callback()
+            except Exception:  # a listener must never turn a committed put into an error
+                log.exception("outbox listener failed")
+
+    # -- the relay's side ------------------------------------------------------------
+
+    def claim(self, limit):
+        """The oldest pending rows, up to `limit`. One relay per outbox, so no lease is needed."""
+        cur = self._read(
+            "SELECT id, message_id, payload, received_at, attempts FROM outbox"
+            " WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,))
+        return [Row(*r) for r in cur]
+
+    def mark_delivered(self, ids):
+        """Rows written to the target -> delivered. Parked ones too: they are in the target now."""
+        if not ids:
+            return 0
+        now = time.time()
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE outbox SET state = 'delivered', delivered_at = ?, updated_at = ?,"
+                " attempts = attempts + 1, last_error = NULL"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND state IN ('pending', 'parked')",
+                (now, now, json.dumps(list(ids))))
+            return cur.rowcount
+
+    def mark_dead(self, row_id, error):
+        with self._tx() as c:
+            c.execute(
+                "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?,"
+                " updated_at = ? WHERE id = ?", (str(error)[:4000], time.time(), row_id))
+
+    def record_error(self, ids, error):
+        """A transient failure: the rows stay pending; remember why and how often."""
+        if not ids:
+            return
+        with self._tx() as c:
+            c.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?, updated_at = ?"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'",
+                (str(error)[:4000], time.time(), json.dumps(list(ids))))
+
+    def refill(self):
+        """Move parked rows back to pending, oldest first, while there is room. Returns how many."""
+        with self._tx() as c:
+            room = self.max_pending - _count(c, "pending")
+            if room <= 0:
+                return 0
+            cur = c.execute(
+                "UPDATE outbox SET state = 'pending', updated_at = ? WHERE id IN"
+                " (SELECT id FROM outbox WHERE state = 'parked' ORDER BY id LIMIT ?)",
+                (time.time(), room))
+            return cur.rowcount
+
+    def prune(self, keep=None):
+        """Delete delivered rows beyond the newest `keep` (default keep_delivered). Returns how many."""
+        keep = self.keep_delivered if keep is None else keep
+        with self._tx() as c:
+            cutoff = c.execute(
+                "SELECT id FROM outbox WHERE state = 'delivered' ORDER BY id DESC LIMIT 1 OFFSET ?",
+                (keep,)).fetchone()
+            if cutoff is None:
+                return 0
+            cur = c.execute("DELETE FROM outbox WHERE state = 'delivered' AND id <= ?", (cutoff[0],))
+            deleted = cur.rowcount
+        if deleted:
+            try:
+                self._conn().execute("PRAGMA incremental_vacuum")
+            except sqlite3.OperationalError as e:  # space is reclaimed next time instead
+                log.debug("incremental_vacuum skipped: %s", e)
+        return deleted
+
+    def replay(self, ids=None, states=("dead",)):
+        """Requeue rows (by outbox id or message_id, or all in `states`) as pending. Returns how many."""
+        for s in states:
+            if s not in ("dead", "parked"):
+                raise ValueError(f"replay takes dead or parked rows, not {s!r}")
+        marks = ",".join("?" * len(states))
+        with self._tx() as c:
+            if ids is None:
+                cur = c.execute(f"UPDATE outbox SET state = 'pending', updated_at = ?"
+                                f" WHERE state IN ({marks})", (time.time(), *states))
+            else:
+                keys = json.dumps([str(i) for i in ids])
+                cur = c.execute(
+                    f"UPDATE outbox SET state = 'pending', updated_at = ? WHERE state IN ({marks})"
+                    " AND (CAST(id AS TEXT) IN (SELECT value FROM json_each(?))"
+                    "      OR message_id IN (SELECT value FROM json_each(?)))",
+                    (time.time(), *states, keys, keys))
+            n = cur.rowcount
+            if n and self.overflow == "park":
+                self._park_overflow(c)
+        if n:
+            self._notify()
+        return n
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read(self, sql, params=()):
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from None
+
+    def counts(self):
+        """Rows per state, every state present (0 when none)."""
+        counts = dict.fromkeys(STATES, 0)
+        counts.update(self._read("SELECT state, count(*) FROM outbox GROUP BY state"))
+        return counts
+
+    def has_pending(self):
+        return bool(self._read("SELECT 1 FROM outbox WHERE state IN ('pending', 'parked') LIMIT 1"))
+
+    def oldest_pending_age(self, now=None):
+        """Seconds since the oldest undelivered (pending or parked) row was committed, or None."""
+        row = self._read("SELECT min(received_at) FROM outbox WHERE state IN ('pending', 'parked')")
+        if row[0][0] is None:
+            return None
+        return max(0.0, (now or time.time()) - row[0][0])
+
+    def delivered_since(self, since):
+        return self._read("SELECT count(*) FROM outbox WHERE state = 'delivered' AND delivered_at >= ?",
+                          (since,))[0][0]
+
+    def get(self, message_id):
+        """The outbox row for a message_id as a dict, or None."""
+        rows = self._read(
+            "SELECT id, message_id, state, attempts, last_error, received_at, updated_at, delivered_at,"
+            " payload FROM outbox WHERE message_id = ?", (message_id,))
+        if not rows:
+            return None
+        keys = ("id", "message_id", "state", "attempts", "last_error", "received_at", "updated_at",
+                "delivered_at", "payload")
+        return dict(zip(keys, rows[0]))
+
+    def rows(self, state, limit=100):
+        """Rows in one state, oldest first: id, message_id, attempts, last_error, received_at, text."""
+        keys = ("id", "message_id", "attempts", "last_error", "received_at", "updated_at", "text")
+        cur = self._read(
+            "SELECT id, message_id, attempts, last_error, received_at, updated_at, text FROM outbox"
+            " WHERE state = ? ORDER BY id LIMIT ?", (state, limit))
+        return [dict(zip(keys, r)) for r in cur]
+
+    def search(self, keyword, *, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None,
+               limit=50, states=("pending", "parked", "dead")):
+        """Undelivered messages whose text contains `keyword` (literally), newest first."""
+        sql = ["SELECT state, payload FROM outbox WHERE instr(text, ?) > 0"]
+        params = [keyword]
+        sql.append(f"AND state IN ({','.join('?' * len(states))})")
+        params.extend(states)
+        for column, value in (("chat_id", chat), ("sender_id", sender), ("msg_type", msg_type)):
+            if value is not None:
+                sql.append(f"AND {column} = ?")
+                params.append(value)
+        if since_ms is not None:
+            sql.append("AND created_at >= ?")
+            params.append(since_ms)
+        if until_ms is not None:
+            sql.append("AND created_at < ?")
+            params.append(until_ms)
+        sql.append("ORDER BY created_at DESC, id DESC LIMIT ?")
+        params.append(limit)
+        return [(state, Message.from_json(payload)) for state, payload in self._read(" ".join(sql), params)]
+
+    # -- small key/value store: relay heartbeat and the like -----------------------------
+
+    def set_meta(self, key, value):
+        with self._tx() as c:
+            c.execute("INSERT INTO outbox_meta (key, value) VALUES (?, ?)"
+                      " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                      (key, json.dumps(value)))
+
+    def get_meta(self, key, default=None):
+        rows = self._read("SELECT value FROM outbox_meta WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    def integrity_check(self):
+        return self._read("PRAGMA integrity_check")[0][0]
+
+
+def _row_values(m, now):
+    created = m.created_at if m.created_at is not None else int(now * 1000)
+    return (m.message_id, m.chat_id, m.sender_id, m.msg_type, m.text or "", created, now, now,
+            m.to_json())
+
+
+def _count(c, state):
+    return c.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0]
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` … COMMIT, rolled back on any error; sqlite3 errors become OutboxError."""
+
+    def __init__(self, conn, path):
+        self.conn = conn
+        self.path = path
+
+    def __enter__(self):
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise _translate(e, self.path) from None
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                self.conn.execute("COMMIT")
+                return False
+            except sqlite3.Error as e:
+                self._rollback()
+                raise _translate(e, self.path) from None
+        self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            raise _translate(exc, self.path) from None
+        return False
+
+    def _rollback(self):
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
+def _translate(e, path):
+    text = str(e)
+    if isinstance(e, sqlite3.OperationalError) or "disk" in text or "readonly" in text:
+        if "locked" in text or "busy" in text:
+            text = f"outbox {path} is locked by another writer past the busy timeout"
+        else:
+            text = f"outbox {path} cannot be written: {text}"
+        return OutboxUnavailable(text)
+    return OutboxError(f"outbox {path}: {text}")
+
+
+def _retry_locked(fn, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)

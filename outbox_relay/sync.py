@@ -1,0 +1,267 @@
+"""The relay: move the outbox to the target in batches, surviving every fault.
+
+One pass per method (huey's consumer): `step()` moves one batch and says what it
+did; `run()` is a loop around it that idles with a growing delay when there is
+nothing to do and backs off (capped exponential + jitter) when the target is
+unavailable. Every wait ends at once when `stop()` is called.
+
+Order inside a step matters for "nothing lost, nothing duplicated":
+  claim -> write to target and COMMIT there -> mark delivered locally.
+A crash between the target commit and the local mark re-sends the batch on the
+next start; the target's ON CONFLICT (message_id) DO NOTHING makes that harmless.
+"""
+
+import collections
+import fcntl
+import logging
+import os
+import threading
+import time
+
+import backoff
+
+from .errors import OutboxError, RelayLocked, RowRejected, TargetUnavailable
+from .message import Message
+
+log = logging.getLogger(__name__)
+
+StepResult = collections.namedtuple("StepResult", "claimed delivered new dead refilled pruned error")
+StepResult.__new__.__defaults__ = (0, 0, 0, 0, 0, 0, None)
+
+IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_MAX
+BACKOFF_MAX = 30.0
+HEARTBEAT_KEY = "relay"
+
+
+class RelayLock:
+    """An exclusive flock on `<outbox>.lock`: one relay per outbox. The kernel drops it when the
+    process dies, even by SIGKILL, so a stale lock never blocks a restart."""
+
+    def __init__(self, outbox_path):
+        self.path = os.fspath(outbox_path) + ".lock"
+        self._fd = None
+
+    def acquire(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RelayLocked(f"another relay (pid {holder}) is already working {self.path[:-5]}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+class Relay:
+    """Moves rows from an Outbox to a Target. Not thread-safe: one loop drives it."""
+
+    def __init__(self, outbox, target, *, batch_size=500, backoff_max=BACKOFF_MAX):
+        self.outbox = outbox
+        self.target = target
+        self.batch_size = batch_size
+        self.backoff_max = backoff_max
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._backoff = None
+        self.started_at = time.time()
+        self.last_success = None
+        self.last_error = None
+        self.last_error_at = None
+        self.unavailable_since = None
+        self.last_loop_at = None
+        self.stats = collections.Counter()
+        self.observers = []  # callables(StepResult, seconds) - metrics hook
+        outbox.add_listener(self._wake.set)
+
+    # -- control ----------------------------------------------------------------------
+
+    def stop(self):
+        """Ask the loop to finish the batch in flight and return. Safe from a signal handler."""
+        self._stop.set()
+        self._wake.set()
+
+    @property
+    def stopping(self):
+        return self._stop.is_set()
+
+    def wake(self):
+        self._wake.set()
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def step(self):
+        """Move at most one batch. Returns StepResult; raises TargetUnavailable when nothing could move."""
+        started = time.perf_counter()
+        refilled = self.outbox.refill()
+        rows = self.outbox.claim(self.batch_size)
+        if not rows:
+            pruned = self.outbox.prune()
+            return StepResult(refilled=refilled, pruned=pruned)
+        try:
+            new, delivered, dead = self._deliver(rows)
+        except TargetUnavailable as e:
+            self._note_error(e)
+            self.outbox.record_error([r.id for r in rows], e)
+            self.stats["errors"] += 1
+            self._observe(StepResult(claimed=len(rows), error=str(e)), time.perf_counter() - started)
+            raise
+        refilled += self.outbox.refill()
+        pruned = self.outbox.prune()
+        self._note_success()
+        result = StepResult(len(rows), delivered, new, dead, refilled, pruned, None)
+        self.stats["batches"] += 1
+        self.stats["delivered"] += delivered
+        self.stats["dead"] += dead
+        self._observe(result, time.perf_counter() - started)
+        return result
+
+    def _deliver(self, rows):
+        """Write rows; split on a rejected row until it is alone, then make it dead.
+        Returns (new in target, delivered locally, dead)."""
+        items = [(r, Message.from_json(r.payload)) for r in rows]
+        new = delivered = dead = 0
+        work = [items]
+        while work:
+            chunk = work.pop()
+            try:
+                new += self.target.write([(r.id, m, r.received_at) for r, m in chunk])
+            except RowRejected as e:
+                if len(chunk) == 1:
+                    row = chunk[0][0]
+                    log.warning("message %s rejected by the target, now dead: %s", row.message_id, e)
+                    self.outbox.mark_dead(row.id, e)
+                    dead += 1
+                else:
+                    half = len(chunk) // 2
+                    work.extend([chunk[half:], chunk[:half]])
+                continue
+            delivered += self.outbox.mark_delivered([r.id for r, _ in chunk])
+        return new, delivered, dead
+
+    def _observe(self, result, seconds):
+        for observer in self.observers:
+            try:
+                observer(result, seconds)
+            except Exception:
+                log.exception("relay observer failed")
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    def _note_success(self):
+        self.last_success = time.time()
+        if self.unavailable_since is not None:
+            log.info("target reachable again after %.1f s", self.last_success - self.unavailable_since)
+        self.unavailable_since = None
+        self._backoff = None
+        self.write_heartbeat()
+
+    def _note_error(self, error):
+        now = time.time()
+        if self.unavailable_since is None:
+            self.unavailable_since = now
+            log.warning("target unavailable, messages stay in the outbox: %s", error)
+        self.last_error, self.last_error_at = str(error), now
+        self.write_heartbeat()
+
+    def heartbeat(self):
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "beat_at": time.time(),
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "unavailable_since": self.unavailable_since,
+            "target": self.target.display_url,
+            "delivered": self.stats["delivered"],
+            "dead": self.stats["dead"],
+        }
+
+    def write_heartbeat(self):
+        try:
+            self.outbox.set_meta(HEARTBEAT_KEY, self.heartbeat())
+        except Exception as e:  # a busy outbox must not stop the relay; the next beat will do
+            log.debug("heartbeat not written: %s", e)
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def drain(self, max_batches=None, on_step=None):
+        """Move everything pending (and parked) now, then return: rq's burst mode, for `sync`.
+        Transient errors are retried with backoff until stop(). Returns totals."""
+        total = collections.Counter()
+        batches = 0
+        while not self._stop.is_set() and (max_batches is None or batches < max_batches):
+            result = self._step_with_backoff()
+            if result is None:
+                break
+            batches += 1
+            for field in ("claimed", "delivered", "new", "dead", "refilled", "pruned"):
+                total[field] += getattr(result, field)
+            if on_step:
+                on_step(result)
+            if result.claimed == 0 and not self.outbox.has_pending():
+                break
+        total["batches"] = batches
+        return total
+
+    def run(self):
+        """Loop until stop(): a batch when there is work, an idle wait (woken by puts) when not."""
+        log.info("relay started: %s -> %s", self.outbox.path, self.target.describe())
+        idle = IDLE_MIN
+        next_beat = 0.0
+        while not self._stop.is_set():
+            self.last_loop_at = time.time()
+            result = self._step_with_backoff()
+            if result is None:
+                break
+            if result.claimed:
+                idle = IDLE_MIN
+                continue
+            if time.monotonic() >= next_beat:
+                self.write_heartbeat()
+                next_beat = time.monotonic() + 5.0
+            # Idle: a put in this process sets _wake; one in another process is seen at the next poll.
+            self._wake.wait(idle)
+            self._wake.clear()
+            idle = min(idle * 2, IDLE_MAX)
+        self.write_heartbeat()
+        log.info("relay stopped")
+
+    def _step_with_backoff(self):
+        """step(), retried with capped exponential delay + full jitter (backoff's generators) while
+        the target or the outbox is unavailable. Returns None once stopped."""
+        delays = None
+        while not self._stop.is_set():
+            self.last_loop_at = time.time()
+            try:
+                return self.step()
+            except (TargetUnavailable, OutboxError) as e:
+                if isinstance(e, OutboxError):
+                    self._note_error(e)
+            except Exception as e:
+                # A bug must not end the relay (rows stay where they are); say it loudly and retry.
+                log.exception("relay step failed unexpectedly")
+                self._note_error(e)
+            if delays is None:
+                delays = backoff.expo(base=2, factor=0.1, max_value=self.backoff_max)
+                next(delays)  # backoff's wait generators are primed with one next()
+            delay = max(0.05, backoff.full_jitter(next(delays)))
+            log.debug("retrying in %.2f s", delay)
+            if self._stop.wait(delay):  # stop() ends the wait at once
+                return None
+        return None

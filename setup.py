@@ -1,0 +1,36 @@
+from setuptools import find_packages, setup
+
+version = {}
+with open("outbox_relay/__init__.py", encoding="utf-8") as f:
+    for line in f:
+        if line.startswith("__version__"):
+            exec(line, version)
+
+setup(
+    name="outbox-relay",
+    version=version["__version__"],
+    description="Every Feishu message into PostgreSQL: a local SQLite outbox relayed in batches",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["outbox_relay", "outbox_relay.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "peewee>=3.17,<5",
+        "psycopg2-binary>=2.9,<3",
+        "backoff>=2.2,<3",
+        "click>=8.1,<9",
+        # HTTP side (issue: webhook): framework, server, metrics, Feishu crypto.
+        "falcon>=3.1,<5",
+        "waitress>=2.1,<4",
+        "prometheus-client>=0.17,<1",
+        "cryptography>=41",
+        'tomli>=2; python_version < "3.11"',
+    ],
+    extras_require={
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2"],
+        "bench": ["persist-queue>=1.0,<2"],
+        "lint": ["ruff>=0.4"],
+    },
+    entry_points={"console_scripts": ["outbox-relay=outbox_relay.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
+)

@@ -1,0 +1,135 @@
+"""Shared pytest fixtures: real PostgreSQL servers, PgBouncer, a fault-injecting TCP proxy.
+
+The machinery lives in tests/pgharness.py and tests/tcpproxy.py; this file
+only wires it into pytest.
+
+Fixtures
+  pg_server          session  the shared server: a throwaway cluster started once,
+                              or the one named by $OUTBOX_RELAY_TEST_PG_URL
+  pg_url             function URL of a fresh, empty database on pg_server (dropped after)
+  private_pg         function a PgCluster of the test's own (stop/restart/limits welcome)
+  make_pgbouncer     function factory: make_pgbouncer(cluster, **options) -> started PgBouncer
+  make_tcp_proxy     function factory: make_tcp_proxy(host, port) -> TcpProxy
+  tmp_outbox         function path string of an outbox file in tmp_path (not created)
+
+No PostgreSQL binaries / no pgbouncer / a server that will not start: the
+test is SKIPPED on a developer machine but FAILS when $CI is set (so CI can
+never go green by skipping the database tests).
+
+Markers: ``pg`` (added automatically to every test using the fixtures
+above that need PostgreSQL; deselect with ``-m "not pg"``) and ``slow``.
+"""
+
+import os
+import re
+import subprocess
+import uuid
+
+import pytest
+
+try:  # tests/ as a package (tests/__init__.py) or as a rootdir on sys.path
+    from . import pgharness, tcpproxy
+except ImportError:
+    import pgharness
+    import tcpproxy
+
+PG_FIXTURES = {"pg_server", "pg_url", "private_pg", "make_pgbouncer"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pg: needs a real PostgreSQL server (provided by the fixtures)")
+    config.addinivalue_line("markers", "slow: takes seconds rather than milliseconds")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if PG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pg)
+
+
+def unavailable(reason):
+    """Skip locally, fail in CI ($CI set to anything but "", "0", "false")."""
+    if pgharness.in_ci():
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _new_cluster():
+    """A started PgCluster, or skip/fail with the reason (including the server log)."""
+    try:
+        return pgharness.PgCluster.create()
+    except (pgharness.PgHarnessError, OSError, subprocess.SubprocessError) as exc:
+        unavailable(f"cannot start a PostgreSQL cluster: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    url = os.environ.get("OUTBOX_RELAY_TEST_PG_URL")
+    if url:
+        server = pgharness.ExternalServer(url)
+        try:
+            server.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001
+            unavailable(f"OUTBOX_RELAY_TEST_PG_URL server not reachable: {exc}")
+        yield server
+        return
+    pgharness.sweep_stale_dirs()  # leftovers of killed earlier runs
+    cluster = _new_cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_server, request):
+    """A fresh, empty database for this test; dropped (sessions terminated) afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+    name = f"t_{slug}_{uuid.uuid4().hex[:8]}"
+    pg_server.create_database(name)
+    yield pg_server.url(name)
+    pg_server.drop_database(name, force=True)
+
+
+@pytest.fixture
+def private_pg():
+    cluster = _new_cluster()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def make_pgbouncer():
+    bouncers = []
+
+    def factory(cluster, **options):
+        try:
+            b = pgharness.PgBouncer(cluster, **options)
+        except pgharness.PgHarnessError as exc:
+            unavailable(str(exc))
+        bouncers.append(b)
+        try:
+            return b.start()
+        except pgharness.PgHarnessError as exc:
+            unavailable(f"cannot start pgbouncer: {exc}")
+
+    yield factory
+    for b in reversed(bouncers):
+        b.stop()
+
+
+@pytest.fixture
+def make_tcp_proxy():
+    proxies = []
+
+    def factory(host, port):
+        p = tcpproxy.TcpProxy(host, port)
+        proxies.append(p)
+        return p
+
+    yield factory
+    for p in proxies:
+        p.close()
+
+
+@pytest.fixture
+def tmp_outbox(tmp_path):
+    return str(tmp_path / "outbox.db")
