@@ -1,0 +1,550 @@
+"""`outbox-relay`: thin commands that parse options, call one library function, print.
+
+User mistakes become a one-line `click.ClickException` (exit 1) or a usage
+error (exit 2); a bad setting is a usage error naming the setting. No tracebacks
+for either, and no secret is ever printed (URLs are masked).
+"""
+
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from . import __version__
+from .config import SETTINGS, Config
+from .errors import (ConfigError, InvalidMessage, OutboxError, OutboxRelayError, RelayLocked,
+                     TargetError)
+from .logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+
+# -- shared options -------------------------------------------------------------------
+
+def _setting_option(s):
+    kwargs = {"default": None, "help": f"{s.help} [env {s.env}; default {s.default!r}]"}
+    if s.kind == "int":
+        kwargs["type"] = click.INT
+    elif s.kind == "float":
+        kwargs["type"] = click.FLOAT
+    elif s.kind == "choice":
+        kwargs["type"] = click.Choice(s.choices, case_sensitive=False)
+    metavar = {"url": "URL", "hostport": "HOST:PORT", "table": "NAME", "str": "TEXT"}.get(s.kind)
+    if s.name == "outbox":
+        metavar = "PATH"
+    if metavar:
+        kwargs["metavar"] = metavar
+    return click.option(s.flag, s.name, show_default=False, **kwargs)
+
+
+def settings_options(fn):
+    """Every setting as a flag on the command, plus --config; the command receives `cfg`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        flags = {s.name: kwargs.pop(s.name) for s in SETTINGS}
+        config_file = kwargs.pop("config_file")
+        try:
+            cfg = Config.load(flags, config_file=config_file)
+        except ConfigError as e:
+            raise click.UsageError(str(e)) from None
+        return fn(*args, cfg=cfg, **kwargs)
+
+    for s in reversed(SETTINGS):
+        wrapper = _setting_option(s)(wrapper)
+    wrapper = click.option("--config", "config_file", metavar="PATH", default=None,
+                           help="TOML file of settings [env OUTBOX_RELAY_CONFIG; default "
+                                "outbox-relay.toml if present]")(wrapper)
+    return wrapper
+
+
+def json_option(fn):
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+
+
+def _emit_json(data):
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def _open_outbox(cfg):
+    try:
+        return cfg.open_outbox()
+    except OutboxError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _open_target(cfg):
+    from .target import Target
+    try:
+        return Target(cfg.target, table=cfg.table, pool_size=cfg.pool_size,
+                      connect_timeout=cfg.connect_timeout, statement_timeout=cfg.statement_timeout)
+    except (ConfigError, TargetError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def friendly_errors(fn):
+    """Library errors -> one line and exit 1; never a traceback for a known failure."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            raise click.UsageError(str(e)) from None
+        except OutboxRelayError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+# -- the group --------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="outbox-relay")
+@click.option("--log-json", is_flag=True, envvar="OUTBOX_RELAY_LOG_JSON", help="Log JSON lines (for machines).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(log_json, verbose, quiet):
+    """outbox-relay: every Feishu message into PostgreSQL, nothing lost, nothing duplicated.
+
+    Messages are committed to a local SQLite outbox first; a relay moves them to
+    the target database in batches through a small connection pool.
+    """
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    setup_logging(level=level, json_lines=log_json)
+
+
+def main():
+    cli(prog_name="outbox-relay")
+
+
+# -- put / import -------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("source", type=click.File("rb"), default="-")
+@settings_options
+@json_option
+@friendly_errors
+def put(source, cfg, as_json):
+    """Commit messages to the outbox: one JSON object, or JSON lines, from SOURCE (default stdin).
+
+    Every line is checked first; if any is invalid nothing is stored and the
+    line number is reported.
+    """
+    data = source.read()
+    payloads = _parse_put_input(data)
+    outbox = _open_outbox(cfg)
+    try:
+        results = outbox.put_many(payloads)
+    except InvalidMessage as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        outbox.close()
+    if as_json:
+        _emit_json([r._asdict() for r in results])
+        return
+    for r in results:
+        click.echo(f"{'duplicate' if r.duplicate else 'stored'}\t{r.message_id}\t{r.state}")
+
+
+def _parse_put_input(data):
+    from .message import parse_payload
+    text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
+    if not text.strip():
+        raise click.ClickException("no input: give a JSON object or JSON lines")
+    try:
+        return [parse_payload(text)]
+    except InvalidMessage as whole:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if len(lines) < 2:
+            raise click.ClickException(str(whole)) from None
+    payloads = []
+    for n, line in lines:
+        try:
+            payloads.append(parse_payload(line))
+        except InvalidMessage as e:
+            raise click.ClickException(f"line {n}: {e}") from None
+    return payloads
+
+
+@cli.command("import-json")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@settings_options
+@json_option
+@friendly_errors
+def import_json(path, cfg, as_json):
+    """Move the old JSON queue file (an array of flat message dicts) into the outbox.
+
+    Idempotent: running it twice adds nothing. Bad entries are reported by their
+    index and skipped; the file itself is left untouched.
+    """
+    from .importer import import_json_file
+    outbox = _open_outbox(cfg)
+    try:
+        report = import_json_file(outbox, path, progress=_progress_factory("importing"))
+    finally:
+        outbox.close()
+    if as_json:
+        _emit_json(report)
+        return
+    click.echo(f"{report['imported']} imported, {report['duplicates']} already present, "
+               f"{len(report['errors'])} bad (of {report['total']})")
+    for err in report["errors"]:
+        click.echo(f"  entry {err['index']}: {err['error']}", err=True)
+
+
+def _progress_factory(label):
+    """A click progress bar on a terminal, nothing when piped."""
+    def make(total):
+        if not sys.stderr.isatty() or total < 1000:
+            return None
+        return click.progressbar(length=total, label=label, file=sys.stderr)
+    return make
+
+
+# -- status ---------------------------------------------------------------------------------
+
+@cli.command()
+@settings_options
+@json_option
+@click.option("--no-target", is_flag=True, help="Do not contact the target (outbox only).")
+@friendly_errors
+def status(cfg, as_json, no_target):
+    """Outbox counts per state, oldest pending age, relay heartbeat, target reachability, warnings."""
+    from .ops import collect_status
+    outbox = _open_outbox(cfg)
+    target = None if no_target else _open_target(cfg)
+    try:
+        report = collect_status(cfg, outbox, target)
+    finally:
+        outbox.close()
+        if target:
+            target.close()
+    if as_json:
+        _emit_json(report)
+        return
+    from .ops import format_status
+    click.echo(format_status(report))
+
+
+@cli.command()
+@settings_options
+@friendly_errors
+def health(cfg):
+    """For monitors: exit 0 healthy, 1 degraded, 2 down; one line says why."""
+    from .ops import collect_status, health_verdict
+    outbox = _open_outbox(cfg)
+    target = _open_target(cfg)
+    try:
+        report = collect_status(cfg, outbox, target)
+    finally:
+        outbox.close()
+        target.close()
+    code, line = health_verdict(report, cfg)
+    click.echo(line)
+    sys.exit(code)
+
+
+# -- relay ------------------------------------------------------------------------------------
+
+@cli.command()
+@settings_options
+@click.option("--no-http", is_flag=True, help="Run the relay alone, without the HTTP server.")
+@friendly_errors
+def run(cfg, no_http):
+    """Run the relay (and the HTTP webhook server, unless --no-http) until SIGTERM/SIGINT.
+
+    The first signal finishes the batch in flight and exits 0; a second exits at once.
+    """
+    from .service import Service
+    service = Service(cfg, http=not no_http, relay=True)
+    sys.exit(service.run_forever())
+
+
+@cli.command()
+@settings_options
+@friendly_errors
+def serve(cfg):
+    """Run only the HTTP webhook server, against an outbox that a separate relay drains."""
+    from .service import Service
+    service = Service(cfg, http=True, relay=False)
+    sys.exit(service.run_forever())
+
+
+@cli.command()
+@settings_options
+@click.option("--max-batches", type=click.IntRange(min=1), default=None,
+              help="Stop after this many batches.")
+@json_option
+@friendly_errors
+def sync(cfg, max_batches, as_json):
+    """Drain everything pending into the target, then exit (for cron and tests).
+
+    Waits out an unavailable target with backoff; Ctrl-C stops after the batch in flight.
+    """
+    from .sync import Relay, RelayLock
+    outbox = _open_outbox(cfg)
+    target = _open_target(cfg)
+    try:
+        with RelayLock(cfg.outbox):
+            if target.dialect == "sqlite" and cfg.target_is_default:
+                log.info("no target configured: writing to the embedded %s", target.describe())
+            _ensure_schema_or_warn(target)
+            relay = Relay(outbox, target, batch_size=cfg.batch_size)
+            restore = _graceful_signals(relay.stop)
+            bar = _progress_factory("syncing")(outbox.counts()["pending"] + outbox.counts()["parked"])
+            try:
+                if bar is not None:
+                    with bar:
+                        totals = relay.drain(max_batches, on_step=lambda r: bar.update(r.claimed))
+                else:
+                    totals = relay.drain(max_batches)
+            finally:
+                restore()
+    finally:
+        outbox.close()
+        target.close()
+    counts = _open_outbox(cfg).counts()
+    report = {"batches": totals["batches"], "delivered": totals["delivered"], "new": totals["new"],
+              "dead": totals["dead"], "pruned": totals["pruned"], "outbox": counts}
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(f"{report['delivered']} delivered ({report['new']} new in the target) in "
+                   f"{report['batches']} batches; {report['dead']} dead; outbox now: "
+                   + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def _ensure_schema_or_warn(target):
+    try:
+        target.ensure_schema()
+    except TargetError as e:
+        log.warning("target not ready yet (%s); messages stay in the outbox until it is", e)
+
+
+def _graceful_signals(on_first):
+    """First SIGTERM/SIGINT -> on_first() (a flag set, nothing else); second -> exit at once."""
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            os._exit(128 + signum)
+        on_first()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore():
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return restore
+
+
+# -- target tools ------------------------------------------------------------------------------
+
+@cli.command()
+@settings_options
+@json_option
+@friendly_errors
+def check(cfg, as_json):
+    """Connect to the target: server version, round-trip latency, connections in use vs limits."""
+    target = _open_target(cfg)
+    try:
+        info = target.check()
+    finally:
+        target.close()
+    info["target"] = target.display_url
+    if as_json:
+        _emit_json(info)
+        return
+    from .ops import format_check
+    click.echo(format_check(info))
+
+
+@cli.command()
+@settings_options
+@click.option("--sql", "as_sql", is_flag=True, default=True, help="Print the DDL (the default).")
+@click.option("--dialect", type=click.Choice(["postgresql", "sqlite"]), default=None,
+              help="Print for this dialect instead of the target's.")
+@friendly_errors
+def schema(cfg, as_sql, dialect):
+    """Print the target table's DDL for a DBA (RDS users often may not run DDL themselves)."""
+    from . import schema as schema_mod
+    from .target import parse_target_url
+    dialect = dialect or parse_target_url(cfg.target)[0]
+    click.echo(schema_mod.schema_sql(dialect, cfg.table), nl=False)
+
+
+@cli.command("init-db")
+@settings_options
+@click.option("--no-trigram", is_flag=True, help="Do not try to create pg_trgm and its index.")
+@friendly_errors
+def init_db(cfg, no_trigram):
+    """Create or migrate the target table (and the trigram search index where permitted)."""
+    target = _open_target(cfg)
+    try:
+        report = target.init_db(trigram=not no_trigram)
+    finally:
+        target.close()
+    click.echo(f"{target.describe()}: schema version {report['from_version']} -> {report['version']}")
+    if report["trigram"]:
+        click.echo(f"trigram index: {report['trigram']}")
+
+
+@cli.command()
+@settings_options
+@click.option("--parked", is_flag=True, help="List parked rows instead of dead ones.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@friendly_errors
+def dead(cfg, parked, limit, as_json):
+    """List rows the target refused (dead), with the database's error."""
+    outbox = _open_outbox(cfg)
+    try:
+        rows = outbox.rows("parked" if parked else "dead", limit)
+    finally:
+        outbox.close()
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("no parked rows" if parked else "no dead rows")
+        return
+    from .ops import format_table
+    click.echo(format_table(
+        ["id", "message_id", "attempts", "error"],
+        [[r["id"], r["message_id"], r["attempts"], (r["last_error"] or "")[:100]] for r in rows]))
+
+
+@cli.command()
+@settings_options
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_rows", is_flag=True, help="Requeue every dead (or parked) row.")
+@click.option("--parked", is_flag=True, help="Requeue parked rows instead of dead ones.")
+@friendly_errors
+def replay(cfg, ids, all_rows, parked):
+    """Requeue dead (or parked) rows as pending, by outbox id or message_id, or --all."""
+    if not ids and not all_rows:
+        raise click.UsageError("give row ids / message_ids, or --all")
+    if ids and all_rows:
+        raise click.UsageError("give either ids or --all, not both")
+    outbox = _open_outbox(cfg)
+    try:
+        n = outbox.replay(None if all_rows else list(ids), states=("parked",) if parked else ("dead",))
+    finally:
+        outbox.close()
+    click.echo(f"{n} requeued")
+    if ids and n < len(ids):
+        click.echo(f"{len(ids) - n} of the given ids were not {'parked' if parked else 'dead'}", err=True)
+
+
+# -- query side ----------------------------------------------------------------------------------
+
+@cli.command()
+@settings_options
+@click.argument("keyword")
+@click.option("--chat", help="Only this chat_id.")
+@click.option("--sender", help="Only this sender_id.")
+@click.option("--type", "msg_type", help="Only this msg_type (text, post, image …).")
+@click.option("--since", help="From this date/time or relative age (2026-11-01, 7d, 12h).")
+@click.option("--until", help="Before this date/time or relative age.")
+@click.option("--limit", type=click.IntRange(min=1, max=10000), default=20, show_default=True)
+@json_option
+@friendly_errors
+def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
+    """Find KEYWORD in message text, in the target and in the outbox (not yet delivered), newest first.
+
+    The keyword is matched literally (% and _ are not wildcards); Chinese works
+    without word boundaries.
+    """
+    from .query import parse_when, search_messages
+    if not keyword:
+        raise click.UsageError("the keyword must not be empty")
+    try:
+        since_ms = parse_when(since, "--since")
+        until_ms = parse_when(until, "--until")
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    outbox = _open_outbox(cfg)
+    target = _open_target(cfg)
+    try:
+        result = search_messages(outbox, target, keyword, chat=chat, sender=sender, msg_type=msg_type,
+                                 since_ms=since_ms, until_ms=until_ms, limit=limit)
+    finally:
+        outbox.close()
+        target.close()
+    if as_json:
+        _emit_json(result)
+        return
+    from .ops import format_search
+    click.echo(format_search(result))
+
+
+@cli.command()
+@settings_options
+@click.option("--days", type=click.IntRange(min=1, max=3650), default=7, show_default=True,
+              help="Messages per day for the last N days.")
+@click.option("--top", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
+@json_option
+@friendly_errors
+def stats(cfg, days, top, as_json):
+    """Totals, messages per day, top chats and senders, by type; outbox state; connections used."""
+    from .query import collect_stats
+    outbox = _open_outbox(cfg)
+    target = _open_target(cfg)
+    try:
+        result = collect_stats(outbox, target, days=days, top=top)
+    finally:
+        outbox.close()
+        target.close()
+    if as_json:
+        _emit_json(result)
+        return
+    from .ops import format_stats
+    click.echo(format_stats(result))
+
+
+@cli.command("test")
+@settings_options
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              help="Seconds to wait for the message to reach the target.")
+@friendly_errors
+def test_cmd(cfg, timeout):
+    """End to end: put a test message and wait until it is in the target; print the latency.
+
+    With no relay running it delivers the message itself. Exits non-zero if it never arrives.
+    """
+    from .ops import end_to_end_test
+    outbox = _open_outbox(cfg)
+    target = _open_target(cfg)
+    try:
+        ok, line = end_to_end_test(cfg, outbox, target, timeout)
+    finally:
+        outbox.close()
+        target.close()
+    click.echo(line)
+    sys.exit(0 if ok else 1)
+
+
+@cli.command("config")
+@settings_options
+@json_option
+def config_cmd(cfg, as_json):
+    """Print the effective configuration (secrets masked) and where each value came from."""
+    masked = cfg.masked()
+    if as_json:
+        _emit_json({k: v["value"] for k, v in masked.items()})
+        return
+    from .ops import format_table
+    click.echo(format_table(["setting", "value", "from"],
+                            [[k, "" if v["value"] is None else v["value"], v["from"]]
+                             for k, v in masked.items()]))
+    if cfg.config_file:
+        click.echo(f"config file: {cfg.config_file}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

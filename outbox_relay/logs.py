@@ -1,0 +1,47 @@
+"""Logging set-up, done only by the CLI: plain lines for people, JSON lines for machines."""
+
+import json
+import logging
+import sys
+import time
+
+from .config import mask_url
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record):
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": mask_url(record.getMessage()),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self):
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record):
+        # Last line of defence: a URL with a password never reaches the log.
+        return mask_url(super().format(record))
+
+
+def setup_logging(level=logging.INFO, json_lines=False, stream=None):
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
+    root = logging.getLogger("outbox_relay")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    # waitress logs its own start-up and queue warnings; keep them, in the same format.
+    for name in ("waitress",):
+        other = logging.getLogger(name)
+        other.handlers = [handler]
+        other.setLevel(max(level, logging.INFO))
+        other.propagate = False

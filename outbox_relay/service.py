@@ -1,0 +1,160 @@
+"""`outbox-relay run` / `serve`: the relay thread and the HTTP server in one process.
+
+Signals only set flags (huey's consumer): the main thread waits for the stop
+flag, then stops taking HTTP requests, lets the relay finish the batch in
+flight, and returns 0. A second signal exits at once, which is still safe: the
+outbox is committed and the target insert is idempotent.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from .errors import RelayLocked, TargetError
+from .sync import Relay, RelayLock
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 20.0  # seconds the batch in flight may take before we give up waiting
+
+
+class RelayThread:
+    """The relay loop on a thread of its own, with what /healthz needs to judge it."""
+
+    def __init__(self, relay):
+        self.relay = relay
+        self.crashed = None
+        self.thread = threading.Thread(target=self._main, name="outbox-relay", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def _main(self):
+        try:
+            try:
+                self.relay.target.ensure_schema()
+            except TargetError as e:
+                log.warning("target not ready yet (%s); messages stay in the outbox until it is", e)
+            self.relay.run()
+        except BaseException as e:  # recorded for /healthz; the process keeps serving puts
+            self.crashed = f"{type(e).__name__}: {e}"
+            log.exception("relay thread died")
+
+    def alive(self):
+        return self.thread.is_alive()
+
+    def stop(self, timeout=SHUTDOWN_GRACE):
+        self.relay.stop()
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
+
+class Service:
+    def __init__(self, cfg, *, http=True, relay=True):
+        self.cfg = cfg
+        self.want_http = http
+        self.want_relay = relay
+        self.outbox = None
+        self.target = None
+        self.lock = None
+        self.relay_thread = None
+        self.http_server = None
+        self.http_thread = None
+        self._stop = threading.Event()
+        self._signals = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self):
+        from .target import Target
+        cfg = self.cfg
+        self.outbox = cfg.open_outbox()
+        if self.want_relay:
+            self.lock = RelayLock(cfg.outbox).acquire()
+            self.target = Target(cfg.target, table=cfg.table, pool_size=cfg.pool_size,
+                                 connect_timeout=cfg.connect_timeout,
+                                 statement_timeout=cfg.statement_timeout)
+            if self.target.dialect == "sqlite" and cfg.target_is_default:
+                log.info("no target configured: writing to the embedded %s", self.target.describe())
+            else:
+                log.info("target: %s", self.target.describe())
+            relay = Relay(self.outbox, self.target, batch_size=cfg.batch_size)
+            self.relay_thread = RelayThread(relay)
+            self.relay_thread.start()
+        if self.want_http:
+            self._start_http()
+        return self
+
+    def _start_http(self):
+        from waitress.server import create_server
+        from .web import create_app
+        app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread)
+        host, port = self.cfg.http_address
+        self.http_server = create_server(app, host=host, port=port, threads=self.cfg.http_threads,
+                                         ident="outbox-relay", clear_untrusted_proxy_headers=True,
+                                         max_request_body_size=self.cfg.max_body, channel_timeout=30)
+        self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
+        self.http_thread.start()
+        log.info("listening on http://%s:%s (POST /webhook/feishu-message, GET /healthz, GET /metrics)",
+                 host, self.http_server.effective_port)
+
+    def _serve_http(self):
+        try:
+            self.http_server.run()
+        except Exception:
+            log.exception("HTTP server stopped")
+            self._stop.set()
+
+    def request_stop(self):
+        """Signal-handler safe: sets flags only."""
+        self._stop.set()
+        if self.relay_thread is not None:
+            self.relay_thread.relay.stop()
+
+    def shutdown(self):
+        if self.http_server is not None:
+            # Stop accepting, then let the worker threads finish the requests they hold.
+            self.http_server.close()
+            self.http_server.task_dispatcher.shutdown(cancel_pending=False, timeout=SHUTDOWN_GRACE)
+            self.http_server = None
+        if self.relay_thread is not None:
+            if not self.relay_thread.stop():
+                log.warning("the batch in flight did not finish in %.0f s; exiting anyway (safe:"
+                            " the rows are still pending and the insert is idempotent)", SHUTDOWN_GRACE)
+            self.relay_thread = None
+        if self.target is not None:
+            self.target.close()
+        if self.outbox is not None:
+            self.outbox.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    # -- main ---------------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame):
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(128 + signum)
+        self.request_stop()
+
+    def run_forever(self):
+        """Start, wait for a signal (or a dead HTTP server), shut down. Returns the exit code."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            try:
+                self.start()
+            except RelayLocked:
+                self.shutdown()
+                raise
+            while not self._stop.wait(0.5):
+                pass
+            log.info("stopping: finishing the batch in flight")
+            started = time.monotonic()
+            self.shutdown()
+            log.info("stopped in %.1f s", time.monotonic() - started)
+            return 0
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# What the tests need from the OS, installed from Debian's packages when missing.
+# Without root (a laptop), it only says what is missing: those tests skip there.
+set -u
+need=()
+have_pg() {
+  command -v initdb >/dev/null 2>&1 && return 0
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+}
+have_pg || need+=(postgresql)
+command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing for the tests: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+    || { echo "could not install ${need[*]}" >&2; exit 1; }
+else
+  echo "missing (tests that need them will skip outside CI): ${need[*]}" >&2
+fi
