@@ -25,6 +25,12 @@ from .logs import setup_logging
 log = logging.getLogger(__name__)
 
 
+class BadSetting(click.ClickException):
+    """A wrong setting: one line naming it, exit 2 (a usage error, without the usage text)."""
+
+    exit_code = 2
+
+
 # -- shared options -------------------------------------------------------------------
 
 def _setting_option(s):
@@ -52,7 +58,7 @@ def settings_options(fn):
         try:
             cfg = Config.load(flags, config_file=config_file)
         except ConfigError as e:
-            raise click.UsageError(str(e)) from None
+            raise BadSetting(str(e)) from None
         return fn(*args, cfg=cfg, **kwargs)
 
     for s in reversed(SETTINGS):
@@ -94,7 +100,7 @@ def friendly_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ConfigError as e:
-            raise click.UsageError(str(e)) from None
+            raise BadSetting(str(e)) from None
         except OutboxRelayError as e:
             raise click.ClickException(str(e)) from None
     return wrapper

@@ -103,6 +103,7 @@ def target_migrations(dialect, table):
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'chat_created')} ON {t} (chat_id, created_at)",
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'created')} ON {t} (created_at)",
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'sender_created')} ON {t} (sender_id, created_at)",
+            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'relayed')} ON {t} (relayed_at)",
         ]
     elif dialect == "sqlite":
         v1 = [
@@ -130,6 +131,7 @@ def target_migrations(dialect, table):
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'chat_created')} ON {t} (chat_id, created_at)",
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'created')} ON {t} (created_at)",
             f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'sender_created')} ON {t} (sender_id, created_at)",
+            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'relayed')} ON {t} (relayed_at)",
         ]
     else:
         raise ConfigError(f"unsupported target dialect {dialect!r}")

@@ -1,0 +1,267 @@
+"""What operators run every day: status, health, the end-to-end test, and human tables.
+
+`status` asks the databases, never in-memory counters: outbox counts come from
+SQLite, the relay's heartbeat from the row it writes there, reachability from a
+real round trip to the target.
+"""
+
+import time
+import uuid
+
+from .errors import OutboxRelayError, RelayLocked, TargetError
+from .sync import HEARTBEAT_KEY, Relay, RelayLock
+
+# A relay that has not written its heartbeat for this long is not running.
+HEARTBEAT_STALE = 30.0
+# Undelivered messages older than this while a relay runs mean it is behind.
+BEHIND_AFTER = 120.0
+
+
+def relay_running(outbox_path):
+    """True when some process holds the relay lock on this outbox (a relay is running)."""
+    try:
+        lock = RelayLock(outbox_path).acquire()
+    except RelayLocked:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def collect_status(cfg, outbox, target):
+    now = time.time()
+    counts = outbox.counts()
+    age = outbox.oldest_pending_age(now)
+    beat = outbox.get_meta(HEARTBEAT_KEY) or {}
+    report = {
+        "outbox": {"path": outbox.path, "counts": counts,
+                   "oldest_pending_age_s": round(age, 3) if age is not None else None,
+                   "schema_version": outbox.schema_version(),
+                   "max_pending": outbox.max_pending, "overflow": outbox.overflow},
+        "relay": {"running": relay_running(outbox.path),
+                  "heartbeat_age_s": round(now - beat["beat_at"], 3) if beat.get("beat_at") else None,
+                  "last_success": beat.get("last_success"),
+                  "last_error": beat.get("last_error"),
+                  "last_error_at": beat.get("last_error_at"),
+                  "unavailable_since": beat.get("unavailable_since"),
+                  "pid": beat.get("pid")},
+        "target": None,
+    }
+    if target is not None:
+        entry = {"url": target.display_url, "table": target.table, "dialect": target.dialect}
+        try:
+            entry["latency_ms"] = round(target.ping() * 1000, 2)
+            entry["reachable"] = True
+        except TargetError as e:
+            entry["reachable"], entry["error"] = False, str(e)
+        report["target"] = entry
+    report["warnings"] = _warnings(report)
+    return report
+
+
+def _warnings(report):
+    out = []
+    counts = report["outbox"]["counts"]
+    relay = report["relay"]
+    age = report["outbox"]["oldest_pending_age_s"]
+    if counts["dead"]:
+        out.append(f"{counts['dead']} dead row(s): the target refused them; see `outbox-relay dead`, "
+                   "fix the cause, then `outbox-relay replay --all`")
+    if counts["parked"]:
+        out.append(f"{counts['parked']} parked row(s) over max_pending: kept on disk, relayed as room frees")
+    if not relay["running"] and (counts["pending"] or counts["parked"]):
+        out.append("no relay is running and messages are waiting: start `outbox-relay run`")
+    if relay["running"] and age is not None and age > BEHIND_AFTER:
+        out.append(f"the relay is behind: the oldest undelivered message is {age:.0f} s old")
+    if relay["running"] and relay["unavailable_since"]:
+        out.append(f"the relay cannot reach the target since {_clock(relay['unavailable_since'])}: "
+                   f"{relay['last_error']}")
+    target = report.get("target")
+    if target is not None and not target["reachable"]:
+        out.append(f"target unreachable: {target['error']}")
+    return out
+
+
+def health_verdict(report, cfg):
+    """(exit code, one line): 0 healthy, 1 degraded, 2 down."""
+    target = report.get("target")
+    relay = report["relay"]
+    now = time.time()
+    if target is not None and not target["reachable"]:
+        return 2, f"DOWN: target unreachable: {target['error']}"
+    if relay["running"] and relay["unavailable_since"] and now - relay["unavailable_since"] > cfg.unhealthy_after:
+        return 2, f"DOWN: the relay has not reached the target for {now - relay['unavailable_since']:.0f} s"
+    if report["warnings"]:
+        return 1, "DEGRADED: " + "; ".join(report["warnings"])
+    counts = report["outbox"]["counts"]
+    latency = f", target {target['latency_ms']} ms" if target else ""
+    return 0, f"OK: {counts['pending']} pending, {counts['delivered']} delivered (kept){latency}"
+
+
+def end_to_end_test(cfg, outbox, target, timeout):
+    """Put one test message and wait for it in the target. (ok, line).
+
+    With a relay running we only watch the target; without one we relay it
+    ourselves (holding the relay lock), so the command works on its own too.
+    """
+    message_id = f"outbox-relay-test-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    outbox.put({"message_id": message_id, "chat_id": "outbox-relay-test", "sender_id": "outbox-relay",
+                "msg_type": "text", "text": "outbox-relay end-to-end test message"})
+    deadline = started + timeout
+    lock = None
+    try:
+        try:
+            lock = RelayLock(cfg.outbox).acquire()
+        except RelayLocked:
+            lock = None
+        if lock is not None:
+            relay = Relay(outbox, target, batch_size=cfg.batch_size, backoff_max=max(1.0, timeout / 4))
+            last_error = None
+            while time.monotonic() < deadline:
+                try:
+                    relay.step()
+                    if _in_target(target, message_id):
+                        return True, (f"OK: test message {message_id} reached {target.describe()} in "
+                                      f"{(time.monotonic() - started) * 1000:.0f} ms")
+                except (TargetError, OutboxRelayError) as e:
+                    last_error = str(e)
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            why = f": {last_error}" if last_error else ""
+            return False, (f"FAILED: test message not in the target after {timeout:g} s{why} "
+                           "(it stays in the outbox and is delivered when the target is back)")
+        while time.monotonic() < deadline:
+            try:
+                if _in_target(target, message_id):
+                    return True, f"OK: test message {message_id} reached {target.describe()} in " \
+                                 f"{(time.monotonic() - started) * 1000:.0f} ms (via the running relay)"
+            except TargetError:
+                pass
+            time.sleep(0.05)
+        return False, (f"FAILED: test message not in the target after {timeout:g} s "
+                       "(the running relay has not delivered it; see `outbox-relay status`)")
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _in_target(target, message_id):
+    mark = "%s" if target.dialect == "postgresql" else "?"
+
+    def look(conn):
+        cur = conn.cursor()
+        cur.execute(f"SELECT 1 FROM {target.quoted} WHERE message_id = {mark}", (message_id,))
+        found = cur.fetchone() is not None
+        cur.close()
+        return found
+    return target.run(look)
+
+
+# -- human output -----------------------------------------------------------------------
+
+def format_table(headers, rows):
+    """Aligned columns; width measured in terminal cells (CJK characters take two)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _width(text):
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _clock(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
+
+def _age(seconds):
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_status(report):
+    o, r = report["outbox"], report["relay"]
+    lines = [f"outbox   {o['path']} (schema {o['schema_version']}, max_pending {o['max_pending']}, "
+             f"overflow {o['overflow']})"]
+    lines.append(format_table(["state", "rows"], [[k, v] for k, v in o["counts"].items()]))
+    lines.append(f"oldest pending: {_age(o['oldest_pending_age_s'])}")
+    lines.append(f"relay    {'running' if r['running'] else 'not running'}"
+                 f"{' (pid %s)' % r['pid'] if r['running'] and r['pid'] else ''}; "
+                 f"last success {_clock(r['last_success'])}; heartbeat {_age(r['heartbeat_age_s'])} ago")
+    if r["last_error"]:
+        lines.append(f"         last error {_clock(r['last_error_at'])}: {r['last_error']}")
+    t = report.get("target")
+    if t is not None:
+        state = f"reachable ({t['latency_ms']} ms)" if t["reachable"] else f"UNREACHABLE: {t['error']}"
+        lines.append(f"target   {t['url']} table {t['table']}: {state}")
+    for w in report["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def format_check(info):
+    keys = [("target", "target"), ("server_version", "server"), ("user", "user"),
+            ("latency_ms", "round trip ms"), ("connections_in_use", "connections in use"),
+            ("max_connections", "server max_connections"), ("reserved_connections", "reserved for superusers"),
+            ("role_connection_limit", "role connection limit"), ("role_connections_in_use", "role connections"),
+            ("relay_connections", "outbox-relay connections"), ("pool_size", "our pool_size"),
+            ("table", "table"), ("schema_version", "schema version"), ("path", "path")]
+    rows = [[label, "none" if info.get(k) is None and k == "role_connection_limit" else info.get(k)]
+            for k, label in keys if k in info]
+    return format_table(["check", "value"], rows)
+
+
+def format_search(result):
+    lines = []
+    if result.get("target_error"):
+        lines.append(f"warning: the target could not be searched ({result['target_error']}); "
+                     "showing the outbox only")
+    if not result["results"]:
+        lines.append(f"no message contains {result['keyword']!r}")
+        return "\n".join(lines)
+    rows = [[r["created_at"][:19].replace("T", " ") if r["created_at"] else "", r["chat_id"], r["sender_id"],
+             r["msg_type"], r["where"], " ".join((r["text"] or "").split())[:60]] for r in result["results"]]
+    lines.append(format_table(["created (UTC)", "chat", "sender", "type", "where", "text"], rows))
+    lines.append(f"{result['count']} message(s)")
+    return "\n".join(lines)
+
+
+def format_stats(s):
+    lines = []
+    if s.get("target_error"):
+        lines.append(f"warning: the target could not be read: {s['target_error']}")
+    else:
+        lines.append(f"target   {s['target']} table {s['table']}: {s['total']} messages "
+                     f"({s['first_message'] or '-'} .. {s['last_message'] or '-'}); "
+                     f"{s['relayed_last_hour']} relayed in the last hour")
+        lines.append("")
+        lines.append(format_table(["day (UTC)", "messages"], [[d["day"], d["count"]] for d in s["per_day"]]))
+        lines.append("")
+        lines.append(format_table(["top chat", "messages"], [[r["chat_id"], r["count"]] for r in s["top_chats"]]))
+        lines.append("")
+        lines.append(format_table(["top sender", "messages"],
+                                  [[r["sender_id"], r["count"]] for r in s["top_senders"]]))
+        lines.append("")
+        lines.append(format_table(["type", "messages"], [[r["msg_type"], r["count"]] for r in s["by_type"]]))
+    o = s["outbox"]
+    lines.append("")
+    lines.append(f"outbox   {o['path']}: " + ", ".join(f"{k} {v}" for k, v in o["counts"].items())
+                 + f"; oldest pending {_age(o['oldest_pending_age_s'])}")
+    if s.get("connections"):
+        c = s["connections"]
+        lines.append(f"connections: {c['connections_in_use']} in use of {c['max_connections']} on the server; "
+                     f"outbox-relay holds {c['relay_connections']} (pool_size {c['pool_size']}); role limit "
+                     f"{c['role_connection_limit'] if c['role_connection_limit'] is not None else 'none'}")
+    return "\n".join(lines)
