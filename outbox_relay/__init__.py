@@ -1,1 +1,41 @@
+"""outbox-relay: every Feishu message into PostgreSQL via a local SQLite outbox."""
+
 __version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    ConfigError,
+    InvalidMessage,
+    NotAMessage,
+    OutboxError,
+    OutboxFull,
+    OutboxRelayError,
+    OutboxUnavailable,
+    RelayLocked,
+    RowRejected,
+    TargetError,
+    TargetUnavailable,
+)
+from .message import Message, normalize  # noqa: E402
+from .outbox import Outbox, PutResult  # noqa: E402
+
+
+def __getattr__(name):
+    # The relay and target pull in peewee and psycopg2; a gateway that only puts
+    # should not pay for importing them.
+    if name == "Relay":
+        from .sync import Relay
+        return Relay
+    if name == "Target":
+        from .target import Target
+        return Target
+    if name == "Config":
+        from .config import Config
+        return Config
+    raise AttributeError(f"module 'outbox_relay' has no attribute {name!r}")
+
+
+__all__ = [
+    "__version__", "Outbox", "PutResult", "Message", "normalize", "Relay", "Target", "Config",
+    "OutboxRelayError", "InvalidMessage", "NotAMessage", "OutboxError", "OutboxFull",
+    "OutboxUnavailable", "RelayLocked", "ConfigError", "TargetError", "TargetUnavailable", "RowRejected",
+]
