@@ -24,9 +24,13 @@ _SENDERS = [f"ou_{i:032x}" for i in range(37)]
 _CHATS = [f"oc_{i:032x}" for i in range(11)]
 
 
+def id_prefix(run):
+    return "om_" + run[:8].ljust(8, "_")
+
+
 def message_id(run, n):
     """A unique, sortable Feishu-style id: om_ + 32 characters."""
-    return f"om_{run[:8]:<8}{n:024d}"
+    return f"{id_prefix(run)}{n:024d}"
 
 
 def text(rng, target_bytes=300):

@@ -34,19 +34,13 @@ class BadSetting(click.ClickException):
 # -- shared options -------------------------------------------------------------------
 
 def _setting_option(s):
-    kwargs = {"default": None, "help": f"{s.help} [env {s.env}; default {s.default!r}]"}
-    if s.kind == "int":
-        kwargs["type"] = click.INT
-    elif s.kind == "float":
-        kwargs["type"] = click.FLOAT
-    elif s.kind == "choice":
-        kwargs["type"] = click.Choice(s.choices, case_sensitive=False)
-    metavar = {"url": "URL", "hostport": "HOST:PORT", "table": "NAME", "str": "TEXT"}.get(s.kind)
-    if s.name == "outbox":
-        metavar = "PATH"
-    if metavar:
-        kwargs["metavar"] = metavar
-    return click.option(s.flag, s.name, show_default=False, **kwargs)
+    # Values stay strings here: Config validates them, so a wrong value is one line naming the
+    # setting (exit 2), whether it came from a flag, the environment or the file.
+    hint = f" ({'|'.join(s.choices)})" if s.choices else ""
+    metavar = {"url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N", "float": "SECONDS",
+               "choice": "|".join(s.choices)}.get(s.kind, "PATH" if s.name == "outbox" else "TEXT")
+    return click.option(s.flag, s.name, default=None, metavar=metavar,
+                        help=f"{s.help}{hint} [env {s.env}; default {s.default!r}]")
 
 
 def settings_options(fn):
@@ -157,8 +151,12 @@ def put(source, cfg, as_json):
 
 
 def _parse_put_input(data):
-    from .message import parse_payload
-    text = data.decode("utf-8", errors="strict") if isinstance(data, bytes) else data
+    from .message import normalize, parse_payload
+    try:
+        # utf-8-sig: a file saved by an editor that writes a byte-order mark is still JSON to us.
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"input is not valid UTF-8 (byte {e.start})") from None
     if not text.strip():
         raise click.ClickException("no input: give a JSON object or JSON lines")
     try:
@@ -170,7 +168,7 @@ def _parse_put_input(data):
     payloads = []
     for n, line in lines:
         try:
-            payloads.append(parse_payload(line))
+            payloads.append(normalize(parse_payload(line)))
         except InvalidMessage as e:
             raise click.ClickException(f"line {n}: {e}") from None
     return payloads

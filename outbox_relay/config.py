@@ -183,6 +183,8 @@ def _parse(s, value, origin):
     if s.kind in ("int", "float"):
         if isinstance(value, bool):
             raise bad("is not a number")
+        if s.kind == "int" and isinstance(value, float):  # TOML 1.5: a mistake, not 1
+            raise bad("is not an integer")
         try:
             value = int(value) if s.kind == "int" else float(value)
         except (TypeError, ValueError):
@@ -216,7 +218,9 @@ def _parse(s, value, origin):
     return value
 
 
-_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)(@)")
+# The password runs to the *last* @ of the URL, as urlsplit (and so the driver) reads it: a raw @
+# in a password must not leave its tail visible. Masking too much is harmless; too little is not.
+_PASSWORD = re.compile(r"(://[^\s:/?#]*:)(\S*)(@)")
 
 
 def mask_url(url):

@@ -147,7 +147,29 @@ def _from_feishu_v2(p):
     )
 
 
-_AT_TAG = re.compile(r"<at\b[^>]*>(.*?)</at>", re.S)
+def _strip_at_tags(text):
+    """`<at open_id="…">@name</at>` -> `@name`, exactly what the regex `<at\\b[^>]*>(.*?)</at>` would
+    replace, in one pass: the regex rescans to the end for every unclosed `<at`, which is quadratic
+    (a 160 KB body of "<at>" took 28 s)."""
+    out, pos = [], 0
+    start = text.find("<at", pos)
+    while start >= 0:
+        if re.match(r"\w", text[start + 3:start + 4]):  # `<attr`: not an at tag
+            start = text.find("<at", start + 3)
+            continue
+        # No `>` or `</at>` after this point means no later tag can match either.
+        open_end = text.find(">", start + 3)
+        if open_end < 0:
+            break
+        close = text.find("</at>", open_end + 1)
+        if close < 0:
+            break
+        out.append(text[pos:start])
+        out.append(text[open_end + 1:close])
+        pos = close + 5
+        start = text.find("<at", pos)
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _from_feishu_v1(p):
@@ -160,7 +182,7 @@ def _from_feishu_v1(p):
     chat_type = _kind(event, "chat_type", "event.")
     content = {"text": raw_text} if msg_type == "text" else {
         k: v for k, v in event.items() if k in ("image_key", "file_key", "title", "text")}
-    text = _AT_TAG.sub(r"\1", raw_text) if msg_type == "text" else extract_text(msg_type, content, [])
+    text = _strip_at_tags(raw_text) if msg_type == "text" else extract_text(msg_type, content, [])
     ts = _get(p, "ts", (str, int, float), where="")
     return _build(
         source="feishu.v1",
@@ -269,7 +291,11 @@ def extract_text(msg_type, content, mentions=()):
         text = text if isinstance(text, str) else ""
         for m in mentions or ():
             if isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("name"), str):
-                text = text.replace(m["key"], "@" + m["name"])
+                key, name = m["key"], "@" + m["name"]
+                # An empty or one-letter key with a long name would multiply the text (gigabytes
+                # from a 1 MB payload); real keys are "@_user_N" and names are short.
+                if key and len(text) + text.count(key) * (len(name) - len(key)) <= MAX_MESSAGE_BYTES:
+                    text = text.replace(key, name)
         return text
     if msg_type == "post" and isinstance(content, dict):
         return _post_text(content)
@@ -330,6 +356,9 @@ def parse_timestamp(value, field):
             number = int(value)
         elif re.fullmatch(r"\d{1,12}\.\d{1,9}", value):
             number = float(value)
+        elif re.fullmatch(r"\d+", value):
+            # Not for fromisoformat below: it reads 20+ digits as a basic-format date (year 1111).
+            raise InvalidMessage(f"{field} is out of range: {value[:40]!r}")
         else:
             iso = _parse_iso(value)
             if iso is None:
@@ -375,8 +404,8 @@ def _id(obj, key, where, *, required=False, name=None):
     if value is None:
         return None
     value = str(value)
-    if name and not value.strip():
-        raise InvalidMessage(f"missing {name}")
+    if required and not value.strip():
+        raise InvalidMessage(f"missing {name or where + key}")
     return _check_len(value, where + key, MAX_ID_LENGTH)
 
 

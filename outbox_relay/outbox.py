@@ -64,7 +64,11 @@ class Outbox:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise OutboxUnavailable(f"cannot create the outbox directory {directory}: {e.strerror}") from None
-        self._migrate()
+        try:
+            self._migrate()
+        except BaseException:
+            self.close()  # the caller never gets this object, so nothing else could close it
+            raise
 
     # -- connections -----------------------------------------------------------
 
@@ -154,6 +158,7 @@ class Outbox:
 
     def put_many(self, payloads):
         """Commit many messages in one transaction: all are stored, or none (any invalid -> none)."""
+        payloads = list(payloads)  # a generator too: len() below, on the error path
         messages = []
         for i, payload in enumerate(payloads):
             try:
@@ -161,7 +166,7 @@ class Outbox:
             except InvalidMessage as e:
                 if len(payloads) == 1:
                     raise
-                raise type(e)(f"item {i}: {e}") if type(e) is InvalidMessage else e
+                raise (type(e)(f"item {i}: {e}") if type(e) is InvalidMessage else e) from None
         if not messages:
             return []
         now = time.time()
@@ -189,8 +194,12 @@ class Outbox:
                     existing = c.execute("SELECT id, state FROM outbox WHERE message_id = ?",
                                          (m.message_id,)).fetchone()
                     results.append(PutResult(m.message_id, True, existing[0], existing[1]))
-            if added and self.overflow == "park":
-                self._park_overflow(c)
+            if added and self.overflow == "park" and self._park_overflow(c):
+                # A batch bigger than the room parks some of its own rows: report their real state.
+                states = dict(c.execute(
+                    "SELECT id, state FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([r.id for r in results]),)).fetchall())
+                results = [r._replace(state=states.get(r.id, r.state)) for r in results]
         if added:
             self._notify()
         return results
@@ -203,6 +212,7 @@ class Outbox:
                 "UPDATE outbox SET state = 'parked', updated_at = ? WHERE id IN"
                 " (SELECT id FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?)",
                 (time.time(), excess))
+        return max(excess, 0)
 
     def _notify(self):
         for callback in list(self._listeners):

@@ -88,13 +88,10 @@ class Service:
         return self
 
     def _start_http(self):
-        from waitress.server import create_server
         from .web import create_app
         app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread)
         host, port = self.cfg.http_address
-        self.http_server = create_server(app, host=host, port=port, threads=self.cfg.http_threads,
-                                         ident="outbox-relay", clear_untrusted_proxy_headers=True,
-                                         max_request_body_size=self.cfg.max_body, channel_timeout=30)
+        self.http_server = create_http_server(app, self.cfg, host, port)
         self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
         self.http_thread.start()
         log.info("listening on http://%s:%s (POST /webhook/feishu-message, GET /healthz, GET /metrics)",
@@ -115,9 +112,7 @@ class Service:
 
     def shutdown(self):
         if self.http_server is not None:
-            # Stop accepting, then let the worker threads finish the requests they hold.
-            self.http_server.close()
-            self.http_server.task_dispatcher.shutdown(cancel_pending=False, timeout=SHUTDOWN_GRACE)
+            drain_http_server(self.http_server, self.http_thread, SHUTDOWN_GRACE)
             self.http_server = None
         if self.relay_thread is not None:
             if not self.relay_thread.stop():
@@ -158,3 +153,68 @@ class Service:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+# -- waitress ---------------------------------------------------------------------------------
+
+
+def create_http_server(app, cfg, host, port):
+    """A waitress server for `app`, bound but not yet serving (call .run() on a thread)."""
+    from waitress.server import create_server
+    return create_server(
+        app, host=host, port=port, threads=cfg.http_threads, ident="outbox-relay",
+        clear_untrusted_proxy_headers=True, channel_timeout=30,
+        # waitress refuses a body at or over this size while reading the headers (or, when chunked,
+        # as soon as it grows past it), so an oversized body is never read. +1: it counts ">=".
+        max_request_body_size=cfg.max_body + 1)
+
+
+def drain_http_server(server, thread, grace):
+    """Stop accepting connections, let the requests in flight finish and their answers go out,
+    then close everything. Returns True if everything in flight finished within `grace` seconds.
+
+    waitress has no graceful stop of its own, and its socket loop (asyncore) is not thread-safe,
+    so every change to the loop's sockets is handed to the loop thread through waitress's trigger.
+    """
+    from waitress import wasyncore
+    from waitress.channel import HTTPChannel
+
+    deadline = time.monotonic() + grace
+    if not _on_loop(server, lambda: wasyncore.dispatcher.close(server), thread):
+        log.warning("HTTP loop did not answer; closing without waiting for requests in flight")
+    busy = []
+    while time.monotonic() < deadline:
+        # A channel is busy while a request is being received, handled, or its answer is not yet
+        # written out. Idle keep-alive connections are not waited for.
+        busy = [c for c in list(server._map.values()) if isinstance(c, HTTPChannel)
+                and (c.request is not None or c.requests or c.total_outbufs_len)]
+        if not busy:
+            break
+        time.sleep(0.02)
+    if busy:
+        log.warning("%d HTTP request(s) still in flight after %.0f s; closing them", len(busy), grace)
+    _on_loop(server, lambda: wasyncore.close_all(server._map), thread)
+    if thread is not None:
+        thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+    server.task_dispatcher.shutdown(cancel_pending=True, timeout=1.0)
+    return not busy
+
+
+def _on_loop(server, fn, thread, timeout=5.0):
+    """Run fn() on the waitress loop thread and wait for it; False if the loop is not running."""
+    if thread is None or not thread.is_alive():
+        fn()
+        return True
+    done = threading.Event()
+
+    def thunk():
+        try:
+            fn()
+        finally:
+            done.set()
+    try:
+        server.trigger.pull_trigger(thunk)
+    except OSError:  # the trigger is closed: the loop has already ended
+        fn()
+        return True
+    return done.wait(timeout)

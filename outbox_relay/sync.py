@@ -113,6 +113,8 @@ class Relay:
             pruned = self.outbox.prune()
             return StepResult(refilled=refilled, pruned=pruned)
         try:
+            # Not only at start-up: a target that was down then must still get its table.
+            self.target.ensure_schema()
             new, delivered, dead = self._deliver(rows)
         except TargetUnavailable as e:
             self._note_error(e)
@@ -122,11 +124,11 @@ class Relay:
             raise
         refilled += self.outbox.refill()
         pruned = self.outbox.prune()
-        self._note_success()
         result = StepResult(len(rows), delivered, new, dead, refilled, pruned, None)
         self.stats["batches"] += 1
         self.stats["delivered"] += delivered
         self.stats["dead"] += dead
+        self._note_success()  # after the counters: the heartbeat carries them
         self._observe(result, time.perf_counter() - started)
         return result
 
@@ -209,13 +211,15 @@ class Relay:
             result = self._step_with_backoff()
             if result is None:
                 break
-            batches += 1
             for field in ("claimed", "delivered", "new", "dead", "refilled", "pruned"):
                 total[field] += getattr(result, field)
+            if result.claimed == 0:
+                if not self.outbox.has_pending():
+                    break
+                continue  # parked rows were just refilled: not a batch
+            batches += 1
             if on_step:
                 on_step(result)
-            if result.claimed == 0 and not self.outbox.has_pending():
-                break
         total["batches"] = batches
         return total
 

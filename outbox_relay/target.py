@@ -139,6 +139,7 @@ class Target:
                 pragmas={"journal_mode": "wal", "synchronous": "normal",
                          "busy_timeout": connect_timeout * 1000})
         self.columns = schema.TARGET_COLUMNS
+        self._schema_checked = False
 
     @property
     def display_url(self):
@@ -283,10 +284,10 @@ class Target:
 
         def apply(conn):
             cur = conn.cursor()
+            # Two relays starting at once must not both run the DDL: the lock comes first, since
+            # even CREATE TABLE IF NOT EXISTS fails with 23505 (pg_type) when two race.
+            self._ddl_lock(cur)
             cur.execute(schema.version_table_sql(self.dialect))
-            if self.dialect == "postgresql":
-                # Two relays starting at once must not both run the DDL.
-                cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("outbox-relay:" + self.table,))
             cur.execute(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {mark}", (self.table,))
             row = cur.fetchone()
             current = row[0] if row else 0
@@ -307,9 +308,14 @@ class Target:
             report["trigram"] = self._try_trigram()
         return report
 
+    def _ddl_lock(self, cur):
+        if self.dialect == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("outbox-relay:" + self.table,))
+
     def _try_trigram(self):
         def create(conn):
             cur = conn.cursor()
+            self._ddl_lock(cur)  # CREATE EXTENSION IF NOT EXISTS races the same way
             for sql in schema.trigram_statements(self.table):
                 cur.execute(sql)
             cur.close()
@@ -323,19 +329,26 @@ class Target:
             return f"not created: {e}"
 
     def ensure_schema(self):
-        """Create or migrate the table when we may; when we may not, say what the DBA must run."""
+        """Create or migrate the table when we may; when we may not, say what the DBA must run.
+        Once it has succeeded (or told the DBA), later calls return False at once: the relay
+        calls it before every batch, so a target that was down at start-up gets its table."""
+        if self._schema_checked:
+            return False
         migrations = schema.target_migrations(self.dialect, self.table)
         if self.schema_version() >= len(migrations):
+            self._schema_checked = True
             return False
         try:
             self.init_db(trigram=True)
-            return True
         except TargetUnavailable as e:
             if e.sqlstate and e.sqlstate.startswith("42"):
                 log.warning("cannot create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
                             self.table, e)
+                self._schema_checked = True
                 return False
             raise
+        self._schema_checked = True
+        return True
 
     # -- diagnostics ---------------------------------------------------------------------------
 

@@ -1,0 +1,179 @@
+"""Prometheus metrics for one web app: what the webhook counts, what the relay reports, and what
+the outbox holds.
+
+Each app gets its own CollectorRegistry rather than prometheus_client's global one, so two apps in
+one process (tests; a gateway that also embeds the library) never clash over metric names.
+
+The outbox gauges (rows by state, oldest pending age, relay heartbeat) are read from SQLite at
+scrape time by a custom collector, because the database is the truth. In-memory counters would
+drift from it as soon as another process writes the same outbox.
+"""
+
+import logging
+import re
+import threading
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .errors import OutboxError
+from .message import SOURCES
+from .sync import HEARTBEAT_KEY
+
+log = logging.getLogger(__name__)
+
+# "unknown": the request was refused before we could tell what kind of message it held.
+SOURCE_LABELS = SOURCES + ("feishu", "unknown")
+OUTCOMES = ("stored", "duplicate", "ignored", "verification", "invalid", "unauthorized",
+            "too_large", "unsupported_media_type", "unavailable", "error")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# Anyone who can post can invent event types; a label per type must not grow without bound.
+MAX_EVENT_TYPES = 32
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The registry of one app and the instruments the webhook and the relay update."""
+
+    def __init__(self, outbox, relay=None):
+        self.registry = registry = CollectorRegistry()
+        self.received = Counter(
+            "outbox_relay_messages_received", "Webhook requests, by message source and outcome",
+            ("source", "outcome"), registry=registry)
+        # Pre-create the common series so dashboards and rate() see 0 instead of nothing.
+        for source in SOURCES:
+            for outcome in ("stored", "duplicate"):
+                self.received.labels(source, outcome)
+        self.ignored = Counter(
+            "outbox_relay_events_ignored", "Feishu/OpenClaw events acknowledged but not stored, by type",
+            ("event_type",), registry=registry)
+        self._event_types = set()
+        self._event_types_lock = threading.Lock()
+        self.in_flight = Gauge(
+            "outbox_relay_http_requests_in_flight", "Webhook requests being handled now",
+            registry=registry)
+        self.webhook_seconds = Histogram(
+            "outbox_relay_webhook_seconds", "Time to answer a webhook POST (commit included)",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        if relay is not None:
+            self._relay_instruments(registry)
+            relay.observers.append(self.observe_step)
+        registry.register(_OutboxCollector(outbox, relay))
+
+    def _relay_instruments(self, registry):
+        self.batches = Counter("outbox_relay_relay_batches", "Batches the relay wrote to the target",
+                               registry=registry)
+        self.rows = Counter("outbox_relay_relay_rows", "Outbox rows the relay finished, by outcome",
+                            ("outcome",), registry=registry)
+        for outcome in ("delivered", "dead"):
+            self.rows.labels(outcome)
+        self.inserted = Counter("outbox_relay_target_rows_inserted",
+                                "Rows new to the target (the rest were already there)", registry=registry)
+        self.errors = Counter("outbox_relay_relay_errors",
+                              "Batches that failed because the target was unavailable", registry=registry)
+        self.batch_seconds = Histogram("outbox_relay_relay_batch_seconds",
+                                       "Time for one relay batch, claim to local mark",
+                                       buckets=BATCH_BUCKETS, registry=registry)
+
+    def count(self, source, outcome):
+        self.received.labels(source if source in SOURCE_LABELS else "unknown", outcome).inc()
+
+    def count_ignored(self, event_type):
+        event_type = event_type if isinstance(event_type, str) and _EVENT_TYPE.match(event_type) else "other"
+        with self._event_types_lock:
+            if event_type not in self._event_types:
+                if len(self._event_types) >= MAX_EVENT_TYPES:
+                    event_type = "other"
+                self._event_types.add(event_type)
+        self.ignored.labels(event_type).inc()
+
+    def observe_step(self, result, seconds):
+        """Relay observer (called on the relay thread after every batch that claimed rows)."""
+        if result.error is not None:
+            self.errors.inc()
+            return
+        self.batches.inc()
+        self.rows.labels("delivered").inc(result.delivered)
+        self.rows.labels("dead").inc(result.dead)
+        self.inserted.inc(result.new)
+        self.batch_seconds.observe(seconds)
+
+    def render(self):
+        return generate_latest(self.registry)
+
+
+class _OutboxCollector(Collector):
+    """Gauges computed when scraped: outbox rows by state, the oldest pending row's age, the relay
+    heartbeat, and the target pool's connections when the relay runs in this process."""
+
+    def __init__(self, outbox, relay):
+        self.outbox = outbox
+        self.relay = relay
+
+    def collect(self):
+        readable = GaugeMetricFamily("outbox_relay_outbox_readable",
+                                     "1 if the outbox could be read at this scrape")
+        try:
+            counts = self.outbox.counts()
+            age = self.outbox.oldest_pending_age()
+            beat = self.outbox.get_meta(HEARTBEAT_KEY)
+        except OutboxError as e:
+            log.warning("metrics: cannot read the outbox: %s", e)
+            readable.add_metric([], 0)
+            yield readable
+            yield from self._target()
+            return
+        readable.add_metric([], 1)
+        yield readable
+        rows = GaugeMetricFamily("outbox_relay_outbox_rows", "Rows in the local outbox, by state",
+                                 labels=["state"])
+        for state, n in counts.items():
+            rows.add_metric([state], n)
+        yield rows
+        yield GaugeMetricFamily("outbox_relay_outbox_oldest_pending_age_seconds",
+                                "Age of the oldest undelivered (pending or parked) row; 0 when none",
+                                value=age or 0.0)
+        yield from self._heartbeat(beat)
+        yield from self._target()
+
+    def _heartbeat(self, beat):
+        if not isinstance(beat, dict) or not isinstance(beat.get("beat_at"), (int, float)):
+            return
+        now = time.time()
+        yield GaugeMetricFamily("outbox_relay_relay_heartbeat_age_seconds",
+                                "Seconds since a relay last wrote its heartbeat to this outbox",
+                                value=max(0.0, now - beat["beat_at"]))
+        since = beat.get("unavailable_since")
+        yield GaugeMetricFamily("outbox_relay_target_unavailable_seconds",
+                                "How long the target has been unreachable (0 when it is reachable)",
+                                value=max(0.0, now - since) if isinstance(since, (int, float)) else 0.0)
+        if isinstance(beat.get("last_success"), (int, float)):
+            yield GaugeMetricFamily("outbox_relay_relay_last_success_timestamp_seconds",
+                                    "When the relay last wrote a batch to the target (epoch seconds)",
+                                    value=beat["last_success"])
+
+    def _target(self):
+        if self.relay is None:
+            return
+        db = getattr(self.relay.target, "db", None)
+        # peewee's pool keeps these as a dict and a heap; len() of either is atomic. Only the
+        # PostgreSQL pool is shared across threads; SQLite connection state is per thread.
+        in_use = getattr(db, "_in_use", None)
+        idle = getattr(db, "_connections", None)
+        if in_use is None or idle is None:
+            return
+        conns = GaugeMetricFamily("outbox_relay_target_connections",
+                                  "Target connections the relay holds, by state", labels=["state"])
+        conns.add_metric(["in_use"], len(in_use))
+        conns.add_metric(["idle"], len(idle))
+        yield conns
+        yield GaugeMetricFamily("outbox_relay_target_pool_size",
+                                "Most target connections the relay may hold",
+                                value=getattr(self.relay.target, "pool_size", 0))

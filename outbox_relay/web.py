@@ -1,0 +1,384 @@
+"""HTTP: the Feishu/OpenClaw webhook, /healthz and /metrics, as a Falcon WSGI app (served by waitress,
+see service.py).
+
+A 200 from the webhook means "committed to the outbox". Anything not committed gets a 4xx (the
+request itself is wrong: retrying cannot help) or a 503 with Retry-After (we cannot commit now:
+retry). Every error body is JSON: {"ok": false, "error": "<what was wrong>"}.
+
+Who may post. Feishu cannot send a bearer token and OpenClaw cannot sign like Feishu, so each
+sender proves itself with the credential it has:
+  * nothing configured (no encrypt key, no verification token, no auth_token): anyone may post.
+    This is meant for a relay listening on 127.0.0.1 next to the gateway.
+  * otherwise one valid credential is required:
+      - `Authorization: Bearer <auth_token>` (OpenClaw, scripts). Such a request skips the Feishu
+        verification token check (it carries none), but an encrypted body still needs the key.
+        A bearer token that is present but wrong is refused, whatever else the request carries.
+      - a valid X-Lark-Signature (needs the encrypt key), or a matching Feishu verification token.
+        An encrypted url_verification (Feishu does not sign it) counts as proven when it decrypts
+        with our key.
+  * with no auth_token configured, an Authorization header is ignored.
+
+Content type: application/json, with or without `charset=utf-8`. A request with no Content-Type
+at all is accepted as JSON, because simple scripts (urllib, some shell tools) omit it. Any other
+type gets 415, so a form post never reaches the JSON parser.
+
+Body size: waitress refuses a body over max_body while it reads the headers (Content-Length) or as
+soon as a chunked body passes the limit (413, text/plain, connection closed). The app's own checks
+below return the JSON 413 when the app runs under another server.
+"""
+
+import hmac
+import json
+import logging
+import os
+import sqlite3
+import time
+import urllib.parse
+
+import falcon
+
+from . import feishu
+from .errors import (InvalidMessage, NotAMessage, OutboxError, OutboxFull, OutboxUnavailable,
+                     SignatureError)
+from .message import normalize
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .metrics import Metrics
+from .sync import BACKOFF_MAX, HEARTBEAT_KEY
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhook/feishu-message"
+RETRY_AFTER_LOCKED = 1    # a lock usually clears in well under a second
+RETRY_AFTER_FULL = 30     # overflow=reject: the relay needs time to drain
+PROBE_TIMEOUT = 1.0       # most seconds /healthz waits for the outbox write lock
+MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
+def create_app(cfg, outbox, relay_thread=None):
+    """The WSGI app. `relay_thread` (service.RelayThread) when the relay runs in this process;
+    without it (`serve`), /healthz judges the relay by the heartbeat it writes into the outbox."""
+    relay = relay_thread.relay if relay_thread is not None else None
+    metrics = Metrics(outbox, relay)
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app.set_error_serializer(_serialize_error)
+    app.add_error_handler(Exception, _unexpected_error)
+    app.add_route(WEBHOOK_PATH, Webhook(cfg, outbox, metrics))
+    app.add_route("/healthz", Health(cfg, outbox, relay_thread))
+    app.add_route("/metrics", MetricsResource(metrics))
+    return app
+
+
+class Rejected(Exception):
+    """A webhook request we refuse: the HTTP status, the metrics outcome and a message for the sender."""
+
+    def __init__(self, status, outcome, message, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.outcome = outcome
+        self.headers = headers or {}
+        self.source = "unknown"  # set once the body has been read far enough to tell
+
+
+class Webhook:
+    def __init__(self, cfg, outbox, metrics):
+        self.cfg = cfg
+        self.outbox = outbox
+        self.metrics = metrics
+        self.auth_token = cfg.auth_token.encode("utf-8") if cfg.auth_token else None
+        self.feishu_auth = bool(cfg.feishu_encrypt_key or cfg.feishu_verification_token)
+        self.open = not (self.auth_token or self.feishu_auth)
+
+    def on_post(self, req, resp):
+        started = time.perf_counter()
+        source = "unknown"
+        with self.metrics.in_flight.track_inprogress():
+            try:
+                source, outcome, answer = self._handle(req)
+            except Rejected as e:
+                outcome = e.outcome
+                source = e.source
+                resp.status = falcon.code_to_http_status(e.status)
+                resp.media = {"ok": False, "error": str(e)}
+                for name, value in e.headers.items():
+                    resp.set_header(name, value)
+                if e.status == 401 and self.auth_token:
+                    resp.set_header("WWW-Authenticate", 'Bearer realm="outbox-relay"')
+                level = logging.WARNING if e.status >= 500 else logging.INFO if e.status == 401 else logging.DEBUG
+                log.log(level, "webhook %s: %s", e.status, e)
+            except Exception:
+                self.metrics.count(source, "error")
+                raise
+            else:
+                resp.media = answer
+            self.metrics.count(source, outcome)
+        self.metrics.webhook_seconds.observe(time.perf_counter() - started)
+
+    def _handle(self, req):
+        """-> (source, outcome, JSON answer) for a 200; raises Rejected for everything else."""
+        _check_content_type(req)
+        bearer = self._check_bearer(req)
+        body = self._read_body(req)
+        event = self._open(req, body, bearer)
+        source = _guess_source(event)
+        try:
+            if event.get("type") == "url_verification":
+                challenge = event.get("challenge")
+                if not isinstance(challenge, str):
+                    raise InvalidMessage("url_verification without a challenge string")
+                return "feishu", "verification", {"challenge": challenge}
+            try:
+                message = normalize(event)
+            except NotAMessage as e:
+                self.metrics.count_ignored(e.event_type)
+                log.debug("webhook: ignored a %s event", e.event_type)
+                return source, "ignored", {"ok": True, "ignored": e.event_type}
+            source = message.source
+            try:
+                result = self.outbox.put(message)
+            except OutboxFull as e:
+                raise Rejected(503, "unavailable", str(e),
+                               {"Retry-After": str(RETRY_AFTER_FULL)}) from None
+            except OutboxError as e:  # OutboxUnavailable and any other failure to commit
+                raise Rejected(503, "unavailable", f"not stored, retry: {e}",
+                               {"Retry-After": str(RETRY_AFTER_LOCKED)}) from None
+            # The outbox's listeners (the in-process relay's wake-up) have run by now.
+            return source, "duplicate" if result.duplicate else "stored", {
+                "ok": True, "message_id": result.message_id, "duplicate": result.duplicate}
+        except (InvalidMessage, Rejected) as e:
+            if isinstance(e, InvalidMessage):
+                e = Rejected(400, "invalid", str(e))
+            e.source = source
+            raise e from None
+
+    # -- the steps -----------------------------------------------------------------------------
+
+    def _check_bearer(self, req):
+        """True: a valid bearer token. False: none given (or none configured). Wrong: 401."""
+        if self.auth_token is None:
+            return False
+        header = req.get_header("Authorization")
+        if header is None:
+            return False
+        scheme, _, token = header.strip().partition(" ")
+        # WSGI hands header values over as latin-1 str; compare the bytes that were sent.
+        given = token.strip().encode("latin-1", "replace")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.auth_token):
+            raise Rejected(401, "unauthorized", "wrong bearer token")
+        return True
+
+    def _read_body(self, req):
+        limit = self.cfg.max_body
+        length = req.content_length  # falcon answers 400 itself for a malformed Content-Length
+        if length is not None and length > limit:
+            raise Rejected(413, "too_large",
+                           f"body is {length} bytes, the limit is {limit}")
+        if length is None and req.env.get("wsgi.input_terminated"):
+            stream = req.stream  # chunked: the server ends the stream where the body ends
+        else:
+            stream = req.bounded_stream  # never reads past Content-Length (none: nothing)
+        # Read one byte past the limit, never more, so a chunked body cannot make us buffer it all.
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = stream.read(min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        body = b"".join(chunks)
+        if size > limit:
+            raise Rejected(413, "too_large", f"body is over the limit of {limit} bytes")
+        if not body.strip():
+            raise Rejected(400, "invalid", "request body is empty")
+        return body
+
+    def _open(self, req, body, bearer):
+        """Authenticate and unwrap the body (feishu.open_envelope on the raw bytes) -> event dict."""
+        cfg = self.cfg
+        signature = req.get_header(feishu.HEADER_SIGNATURE)
+        try:
+            event = feishu.open_envelope(
+                body, encrypt_key=cfg.feishu_encrypt_key,
+                # A bearer-authenticated sender (OpenClaw) has no Feishu token to show.
+                verification_token=None if bearer else cfg.feishu_verification_token,
+                timestamp=req.get_header(feishu.HEADER_TIMESTAMP),
+                nonce=req.get_header(feishu.HEADER_NONCE),
+                signature=signature)
+        except SignatureError as e:
+            hint = " (or send Authorization: Bearer <auth_token>)" if self.auth_token else ""
+            raise Rejected(401, "unauthorized", f"{e}{hint}") from None
+        except InvalidMessage as e:
+            raise Rejected(400, "invalid", str(e)) from None
+        if self.open or bearer or cfg.feishu_verification_token:
+            return event  # the token, when configured, was checked by open_envelope
+        if cfg.feishu_encrypt_key and signature:
+            return event  # open_envelope verified the signature over the raw body
+        if cfg.feishu_encrypt_key and event.get("type") == "url_verification" and _was_encrypted(body):
+            return event  # unsigned by Feishu's design, but only our key decrypts it
+        raise Rejected(
+            401, "unauthorized",
+            "not authenticated: send Authorization: Bearer <auth_token>, or a Feishu-signed request"
+            if self.auth_token else "not authenticated: this relay only accepts Feishu-signed requests")
+
+
+def _check_content_type(req):
+    ctype = req.content_type
+    if not ctype or not ctype.strip():
+        return
+    media, params = falcon.parse_header(ctype)
+    charset = params.get("charset", "utf-8").lower()
+    if media.lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise Rejected(415, "unsupported_media_type",
+                       f"Content-Type must be application/json (UTF-8), not {ctype[:100]!r}")
+
+
+def _was_encrypted(body):
+    try:
+        return "encrypt" in json.loads(body)
+    except (ValueError, TypeError):
+        return False
+
+
+def _guess_source(event):
+    """Which kind of sender an event (maybe not a message) came from, for the metrics label."""
+    if event.get("schema") == "2.0" or "header" in event:
+        return "feishu.v2"
+    if event.get("type") == "event_callback":
+        return "feishu.v1"
+    if event.get("type") == "message" and "context" in event:
+        return "openclaw"
+    if "message_id" in event:
+        return "api"
+    return "unknown"
+
+
+# -- /healthz ---------------------------------------------------------------------------------
+
+
+def stuck_after(cfg):
+    """Seconds without a relay loop pass (or heartbeat) before we call the relay stuck. One pass
+    may legitimately take a connect plus a statement timeout, or a full backoff wait."""
+    return max(60.0, 2.0 * (cfg.connect_timeout + cfg.statement_timeout), 2.0 * BACKOFF_MAX)
+
+
+class Health:
+    """200 when the outbox is writable and the relay alive and delivering; 503 with reasons."""
+
+    def __init__(self, cfg, outbox, relay_thread):
+        self.cfg = cfg
+        self.outbox = outbox
+        self.relay_thread = relay_thread
+
+    def on_get(self, req, resp):
+        reasons = []
+        checks = {"outbox": self._check_outbox(reasons), "relay": self._check_relay(reasons)}
+        resp.status = falcon.HTTP_200 if not reasons else falcon.HTTP_503
+        resp.set_header("Cache-Control", "no-store")
+        resp.media = {"ok": not reasons, "reasons": reasons, "checks": checks}
+        if reasons:
+            log.info("healthz: %s", "; ".join(reasons))
+
+    def _check_outbox(self, reasons):
+        path = self.outbox.path
+        try:
+            probe_writable(path, min(self.cfg.busy_timeout, PROBE_TIMEOUT))
+        except sqlite3.Error as e:
+            reasons.append(f"outbox {path} is not writable: {e}")
+            return {"ok": False, "path": path}
+        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
+        free = stat.f_bavail * stat.f_frsize
+        if free < MIN_FREE_BYTES:
+            reasons.append(f"disk almost full where the outbox lives: {free} bytes free")
+            return {"ok": False, "path": path, "free_bytes": free}
+        return {"ok": True, "path": path, "free_bytes": free}
+
+    def _check_relay(self, reasons):
+        mine = []
+        state = self._relay_state(mine)
+        state["ok"] = not mine
+        reasons.extend(mine)
+        return state
+
+    def _relay_state(self, reasons):
+        now = time.time()
+        limit = stuck_after(self.cfg)
+        if self.relay_thread is not None:
+            relay = self.relay_thread.relay
+            state = {"in_process": True, "alive": self.relay_thread.alive(),
+                     "last_success": relay.last_success, "last_error": relay.last_error}
+            if not state["alive"]:
+                crashed = self.relay_thread.crashed
+                reasons.append("relay thread is not running" + (f": {crashed}" if crashed else ""))
+            elif relay.stopping:
+                reasons.append("shutting down")
+            else:
+                quiet = now - (relay.last_loop_at or relay.started_at)
+                if quiet > limit:
+                    reasons.append(f"relay loop stuck: no pass for {quiet:.0f} s")
+            since = relay.unavailable_since
+        else:
+            try:
+                beat = self.outbox.get_meta(HEARTBEAT_KEY)
+            except OutboxError as e:
+                reasons.append(f"cannot read the relay heartbeat: {e}")
+                return {"in_process": False}
+            if not isinstance(beat, dict) or not isinstance(beat.get("beat_at"), (int, float)):
+                reasons.append("no relay heartbeat in the outbox: is `outbox-relay run --no-http` running?")
+                return {"in_process": False}
+            state = {"in_process": False, "pid": beat.get("pid"),
+                     "heartbeat_age": round(now - beat["beat_at"], 3),
+                     "last_success": beat.get("last_success"), "last_error": beat.get("last_error")}
+            if state["heartbeat_age"] > limit:
+                reasons.append(f"relay heartbeat is {state['heartbeat_age']:.0f} s old: is the relay running?")
+            since = beat.get("unavailable_since")
+        if isinstance(since, (int, float)):
+            down = now - since
+            state["target_unavailable_for"] = round(down, 3)
+            if down > self.cfg.unhealthy_after:
+                reasons.append(f"target unreachable for {down:.0f} s (threshold {self.cfg.unhealthy_after:g} s):"
+                               f" {state['last_error']}")
+        return state
+
+
+def probe_writable(path, timeout):
+    """Take and drop the outbox's write lock: proves we could commit now, writes nothing.
+    mode=rw: a missing outbox file is an error here, not silently created."""
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
+    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+# -- /metrics and errors -----------------------------------------------------------------------
+
+
+class MetricsResource:
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def on_get(self, req, resp):
+        resp.content_type = METRICS_CONTENT_TYPE
+        resp.data = self.metrics.render()
+
+
+def _serialize_error(req, resp, exc):
+    """Falcon's own errors (404, 405, a malformed header) as the same JSON shape as ours."""
+    if exc.description:
+        message = exc.description
+    elif exc.status_code == 404:
+        message = f"no such path: {req.path[:200]} (POST {WEBHOOK_PATH}, GET /healthz, GET /metrics)"
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"method {req.method} is not allowed on {req.path[:200]} (allowed: {allowed})"
+    else:
+        message = exc.title
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = json.dumps({"ok": False, "error": message}, ensure_ascii=False)
+
+
+def _unexpected_error(req, resp, exc, params):
+    log.exception("unexpected error on %s %s", req.method, req.path)
+    resp.status = falcon.HTTP_500
+    resp.media = {"ok": False, "error": "internal error (see the server log)"}

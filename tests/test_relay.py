@@ -1,0 +1,490 @@
+"""The relay against a real PostgreSQL server: `sync` of 10,000, poison rows and `replay`, two
+hosts into one table, the embedded SQLite default, one relay per outbox, the CLI tools (`check`,
+`schema --sql`, `init-db`, `status`), prompt wake-up, and interruptible backoff.
+
+The fault tests (kill -9, outage, flaky network, connection limit, PgBouncer, SIGTERM) are in
+test_relay_faults.py.
+"""
+
+import json
+import logging
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from outbox_relay.cli import cli
+from outbox_relay.errors import RelayLocked
+from outbox_relay.message import Message
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay, RelayLock
+from outbox_relay.target import Target
+
+try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
+    from . import pgharness
+    from .relayutil import (BASE_MS, RelayProcess, flat, pg_query, pg_rows, put_all, relay_cmd, relay_env,
+                            row_stats, wait_until)
+except ImportError:
+    import pgharness
+    from relayutil import (BASE_MS, RelayProcess, flat, pg_query, pg_rows, put_all, relay_cmd, relay_env,
+                           row_stats, wait_until)
+
+
+@pytest.fixture
+def invoke(monkeypatch, tmp_path):
+    """Run the CLI in-process (CliRunner) from an empty cwd with no OUTBOX_RELAY_* environment."""
+    for name in list(os.environ):
+        if name.startswith("OUTBOX_RELAY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        return result
+
+    yield run
+    # The CLI points the package logger at CliRunner's (now closed) stream: undo that.
+    root = logging.getLogger("outbox_relay")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
+
+
+def heartbeat(outbox_path):
+    with Outbox(outbox_path) as outbox:
+        return outbox.get_meta("relay", {})
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(name, args, **settings) -> a started RelayProcess in tmp_path; killed at teardown."""
+    procs = []
+
+    def start(name, args, **settings):
+        proc = RelayProcess(args, relay_env(**settings), cwd=tmp_path, log_path=tmp_path / f"{name}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, pg_url):
+    outbox_path = str(tmp_path / "outbox.db")
+    with Outbox(outbox_path) as outbox:
+        assert put_all(outbox, [flat(i) for i in range(10_000)]) == 10_000
+        assert outbox.counts()["parked"] == 9_000        # over max_pending: parked, not lost
+
+    proc = spawn("sync", ["sync", "--json"], outbox=outbox_path, target=pg_url)
+    assert proc.wait(120) == 0, proc.output()
+    report = json.loads(proc.stdout())
+    assert report["delivered"] == 10_000 and report["new"] == 10_000 and report["dead"] == 0
+
+    assert row_stats(pg_url) == (10_000, 10_000)
+    rows = pg_query(pg_url, "SELECT message_id, chat_id, sender_id, msg_type, text, content->>'text',"
+                            " (extract(epoch FROM created_at) * 1000)::bigint, source, outbox_id,"
+                            " raw->>'message_id', received_at <= relayed_at FROM feishu_messages")
+    by_id = {r[0]: r for r in rows}
+    for i in range(10_000):
+        mid = f"om_{i:06d}"
+        text = f"message {i} 测试"
+        assert by_id[mid][1:] == (f"oc_chat_{i % 7}", f"ou_user_{i % 11}", "text", text, text,
+                                  BASE_MS + i, "api", i + 1, mid, True), by_id[mid]
+
+    with Outbox(outbox_path) as outbox:
+        assert outbox.counts() == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+        kept = [r["message_id"] for r in outbox.rows("delivered", limit=2000)]
+        assert kept == [f"om_{i:06d}" for i in range(9000, 10_000)]     # the newest 1000
+        assert outbox.integrity_check() == "ok"
+
+
+def test_step_moves_one_batch_and_says_what_it_did(tmp_outbox, pg_url):
+    target = Target(pg_url)
+    target.init_db(trigram=False)
+    with Outbox(tmp_outbox, keep_delivered=10) as outbox:
+        put_all(outbox, [flat(i) for i in range(250)])
+        relay = Relay(outbox, target, batch_size=100)
+        r = relay.step()
+        assert (r.claimed, r.delivered, r.new, r.dead, r.error) == (100, 100, 100, 0, None)
+        assert r.pruned == 90                               # keep_delivered=10
+        # A crash after the target commit and before the local mark re-sends the batch:
+        # ON CONFLICT makes it harmless, and the rows are then marked delivered.
+        pending = outbox.claim(100)
+        target.write([(row.id, Message.from_json(row.payload), row.received_at) for row in pending[:60]])
+        r = relay.step()
+        assert (r.claimed, r.delivered, r.new) == (100, 100, 40)
+        totals = relay.drain()
+        assert totals["delivered"] == 50 and totals["batches"] == 1
+        assert relay.step().claimed == 0
+        assert outbox.counts()["pending"] == 0
+        beat = outbox.get_meta("relay")
+        assert beat["last_success"] and beat["last_error"] is None and beat["delivered"] == 250
+    target.close()
+    assert row_stats(pg_url) == (250, 250)
+
+
+def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_path, pg_url):
+    outbox_path = str(tmp_path / "outbox.db")
+    common = ["--outbox", outbox_path, "--target", pg_url]
+    assert invoke("init-db", *common).exit_code == 0
+    pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)")
+    pg_query(pg_url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
+
+    poison = {100: {"text": "a NUL \x00 byte"},                  # never acceptable to PostgreSQL text
+              250: {"msg_type": "interactive"},                  # 11 characters > varchar(8)
+              400: {"chat_id": "oc_banned"}}                     # fails the CHECK
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i, **poison.get(i, {})) for i in range(500)])
+
+    result = invoke("sync", *common, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["delivered"], report["dead"], report["batches"]) == (497, 3, 1)
+    assert row_stats(pg_url) == (497, 497)
+    assert not {f"om_{i:06d}" for i in poison} & set(pg_rows(pg_url))
+
+    dead = json.loads(invoke("dead", *common, "--json").stdout)
+    errors = {d["message_id"]: d["last_error"] for d in dead}
+    assert set(errors) == {f"om_{i:06d}" for i in poison}
+    assert 'invalid byte sequence for encoding "UTF8": 0x00' in errors["om_000100"]
+    assert "SQLSTATE 22021" in errors["om_000100"]
+    assert "value too long for type character varying(8)" in errors["om_000250"]
+    assert "SQLSTATE 22001" in errors["om_000250"]
+    assert 'violates check constraint "no_banned_chat"' in errors["om_000400"]
+    assert "SQLSTATE 23514" in errors["om_000400"]
+    human = invoke("dead", *common).output
+    assert "om_000250" in human and "character varying(8)" in human
+
+    # The DBA fixes the causes; replay requeues; the fixable ones arrive, the NUL stays dead.
+    pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(64)")
+    pg_query(pg_url, "ALTER TABLE feishu_messages DROP CONSTRAINT no_banned_chat")
+    result = invoke("replay", *common, "--all")
+    assert result.exit_code == 0 and "3 requeued" in result.output
+    report = json.loads(invoke("sync", *common, "--json").stdout)
+    assert (report["delivered"], report["dead"]) == (2, 1)
+    assert row_stats(pg_url) == (499, 499)
+    assert pg_query(pg_url, "SELECT msg_type, chat_id FROM feishu_messages WHERE message_id IN"
+                            " ('om_000250', 'om_000400') ORDER BY message_id") == [
+        ("interactive", "oc_chat_5"), ("text", "oc_banned")]
+    dead = json.loads(invoke("dead", *common, "--json").stdout)
+    assert [d["message_id"] for d in dead] == ["om_000100"] and "22021" in dead[0]["last_error"]
+
+    # replay by message_id works too (and says so when an id is not dead)
+    result = invoke("replay", *common, "om_000100", "om_000001")
+    assert "1 requeued" in result.output
+    with Outbox(outbox_path) as outbox:
+        assert outbox.counts()["pending"] == 1
+
+
+def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, pg_url):
+    """Two gateway hosts got some of the same messages; their relays run at once, against a
+    database with no table yet: one row per message_id, both outboxes fully delivered."""
+    paths = [str(tmp_path / "host-a.db"), str(tmp_path / "host-b.db")]
+    ranges = [range(0, 6000), range(3000, 9000)]
+    for path, ids in zip(paths, ranges):
+        with Outbox(path) as outbox:
+            put_all(outbox, [flat(i) for i in ids])
+    procs = [spawn(f"sync-{n}", ["sync", "--json"], outbox=path, target=pg_url, batch_size=size)
+             for n, (path, size) in enumerate(zip(paths, (250, 400)))]
+    for p in procs:
+        assert p.wait(120) == 0, p.output()
+    reports = [json.loads(p.stdout()) for p in procs]
+    assert [r["delivered"] for r in reports] == [6000, 6000]
+    assert sum(r["new"] for r in reports) == 9000          # the overlap was written once
+    assert row_stats(pg_url) == (9000, 9000)
+    assert set(pg_rows(pg_url)) == {f"om_{i:06d}" for i in range(9000)}
+    for path in paths:
+        with Outbox(path) as outbox:
+            assert outbox.counts()["pending"] == outbox.counts()["parked"] == outbox.counts()["dead"] == 0
+
+
+def archive_count(path):
+    try:
+        conn = sqlite3.connect(path, timeout=5)
+    except sqlite3.Error:
+        return -1
+    try:
+        return conn.execute("SELECT count(DISTINCT message_id) FROM feishu_messages").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+    finally:
+        conn.close()
+
+
+def test_embedded_default_sync_and_run_write_the_local_sqlite_archive(spawn, tmp_path):
+    """No target configured anywhere (empty cwd, no OUTBOX_RELAY_* variables): both `sync`
+    and `run --no-http` deliver into data/archive.db and say so."""
+    with Outbox(tmp_path / "data" / "outbox.db") as outbox:
+        put_all(outbox, [flat(i) for i in range(1500)])
+    proc = spawn("sync", ["sync"])
+    assert proc.wait(60) == 0, proc.output()
+    assert "1500 delivered" in proc.output()
+    assert "no target configured" in proc.output() and "data/archive.db" in proc.output()
+    archive = str(tmp_path / "data" / "archive.db")
+    assert archive_count(archive) == 1500
+
+    run = spawn("run", ["run", "--no-http"])
+    try:
+        with Outbox(tmp_path / "data" / "outbox.db") as outbox:
+            for start in range(1500, 2000, 100):
+                put_all(outbox, [flat(i) for i in range(start, start + 100)])
+        wait_until(lambda: archive_count(archive) == 2000, timeout=30, what="the archive to hold 2000")
+        assert run.alive()
+        run.signal(signal.SIGTERM)
+        assert run.wait(10) == 0, run.output()
+    finally:
+        run.stop()
+    assert "no target configured" in run.output() and "archive.db" in run.output()
+    conn = sqlite3.connect(archive)
+    try:
+        assert conn.execute("SELECT count(*), count(DISTINCT message_id) FROM feishu_messages").fetchone() == (
+            2000, 2000)
+    finally:
+        conn.close()
+
+
+def test_a_second_relay_on_the_same_outbox_exits_non_zero(spawn, tmp_path, pg_url):
+    outbox_path = str(tmp_path / "outbox.db")
+    Outbox(outbox_path).close()
+    first = spawn("first", ["run", "--no-http"], outbox=outbox_path, target=pg_url)
+    try:
+        def held():
+            try:
+                RelayLock(outbox_path).acquire().release()
+            except RelayLocked:
+                return True
+            return False
+        wait_until(held, timeout=20, what="the first relay to take the lock")
+        for args in (["run", "--no-http"], ["sync"]):
+            second = spawn("second", args, outbox=outbox_path, target=pg_url)
+            assert second.wait(30) != 0
+            out = second.output()
+            assert f"another relay (pid {first.pid}) is already working {outbox_path}" in out, out
+            assert "Traceback" not in out
+        assert first.alive()
+        first.signal(signal.SIGTERM)
+        assert first.wait(10) == 0
+    finally:
+        first.stop()
+
+
+# -- CLI tools -----------------------------------------------------------------------------------
+
+
+def test_check_prints_version_latency_and_connections(invoke, pg_url):
+    result = invoke("check", "--target", pg_url)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert re.search(r"server\s+\d+\.\d+", out)
+    assert re.search(r"round trip ms\s+\d+(\.\d+)?", out)
+    assert re.search(r"connections in use\s+\d+", out) and re.search(r"server max_connections\s+\d+", out)
+    assert "role connection limit" in out and "our pool_size" in out
+
+    info = json.loads(invoke("check", "--target", pg_url, "--json").stdout)
+    assert info["latency_ms"] > 0 and info["max_connections"] >= 1 and info["connections_in_use"] >= 1
+    assert info["server_version"][0].isdigit() and info["pool_size"] == 2
+
+    port = pgharness.free_port()
+    down = invoke("check", "--target", f"postgresql://u:pw-secret@127.0.0.1:{port}/x")
+    assert down.exit_code == 1 and "Error:" in down.output and "pw-secret" not in down.output
+
+
+def test_schema_sql_prints_the_ddl_and_init_db_applies_it_idempotently(invoke, pg_url, tmp_path):
+    ddl = invoke("schema", "--sql", "--target", pg_url).output
+    assert 'CREATE TABLE IF NOT EXISTS "feishu_messages"' in ddl
+    assert "message_id   varchar(128) PRIMARY KEY" in ddl and "jsonb" in ddl and "gin_trgm_ops" in ddl
+    assert "outbox_relay_schema" in ddl
+    custom = invoke("schema", "--target", pg_url, "--table", "ops.chat_log").output
+    assert 'CREATE TABLE IF NOT EXISTS "ops"."chat_log"' in custom
+    lite = invoke("schema", "--sql", "--dialect", "sqlite").output
+    assert "jsonb" not in lite and 'CREATE TABLE IF NOT EXISTS "feishu_messages"' in lite
+
+    first = invoke("init-db", "--target", pg_url)
+    assert first.exit_code == 0 and "schema version 0 -> 1" in first.output
+    assert "trigram index: created" in first.output
+    second = invoke("init-db", "--target", pg_url)
+    assert second.exit_code == 0 and "schema version 1 -> 1" in second.output
+    assert pg_query(pg_url, "SELECT version FROM outbox_relay_schema WHERE table_name = 'feishu_messages'") == [
+        (1,)]
+    archive = tmp_path / "a.db"
+    assert "schema version 0 -> 1" in invoke("init-db", "--target", f"sqlite:///{archive}").output
+
+
+def status_json(invoke, outbox_path, url):
+    result = invoke("status", "--outbox", outbox_path, "--target", url, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_status_shows_the_heartbeat_and_target_reachability(spawn, invoke, tmp_path, private_pg):
+    private_pg.execute("CREATE DATABASE relay")
+    url = private_pg.url("relay")
+    outbox_path = str(tmp_path / "outbox.db")
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i) for i in range(100)])
+    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url)
+    try:
+        wait_until(lambda: row_stats(url)[0] == 100, timeout=30, what="100 rows")
+        report = wait_until(lambda: (lambda r: r if r["relay"]["last_success"] else None)(
+            status_json(invoke, outbox_path, url)), timeout=10, what="a heartbeat")
+        assert report["relay"]["running"] is True and report["relay"]["pid"] == proc.pid
+        assert report["relay"]["heartbeat_age_s"] < 10 and report["relay"]["last_error"] is None
+        assert report["target"]["reachable"] is True and report["target"]["latency_ms"] >= 0
+        human = invoke("status", "--outbox", outbox_path, "--target", url).output
+        assert "reachable" in human and "relay" in human
+
+        private_pg.stop(mode="immediate")
+        with Outbox(outbox_path) as outbox:
+            outbox.put(flat(100))
+        report = wait_until(lambda: (lambda r: r if r["relay"]["unavailable_since"] else None)(
+            status_json(invoke, outbox_path, url)), timeout=20, what="the relay to report the outage")
+        assert report["target"]["reachable"] is False and report["target"]["error"]
+        assert report["relay"]["last_error"] and report["relay"]["running"] is True
+        assert any("cannot reach the target" in w for w in report["warnings"])
+        assert proc.alive()
+
+        private_pg.start()
+        wait_until(lambda: row_stats(url)[0] == 101, timeout=40, what="the message after the outage")
+        report = wait_until(lambda: (lambda r: r if not r["relay"]["unavailable_since"] else None)(
+            status_json(invoke, outbox_path, url)), timeout=10, what="the relay to recover")
+        assert report["target"]["reachable"] is True and report["warnings"] == []
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.stop()
+
+
+# -- waking and waiting --------------------------------------------------------------------------
+
+
+def test_a_put_while_run_idles_arrives_within_about_a_second(spawn, tmp_path, pg_url):
+    outbox_path = str(tmp_path / "outbox.db")
+    Outbox(outbox_path).close()
+    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=pg_url)
+    try:
+        with Outbox(outbox_path) as outbox:                # another process, as the webhook would be
+            outbox.put(flat(0))
+            wait_until(lambda: row_stats(pg_url)[0] == 1, timeout=30, what="the first message")
+            latencies = []
+            for i in range(1, 4):
+                # let the relay go idle (its idle poll grows to its maximum), then put one
+                wait_until(lambda: outbox.get_meta("relay", {}).get("last_success"), timeout=10)
+                time.sleep(0.7)  # an idle period, not a wait for a condition
+                started = time.monotonic()
+                outbox.put(flat(i))
+                wait_until(lambda: row_stats(pg_url)[0] == i + 1, timeout=10, interval=0.01,
+                           what=f"message {i}")
+                latencies.append(time.monotonic() - started)
+        assert max(latencies) <= 2.0, latencies
+        assert proc.alive()
+    finally:
+        proc.signal(signal.SIGTERM)
+        proc.wait(10)
+        proc.stop()
+
+
+def test_an_in_process_put_wakes_the_relay_at_once(tmp_outbox, pg_url):
+    target = Target(pg_url)
+    target.init_db(trigram=False)
+    outbox = Outbox(tmp_outbox)
+    relay = Relay(outbox, target)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        wait_until(lambda: outbox.get_meta("relay"), timeout=10, what="the relay's first heartbeat")
+        time.sleep(0.7)  # an idle period, not a wait for a condition
+        started = time.monotonic()
+        outbox.put(flat(1))
+        wait_until(lambda: row_stats(pg_url)[0] == 1, timeout=10, interval=0.01, what="the message")
+        assert time.monotonic() - started <= 2.0
+    finally:
+        relay.stop()
+        thread.join(10)
+        outbox.close()
+        target.close()
+    assert not thread.is_alive()
+
+
+class _Delays(logging.Handler):
+    """Collects the relay's "retrying in N s" debug lines as they are emitted."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.long_wait = threading.Event()
+        self.delays = []
+
+    def emit(self, record):
+        if record.getMessage().startswith("retrying in"):
+            delay = record.args[0]
+            self.delays.append(delay)
+            if delay >= 0.5:
+                self.long_wait.set()
+
+
+def test_the_backoff_wait_ends_at_once_on_stop(tmp_outbox):
+    port = pgharness.free_port()                         # nothing listens: connection refused
+    target = Target(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=2)
+    outbox = Outbox(tmp_outbox)
+    outbox.put(flat(1))
+    relay = Relay(outbox, target, backoff_max=30)
+    handler = _Delays()
+    logger = logging.getLogger("outbox_relay.sync")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    thread = threading.Thread(target=relay.run)
+    thread.start()
+    try:
+        assert handler.long_wait.wait(30), handler.delays
+        started = time.monotonic()
+        relay.stop()
+        thread.join(5)
+        stopped_in = time.monotonic() - started
+    finally:
+        relay.stop()
+        thread.join(10)
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+        outbox.close()
+        target.close()
+    assert not thread.is_alive()
+    assert stopped_in < 0.3, (stopped_in, handler.delays)
+    # exponential: the delays grew (capped full jitter, so only roughly)
+    assert len(handler.delays) >= 2 and max(handler.delays) >= 0.5
+    with Outbox(tmp_outbox) as outbox:
+        row = outbox.get(flat(1)["message_id"])
+        assert row["state"] == "pending" and row["attempts"] >= 2 and "refused" in row["last_error"]
+
+
+def test_run_started_while_the_server_is_down_creates_the_table_when_it_comes_up(spawn, tmp_path, private_pg):
+    private_pg.execute("CREATE DATABASE relay")
+    url = private_pg.url("relay")
+    private_pg.stop(mode="fast")
+    outbox_path = str(tmp_path / "outbox.db")
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i) for i in range(300)])
+    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url)
+    try:
+        wait_until(lambda: heartbeat(outbox_path).get("last_error"), timeout=20,
+                   what="the relay to meet the stopped server")
+        private_pg.start()
+        wait_until(lambda: row_stats(url)[0] == 300, timeout=40, what="300 rows after the server came up")
+        assert row_stats(url) == (300, 300) and proc.alive()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.stop()
+
+
+def test_relay_cmd_runs_the_installed_cli():
+    import subprocess
+    out = subprocess.run(relay_cmd() + ["--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "sync" in out.stdout and "init-db" in out.stdout
