@@ -59,15 +59,27 @@ class Server:
             argv = [sys.executable, os.path.join(BENCH, "bare_server.py"), db, str(self.port), str(threads)]
             env = dict(os.environ)
         env.pop("OUTBOX_RELAY_CONFIG", None)
-        self.proc = subprocess.Popen(argv, env=env, cwd=os.path.dirname(db), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        # A file, not a pipe: under load waitress logs a warning per queued task, and a full pipe
+        # nobody reads would stall the server.
+        self.log_path = db + ".log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, cwd=os.path.dirname(db), stdout=subprocess.DEVNULL,
+                                         stderr=log)
         try:
             wait_for(lambda: self.proc.poll() is not None or _port_open(self.port), 30, what=f"{kind} server")
         except TimeoutError:
             self.stop()
             raise
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {self.proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"{kind} server exited: {self.log_tail()}")
+
+    def log_tail(self):
+        with open(self.log_path, "rb") as f:
+            return f.read()[-2000:].decode(errors="replace")
+
+    def log_lines(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().count(b"\n")
 
     def rows(self):
         conn = sqlite3.connect(self.db)

@@ -363,7 +363,8 @@ class Outbox:
     def search(self, keyword, *, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None,
                limit=50, states=("pending", "parked", "dead")):
         """Undelivered messages whose text contains `keyword` (literally), newest first."""
-        sql = ["SELECT state, payload FROM outbox WHERE instr(text, ?) > 0"]
+        # lower(): ASCII case ignored, as the target's ILIKE (and the SQLite target) do.
+        sql = ["SELECT state, payload FROM outbox WHERE instr(lower(text), lower(?)) > 0"]
         params = [keyword]
         sql.append(f"AND state IN ({','.join('?' * len(states))})")
         params.extend(states)

@@ -1,9 +1,11 @@
 """`outbox-relay run` / `serve`: the relay thread and the HTTP server in one process.
 
 Signals only set flags (huey's consumer): the main thread waits for the stop
-flag, then stops taking HTTP requests, lets the relay finish the batch in
-flight, and returns 0. A second signal exits at once, which is still safe: the
-outbox is committed and the target insert is idempotent.
+flag, then stops taking HTTP requests (the listening socket closes), lets the
+requests in flight finish and their answers go out, lets the relay finish the
+batch in flight, and returns 0. A second signal exits at once, which is still
+safe: a request that had not committed got no 200, the outbox is committed, and
+the target insert is idempotent.
 """
 
 import logging

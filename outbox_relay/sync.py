@@ -29,8 +29,28 @@ StepResult = collections.namedtuple("StepResult", "claimed delivered new dead re
 StepResult.__new__.__defaults__ = (0, 0, 0, 0, 0, 0, None)
 
 IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_MAX
+# Most payload bytes in one target transaction. 500 messages near the 1 MB limit would be a
+# COPY that a slow link cannot finish within statement_timeout, retried forever: the queue
+# would stall. Smaller transactions of the same batch always finish.
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 BACKOFF_MAX = 30.0
 HEARTBEAT_KEY = "relay"
+
+
+def _by_size(items, limit):
+    """[(Row, Message)] -> consecutive chunks whose payloads add up to at most `limit` bytes
+    (a single bigger row is a chunk of its own)."""
+    chunks, chunk, size = [], [], 0
+    for item in items:
+        n = len(item[0].payload.encode("utf-8"))
+        if chunk and size + n > limit:
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class RelayLock:
@@ -137,7 +157,7 @@ class Relay:
         Returns (new in target, delivered locally, dead)."""
         items = [(r, Message.from_json(r.payload)) for r in rows]
         new = delivered = dead = 0
-        work = [items]
+        work = _by_size(items, MAX_BATCH_BYTES)[::-1]  # a stack: the oldest chunk on top
         while work:
             chunk = work.pop()
             try:

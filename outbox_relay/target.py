@@ -288,7 +288,8 @@ class Target:
             # even CREATE TABLE IF NOT EXISTS fails with 23505 (pg_type) when two race.
             self._ddl_lock(cur)
             cur.execute(schema.version_table_sql(self.dialect))
-            cur.execute(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {mark}", (self.table,))
+            cur.execute(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {mark}",
+                        (self.table,))
             row = cur.fetchone()
             current = row[0] if row else 0
             for stmts in migrations[current:]:
@@ -335,14 +336,16 @@ class Target:
         if self._schema_checked:
             return False
         migrations = schema.target_migrations(self.dialect, self.table)
-        if self.schema_version() >= len(migrations):
-            self._schema_checked = True
-            return False
         try:
+            # The version table may be unreadable too: a DBA who ran the DDL often grants
+            # the app role only what it needs on the messages table.
+            if self.schema_version() >= len(migrations):
+                self._schema_checked = True
+                return False
             self.init_db(trigram=True)
         except TargetUnavailable as e:
             if e.sqlstate and e.sqlstate.startswith("42"):
-                log.warning("cannot create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
+                log.warning("cannot check or create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
                             self.table, e)
                 self._schema_checked = True
                 return False
@@ -377,7 +380,8 @@ class Target:
                             " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),"
                             " (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user),"
                             " (SELECT count(*) FROM pg_stat_activity WHERE usename = current_user),"
-                            " (SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay')")
+                            " (SELECT count(*) FROM pg_stat_activity"
+                            "  WHERE application_name = 'outbox-relay')")
                 (version, user, max_conn, reserved, in_use, role_limit, role_in_use, ours) = cur.fetchone()
                 out.update(server_version=version, user=user, max_connections=max_conn,
                            reserved_connections=reserved, connections_in_use=in_use,
@@ -386,7 +390,8 @@ class Target:
                            pool_size=self.pool_size)
             else:
                 cur.execute("SELECT sqlite_version()")
-                out.update(server_version="SQLite " + cur.fetchone()[0], path=os.path.abspath(self.db.database))
+                out.update(server_version="SQLite " + cur.fetchone()[0],
+                           path=os.path.abspath(self.db.database))
             cur.close()
             return out
         result = self.run(info)

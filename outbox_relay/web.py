@@ -38,8 +38,7 @@ import urllib.parse
 import falcon
 
 from . import feishu
-from .errors import (InvalidMessage, NotAMessage, OutboxError, OutboxFull, OutboxUnavailable,
-                     SignatureError)
+from .errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
 from .message import normalize
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -103,7 +102,8 @@ class Webhook:
                     resp.set_header(name, value)
                 if e.status == 401 and self.auth_token:
                     resp.set_header("WWW-Authenticate", 'Bearer realm="outbox-relay"')
-                level = logging.WARNING if e.status >= 500 else logging.INFO if e.status == 401 else logging.DEBUG
+                # 401s at INFO (someone is knocking); other 4xx are the sender's to fix.
+                level = {503: logging.WARNING, 401: logging.INFO}.get(e.status, logging.DEBUG)
                 log.log(level, "webhook %s: %s", e.status, e)
             except Exception:
                 self.metrics.count(source, "error")
@@ -328,14 +328,15 @@ class Health:
                      "heartbeat_age": round(now - beat["beat_at"], 3),
                      "last_success": beat.get("last_success"), "last_error": beat.get("last_error")}
             if state["heartbeat_age"] > limit:
-                reasons.append(f"relay heartbeat is {state['heartbeat_age']:.0f} s old: is the relay running?")
+                reasons.append(f"relay heartbeat is {state['heartbeat_age']:.0f} s old:"
+                               " is the relay running?")
             since = beat.get("unavailable_since")
         if isinstance(since, (int, float)):
             down = now - since
             state["target_unavailable_for"] = round(down, 3)
             if down > self.cfg.unhealthy_after:
-                reasons.append(f"target unreachable for {down:.0f} s (threshold {self.cfg.unhealthy_after:g} s):"
-                               f" {state['last_error']}")
+                reasons.append(f"target unreachable for {down:.0f} s"
+                               f" (threshold {self.cfg.unhealthy_after:g} s): {state['last_error']}")
         return state
 
 

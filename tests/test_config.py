@@ -214,7 +214,8 @@ def test_subprocess_bad_env_value_is_one_line_exit_2(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
     env["OUTBOX_RELAY_POOL_SIZE"] = "many"
-    result = subprocess.run([exe, "config"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=30)
+    result = subprocess.run([exe, "config"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=30)
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == ("Error: invalid pool_size (--pool-size / OUTBOX_RELAY_POOL_SIZE) from env "
@@ -227,7 +228,8 @@ def test_config_masks_secrets_in_every_form(tmp_path):
             "--feishu-verification-token", "vtXYZZY"]
     values, origins = effective(args)
     assert values["target"] == "postgresql://relay:***@db.example/feishu?password=***&sslmode=require"
-    assert values["auth_token"] == values["feishu_encrypt_key"] == values["feishu_verification_token"] == "***"
+    for name in ("auth_token", "feishu_encrypt_key", "feishu_verification_token"):
+        assert values[name] == "***"
     values, _ = effective([])
     assert values["auth_token"] is None  # an unset secret is shown as unset, not as ***
 
@@ -249,7 +251,7 @@ def test_a_wrongly_typed_toml_value_is_refused_not_coerced(name, toml, tmp_path)
     ("postgresql://u:p@ss@host/db", "postgresql://u:***@host/db"),  # a raw @ in the password
     ("postgresql://a@b:c@host/db", "postgresql://a@b:***@host/db"),
     ("postgresql://:pw@h/db", "postgresql://:***@h/db"),
-    ("could not connect to postgresql://u:s3@cret@h/db: refused", "could not connect to postgresql://u:***@h/db: refused"),
+    ("cannot reach postgresql://u:s3@cret@h/db: refused", "cannot reach postgresql://u:***@h/db: refused"),
     ("postgresql://h/db?user=u&password=pw&sslmode=require", "postgresql://h/db?user=u&password=***&sslmode=require"),
     ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
     ("sqlite:///data/archive.db", "sqlite:///data/archive.db"),

@@ -85,7 +85,8 @@ def test_unit_file_structure():
     assert one(unit, "Unit", "Description")
     # Starts after the network is really up (the target is remote), at boot.
     assert "network-online.target" in " ".join(values(unit, "Unit", "After"))
-    assert "network-online.target" in " ".join(values(unit, "Unit", "Wants") + values(unit, "Unit", "Requires"))
+    wants = values(unit, "Unit", "Wants") + values(unit, "Unit", "Requires")
+    assert "network-online.target" in " ".join(wants)
     assert "multi-user.target" in " ".join(values(unit, "Install", "WantedBy"))
 
     argv = shlex.split(one(unit, "Service", "ExecStart").lstrip("@-:+!"))

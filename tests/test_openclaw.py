@@ -13,10 +13,10 @@ import pytest
 
 try:
     from . import pgharness
-    from .test_service import flat, metric, outbox_ids, post, relay_process, scrape, wait_until, write_lock
+    from .test_service import flat, outbox_ids, post, received, relay_process, scrape, wait_until, write_lock
 except ImportError:
     import pgharness
-    from test_service import flat, metric, outbox_ids, post, relay_process, scrape, wait_until, write_lock
+    from test_service import flat, outbox_ids, post, received, relay_process, scrape, wait_until, write_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_HOOK = os.path.join(ROOT, "integrations", "openclaw", "run-hook.mjs")
@@ -64,8 +64,8 @@ def test_hook_delivers_to_a_relay_that_also_takes_feishu(node, tmp_path):
         assert (code, result["status"]) == (0, 200)
         assert list(outbox_ids(p.outbox)) == ["om_openclaw_0001"]
         samples = scrape(p.url)
-        assert metric(samples, "outbox_relay_messages_received_total", source="openclaw", outcome="stored") == 1
-        assert metric(samples, "outbox_relay_messages_received_total", source="openclaw", outcome="duplicate") == 1
+        assert received(samples, "openclaw", "stored") == 1
+        assert received(samples, "openclaw", "duplicate") == 1
         wait_until(lambda: outbox_ids(p.outbox)["om_openclaw_0001"] == "delivered", timeout=10,
                    what="relayed to the target")
         assert p.stop() == 0
@@ -73,7 +73,8 @@ def test_hook_delivers_to_a_relay_that_also_takes_feishu(node, tmp_path):
 
 def test_hook_with_a_wrong_token_is_refused_once_and_says_so(node, tmp_path):
     with relay_process(tmp_path, auth_token=TOKEN) as p:
-        code, result, stderr = run_hook(node, p.url, SAMPLE, token="not-the-token", OUTBOX_RELAY_MAX_TRIES="3")
+        code, result, stderr = run_hook(node, p.url, SAMPLE, token="not-the-token",
+                                        OUTBOX_RELAY_MAX_TRIES="3")
         assert code == 1
         # A 401 is not retried: repeating a request with bad credentials cannot help.
         assert result["ok"] is False and result["status"] == 401 and result["attempts"] == 1
@@ -93,8 +94,7 @@ def test_hook_retries_a_503_after_retry_after_and_lands(node, tmp_path):
                 ("code", "result", "stderr"), run_hook(node, p.url, SAMPLE, OUTBOX_RELAY_MAX_TRIES="3"))))
             t.start()
             # The first try meets the locked outbox: 503 + Retry-After: 1, nothing stored.
-            wait_until(lambda: metric(scrape(p.url), "outbox_relay_messages_received_total",
-                                      source="openclaw", outcome="unavailable") >= 1,
+            wait_until(lambda: received(scrape(p.url), "openclaw", "unavailable") >= 1,
                        timeout=15, what="the hook's first try refused with 503")
         t.join(30)
         assert done["code"] == 0, done

@@ -126,7 +126,8 @@ def test_health_1_when_a_running_relay_is_behind(pg_url, tmp_outbox):
     with RelayLock(tmp_outbox):
         result = run_cli("health", "--outbox", tmp_outbox, "--target", pg_url)
     assert result.exit_code == 1, result.output
-    assert one_line(result.stdout).startswith("DEGRADED: the relay is behind: the oldest undelivered message is 6")
+    line = one_line(result.stdout)
+    assert line.startswith("DEGRADED: the relay is behind: the oldest undelivered message is 6"), line
 
 
 def test_health_2_when_the_server_is_stopped_then_0_again(private_pg, tmp_outbox):

@@ -178,6 +178,9 @@ FILTERS = [
     (["--since", "7d", "--until", "2h"], {"since": NOW - 7 * DAY, "until": NOW - 2 * HOUR}),
     (["--since", "2024-01-01", "--until", "2024-01-11"], {"since": 1704067200000, "until": 1704931200000}),
     (["--since", "2024-01-10T07:59:59Z"], {"since": 1704873599000}),
+    # Absolute dates around now (a date, then a date-time with an offset): both sides again.
+    (["--since", iso_ms(NOW - 2 * DAY)[:10], "--until", iso_ms(NOW - 5 * 60 * 1000)],
+     {"since": (NOW - 2 * DAY) // DAY * DAY, "until": NOW - 5 * 60 * 1000}),
     (["--chat", "oc_a", "--sender", "ou_1", "--type", "text", "--since", "1w"],
      {"chat": "oc_a", "sender": "ou_1", "msg_type": "text", "since": NOW - 7 * DAY}),
 ]
@@ -188,7 +191,8 @@ def test_search_every_filter_on_both_sides(corpus):
         want = expected("测", **filters)
         got = found(search_json(corpus, "测", *options))
         assert got == want, options
-        assert got, options
+        if "2024-01-01" not in options:  # that window holds delivered messages only
+            assert {w for _, w in got} == {"target", "outbox (pending)"}, options
     # --limit keeps the newest N over both sides together.
     for limit in (1, 3, 5):
         want = expected("测", limit=limit)
@@ -499,7 +503,7 @@ def test_stats_match_independent_counts(pg_url, tmp_outbox):
     assert s["outbox"]["delivered_last_hour"] == len(messages)
     c = s["connections"]
     assert c["pool_size"] == 2 and c["relay_connections"] >= 1
-    assert c["connections_in_use"] >= c["relay_connections"] and c["max_connections"] >= c["connections_in_use"]
+    assert c["max_connections"] >= c["connections_in_use"] >= c["relay_connections"]
 
     # The human form shows the same numbers.
     result = run_cli("stats", "--days", days, "--top", n_top, "--outbox", tmp_outbox, "--target", pg_url)

@@ -27,12 +27,32 @@ from outbox_relay.target import Target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
-    from .relayutil import (BASE_MS, RelayProcess, flat, pg_query, pg_rows, put_all, relay_cmd, relay_env,
-                            row_stats, wait_until)
+    from .relayutil import (
+        BASE_MS,
+        RelayProcess,
+        flat,
+        pg_query,
+        pg_rows,
+        put_all,
+        relay_cmd,
+        relay_env,
+        row_stats,
+        wait_until,
+    )
 except ImportError:
     import pgharness
-    from relayutil import (BASE_MS, RelayProcess, flat, pg_query, pg_rows, put_all, relay_cmd, relay_env,
-                           row_stats, wait_until)
+    from relayutil import (
+        BASE_MS,
+        RelayProcess,
+        flat,
+        pg_query,
+        pg_rows,
+        put_all,
+        relay_cmd,
+        relay_env,
+        row_stats,
+        wait_until,
+    )
 
 
 @pytest.fixture
@@ -136,7 +156,8 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
     common = ["--outbox", outbox_path, "--target", pg_url]
     assert invoke("init-db", *common).exit_code == 0
     pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)")
-    pg_query(pg_url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
+    pg_query(pg_url, "ALTER TABLE feishu_messages"
+                     " ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
 
     poison = {100: {"text": "a NUL \x00 byte"},                  # never acceptable to PostgreSQL text
               250: {"msg_type": "interactive"},                  # 11 characters > varchar(8)
@@ -245,8 +266,8 @@ def test_embedded_default_sync_and_run_write_the_local_sqlite_archive(spawn, tmp
     assert "no target configured" in run.output() and "archive.db" in run.output()
     conn = sqlite3.connect(archive)
     try:
-        assert conn.execute("SELECT count(*), count(DISTINCT message_id) FROM feishu_messages").fetchone() == (
-            2000, 2000)
+        counts = conn.execute("SELECT count(*), count(DISTINCT message_id) FROM feishu_messages").fetchone()
+        assert counts == (2000, 2000)
     finally:
         conn.close()
 
@@ -312,8 +333,8 @@ def test_schema_sql_prints_the_ddl_and_init_db_applies_it_idempotently(invoke, p
     assert "trigram index: created" in first.output
     second = invoke("init-db", "--target", pg_url)
     assert second.exit_code == 0 and "schema version 1 -> 1" in second.output
-    assert pg_query(pg_url, "SELECT version FROM outbox_relay_schema WHERE table_name = 'feishu_messages'") == [
-        (1,)]
+    versions = pg_query(pg_url, "SELECT table_name, version FROM outbox_relay_schema")
+    assert versions == [("feishu_messages", 1)]
     archive = tmp_path / "a.db"
     assert "schema version 0 -> 1" in invoke("init-db", "--target", f"sqlite:///{archive}").output
 
@@ -380,7 +401,7 @@ def test_a_put_while_run_idles_arrives_within_about_a_second(spawn, tmp_path, pg
                 time.sleep(0.7)  # an idle period, not a wait for a condition
                 started = time.monotonic()
                 outbox.put(flat(i))
-                wait_until(lambda: row_stats(pg_url)[0] == i + 1, timeout=10, interval=0.01,
+                wait_until(lambda want=i + 1: row_stats(pg_url)[0] == want, timeout=10, interval=0.01,
                            what=f"message {i}")
                 latencies.append(time.monotonic() - started)
         assert max(latencies) <= 2.0, latencies
@@ -488,3 +509,35 @@ def test_relay_cmd_runs_the_installed_cli():
     import subprocess
     out = subprocess.run(relay_cmd() + ["--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "sync" in out.stdout and "init-db" in out.stdout
+
+
+def test_big_messages_are_split_across_transactions(tmp_outbox, pg_url):
+    """500 messages near the 1 MB limit must not become one COPY that a slow link cannot finish
+    within statement_timeout (retried forever): a batch is cut into transactions by size."""
+    big = "大" * 100_000                                   # 300 kB of UTF-8, twice in each payload
+    target = Target(pg_url)
+    target.init_db(trigram=False)
+    with Outbox(tmp_outbox) as outbox:
+        put_all(outbox, [flat(i, text=big) for i in range(40)])
+        r = Relay(outbox, target).step()
+    target.close()
+    assert (r.claimed, r.delivered, r.new) == (40, 40, 40)
+    transactions = pg_query(pg_url, "SELECT count(DISTINCT xmin::text) FROM feishu_messages")[0][0]
+    assert transactions >= 3
+    assert pg_query(pg_url, "SELECT min(length(text)) FROM feishu_messages")[0][0] == 100_000
+
+
+def test_sync_max_batches_and_a_schema_qualified_table(invoke, tmp_path, pg_url):
+    outbox_path = str(tmp_path / "outbox.db")
+    pg_query(pg_url, "CREATE SCHEMA ops")
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i) for i in range(1000)])
+    common = ["--outbox", outbox_path, "--target", pg_url, "--table", "ops.chat_log", "--batch-size", "150"]
+    report = json.loads(invoke("sync", *common, "--max-batches", "2", "--json").stdout)
+    assert (report["batches"], report["delivered"]) == (2, 300)
+    assert pg_query(pg_url, "SELECT count(*) FROM ops.chat_log") == [(300,)]
+    report = json.loads(invoke("sync", *common, "--json").stdout)
+    assert (report["batches"], report["delivered"]) == (5, 700)
+    assert row_stats(pg_url, "ops\".\"chat_log") == (1000, 1000)
+    versions = pg_query(pg_url, "SELECT table_name, version FROM outbox_relay_schema")
+    assert versions == [("ops.chat_log", 1)]

@@ -18,8 +18,10 @@ from outbox_relay.sync import Relay
 from outbox_relay.target import Target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
+    from . import pgharness
     from .relayutil import RelayProcess, flat, pg_query, pg_rows, put_all, relay_env, row_stats, wait_until
 except ImportError:
+    import pgharness
     from relayutil import RelayProcess, flat, pg_query, pg_rows, put_all, relay_env, row_stats, wait_until
 
 SEED = int(os.environ.get("OUTBOX_RELAY_TEST_SEED", "0")) or random.randrange(1, 1_000_000)
@@ -57,6 +59,11 @@ def outbox_left(path):
         return outbox.counts()
 
 
+def pending_rows(path):
+    with Outbox(path) as outbox:
+        return outbox.rows("pending", limit=1_000_000)
+
+
 def undelivered_ids(path):
     with Outbox(path) as outbox:
         return {r["message_id"] for state in ("pending", "parked", "dead")
@@ -83,7 +90,7 @@ def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, 
     for round_ in range(8):
         proc = spawn(f"run-{round_}", ["run", "--no-http"], outbox=outbox_path, target=pg_url, batch_size=50)
         # This incarnation has made progress (so the kill lands mid-drain, not during start-up) ...
-        seen = wait_until(lambda: (lambda c: c if c > seen else 0)(count(pg_url)), timeout=30,
+        seen = wait_until(lambda before=seen: (lambda c: c if c > before else 0)(count(pg_url)), timeout=30,
                           what=f"progress in round {round_} (seed {SEED})")
         if seen >= n:
             break
@@ -308,7 +315,7 @@ def test_pgbouncer_transaction_mode_drain(spawn, tmp_path, private_pg, make_pgbo
 
 
 def test_sigterm_during_a_drain_exits_0_within_5_s_and_loses_nothing(spawn, tmp_path, pg_url):
-    n = 20_000
+    n = 10_000
     outbox_path = str(tmp_path / "outbox.db")
     with Outbox(outbox_path) as outbox:
         put_all(outbox, [flat(i) for i in range(n)])
@@ -332,7 +339,7 @@ def test_sigterm_during_a_drain_exits_0_within_5_s_and_loses_nothing(spawn, tmp_
 
 
 def test_a_second_signal_exits_at_once_and_is_still_safe(spawn, tmp_path, pg_url):
-    n = 20_000
+    n = 10_000
     outbox_path = str(tmp_path / "outbox.db")
     with Outbox(outbox_path) as outbox:
         put_all(outbox, [flat(i) for i in range(n)])
@@ -344,3 +351,22 @@ def test_a_second_signal_exits_at_once_and_is_still_safe(spawn, tmp_path, pg_url
     final = spawn("final", ["sync"], outbox=outbox_path, target=pg_url)
     assert final.wait(120) == 0, final.output()
     assert_exactly_once(pg_url, ids(n))
+
+
+def test_sigterm_while_the_target_is_down_exits_0_at_once(spawn, tmp_path):
+    """The relay is waiting out an unreachable target (backoff): a stop ends the wait."""
+    port = pgharness.free_port()                         # nothing listens there
+    outbox_path = str(tmp_path / "outbox.db")
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i) for i in range(10)])
+    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path,
+                 target=f"postgresql://postgres@127.0.0.1:{port}/x")
+    wait_until(lambda: (heartbeat(outbox_path).get("last_error") or "").count("refused"), timeout=20,
+               what="the relay to meet the unreachable target")
+    wait_until(lambda: min(r["attempts"] for r in pending_rows(outbox_path)) >= 3, timeout=20,
+               what="a few retries (the backoff has grown)")
+    started = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(5) == 0, proc.output()
+    assert time.monotonic() - started < 2
+    assert outbox_left(outbox_path)["pending"] == 10

@@ -16,8 +16,6 @@ import sys
 import threading
 import time
 
-import pytest
-
 try:
     from . import pgharness
 except ImportError:
@@ -92,6 +90,10 @@ def scrape(url):
 
 def metric(samples, name, **labels):
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def received(samples, source, outcome):
+    return metric(samples, "outbox_relay_messages_received_total", source=source, outcome=outcome)
 
 
 def outbox_ids(path):
@@ -246,6 +248,35 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path):
         assert "stopped in" in p.log()
 
 
+def test_a_second_signal_exits_at_once(tmp_path):
+    with relay_process(tmp_path, busy_timeout=15) as p:
+        assert wait_until(lambda: health(p.url).status == 200, timeout=10, what="healthy")
+        with write_lock(p.outbox):
+            outcome = []
+
+            def stuck():
+                try:
+                    outcome.append(post(p.url, flat("om_stuck"), timeout=30))
+                except (http.client.HTTPException, OSError) as e:
+                    outcome.append(e)
+
+            t = threading.Thread(target=stuck)
+            t.start()
+            wait_until(lambda: metric(scrape(p.url), "outbox_relay_http_requests_in_flight") == 1,
+                       timeout=10, what="a request in flight")
+            p.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: port_refuses(p.port), timeout=10, what="draining")
+            started = time.monotonic()
+            p.proc.send_signal(signal.SIGTERM)  # the operator insists
+            assert p.proc.wait(10) == 128 + signal.SIGTERM
+            assert time.monotonic() - started < 5
+        t.join(30)
+        # The request got no 200 (the connection dropped), so its sender retries; nothing
+        # half-written stays behind.
+        assert len(outcome) == 1 and isinstance(outcome[0], (http.client.HTTPException, OSError))
+        assert "om_stuck" not in outbox_ids(p.outbox)
+
+
 def test_16_clients_x_500_posts_every_200_has_its_row(tmp_path):
     clients, per_client = 16, 500
     with relay_process(tmp_path, http_threads=16, keep_delivered=100000) as p:
@@ -280,7 +311,7 @@ def test_16_clients_x_500_posts_every_200_has_its_row(tmp_path):
         assert not [mid for mid in ok if mid not in stored], "a 200 without its row"
         assert len(ok) == clients * per_client
         samples = scrape(p.url)
-        assert metric(samples, "outbox_relay_messages_received_total", source="api", outcome="stored") == len(ok)
+        assert received(samples, "api", "stored") == len(ok)
         print(f"{len(ok)} POSTs from {clients} clients in {elapsed:.1f} s ({len(ok) / elapsed:.0f}/s)")
         # And the relay moves them all on (woken by the commits, not by polling).
         wait_until(lambda: set(outbox_ids(p.outbox).values()) == {"delivered"}, timeout=60,
@@ -326,8 +357,7 @@ def test_outbox_locked_mid_run_gives_503_then_200_again(tmp_path):
                 assert "locked" in r.json()["error"] and mid not in stored
         assert health(p.url).status == 200
         samples = scrape(p.url)
-        assert metric(samples, "outbox_relay_messages_received_total", source="api",
-                      outcome="unavailable") == sum(r.status == 503 for _, r in results)
+        assert received(samples, "api", "unavailable") == sum(r.status == 503 for _, r in results)
         assert p.stop() == 0
 
 
@@ -395,22 +425,25 @@ def test_healthz_503_when_the_relay_thread_died(tmp_path):
 def test_healthz_503_when_the_relay_loop_is_stuck(tmp_path):
     with running_service(tmp_path) as s:
         assert wait_until(lambda: health(s.url).status == 200, timeout=10, what="healthy")
-        release = threading.Event()
+        entered, release = threading.Event(), threading.Event()
         real_step = s.relay.step
 
         def hung_step():
+            entered.set()
             release.wait(30)  # a target call that never returns
             return real_step()
 
         s.relay.step = hung_step
-        s.relay.wake()
-        time_in_step = wait_until(lambda: s.relay.last_loop_at, timeout=5, what="a loop pass")
-        # Pretend the hang has lasted long; the loop cannot refresh last_loop_at while hung.
-        s.relay.last_loop_at = time_in_step - 3600
-        h = health(s.url)
-        assert h.status == 503 and h.json()["reasons"][0].startswith("relay loop stuck"), h
-        s.relay.step = real_step
-        release.set()
+        try:
+            s.relay.wake()
+            assert entered.wait(5), "the loop never called step()"
+            # Pretend the hang has lasted an hour: while hung, the loop cannot refresh last_loop_at.
+            s.relay.last_loop_at = time.time() - 3600
+            h = health(s.url)
+            assert h.status == 503 and h.json()["reasons"][0].startswith("relay loop stuck"), h
+        finally:
+            s.relay.step = real_step
+            release.set()
         wait_until(lambda: health(s.url).status == 200, timeout=10, what="healthy once the loop moves")
 
 

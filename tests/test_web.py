@@ -13,11 +13,31 @@ import falcon.testing
 import pytest
 
 try:
-    from .test_service import (flat, health, metric, outbox_ids, post, request, running_service,
-                               scrape, wait_until)
+    from .test_service import (
+        flat,
+        health,
+        metric,
+        outbox_ids,
+        post,
+        received,
+        request,
+        running_service,
+        scrape,
+        wait_until,
+    )
 except ImportError:
-    from test_service import (flat, health, metric, outbox_ids, post, request, running_service,
-                              scrape, wait_until)
+    from test_service import (
+        flat,
+        health,
+        metric,
+        outbox_ids,
+        post,
+        received,
+        request,
+        running_service,
+        scrape,
+        wait_until,
+    )
 
 from outbox_relay import feishu
 from outbox_relay.config import Config
@@ -123,11 +143,13 @@ VECTOR_HEADERS = {feishu.HEADER_TIMESTAMP: "1608725989", feishu.HEADER_NONCE: "a
 
 def test_feishu_vectors_and_tampering_through_the_server(tmp_path):
     assert feishu.decrypt("P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=", KEY) == "hello world"
-    assert feishu.signature("1608725989", "abc123", KEY, VECTOR_BODY) == VECTOR_HEADERS[feishu.HEADER_SIGNATURE]
+    expected = VECTOR_HEADERS[feishu.HEADER_SIGNATURE]
+    assert feishu.signature("1608725989", "abc123", KEY, VECTOR_BODY) == expected
     with running_service(tmp_path, feishu_encrypt_key=KEY) as s:
         # The vector's signature is accepted and its body decrypts, to "hello world": not an event.
         r = post(s.url, VECTOR_BODY, VECTOR_HEADERS)
-        assert r.status == 400 and r.json()["error"] == "decrypted event is not valid JSON: Expecting value", r
+        assert r.status == 400, r
+        assert r.json()["error"] == "decrypted event is not valid JSON: Expecting value"
         # One byte changed after signing, a wrong signature, no signature: 401.
         tampered = VECTOR_BODY.replace(b"P37w", b"P38w")
         assert post(s.url, tampered, VECTOR_HEADERS).status == 401
@@ -180,10 +202,10 @@ def test_bearer_senders_and_feishu_senders_coexist(tmp_path, caplog):
         # Feishu: no bearer (it cannot send one), its verification token -> stored.
         assert post(s.url, sample_bytes("v2_text")).status == 200
         answers = [
-            post(s.url, flat("om_no_auth")),                                              # nothing
-            post(s.url, flat("om_wrong"), {"Authorization": "Bearer nope"}),              # wrong token
-            post(s.url, flat("om_basic"), {"Authorization": f"Basic {secret}"}),          # wrong scheme
-            post(s.url, sample_bytes("v2_image"), {"Authorization": "Bearer nope"}),      # wrong, despite Feishu token
+            post(s.url, flat("om_no_auth")),                                          # nothing
+            post(s.url, flat("om_wrong"), {"Authorization": "Bearer nope"}),          # wrong token
+            post(s.url, flat("om_basic"), {"Authorization": f"Basic {secret}"}),      # wrong scheme
+            post(s.url, sample_bytes("v2_image"), {"Authorization": "Bearer nope"}),  # wrong, token or not
         ]
         for r in answers:
             assert r.status == 401 and r.json()["ok"] is False, r
@@ -219,7 +241,8 @@ BAD_BODIES = [
     ("invalid UTF-8", b'{"message_id": "om_\xff\xfe"}', None, 400, "UTF-8"),
     ("UTF-16", '{"message_id": "om_1"}'.encode("utf-16"), None, 400, "UTF-8"),
     ("NaN", b'{"message_id": "om_1", "n": NaN}', None, 400, "not valid JSON"),
-    ("missing message_id", json.dumps({"chat_id": "oc_1", "text": "hi"}).encode(), None, 400, "no message_id"),
+    ("missing message_id", json.dumps({"chat_id": "oc_1", "text": "hi"}).encode(), None, 400,
+     "no message_id"),
     ("v2 missing message_id", json.dumps(V2_NO_MESSAGE_ID).encode(), None, 400,
      "missing event.message.message_id"),
     ("content not JSON", json.dumps(V2_CONTENT_NOT_JSON).encode(), None, 400,
@@ -230,7 +253,8 @@ BAD_BODIES = [
      "nested too deeply"),
     ("encrypted, no key configured", VECTOR_BODY, None, 400, "no encrypt key is configured"),
     ("message_id an object", b'{"message_id": {"a": 1}}', None, 400, "message_id must be a string"),
-    ("wrong content type", b'{"message_id": "om_1"}', {"Content-Type": "text/plain"}, 415, "application/json"),
+    ("wrong content type", b'{"message_id": "om_1"}', {"Content-Type": "text/plain"}, 415,
+     "application/json"),
     ("form post", b"message_id=om_1", {"Content-Type": "application/x-www-form-urlencoded"}, 415,
      "application/json"),
     ("not UTF-8 charset", b'{"message_id": "om_1"}', {"Content-Type": "application/json; charset=latin-1"},
@@ -281,9 +305,8 @@ def test_bad_requests_get_the_right_4xx_and_store_nothing(tmp_path):
         h = health(s.url)
         assert h.status == 200, h
         samples = scrape(s.url)
-        assert metric(samples, "outbox_relay_messages_received_total", source="unknown", outcome="invalid") >= 8
-        assert metric(samples, "outbox_relay_messages_received_total", source="unknown",
-                      outcome="unsupported_media_type") == 3
+        assert received(samples, "unknown", "invalid") >= 8
+        assert received(samples, "unknown", "unsupported_media_type") == 3
         # And it still takes good messages.
         assert post(s.url, flat("om_after_the_battery")).status == 200
 
@@ -299,8 +322,8 @@ def test_oversized_bodies_are_refused_without_being_read(tmp_path):
     with running_service(tmp_path) as s:
         port = port_of(s)
         # 2 MiB announced, 64 KiB sent: the 413 comes back without waiting for the rest.
-        head = (b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: 2097152\r\n\r\n")
+        head = (b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 2097152\r\n\r\n")
         response = raw_http(port, head + b"x" * 65536)
         assert status_of(response) == 413 and b"connection: close" in response.lower()
         # Chunked, no length announced: send a little past the limit and stop, never ending the
@@ -342,7 +365,8 @@ def test_app_level_413_under_any_wsgi_server(tmp_path):
     with Outbox(cfg.outbox) as box:
         client = falcon.testing.TestClient(create_app(cfg, box))
         r = client.simulate_post(WEBHOOK_PATH, body=b"x" * 4096, content_type="application/json")
-        assert r.status_code == 413 and r.json == {"ok": False, "error": "body is 4096 bytes, the limit is 2048"}
+        assert r.status_code == 413
+        assert r.json == {"ok": False, "error": "body is 4096 bytes, the limit is 2048"}
         # No Content-Length (chunked, under a server that sets wsgi.input_terminated): the read
         # stops one byte past the limit instead of draining an endless body.
         env = falcon.testing.create_environ(WEBHOOK_PATH, method="POST",
@@ -371,8 +395,8 @@ class _Endless:
 def test_404_and_405_are_json(tmp_path):
     with running_service(tmp_path) as s:
         r = request(s.url, "GET", "/nope")
-        assert r.status == 404 and r.json() == {
-            "ok": False, "error": "no such path: /nope (POST /webhook/feishu-message, GET /healthz, GET /metrics)"}
+        assert r.status == 404 and r.json() == {"ok": False, "error": (
+            "no such path: /nope (POST /webhook/feishu-message, GET /healthz, GET /metrics)")}
         for method in ("GET", "PUT", "DELETE"):
             r = request(s.url, method, WEBHOOK_PATH)
             assert r.status == 405 and r.json()["ok"] is False and "POST" in r.headers["allow"], r
@@ -388,17 +412,19 @@ def test_other_events_are_acknowledged_counted_and_not_stored(tmp_path):
     v1_other = {"type": "event_callback", "token": "t", "event": {"type": "add_bot", "open_chat_id": "oc_1"}}
     sent = dict(sample("openclaw_message_received"), action="sent")
     with running_service(tmp_path) as s:
-        for event, expected in ((bot_added, "im.chat.member.bot.added_v1"), (bot_added, "im.chat.member.bot.added_v1"),
+        for event, expected in ((bot_added, "im.chat.member.bot.added_v1"),
+                                (bot_added, "im.chat.member.bot.added_v1"),
                                 (v1_other, "add_bot"), (sent, "message:sent")):
             r = post(s.url, event)
             assert r.status == 200 and r.json() == {"ok": True, "ignored": expected}
         assert outbox_ids(s.cfg.outbox) == {}
         samples = scrape(s.url)
-        assert metric(samples, "outbox_relay_events_ignored_total", event_type="im.chat.member.bot.added_v1") == 2
-        assert metric(samples, "outbox_relay_events_ignored_total", event_type="add_bot") == 1
-        assert metric(samples, "outbox_relay_events_ignored_total", event_type="message:sent") == 1
-        assert metric(samples, "outbox_relay_messages_received_total", source="feishu.v2", outcome="ignored") == 2
-        assert metric(samples, "outbox_relay_messages_received_total", source="openclaw", outcome="ignored") == 1
+        ignored = "outbox_relay_events_ignored_total"
+        assert metric(samples, ignored, event_type="im.chat.member.bot.added_v1") == 2
+        assert metric(samples, ignored, event_type="add_bot") == 1
+        assert metric(samples, ignored, event_type="message:sent") == 1
+        assert received(samples, "feishu.v2", "ignored") == 2
+        assert received(samples, "openclaw", "ignored") == 1
 
 
 def test_outbox_full_under_overflow_reject_is_503_with_retry_after(tmp_path):
@@ -414,7 +440,7 @@ def test_outbox_full_under_overflow_reject_is_503_with_retry_after(tmp_path):
         assert sorted(outbox_ids(s.cfg.outbox)) == ["om_full_1", "om_full_2"]
 
 
-# -- /metrics -------------------------------------------------------------------------------------------------
+# -- /metrics ------------------------------------------------------------------------------------------
 
 
 def test_metrics_parse_and_match_what_was_sent(tmp_path):
@@ -432,14 +458,14 @@ def test_metrics_parse_and_match_what_was_sent(tmp_path):
                    what="all delivered")
         samples = scrape(s.url)
 
-        def received(source, outcome):
-            return metric(samples, "outbox_relay_messages_received_total", source=source, outcome=outcome)
+        def count(source, outcome):
+            return received(samples, source, outcome)
 
-        assert received("api", "stored") == 3 and received("api", "duplicate") == 1
-        assert received("feishu.v2", "stored") == 2 and received("feishu.v2", "duplicate") == 0
-        assert received("openclaw", "stored") == 1 and received("feishu.v1", "stored") == 0
-        assert received("feishu", "verification") == 1
-        assert received("unknown", "invalid") == 1 and received("unknown", "unsupported_media_type") == 1
+        assert count("api", "stored") == 3 and count("api", "duplicate") == 1
+        assert count("feishu.v2", "stored") == 2 and count("feishu.v2", "duplicate") == 0
+        assert count("openclaw", "stored") == 1 and count("feishu.v1", "stored") == 0
+        assert count("feishu", "verification") == 1
+        assert count("unknown", "invalid") == 1 and count("unknown", "unsupported_media_type") == 1
         assert metric(samples, "outbox_relay_webhook_seconds_count") == 10
         assert metric(samples, "outbox_relay_http_requests_in_flight") == 0
         # Outbox gauges, read from the database at scrape time.
@@ -469,8 +495,8 @@ def test_metrics_registries_are_per_app(tmp_path):
     """Two apps in one process do not share (or clash over) metrics."""
     with running_service(tmp_path / "a") as a, running_service(tmp_path / "b") as b:
         assert post(a.url, flat("om_a")).status == 200
-        assert metric(scrape(a.url), "outbox_relay_messages_received_total", source="api", outcome="stored") == 1
-        assert metric(scrape(b.url), "outbox_relay_messages_received_total", source="api", outcome="stored") == 0
+        assert received(scrape(a.url), "api", "stored") == 1
+        assert received(scrape(b.url), "api", "stored") == 0
 
 
 def test_healthz_json(tmp_path):
