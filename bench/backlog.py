@@ -33,7 +33,8 @@ def fill(path, n, run, templates=10_000, max_pending=1000):
                 "        replace(payload, message_id, mid)"
                 " FROM (SELECT printf('%s%024d', ?, ? + id - 1) AS mid, * FROM outbox"
                 "       WHERE id <= ? AND id <= ?)",
-                (k * templates, now, now, payloads.id_prefix(run), k * templates, templates, n - k * templates))
+                (k * templates, now, now, payloads.id_prefix(run), k * templates, templates,
+                 n - k * templates))
         pending = n
         if pending > max_pending:
             # put() parks the oldest pending rows beyond max_pending; leave the file as it would.

@@ -12,10 +12,9 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import payloads
-from common import BENCH, Line, limit_line, ratio_line, remove_sqlite, wait_for
+from common import BENCH, Line, ratio_line, remove_sqlite, wait_for
 
 from outbox_relay.config import Config
 
@@ -114,8 +113,9 @@ def parse_wrk(out):
 
 
 def run_wrk(server, bodies, prefix, seconds, connections=16, threads=2):
+    url = f"http://127.0.0.1:{server.port}{PATH}"
     argv = [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s",
-            os.path.join(BENCH, "wrk_post.lua"), f"http://127.0.0.1:{server.port}{PATH}", "--", bodies, prefix]
+            os.path.join(BENCH, "wrk_post.lua"), url, "--", bodies, prefix]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed: {out.stderr[-2000:]}")
@@ -150,22 +150,27 @@ def bench_webhook(workdir, seconds, rated_seconds, rate=500, connections=16):
             results[kind] = run_wrk(server, bodies, f"om_w{kind[:3]}", seconds, connections)
             stored = server.rows() - before
             if stored < results[kind]["requests"] - connections:
-                raise RuntimeError(f"{kind}: {results[kind]['requests']} requests answered, {stored} rows stored")
+                raise RuntimeError(f"{kind}: {results[kind]['requests']} answered, {stored} rows stored")
             if kind == "ours":
                 results["rated"] = run_loadgen(server, bodies, "om_wrated", rate, rated_seconds, connections)
         finally:
             server.stop()
     ours, bare, rated = results["ours"], results["bare"], results["rated"]
     ok_rate = rated["achieved_rate"] >= 0.95 * rate
+    setup = (f"`outbox-relay serve` (waitress, {threads} threads) vs a bare WSGI app on waitress, {threads}"
+             " threads, 1 sqlite3 INSERT+COMMIT per request (bench/bare_server.py), separate processes")
     return [
-        ratio_line(f"webhook: POST {PATH}, {connections} conns, waitress {threads} threads, wrk {seconds}s "
-                   "vs bare WSGI + 1 sqlite3 insert", ours["rps"], bare["rps"], "req/s", 0.7,
-                   note="load: wrk (closed loop), Lua script: new message_id per request"),
-        Line(f"webhook: latency at full load ({connections} conns, wrk)",
-             f"p50 {ours['p50']:.1f} ms, p99 {ours['p99']:.1f} ms",
-             f"p50 {bare['p50']:.1f} ms, p99 {bare['p99']:.1f} ms", None, "—", None),
-        limit_line(f"webhook: p99 at {rate} req/s (open loop, bench/loadgen.py, {rated_seconds}s, "
-                   f"achieved {rated['achieved_rate']:.0f}/s, p50 {rated['p50_ms']:.1f} ms)",
-                   rated["p99_ms"] if ok_rate else float("inf"), "ms", 50,
-                   note="latency from each request's due time; load from a separate Python asyncio process"),
+        ratio_line(f"webhook: POST, {connections} conns vs bare WSGI + sqlite3", ours["rps"], bare["rps"],
+                   "req/s", 0.7,
+                   note=f"{setup}; load: wrk -t2 -c{connections} -d{seconds}s, bench/wrk_post.lua gives every"
+                        " request a new message_id (300 distinct bodies)"),
+        Line(f"webhook: latency at full load, {connections} conns",
+             f"p50 {ours['p50']:.1f} / p99 {ours['p99']:.1f} ms",
+             f"p50 {bare['p50']:.1f} / p99 {bare['p99']:.1f} ms", None, "—", None),
+        Line(f"webhook: p99 at {rate} req/s", f"{rated['p99_ms']:.1f} ms", "—", None, "≤ 50 ms",
+             rated["p99_ms"] <= 50 and ok_rate,
+             note=f"open loop, {connections} conns, {rated_seconds}s, bench/loadgen.py (a separate Python"
+                  " asyncio process; latency from each request's due time): achieved"
+                  f" {rated['achieved_rate']:.0f}/s, p50 {rated['p50_ms']:.1f} ms,"
+                  f" max {rated['max_ms']:.1f} ms"),
     ]

@@ -45,3 +45,6 @@ def setup_logging(level=logging.INFO, json_lines=False, stream=None):
         other.handlers = [handler]
         other.setLevel(max(level, logging.INFO))
         other.propagate = False
+    # "Task queue depth is N" on every burst is noise at our request rates; /metrics shows the
+    # requests in flight instead.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)

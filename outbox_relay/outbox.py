@@ -16,6 +16,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 
 from .errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
 from .message import Message, normalize
@@ -64,8 +65,10 @@ class Outbox:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise OutboxUnavailable(f"cannot create the outbox directory {directory}: {e.strerror}") from None
+        self._migrated = False
         try:
             self._migrate()
+            self._migrated = True
         except BaseException:
             self.close()  # the caller never gets this object, so nothing else could close it
             raise
@@ -90,8 +93,14 @@ class Outbox:
 
     def _open(self):
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
+            if self._migrated:
+                # After the first open, never create the file again: an outbox deleted or moved
+                # under us must fail loudly (503s), not become a fresh empty file.
+                target, uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw", True
+            else:
+                target, uri = self.path, False
+            conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False, uri=uri)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
             return conn

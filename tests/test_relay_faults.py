@@ -370,3 +370,45 @@ def test_sigterm_while_the_target_is_down_exits_0_at_once(spawn, tmp_path):
     assert proc.wait(5) == 0, proc.output()
     assert time.monotonic() - started < 2
     assert outbox_left(outbox_path)["pending"] == 10
+
+
+def test_pgbouncer_with_the_server_restarted_behind_it(tmp_outbox, private_pg, make_pgbouncer):
+    """PgBouncer stays up while the server behind it crashes. PgBouncer either fails the
+    relay's queries (transient errors) or holds them in its queue (query_wait_timeout) until
+    the server is back; either way everything arrives once."""
+    private_pg.execute("CREATE DATABASE relay")
+    bouncer = make_pgbouncer(private_pg, pool_mode="transaction")
+    url = bouncer.url("relay")
+    outbox = Outbox(tmp_outbox)
+    target = Target(url, connect_timeout=5)
+    relay = Relay(outbox, target, batch_size=100, backoff_max=0.5)
+    put_all(outbox, [flat(i) for i in range(1000)])
+    assert relay.drain()["delivered"] == 1000
+    private_pg.stop(mode="immediate")
+    put_all(outbox, [flat(i) for i in range(1000, 2000)])
+    thread = threading.Thread(target=relay.drain)
+    thread.start()
+    try:
+        wait_until(lambda: relay.stats["errors"] >= 1 or clients_waiting(bouncer, "relay") >= 1,
+                   timeout=30, what="the relay to fail or queue in PgBouncer")
+        private_pg.start()
+        thread.join(60)
+        assert not thread.is_alive()
+    finally:
+        relay.stop()
+        thread.join(10)
+        target.close()
+        outbox.close()
+    assert_exactly_once(private_pg.url("relay"), ids(2000))
+
+
+def clients_waiting(bouncer, dbname):
+    conn = bouncer.connect(dbname="pgbouncer", user="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW POOLS")
+            names = [d[0] for d in cur.description]
+            return sum(dict(zip(names, row))["cl_waiting"] for row in cur.fetchall()
+                       if dict(zip(names, row))["database"] == dbname)
+    finally:
+        conn.close()

@@ -379,7 +379,8 @@ def test_serve_alone_judges_the_relay_by_its_heartbeat(tmp_path):
                        what="delivered by the separate relay")
         finally:
             relay.send_signal(signal.SIGTERM)
-            assert relay.wait(20) == 0, relay.stderr.read()
+            _, err = relay.communicate(timeout=20)
+        assert relay.returncode == 0, err
         # A heartbeat that has gone stale, or that reports the target down too long -> 503.
         box = Outbox(serve.outbox)
         try:

@@ -42,7 +42,7 @@ except ImportError:
 from outbox_relay import feishu
 from outbox_relay.config import Config
 from outbox_relay.outbox import Outbox
-from outbox_relay.web import WEBHOOK_PATH, create_app
+from outbox_relay.web import WEBHOOK_PATH, create_app, probe_writable
 
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
 FEISHU_TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"  # header.token of the v2 samples
@@ -506,10 +506,26 @@ def test_healthz_json(tmp_path):
         assert body["ok"] is True and body["reasons"] == []
         assert body["checks"]["outbox"]["ok"] and body["checks"]["relay"]["alive"]
         assert h.headers["cache-control"] == "no-store"
-        os.remove(s.cfg.outbox)  # gone from under us: not writable, and not silently re-created
-        h = health(s.url)
-        assert h.status == 503 and "not writable" in h.json()["reasons"][0]
-        assert not os.path.exists(s.cfg.outbox)
+
+
+def test_the_writability_probe_writes_nothing_and_creates_nothing(tmp_path):
+    path = str(tmp_path / "outbox.db")
+    with pytest.raises(sqlite3.OperationalError):
+        probe_writable(path, 0.1)  # missing: an error, not a new empty outbox
+    assert not os.path.exists(path)
+    with Outbox(path) as box:
+        box.put(flat("om_probe"))
+        before = os.path.getsize(path), outbox_ids(path)
+        probe_writable(path, 0.1)
+        assert (os.path.getsize(path), outbox_ids(path)) == before
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                probe_writable(path, 0.1)
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/metrics"])

@@ -1,0 +1,85 @@
+"""The benchmarks must keep running: `bench/run.py --quick` exits 0 and fills every line of its table.
+
+A smoke test, not a timed one: the figures of a quick run are not meaningful and are not checked,
+only that each line was measured (a number, not "n/a") and judged against its target.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
+    from . import pgharness
+except ImportError:
+    import pgharness
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRK = "/usr/bin/wrk"
+
+pytestmark = [pytest.mark.slow, pytest.mark.pg]
+
+# Every line of the table, by how it starts; the ratio lines also need a baseline figure.
+EXPECTED = [
+    ("ingest: put, 1/call, sync=FULL vs raw sqlite3", True),
+    ("ingest: put, 1/call vs persist-queue", True),
+    ("ingest: put, 1/call vs old JSON file", True),
+    ("ingest: put_many, 500/call vs executemany 500/tx", True),
+    ("webhook: POST, 16 conns vs bare WSGI + sqlite3", True),
+    ("webhook: latency at full load, 16 conns", True),
+    ("webhook: p99 at 500 req/s", False),
+    ("relay: drain 3,000 backlog vs raw COPY", True),
+    ("relay: drain 3,000 backlog vs connect+insert per msg", True),
+    ("relay: max connections held (pool_size=2)", False),
+    ("end-to-end: put -> visible in PG, 200/s, p50", False),
+    ("end-to-end: put -> visible in PG, 200/s, p99", False),
+    ("relay memory: peak RSS draining 20,000 rows", False),
+]
+NUMBER = re.compile(r"\d")
+
+
+def unavailable(reason):
+    if pgharness.in_ci():
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def table_rows(stdout):
+    """{what: [ours, baseline, ratio, target, result]} from the printed markdown table."""
+    rows = {}
+    for line in stdout.splitlines():
+        if not line.startswith("| ") or line.startswith("| what "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_quick_benchmark_fills_every_line(tmp_path):
+    if not pgharness.find_pg_bindir():
+        unavailable("PostgreSQL server binaries not found: the benchmarks start their own server")
+    if not (os.path.exists(WRK) or shutil.which("wrk")):
+        unavailable("wrk not installed: the webhook benchmark needs it (apt-get install wrk)")
+    results = tmp_path / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--quick",
+         "--workdir", str(tmp_path / "work"), "--results", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"bench/run.py --quick exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    out = proc.stdout
+    for label in ("CPU:", "Python ", "SQLite ", "PostgreSQL "):
+        assert label in out, f"machine info lacks {label!r}:\n{out}"
+    rows = table_rows(out)
+    for what, has_baseline in EXPECTED:
+        assert what in rows, f"the table has no line {what!r}:\n{out}"
+        ours, baseline, ratio, target, result = rows[what]
+        assert NUMBER.search(ours) and not ours.startswith("n/a"), f"{what}: no figure ({ours!r})"
+        if has_baseline:
+            assert NUMBER.search(baseline), f"{what}: no baseline figure ({baseline!r})"
+        assert result in ("PASS", "MISS", "—"), f"{what}: result {result!r}"
+        assert target != "—" or result == "—", f"{what}: judged without a target"
+    assert len(rows) == len(EXPECTED), f"unexpected lines: {sorted(set(rows) - {w for w, _ in EXPECTED})}"
+    assert not results.exists(), "a quick run must not write RESULTS.md"
