@@ -51,11 +51,18 @@ class Message:
         return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls) if f.name in data})
 
     def to_json(self):
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        # Not to_dict(): dataclasses.asdict deep-copies `raw` and `content` before json.dumps reads
+        # them, which was 70% of the CPU of a put (bench/). Every field holds plain JSON values, so
+        # a shallow dict gives the same text.
+        return json.dumps({name: getattr(self, name) for name in _FIELD_NAMES},
+                          ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text):
         return cls.from_dict(json.loads(text))
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Message))
 
 
 def parse_payload(data):

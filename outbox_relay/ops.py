@@ -20,7 +20,7 @@ BEHIND_AFTER = 120.0
 def relay_running(outbox_path):
     """True when some process holds the relay lock on this outbox (a relay is running)."""
     try:
-        lock = RelayLock(outbox_path).acquire()
+        lock = RelayLock(outbox_path).acquire(grace=0)
     except RelayLocked:
         return True
     except OSError:

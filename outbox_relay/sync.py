@@ -61,14 +61,25 @@ class RelayLock:
         self.path = os.fspath(outbox_path) + ".lock"
         self._fd = None
 
-    def acquire(self):
+    # `status` and `health` take the lock for an instant to learn whether a relay runs; a relay
+    # starting at that instant must not take them for another relay, so it tries for a moment.
+    GRACE = 0.5
+
+    def acquire(self, grace=GRACE):
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RelayLocked(f"another relay (pid {holder}) is already working {self.path[:-5]}") from None
+        deadline = time.monotonic() + grace
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RelayLocked(
+                    f"another relay (pid {holder}) is already working {self.path[:-5]}") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

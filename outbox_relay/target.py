@@ -449,10 +449,11 @@ class _CopyBuffer(io.TextIOBase):
     readline = read
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
 def _copy_field(value):
     if value is None:
         return "\\N"
-    return str(value).translate(_COPY_ESCAPES)
+    # Chained replace, not str.translate: translate with a dict looks every character up in
+    # Python and took 60 us for a 1.3 KB payload, a third of the relay's CPU (bench/).
+    # Backslash first, so the escapes added after it are not escaped again.
+    text = str(value)
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")

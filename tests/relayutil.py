@@ -1,14 +1,12 @@
 """Helpers for the relay tests: test messages, relay subprocesses, reading the target back.
 
-Plain functions, no fixtures (those stay in conftest.py). Nothing here reads
-/work/shared or any file outside the repository and the test's tmp_path.
+Plain functions and one class, no fixtures (those stay in conftest.py and the test modules).
 """
 
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import psycopg2
 
@@ -17,7 +15,7 @@ try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
 except ImportError:
     from pgharness import wait_until
 
-__all__ = ["wait_until", "flat", "put_all", "relay_cmd", "relay_env", "RelayProcess", "pg_rows",
+__all__ = ["BASE_MS", "wait_until", "flat", "put_all", "relay_cmd", "relay_env", "RelayProcess", "pg_rows",
            "pg_query", "row_stats"]
 
 BASE_MS = 1_700_000_000_000
@@ -132,7 +130,3 @@ def row_stats(url, table="feishu_messages"):
 def pg_rows(url, table="feishu_messages"):
     """Every message_id in the target table, as a list (duplicates kept, to be counted)."""
     return [r[0] for r in pg_query(url, f'SELECT message_id FROM "{table}"')]
-
-
-def elapsed_since(start):
-    return time.monotonic() - start
