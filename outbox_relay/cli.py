@@ -5,21 +5,19 @@ error (exit 2); a bad setting is a usage error naming the setting. No tracebacks
 for either, and no secret is ever printed (URLs are masked).
 """
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import signal
 import sys
-import threading
-import time
 
 import click
 
 from . import __version__
 from .config import SETTINGS, Config
-from .errors import (ConfigError, InvalidMessage, OutboxError, OutboxRelayError, RelayLocked,
-                     TargetError)
+from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -87,6 +85,22 @@ def _open_target(cfg):
         raise click.ClickException(str(e)) from None
 
 
+@contextlib.contextmanager
+def _opened(cfg, outbox=True, target=True):
+    """(outbox, target) for one command, closed however it ends; None for what is not wanted."""
+    box = _open_outbox(cfg) if outbox else None
+    try:
+        tgt = _open_target(cfg) if target else None
+        try:
+            yield box, tgt
+        finally:
+            if tgt is not None:
+                tgt.close()
+    finally:
+        if box is not None:
+            box.close()
+
+
 def friendly_errors(fn):
     """Library errors -> one line and exit 1; never a traceback for a known failure."""
     @functools.wraps(fn)
@@ -136,13 +150,11 @@ def put(source, cfg, as_json):
     """
     data = source.read()
     payloads = _parse_put_input(data)
-    outbox = _open_outbox(cfg)
-    try:
-        results = outbox.put_many(payloads)
-    except InvalidMessage as e:
-        raise click.ClickException(str(e)) from None
-    finally:
-        outbox.close()
+    with _opened(cfg, target=False) as (outbox, _):
+        try:
+            results = outbox.put_many(payloads)
+        except InvalidMessage as e:
+            raise click.ClickException(str(e)) from None
     if as_json:
         _emit_json([r._asdict() for r in results])
         return
@@ -186,11 +198,8 @@ def import_json(path, cfg, as_json):
     index and skipped; the file itself is left untouched.
     """
     from .importer import import_json_file
-    outbox = _open_outbox(cfg)
-    try:
+    with _opened(cfg, target=False) as (outbox, _):
         report = import_json_file(outbox, path, progress=_progress_factory("importing"))
-    finally:
-        outbox.close()
     if as_json:
         _emit_json(report)
         return
@@ -219,14 +228,8 @@ def _progress_factory(label):
 def status(cfg, as_json, no_target):
     """Outbox counts per state, oldest pending age, relay heartbeat, target reachability, warnings."""
     from .ops import collect_status
-    outbox = _open_outbox(cfg)
-    target = None if no_target else _open_target(cfg)
-    try:
+    with _opened(cfg, target=not no_target) as (outbox, target):
         report = collect_status(cfg, outbox, target)
-    finally:
-        outbox.close()
-        if target:
-            target.close()
     if as_json:
         _emit_json(report)
         return
@@ -240,13 +243,8 @@ def status(cfg, as_json, no_target):
 def health(cfg):
     """For monitors: exit 0 healthy, 1 degraded, 2 down; one line says why."""
     from .ops import collect_status, health_verdict
-    outbox = _open_outbox(cfg)
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg) as (outbox, target):
         report = collect_status(cfg, outbox, target)
-    finally:
-        outbox.close()
-        target.close()
     code, line = health_verdict(report, cfg)
     click.echo(line)
     sys.exit(code)
@@ -290,9 +288,7 @@ def sync(cfg, max_batches, as_json):
     Waits out an unavailable target with backoff; Ctrl-C stops after the batch in flight.
     """
     from .sync import Relay, RelayLock
-    outbox = _open_outbox(cfg)
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg) as (outbox, target):
         with RelayLock(cfg.outbox):
             if target.dialect == "sqlite" and cfg.target_is_default:
                 log.info("no target configured: writing to the embedded %s", target.describe())
@@ -308,10 +304,7 @@ def sync(cfg, max_batches, as_json):
                     totals = relay.drain(max_batches)
             finally:
                 restore()
-    finally:
-        outbox.close()
-        target.close()
-    counts = _open_outbox(cfg).counts()
+        counts = outbox.counts()
     report = {"batches": totals["batches"], "delivered": totals["delivered"], "new": totals["new"],
               "dead": totals["dead"], "pruned": totals["pruned"], "outbox": counts}
     if as_json:
@@ -355,11 +348,8 @@ def _graceful_signals(on_first):
 @friendly_errors
 def check(cfg, as_json):
     """Connect to the target: server version, round-trip latency, connections in use vs limits."""
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg, outbox=False) as (_, target):
         info = target.check()
-    finally:
-        target.close()
     info["target"] = target.display_url
     if as_json:
         _emit_json(info)
@@ -388,11 +378,8 @@ def schema(cfg, as_sql, dialect):
 @friendly_errors
 def init_db(cfg, no_trigram):
     """Create or migrate the target table (and the trigram search index where permitted)."""
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg, outbox=False) as (_, target):
         report = target.init_db(trigram=not no_trigram)
-    finally:
-        target.close()
     click.echo(f"{target.describe()}: schema version {report['from_version']} -> {report['version']}")
     if report["trigram"]:
         click.echo(f"trigram index: {report['trigram']}")
@@ -406,11 +393,8 @@ def init_db(cfg, no_trigram):
 @friendly_errors
 def dead(cfg, parked, limit, as_json):
     """List rows the target refused (dead), with the database's error."""
-    outbox = _open_outbox(cfg)
-    try:
+    with _opened(cfg, target=False) as (outbox, _):
         rows = outbox.rows("parked" if parked else "dead", limit)
-    finally:
-        outbox.close()
     if as_json:
         _emit_json(rows)
         return
@@ -435,11 +419,8 @@ def replay(cfg, ids, all_rows, parked):
         raise click.UsageError("give row ids / message_ids, or --all")
     if ids and all_rows:
         raise click.UsageError("give either ids or --all, not both")
-    outbox = _open_outbox(cfg)
-    try:
+    with _opened(cfg, target=False) as (outbox, _):
         n = outbox.replay(None if all_rows else list(ids), states=("parked",) if parked else ("dead",))
-    finally:
-        outbox.close()
     click.echo(f"{n} requeued")
     if ids and n < len(ids):
         click.echo(f"{len(ids) - n} of the given ids were not {'parked' if parked else 'dead'}", err=True)
@@ -472,14 +453,9 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
         until_ms = parse_when(until, "--until")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    outbox = _open_outbox(cfg)
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg) as (outbox, target):
         result = search_messages(outbox, target, keyword, chat=chat, sender=sender, msg_type=msg_type,
                                  since_ms=since_ms, until_ms=until_ms, limit=limit)
-    finally:
-        outbox.close()
-        target.close()
     if as_json:
         _emit_json(result)
         return
@@ -497,13 +473,8 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
 def stats(cfg, days, top, as_json):
     """Totals, messages per day, top chats and senders, by type; outbox state; connections used."""
     from .query import collect_stats
-    outbox = _open_outbox(cfg)
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg) as (outbox, target):
         result = collect_stats(outbox, target, days=days, top=top)
-    finally:
-        outbox.close()
-        target.close()
     if as_json:
         _emit_json(result)
         return
@@ -522,13 +493,8 @@ def test_cmd(cfg, timeout):
     With no relay running it delivers the message itself. Exits non-zero if it never arrives.
     """
     from .ops import end_to_end_test
-    outbox = _open_outbox(cfg)
-    target = _open_target(cfg)
-    try:
+    with _opened(cfg) as (outbox, target):
         ok, line = end_to_end_test(cfg, outbox, target, timeout)
-    finally:
-        outbox.close()
-        target.close()
     click.echo(line)
     sys.exit(0 if ok else 1)
 
