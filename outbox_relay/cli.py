@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 
 import click
 
@@ -69,28 +70,34 @@ def _emit_json(data):
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
-def _open_outbox(cfg):
+def _open_outbox(cfg, create=True):
+    if not create and not os.path.exists(cfg.outbox):
+        # A reading command run from the wrong directory must not invent an empty, healthy-looking outbox.
+        raise click.ClickException(
+            f"outbox {os.path.abspath(cfg.outbox)} does not exist: run this where the service runs, "
+            "or give --outbox / OUTBOX_RELAY_OUTBOX")
     try:
         return cfg.open_outbox()
     except OutboxError as e:
         raise click.ClickException(str(e)) from None
 
 
-def _open_target(cfg):
+def _open_target(cfg, create=True):
     from .target import Target
     try:
-        return Target(cfg.target, table=cfg.table, pool_size=cfg.pool_size,
+        return Target(cfg.target, table=cfg.table, pool_size=cfg.pool_size, create=create,
                       connect_timeout=cfg.connect_timeout, statement_timeout=cfg.statement_timeout)
     except (ConfigError, TargetError) as e:
         raise click.ClickException(str(e)) from None
 
 
 @contextlib.contextmanager
-def _opened(cfg, outbox=True, target=True):
-    """(outbox, target) for one command, closed however it ends; None for what is not wanted."""
-    box = _open_outbox(cfg) if outbox else None
+def _opened(cfg, outbox=True, target=True, create=True):
+    """(outbox, target) for one command, closed however it ends; None for what is not wanted.
+    create=False for commands that only look: a missing outbox is an error, not a new file."""
+    box = _open_outbox(cfg, create) if outbox else None
     try:
-        tgt = _open_target(cfg) if target else None
+        tgt = _open_target(cfg, create) if target else None
         try:
             yield box, tgt
         finally:
@@ -228,7 +235,7 @@ def _progress_factory(label):
 def status(cfg, as_json, no_target):
     """Outbox counts per state, oldest pending age, relay heartbeat, target reachability, warnings."""
     from .ops import collect_status
-    with _opened(cfg, target=not no_target) as (outbox, target):
+    with _opened(cfg, target=not no_target, create=False) as (outbox, target):
         report = collect_status(cfg, outbox, target)
     if as_json:
         _emit_json(report)
@@ -239,14 +246,26 @@ def status(cfg, as_json, no_target):
 
 @cli.command()
 @settings_options
+@json_option
 @friendly_errors
-def health(cfg):
-    """For monitors: exit 0 healthy, 1 degraded, 2 down; one line says why."""
+def health(cfg, as_json):
+    """For monitors: exit 0 healthy, 1 degraded, 2 down; one line says why.
+
+    The target counts as down when it cannot be reached and no relay is running, or when the
+    running relay has not reached it for longer than --unhealthy-after; shorter than that it is
+    degraded.
+    """
     from .ops import collect_status, health_verdict
-    with _opened(cfg) as (outbox, target):
-        report = collect_status(cfg, outbox, target)
-    code, line = health_verdict(report, cfg)
-    click.echo(line)
+    try:
+        with _opened(cfg, create=False) as (outbox, target):
+            report = collect_status(cfg, outbox, target)
+        code, line = health_verdict(report, cfg)
+    except click.ClickException as e:  # no outbox, unreadable outbox: that is "down" to a monitor
+        report, code, line = None, 2, f"DOWN: {e.message}"
+    if as_json:
+        _emit_json({"code": code, "status": ("ok", "degraded", "down")[code], "line": line, "report": report})
+    else:
+        click.echo(line)
     sys.exit(code)
 
 
@@ -280,12 +299,16 @@ def serve(cfg):
 @settings_options
 @click.option("--max-batches", type=click.IntRange(min=1), default=None,
               help="Stop after this many batches.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+              help="Give up after this many seconds (default: wait out an unavailable target).")
 @json_option
 @friendly_errors
-def sync(cfg, max_batches, as_json):
+def sync(cfg, max_batches, timeout, as_json):
     """Drain everything pending into the target, then exit (for cron and tests).
 
-    Waits out an unavailable target with backoff; Ctrl-C stops after the batch in flight.
+    Waits out an unavailable target with backoff (at most --timeout seconds); Ctrl-C stops after
+    the batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
+    (stopped, timed out, or --max-batches reached). Dead rows are reported, not retried.
     """
     from .sync import Relay, RelayLock
     with _opened(cfg) as (outbox, target):
@@ -295,6 +318,10 @@ def sync(cfg, max_batches, as_json):
             _ensure_schema_or_warn(target)
             relay = Relay(outbox, target, batch_size=cfg.batch_size)
             restore = _graceful_signals(relay.stop)
+            timer = threading.Timer(timeout, relay.stop) if timeout else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
             bar = _progress_factory("syncing")(outbox.counts()["pending"] + outbox.counts()["parked"])
             try:
                 if bar is not None:
@@ -304,6 +331,8 @@ def sync(cfg, max_batches, as_json):
                     totals = relay.drain(max_batches)
             finally:
                 restore()
+                if timer is not None:
+                    timer.cancel()
         counts = outbox.counts()
     report = {"batches": totals["batches"], "delivered": totals["delivered"], "new": totals["new"],
               "dead": totals["dead"], "pruned": totals["pruned"], "outbox": counts}
@@ -313,6 +342,9 @@ def sync(cfg, max_batches, as_json):
         click.echo(f"{report['delivered']} delivered ({report['new']} new in the target) in "
                    f"{report['batches']} batches; {report['dead']} dead; outbox now: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if counts["pending"] or counts["parked"]:
+        raise click.ClickException(f"{counts['pending'] + counts['parked']} message(s) still waiting "
+                                   "in the outbox (stopped before the drain finished)")
 
 
 def _ensure_schema_or_warn(target):
@@ -348,7 +380,7 @@ def _graceful_signals(on_first):
 @friendly_errors
 def check(cfg, as_json):
     """Connect to the target: server version, round-trip latency, connections in use vs limits."""
-    with _opened(cfg, outbox=False) as (_, target):
+    with _opened(cfg, outbox=False, create=False) as (_, target):
         info = target.check()
     info["target"] = target.display_url
     if as_json:
@@ -393,7 +425,7 @@ def init_db(cfg, no_trigram):
 @friendly_errors
 def dead(cfg, parked, limit, as_json):
     """List rows the target refused (dead), with the database's error."""
-    with _opened(cfg, target=False) as (outbox, _):
+    with _opened(cfg, target=False, create=False) as (outbox, _):
         rows = outbox.rows("parked" if parked else "dead", limit)
     if as_json:
         _emit_json(rows)
@@ -419,11 +451,12 @@ def replay(cfg, ids, all_rows, parked):
         raise click.UsageError("give row ids / message_ids, or --all")
     if ids and all_rows:
         raise click.UsageError("give either ids or --all, not both")
-    with _opened(cfg, target=False) as (outbox, _):
+    with _opened(cfg, target=False, create=False) as (outbox, _):
         n = outbox.replay(None if all_rows else list(ids), states=("parked",) if parked else ("dead",))
     click.echo(f"{n} requeued")
     if ids and n < len(ids):
-        click.echo(f"{len(ids) - n} of the given ids were not {'parked' if parked else 'dead'}", err=True)
+        state = "parked" if parked else "dead"
+        raise click.ClickException(f"{len(ids) - n} of the {len(ids)} given ids matched no {state} row")
 
 
 # -- query side ----------------------------------------------------------------------------------
@@ -453,7 +486,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
         until_ms = parse_when(until, "--until")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    with _opened(cfg) as (outbox, target):
+    with _opened(cfg, create=False) as (outbox, target):
         result = search_messages(outbox, target, keyword, chat=chat, sender=sender, msg_type=msg_type,
                                  since_ms=since_ms, until_ms=until_ms, limit=limit)
     if as_json:
@@ -473,7 +506,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
 def stats(cfg, days, top, as_json):
     """Totals, messages per day, top chats and senders, by type; outbox state; connections used."""
     from .query import collect_stats
-    with _opened(cfg) as (outbox, target):
+    with _opened(cfg, create=False) as (outbox, target):
         result = collect_stats(outbox, target, days=days, top=top)
     if as_json:
         _emit_json(result)
@@ -486,16 +519,22 @@ def stats(cfg, days, top, as_json):
 @settings_options
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
               help="Seconds to wait for the message to reach the target.")
+@json_option
 @friendly_errors
-def test_cmd(cfg, timeout):
+def test_cmd(cfg, timeout, as_json):
     """End to end: put a test message and wait until it is in the target; print the latency.
 
     With no relay running it delivers the message itself. Exits non-zero if it never arrives.
+    The test message (chat_id outbox-relay-test) is removed from the target again where the
+    role may delete; one that did not arrive stays in the outbox and is delivered later.
     """
     from .ops import end_to_end_test
     with _opened(cfg) as (outbox, target):
         ok, line = end_to_end_test(cfg, outbox, target, timeout)
-    click.echo(line)
+    if as_json:
+        _emit_json({"ok": ok, "line": line})
+    else:
+        click.echo(line)
     sys.exit(0 if ok else 1)
 
 

@@ -209,9 +209,16 @@ def _parse(s, value, origin):
         except ConfigError:
             raise bad("is not a valid table name (letters, digits, _; optionally schema.table)") from None
     if s.kind == "url":
-        scheme = urllib.parse.urlsplit(value).scheme.split("+")[0]
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as e:
+            raise bad(f"is not a valid URL ({e})") from None
+        scheme = parts.scheme.split("+")[0]
         if scheme not in ("postgresql", "postgres", "sqlite"):
             raise bad("must be a postgresql:// or sqlite:/// URL")
+        if scheme == "sqlite" and value.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
+            raise bad("needs a file path, e.g. sqlite:///data/archive.db")
         return value
     if value == "":
         raise bad("must not be empty")

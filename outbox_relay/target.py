@@ -107,7 +107,7 @@ class Target:
     """One target database. Thread-safe; holds at most `pool_size` connections."""
 
     def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
-                 statement_timeout=30, host_name=None):
+                 statement_timeout=30, host_name=None, create=True):
         self.url = url
         self.table = schema.check_table_name(table)
         self.quoted = schema.quote_ident(table)
@@ -115,6 +115,7 @@ class Target:
         self.statement_timeout = statement_timeout
         self.host_name = host_name or socket.gethostname()
         self.dialect, kwargs = parse_target_url(url)
+        self._must_exist = None
         if self.dialect == "postgresql":
             kwargs.setdefault("connect_timeout", connect_timeout)
             kwargs.setdefault("application_name", "outbox-relay")
@@ -132,8 +133,11 @@ class Target:
                 autoconnect=False, autorollback=False, **kwargs)
         else:
             path = kwargs["database"]
-            directory = os.path.dirname(os.path.abspath(path))
-            os.makedirs(directory, exist_ok=True)
+            # Reading commands (status, search …) pass create=False: a mistyped path must read as
+            # "does not exist", not as a new empty archive that looks healthy.
+            self._must_exist = None if create else path
+            if create:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self.db = peewee.SqliteDatabase(
                 path, autoconnect=False, timeout=connect_timeout,
                 pragmas={"journal_mode": "wal", "synchronous": "normal",
@@ -162,6 +166,9 @@ class Target:
     # -- one connection for a unit of work ---------------------------------------------
 
     def _checkout(self):
+        if self._must_exist and not os.path.exists(self._must_exist):
+            raise TargetUnavailable(f"the SQLite archive {os.path.abspath(self._must_exist)} does not exist "
+                                    "(nothing relayed here yet, or a wrong --target)")
         try:
             self.db.connect(reuse_if_open=True)
             return self.db.connection()

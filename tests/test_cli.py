@@ -203,7 +203,19 @@ def test_status_no_target_text(run):
     assert "Traceback" not in result.output
 
 
+def test_status_of_a_missing_outbox_is_an_error_and_creates_nothing(run, workdir):
+    """Run from the wrong directory, a reading command must not invent an empty, healthy outbox."""
+    for command in (["status", "--no-target"], ["dead"], ["replay", "--all"]):
+        result = run(*command)
+        assert result.exit_code == 1
+        assert "does not exist: run this where the service runs" in one_line_error(result)
+    result = run("health")
+    assert result.exit_code == 2 and result.stdout.startswith("DOWN: outbox ")
+    assert not os.path.exists(run.outbox) and not (workdir / "data").exists()
+
+
 def test_status_of_an_empty_outbox(run):
+    Outbox(run.outbox).close()
     result = run("status", "--no-target", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

@@ -155,8 +155,28 @@ def test_test_command_delivers_and_reports_latency(pg_url, tmp_outbox):
     result = run_cli("test", "--timeout", 20, "--outbox", tmp_outbox, "--target", pg_url)
     assert result.exit_code == 0, result.output
     line = one_line(result.stdout)
-    assert line.startswith("OK: test message outbox-relay-test-") and line.endswith(" ms")
-    assert target_count(pg_url, "message_id LIKE 'outbox-relay-test-%%'") == 1
+    assert line.startswith("OK: test message outbox-relay-test-") and line.endswith(" ms; test row removed")
+    # It arrived (the line says so, with the latency) and was removed so it does not count in stats.
+    assert target_count(pg_url, "message_id LIKE 'outbox-relay-test-%%'") == 0
+
+
+def test_test_command_keeps_the_row_when_the_role_may_not_delete(pg_url, pg_server, tmp_outbox):
+    init_target(pg_url)
+    dbname = pg_url.rsplit("/", 1)[1]
+    pg_server.execute("DROP ROLE IF EXISTS no_delete")
+    pg_server.execute("CREATE ROLE no_delete LOGIN")
+    try:
+        pg_server.execute("GRANT SELECT, INSERT ON feishu_messages TO no_delete;"
+                          " GRANT SELECT ON outbox_relay_schema TO no_delete;"
+                          " GRANT TEMPORARY ON DATABASE " + dbname + " TO no_delete", dbname=dbname)
+        url = pg_url.replace("postgres@", "no_delete@", 1)
+        result = run_cli("test", "--timeout", 20, "--outbox", tmp_outbox, "--target", url)
+        assert result.exit_code == 0, result.output
+        assert one_line(result.stdout).endswith("test row kept (no DELETE privilege), chat_id outbox-relay-test")
+        assert target_count(pg_url, "message_id LIKE 'outbox-relay-test-%%'") == 1
+    finally:
+        pg_server.execute("DROP OWNED BY no_delete", dbname=dbname)
+        pg_server.execute("DROP ROLE no_delete")
 
 
 def test_test_command_on_a_fresh_database_creates_the_table_like_sync(pg_url, tmp_outbox):
@@ -164,7 +184,7 @@ def test_test_command_on_a_fresh_database_creates_the_table_like_sync(pg_url, tm
     result = run_cli("test", "--timeout", 20, "--outbox", tmp_outbox, "--target", pg_url)
     assert result.exit_code == 0, result.output
     assert one_line(result.stdout).startswith("OK: test message ")
-    assert target_count(pg_url) == 1
+    assert target_count(pg_url) == 0  # created, delivered, then removed again
 
 
 def test_test_command_watches_a_running_relay(pg_url, tmp_outbox):
@@ -198,7 +218,8 @@ def test_test_command_fails_after_its_timeout_with_the_server_down(private_pg, t
         assert outbox.counts()["pending"] == 1
     result = run_exe("test", "--timeout", 20, "--outbox", tmp_outbox, "--target", url)
     assert result.returncode == 0, result
-    assert target_count(url) == 2
+    # The first test message arrived with the second (which was then removed): one row.
+    assert target_count(url) == 1
 
 
 # -- status -----------------------------------------------------------------------------------------
@@ -226,6 +247,7 @@ def test_status_warns_about_parked_and_dead_rows(pg_url, tmp_outbox):
 
 def test_status_masks_the_target_password(pg_url, tmp_outbox):
     url = pg_url.replace("postgres@", "postgres:hunter2-secret@", 1)  # trust auth: accepted, unused
+    Outbox(tmp_outbox).close()
     result = run_cli("status", "--outbox", tmp_outbox, "--target", url)
     assert result.exit_code == 0, result.output
     assert "hunter2" not in result.output and "postgres:***@" in result.stdout

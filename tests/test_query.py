@@ -518,6 +518,7 @@ def test_stats_on_an_empty_table(pg_url, tmp_outbox):
     t = Target(pg_url)
     t.init_db()
     t.close()
+    Outbox(tmp_outbox).close()
     result = run_cli("stats", "--json", "--outbox", tmp_outbox, "--target", pg_url)
     assert result.exit_code == 0, result.output
     s = json.loads(result.stdout)

@@ -201,6 +201,7 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
     # replay by message_id works too (and says so when an id is not dead)
     result = invoke("replay", *common, "om_000100", "om_000001")
     assert "1 requeued" in result.output
+    assert result.exit_code == 1 and "1 of the 2 given ids matched no dead row" in result.output
     with Outbox(outbox_path) as outbox:
         assert outbox.counts()["pending"] == 1
 
@@ -533,8 +534,10 @@ def test_sync_max_batches_and_a_schema_qualified_table(invoke, tmp_path, pg_url)
     with Outbox(outbox_path) as outbox:
         put_all(outbox, [flat(i) for i in range(1000)])
     common = ["--outbox", outbox_path, "--target", pg_url, "--table", "ops.chat_log", "--batch-size", "150"]
-    report = json.loads(invoke("sync", *common, "--max-batches", "2", "--json").stdout)
+    result = invoke("sync", *common, "--max-batches", "2", "--json")
+    report = json.loads(result.stdout)
     assert (report["batches"], report["delivered"]) == (2, 300)
+    assert result.exit_code == 1 and "700 message(s) still waiting" in result.stderr
     assert pg_query(pg_url, "SELECT count(*) FROM ops.chat_log") == [(300,)]
     report = json.loads(invoke("sync", *common, "--json").stdout)
     assert (report["batches"], report["delivered"]) == (5, 700)
