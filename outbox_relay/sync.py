@@ -35,6 +35,7 @@ IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_M
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 BACKOFF_MAX = 30.0
 HEARTBEAT_KEY = "relay"
+PROBE_INTERVAL = 15.0  # seconds between idle round trips to the target
 
 
 def _by_size(items, limit):
@@ -101,11 +102,12 @@ class RelayLock:
 class Relay:
     """Moves rows from an Outbox to a Target. Not thread-safe: one loop drives it."""
 
-    def __init__(self, outbox, target, *, batch_size=500, backoff_max=BACKOFF_MAX):
+    def __init__(self, outbox, target, *, batch_size=500, backoff_max=BACKOFF_MAX, probe_interval=PROBE_INTERVAL):
         self.outbox = outbox
         self.target = target
         self.batch_size = batch_size
         self.backoff_max = backoff_max
+        self.probe_interval = probe_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._backoff = None
@@ -259,6 +261,7 @@ class Relay:
         log.info("relay started: %s -> %s", self.outbox.path, self.target.describe())
         idle = IDLE_MIN
         next_beat = 0.0
+        next_probe = time.monotonic() + self.probe_interval
         while not self._stop.is_set():
             self.last_loop_at = time.time()
             result = self._step_with_backoff()
@@ -266,7 +269,11 @@ class Relay:
                 break
             if result.claimed:
                 idle = IDLE_MIN
+                next_probe = time.monotonic() + self.probe_interval  # the batch was contact enough
                 continue
+            if time.monotonic() >= next_probe:
+                self._probe()
+                next_probe = time.monotonic() + self.probe_interval
             if time.monotonic() >= next_beat:
                 self.write_heartbeat()
                 next_beat = time.monotonic() + 5.0
@@ -276,6 +283,19 @@ class Relay:
             idle = min(idle * 2, IDLE_MAX)
         self.write_heartbeat()
         log.info("relay stopped")
+
+    def _probe(self):
+        """While idle, one round trip now and then: an outage shows in status, health and /healthz
+        before a message has to wait on it, and a recovery clears it without one."""
+        try:
+            self.target.ping()
+        except TargetUnavailable as e:
+            self._note_error(e)
+            return
+        if self.unavailable_since is not None:
+            log.info("target reachable again after %.1f s", time.time() - self.unavailable_since)
+            self.unavailable_since = None
+            self.write_heartbeat()
 
     def _step_with_backoff(self):
         """step(), retried with capped exponential delay + full jitter (backoff's generators) while

@@ -317,3 +317,47 @@ def test_import_json_unreadable_files_are_one_line_errors(tmp_path, tmp_outbox):
         assert result.exit_code == 1, (name, result.output)
         assert one_line(result.stderr).startswith("Error: "), name
         assert "Traceback" not in result.output
+
+
+def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
+    """With a relay running, a target outage is "degraded" until unhealthy_after, then "down",
+    and it is noticed while the relay idles (no message has to wait on it); back to OK after."""
+    import threading
+
+    from outbox_relay.sync import RelayLock
+
+    url = private_pg.url()
+    init_target(url)
+    deliver(url, tmp_outbox, [msg(i) for i in range(3)])
+    outbox, target = Outbox(tmp_outbox), Target(url, connect_timeout=2)
+    relay = Relay(outbox, target, probe_interval=0.2)
+    with RelayLock(tmp_outbox):
+        thread = threading.Thread(target=relay.run, daemon=True)
+        thread.start()
+        try:
+            private_pg.stop(mode="immediate")
+            deadline = time.monotonic() + 20
+            while relay.unavailable_since is None:  # seen by an idle probe, nothing was pending
+                assert time.monotonic() < deadline, "the idle relay never noticed the outage"
+                time.sleep(0.05)
+            result = run_exe("health", "--outbox", tmp_outbox, "--target", url, "--connect-timeout", 2)
+            assert result.returncode == 1, result
+            assert one_line(result.stdout).startswith("DEGRADED: ")
+            while time.time() - relay.unavailable_since <= 1.5:
+                time.sleep(0.05)
+            result = run_exe("health", "--outbox", tmp_outbox, "--target", url, "--connect-timeout", 2,
+                             "--unhealthy-after", 1)
+            assert result.returncode == 2, result
+            assert one_line(result.stdout).startswith("DOWN: the relay has not reached the target for ")
+            private_pg.start()
+            deadline = time.monotonic() + 20
+            while relay.unavailable_since is not None:
+                assert time.monotonic() < deadline, "the idle relay never noticed the recovery"
+                time.sleep(0.05)
+            result = run_exe("health", "--outbox", tmp_outbox, "--target", url)
+            assert result.returncode == 0, result
+        finally:
+            relay.stop()
+            thread.join(10)
+            outbox.close()
+            target.close()
