@@ -59,8 +59,8 @@ class Outbox:
         self._conns_lock = threading.Lock()
         # Writers in this process take turns here and the next one wakes the moment a commit
         # ends. Left to SQLite, a blocked BEGIN IMMEDIATE sleeps in its busy handler (1, 2, 5,
-        # 10 ... 100 ms steps) while the lock sits free: with 8 webhook threads that was a p99 of
-        # 600+ ms and a third less throughput (bench/). Other processes still meet busy_timeout.
+        # 10 ... 100 ms steps) while the lock sits free: with 8 webhook threads the p99 was
+        # 400-800 ms instead of ~40 ms (bench/). Other processes still meet busy_timeout.
         self._write_lock = threading.RLock()
         self._listeners = []
         self._pid = os.getpid()

@@ -11,6 +11,7 @@ have_pg || need+=(postgresql)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the webhook benchmark's load generator
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing for the tests: ${need[*]}"
