@@ -6,6 +6,7 @@ and the flat dict the old in-process call and the legacy JSON queue used.
 """
 
 import dataclasses
+import datetime as dt
 import json
 import re
 
@@ -19,6 +20,9 @@ MAX_DEPTH = 32
 MAX_ID_LENGTH = 128
 MAX_KIND_LENGTH = 64
 MESSAGE_EVENT_V2 = "im.message.receive_v1"
+# created_at (epoch ms, UTC) must be a date the target can hold: years 1-9999.
+MIN_CREATED_MS = -62135596800000       # 0001-01-01T00:00:00Z
+MAX_CREATED_MS = 253402300799999       # 9999-12-31T23:59:59.999Z
 
 SOURCES = ("feishu.v2", "feishu.v1", "openclaw", "api")
 
@@ -370,6 +374,10 @@ def parse_timestamp(value, field):
             iso = _parse_iso(value)
             if iso is None:
                 raise InvalidMessage(f"{field} is not a timestamp: {value[:40]!r}")
+            # An offset can push a valid date out of years 1-9999 (in UTC): the relay could
+            # never write such a row, and it used to stall the whole queue behind it.
+            if not MIN_CREATED_MS <= iso <= MAX_CREATED_MS:
+                raise InvalidMessage(f"{field} is out of range: {value[:40]!r}")
             return iso
     elif isinstance(value, (int, float)):
         number = value
@@ -383,15 +391,18 @@ def parse_timestamp(value, field):
     raise InvalidMessage(f"{field} is out of range: {str(value)[:40]!r}")
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def _parse_iso(value):
-    import datetime as dt
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    return int(parsed.timestamp() * 1000)
+    # Integer arithmetic: timestamp() * 1000 is a float and can be a millisecond off.
+    return (parsed - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
 def _get(obj, key, types, *, required=False, where=""):

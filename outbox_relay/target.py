@@ -95,8 +95,12 @@ def parse_target_url(url):
     raise ConfigError(f"unsupported target URL {mask_url(url)!r}: use postgresql:// or sqlite:///")
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def _iso_ms(ms):
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+    # Integer arithmetic: ms / 1000 as a float is a millisecond off for dates after ~2242.
+    return (_EPOCH + dt.timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")
 
 
 def _iso_s(seconds):
@@ -119,6 +123,10 @@ class Target:
         if self.dialect == "postgresql":
             kwargs.setdefault("connect_timeout", connect_timeout)
             kwargs.setdefault("application_name", "outbox-relay")
+            # Our rows are Unicode: never let psycopg2 encode them in a non-UTF8 database's
+            # encoding (a UnicodeEncodeError inside COPY reads as transient: the queue stalled).
+            # The server converts, or refuses that one row (22P05), which isolates it.
+            kwargs.setdefault("client_encoding", "UTF8")
             # A dead peer is noticed in about a minute, not in TCP's two hours.
             kwargs.setdefault("keepalives", 1)
             kwargs.setdefault("keepalives_idle", 30)
@@ -140,7 +148,9 @@ class Target:
                 os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             self.db = peewee.SqliteDatabase(
                 path, autoconnect=False, timeout=connect_timeout,
-                pragmas={"journal_mode": "wal", "synchronous": "normal",
+                # synchronous=full: the outbox prunes what this commit acknowledged, so the commit
+                # must survive power loss (WAL + normal may roll it back), as the outbox's does.
+                pragmas={"journal_mode": "wal", "synchronous": "full",
                          "busy_timeout": connect_timeout * 1000})
         self.columns = schema.TARGET_COLUMNS
         self._schema_checked = False
@@ -221,7 +231,13 @@ class Target:
         """rows: [(outbox_id, Message, received_at_epoch_s)]. -> number of rows that were new."""
         if not rows:
             return 0
-        values = [self._values(outbox_id, m, received) for outbox_id, m, received in rows]
+        try:
+            values = [self._values(outbox_id, m, received) for outbox_id, m, received in rows]
+        except (ValueError, OverflowError, OSError) as e:
+            # A row we cannot even turn into column values (a date outside years 1-9999, stored
+            # by an older release) is about the data: isolate it. Not the raw error, which the
+            # relay would retry forever with every batch stuck behind that row.
+            raise RowRejected(f"cannot be written to the target: {e}") from None
         if self.dialect == "postgresql":
             return self.run(lambda conn: self._copy_insert(conn, values))
         return self.run(lambda conn: self._sqlite_insert(conn, values))
@@ -237,7 +253,14 @@ class Target:
     def _copy_insert(self, conn, values):
         cols = ", ".join(self.columns)
         with conn.cursor() as cur:
-            cur.execute("SET LOCAL statement_timeout = %s", (self.statement_timeout * 1000,))
+            # The outbox marks these rows delivered (and prunes them) once COMMIT returns, so the
+            # commit must be durable: with synchronous_commit = off on the server, role or
+            # database, a server crash right after would lose them. Only `off` is raised; the
+            # stronger settings (remote_write, remote_apply) are kept. One round trip.
+            cur.execute("SET LOCAL statement_timeout = %s;"
+                        " SELECT set_config('synchronous_commit', 'on', true)"
+                        " WHERE current_setting('synchronous_commit') = 'off'",
+                        (self.statement_timeout * 1000,))
             # Everything lives inside this one transaction (ON COMMIT DROP), so the
             # path works through PgBouncer in transaction pooling mode.
             cur.execute(f"CREATE TEMP TABLE outbox_relay_batch (LIKE {self.quoted} INCLUDING DEFAULTS)"
