@@ -137,6 +137,8 @@ def test_private_cluster_limits_and_settings(private_pg):
 
 def _loopback_server(pg_server):
     if pg_server.host not in ("127.0.0.1", "localhost", "::1"):
+        if pgharness.in_ci():
+            pytest.fail("TcpProxy only forwards to loopback; CI must use a local test server", pytrace=False)
         pytest.skip("TcpProxy only forwards to loopback; the external test server is not local")
     return pg_server
 

@@ -326,6 +326,11 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
 
     from outbox_relay.sync import RelayLock
 
+    try:
+        from .pgharness import wait_until
+    except ImportError:
+        from pgharness import wait_until
+
     url = private_pg.url()
     init_target(url)
     deliver(url, tmp_outbox, [msg(i) for i in range(3)])
@@ -336,24 +341,18 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
         thread.start()
         try:
             private_pg.stop(mode="immediate")
-            deadline = time.monotonic() + 20
-            while relay.unavailable_since is None:  # seen by an idle probe, nothing was pending
-                assert time.monotonic() < deadline, "the idle relay never noticed the outage"
-                time.sleep(0.05)
+            # Seen by an idle probe: nothing was pending.
+            wait_until(lambda: relay.unavailable_since is not None, 20, what="the idle relay noticing the outage")
             result = run_exe("health", "--outbox", tmp_outbox, "--target", url, "--connect-timeout", 2)
             assert result.returncode == 1, result
             assert one_line(result.stdout).startswith("DEGRADED: ")
-            while time.time() - relay.unavailable_since <= 1.5:
-                time.sleep(0.05)
+            wait_until(lambda: time.time() - relay.unavailable_since > 1.5, 10, what="1.5 s of outage")
             result = run_exe("health", "--outbox", tmp_outbox, "--target", url, "--connect-timeout", 2,
                              "--unhealthy-after", 1)
             assert result.returncode == 2, result
             assert one_line(result.stdout).startswith("DOWN: the relay has not reached the target for ")
             private_pg.start()
-            deadline = time.monotonic() + 20
-            while relay.unavailable_since is not None:
-                assert time.monotonic() < deadline, "the idle relay never noticed the recovery"
-                time.sleep(0.05)
+            wait_until(lambda: relay.unavailable_since is None, 20, what="the idle relay noticing the recovery")
             result = run_exe("health", "--outbox", tmp_outbox, "--target", url)
             assert result.returncode == 0, result
         finally:
