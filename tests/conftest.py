@@ -133,3 +133,12 @@ def make_tcp_proxy():
 @pytest.fixture
 def tmp_outbox(tmp_path):
     return str(tmp_path / "outbox.db")
+
+
+@pytest.fixture
+def hermetic(tmp_path, monkeypatch):
+    """No OUTBOX_RELAY_* from the developer's shell and no outbox-relay.toml from the cwd."""
+    for name in list(os.environ):
+        if name.startswith("OUTBOX_RELAY_") and not name.startswith("OUTBOX_RELAY_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)

@@ -20,13 +20,12 @@ from outbox_relay.config import SETTINGS, Config, mask_url
 LAYERS = ("file", "env", "flag")
 
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No OUTBOX_RELAY_* from the developer's shell and no outbox-relay.toml from the cwd."""
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_") and not name.startswith("OUTBOX_RELAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
+    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
+except ImportError:
+    from cliutil import EXE, run_cli, run_exe  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def value_for(s, layer):

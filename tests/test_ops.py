@@ -10,41 +10,21 @@ import hashlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import time
 
 import psycopg2
 import pytest
-from click.testing import CliRunner
 
-from outbox_relay.cli import cli
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.target import Target
 
-EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
+try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
+    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
+except ImportError:
+    from cliutil import EXE, run_cli, run_exe  # noqa: F401
 
-
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No OUTBOX_RELAY_* from the developer's shell and no outbox-relay.toml from the cwd."""
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_") and not name.startswith("OUTBOX_RELAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-
-def run_cli(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
-
-
-def run_exe(*args, timeout=60):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def msg(i, text="消息"):

@@ -15,9 +15,7 @@ import time
 
 import psycopg2
 import pytest
-from click.testing import CliRunner
 
-from outbox_relay.cli import cli
 from outbox_relay.message import normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.query import search_messages
@@ -34,20 +32,12 @@ HOUR, DAY = 3600 * 1000, 86400 * 1000
 NOW = int(time.time() * 1000)
 
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path, monkeypatch):
-    """No OUTBOX_RELAY_* from the developer's shell and no outbox-relay.toml from the cwd."""
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_") and not name.startswith("OUTBOX_RELAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
+    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
+except ImportError:
+    from cliutil import EXE, run_cli, run_exe  # noqa: F401
 
-
-def run_cli(*args):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def iso_ms(ms):

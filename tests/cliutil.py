@@ -1,0 +1,25 @@
+"""Running the CLI from tests: in-process through CliRunner, or as the installed script."""
+
+import os
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from outbox_relay.cli import cli
+
+EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
+
+
+def run_cli(*args):
+    """CliRunner result; an unexpected exception (not a clean exit) is raised, not swallowed."""
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def run_exe(*args, timeout=60):
+    """The installed `outbox-relay` script in a subprocess, with no OUTBOX_RELAY_* environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
