@@ -456,6 +456,10 @@ def test_metrics_parse_and_match_what_was_sent(tmp_path):
         assert post(s.url, b"{}", content_type="text/plain").status == 415
         wait_until(lambda: set(outbox_ids(s.cfg.outbox).values()) == {"delivered"}, timeout=10,
                    what="all delivered")
+        # The relay marks rows delivered inside its step and tells its observers (the metrics)
+        # when the step ends: wait for that too, or the scrape can land in between.
+        wait_until(lambda: metric(scrape(s.url), "outbox_relay_relay_rows_total", outcome="delivered") == 6,
+                   timeout=10, what="the relay's counters to catch up")
         samples = scrape(s.url)
 
         def count(source, outcome):
