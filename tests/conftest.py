@@ -142,3 +142,23 @@ def hermetic(tmp_path, monkeypatch):
         if name.startswith("OUTBOX_RELAY_") and not name.startswith("OUTBOX_RELAY_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    """spawn(name, args, **settings) -> a started relay subprocess (relayutil.RelayProcess) in
+    tmp_path, with settings as OUTBOX_RELAY_* environment; killed at teardown."""
+    try:
+        from .relayutil import RelayProcess, relay_env
+    except ImportError:
+        from relayutil import RelayProcess, relay_env
+    procs = []
+
+    def start(name, args, **settings):
+        proc = RelayProcess(args, relay_env(**settings), cwd=tmp_path, log_path=tmp_path / f"{name}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()

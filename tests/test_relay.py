@@ -29,13 +29,11 @@ try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
     from .relayutil import (
         BASE_MS,
-        RelayProcess,
         flat,
         pg_query,
         pg_rows,
         put_all,
         relay_cmd,
-        relay_env,
         row_stats,
         wait_until,
     )
@@ -43,13 +41,11 @@ except ImportError:
     import pgharness
     from relayutil import (
         BASE_MS,
-        RelayProcess,
         flat,
         pg_query,
         pg_rows,
         put_all,
         relay_cmd,
-        relay_env,
         row_stats,
         wait_until,
     )
@@ -80,21 +76,6 @@ def invoke(monkeypatch, tmp_path):
 def heartbeat(outbox_path):
     with Outbox(outbox_path) as outbox:
         return outbox.get_meta("relay", {})
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    """spawn(name, args, **settings) -> a started RelayProcess in tmp_path; killed at teardown."""
-    procs = []
-
-    def start(name, args, **settings):
-        proc = RelayProcess(args, relay_env(**settings), cwd=tmp_path, log_path=tmp_path / f"{name}.log")
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, pg_url):

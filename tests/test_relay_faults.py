@@ -11,35 +11,18 @@ import threading
 import time
 import urllib.parse
 
-import pytest
-
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.target import Target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
-    from .relayutil import RelayProcess, flat, pg_query, pg_rows, put_all, relay_env, row_stats, wait_until
+    from .relayutil import flat, pg_query, pg_rows, put_all, row_stats, wait_until
 except ImportError:
     import pgharness
-    from relayutil import RelayProcess, flat, pg_query, pg_rows, put_all, relay_env, row_stats, wait_until
+    from relayutil import flat, pg_query, pg_rows, put_all, row_stats, wait_until
 
 SEED = int(os.environ.get("OUTBOX_RELAY_TEST_SEED", "0")) or random.randrange(1, 1_000_000)
-
-
-@pytest.fixture
-def spawn(tmp_path):
-    """spawn(name, args, **settings) -> a started RelayProcess in tmp_path; killed at teardown."""
-    procs = []
-
-    def start(name, args, **settings):
-        proc = RelayProcess(args, relay_env(**settings), cwd=tmp_path, log_path=tmp_path / f"{name}.log")
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.stop()
 
 
 def ids(n, start=0, prefix="om"):
