@@ -16,7 +16,7 @@ import threading
 
 import click
 
-from . import __version__
+from . import __version__, ops
 from .config import SETTINGS, Config
 from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
 from .logs import setup_logging
@@ -68,6 +68,11 @@ def json_option(fn):
 
 def _emit_json(data):
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+def _report(data, as_json, formatter):
+    """JSON for scripts, or the human table that `formatter` makes of the same data."""
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str) if as_json else formatter(data))
 
 
 def _open_outbox(cfg, create=True):
@@ -234,14 +239,9 @@ def _progress_factory(label):
 @friendly_errors
 def status(cfg, as_json, no_target):
     """Outbox counts per state, oldest pending age, relay heartbeat, target reachability, warnings."""
-    from .ops import collect_status
     with _opened(cfg, target=not no_target, create=False) as (outbox, target):
-        report = collect_status(cfg, outbox, target)
-    if as_json:
-        _emit_json(report)
-        return
-    from .ops import format_status
-    click.echo(format_status(report))
+        report = ops.collect_status(cfg, outbox, target)
+    _report(report, as_json, ops.format_status)
 
 
 @cli.command()
@@ -255,11 +255,10 @@ def health(cfg, as_json):
     running relay has not reached it for longer than --unhealthy-after; shorter than that it is
     degraded.
     """
-    from .ops import collect_status, health_verdict
     try:
         with _opened(cfg, create=False) as (outbox, target):
-            report = collect_status(cfg, outbox, target)
-        code, line = health_verdict(report, cfg)
+            report = ops.collect_status(cfg, outbox, target)
+        code, line = ops.health_verdict(report, cfg)
     except click.ClickException as e:  # no outbox, unreadable outbox: that is "down" to a monitor
         report, code, line = None, 2, f"DOWN: {e.message}"
     if as_json:
@@ -383,11 +382,7 @@ def check(cfg, as_json):
     with _opened(cfg, outbox=False, create=False) as (_, target):
         info = target.check()
     info["target"] = target.display_url
-    if as_json:
-        _emit_json(info)
-        return
-    from .ops import format_check
-    click.echo(format_check(info))
+    _report(info, as_json, ops.format_check)
 
 
 @cli.command()
@@ -433,8 +428,7 @@ def dead(cfg, parked, limit, as_json):
     if not rows:
         click.echo("no parked rows" if parked else "no dead rows")
         return
-    from .ops import format_table
-    click.echo(format_table(
+    click.echo(ops.format_table(
         ["id", "message_id", "attempts", "error"],
         [[r["id"], r["message_id"], r["attempts"], (r["last_error"] or "")[:100]] for r in rows]))
 
@@ -489,11 +483,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
     with _opened(cfg, create=False) as (outbox, target):
         result = search_messages(outbox, target, keyword, chat=chat, sender=sender, msg_type=msg_type,
                                  since_ms=since_ms, until_ms=until_ms, limit=limit)
-    if as_json:
-        _emit_json(result)
-        return
-    from .ops import format_search
-    click.echo(format_search(result))
+    _report(result, as_json, ops.format_search)
 
 
 @cli.command()
@@ -508,11 +498,7 @@ def stats(cfg, days, top, as_json):
     from .query import collect_stats
     with _opened(cfg, create=False) as (outbox, target):
         result = collect_stats(outbox, target, days=days, top=top)
-    if as_json:
-        _emit_json(result)
-        return
-    from .ops import format_stats
-    click.echo(format_stats(result))
+    _report(result, as_json, ops.format_stats)
 
 
 @cli.command("test")
@@ -528,9 +514,8 @@ def test_cmd(cfg, timeout, as_json):
     The test message (chat_id outbox-relay-test) is removed from the target again where the
     role may delete; one that did not arrive stays in the outbox and is delivered later.
     """
-    from .ops import end_to_end_test
     with _opened(cfg) as (outbox, target):
-        ok, line = end_to_end_test(cfg, outbox, target, timeout)
+        ok, line = ops.end_to_end_test(cfg, outbox, target, timeout)
     if as_json:
         _emit_json({"ok": ok, "line": line})
     else:
@@ -547,8 +532,7 @@ def config_cmd(cfg, as_json):
     if as_json:
         _emit_json({k: v["value"] for k, v in masked.items()})
         return
-    from .ops import format_table
-    click.echo(format_table(["setting", "value", "from"],
+    click.echo(ops.format_table(["setting", "value", "from"],
                             [[k, "" if v["value"] is None else v["value"], v["from"]]
                              for k, v in masked.items()]))
     if cfg.config_file:
