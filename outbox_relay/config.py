@@ -11,6 +11,7 @@ import re
 import urllib.parse
 
 from .errors import ConfigError
+from .outbox import OVERFLOW_POLICIES, SYNCHRONOUS
 from .schema import check_table_name
 
 try:
@@ -50,9 +51,9 @@ SETTINGS = (
     Setting("batch_size", 500, "int", "rows per relay batch", minimum=1),
     Setting("pool_size", 2, "int", "most target connections the relay holds", minimum=1),
     Setting("max_pending", 1000, "int", "pending rows kept before overflow applies", minimum=1),
-    Setting("overflow", "park", "choice", "what overflow does", choices=("park", "reject")),
+    Setting("overflow", "park", "choice", "what overflow does", choices=OVERFLOW_POLICIES),
     Setting("keep_delivered", 1000, "int", "delivered rows kept locally", minimum=0),
-    Setting("synchronous", "full", "choice", "SQLite durability", choices=("full", "normal")),
+    Setting("synchronous", "full", "choice", "SQLite durability", choices=SYNCHRONOUS),
     Setting("feishu_encrypt_key", None, "str", "decrypt + verify Feishu signatures", secret=True),
     Setting("feishu_verification_token", None, "str", "check the Feishu event token", secret=True),
     Setting("auth_token", None, "str", "bearer token for non-Feishu senders", secret=True),
@@ -68,29 +69,10 @@ SETTINGS = (
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-    outbox: str = "data/outbox.db"
-    target: str = "sqlite:///data/archive.db"
-    table: str = "feishu_messages"
-    http: str = "127.0.0.1:8080"
-    batch_size: int = 500
-    pool_size: int = 2
-    max_pending: int = 1000
-    overflow: str = "park"
-    keep_delivered: int = 1000
-    synchronous: str = "full"
-    feishu_encrypt_key: str | None = None
-    feishu_verification_token: str | None = None
-    auth_token: str | None = None
-    busy_timeout: float = 30.0
-    connect_timeout: int = 10
-    statement_timeout: int = 30
-    max_body: int = 1048576
-    unhealthy_after: float = 300.0
-    http_threads: int = 8
-    config_file: str | None = None
-    sources: tuple = ()  # (name, where-from) for `outbox-relay config`
+class _Settings:
+    """The methods of Config; its fields are generated from SETTINGS below, so each setting is
+    declared exactly once (name, default, type, help, choices) and flags, environment variables,
+    TOML keys and `outbox-relay config` all follow from that one line."""
 
     def __post_init__(self):
         for s in SETTINGS:
@@ -112,6 +94,11 @@ class Config:
     def open_outbox(self):
         from .outbox import Outbox
         return Outbox(self.outbox, **self.outbox_kwargs())
+
+    def __repr__(self):
+        # Never the dataclass default: it would print tokens and the URL's password.
+        shown = ", ".join(f"{name}={v['value']!r}" for name, v in self.masked().items())
+        return f"Config({shown})"
 
     def masked(self):
         """Every setting with where it came from; secrets and URL passwords hidden."""
@@ -148,6 +135,16 @@ class Config:
         for name, value in values.items():
             parsed[name] = _parse(BY_NAME[name], value, sources[name])
         return cls(**parsed, config_file=path, sources=tuple(sorted(sources.items())))
+
+
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(s.name, object, dataclasses.field(default=s.default)) for s in SETTINGS]
+    + [("config_file", object, dataclasses.field(default=None)),
+       ("sources", tuple, dataclasses.field(default=()))],  # (name, where-from) for `config`
+    bases=(_Settings,), frozen=True, repr=False)
+Config.__module__ = __name__
+Config.__doc__ = "The effective settings: one immutable object, every value parsed and validated."
 
 
 def _read_toml(path):

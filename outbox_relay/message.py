@@ -24,7 +24,6 @@ MESSAGE_EVENT_V2 = "im.message.receive_v1"
 MIN_CREATED_MS = -62135596800000       # 0001-01-01T00:00:00Z
 MAX_CREATED_MS = 253402300799999       # 9999-12-31T23:59:59.999Z
 
-SOURCES = ("feishu.v2", "feishu.v1", "openclaw", "api")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,19 +103,12 @@ def normalize(payload):
         raise InvalidMessage("encrypted Feishu event: it must be decrypted first (configure the encrypt key)")
     if payload.get("type") == "url_verification":
         raise NotAMessage("url_verification", "Feishu url_verification handshake, not a message")
-    if payload.get("schema") == "2.0" or "header" in payload:
-        message = _from_feishu_v2(payload)
-    elif payload.get("type") == "event_callback":
-        message = _from_feishu_v1(payload)
-    elif payload.get("type") == "message" and "context" in payload:
-        message = _from_openclaw(payload)
-    elif "message_id" in payload:
-        message = _from_flat(payload)
-    elif "type" in payload and isinstance(payload["type"], str):
+    shape = detect(payload)
+    if shape is not None:
+        return shape.parse(payload)
+    if "type" in payload and isinstance(payload["type"], str):
         raise InvalidMessage(f"unsupported event type {payload['type']!r}")
-    else:
-        raise InvalidMessage("unrecognised payload: no message_id and not a Feishu or OpenClaw event")
-    return message
+    raise InvalidMessage("unrecognised payload: no message_id and not a Feishu or OpenClaw event")
 
 
 # -- shapes -------------------------------------------------------------------
@@ -281,6 +273,33 @@ def _from_flat(p):
 
 def _build(**fields):
     return Message(**fields)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """One accepted input shape: how to recognise it, and how to read it into a Message."""
+
+    source: str  # Message.source of what it parses, and the metrics label of the sender
+    matches: object  # callable(dict) -> bool, cheap: only top-level keys
+    parse: object  # callable(dict) -> Message, or InvalidMessage / NotAMessage
+
+
+# In order: the first shape whose `matches` is true reads the payload. The flat dict comes last,
+# since every other shape may carry a message_id key of its own too.
+SHAPES = (
+    Shape("feishu.v2", lambda p: p.get("schema") == "2.0" or "header" in p, _from_feishu_v2),
+    Shape("feishu.v1", lambda p: p.get("type") == "event_callback", _from_feishu_v1),
+    Shape("openclaw", lambda p: p.get("type") == "message" and "context" in p, _from_openclaw),
+    Shape("api", lambda p: "message_id" in p, _from_flat),
+)
+SOURCES = tuple(shape.source for shape in SHAPES)
+
+
+def detect(payload):
+    """The Shape that reads this dict, or None. The webhook labels its metrics with it even when
+    the event turns out not to be a message."""
+    return next((shape for shape in SHAPES if shape.matches(payload)), None)
 
 
 # -- text extraction ------------------------------------------------------------

@@ -432,6 +432,34 @@ class Target:
         result["table"] = self.table
         return result
 
+    def existing_ids(self, message_ids):
+        """The subset of `message_ids` already in the target table (backfills skip those)."""
+        ids = list(dict.fromkeys(message_ids))
+        mark = "%s" if self.dialect == "postgresql" else "?"
+        found = set()
+
+        def look(conn):
+            cur = conn.cursor()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                cur.execute(f"SELECT message_id FROM {self.quoted} WHERE message_id IN"
+                            f" ({', '.join([mark] * len(chunk))})", chunk)
+                found.update(r[0] for r in cur.fetchall())
+            cur.close()
+        if ids:
+            self.run(look)
+        return found
+
+    def chat_ids(self):
+        """Every chat_id the target holds a message of (backfills read these chats too)."""
+        def look(conn):
+            cur = conn.cursor()
+            cur.execute(f"SELECT DISTINCT chat_id FROM {self.quoted} WHERE chat_id IS NOT NULL")
+            rows = [r[0] for r in cur.fetchall()]
+            cur.close()
+            return rows
+        return sorted(self.run(look))
+
     def count(self):
         def one(conn):
             cur = conn.cursor()

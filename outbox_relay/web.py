@@ -39,7 +39,7 @@ import falcon
 
 from . import feishu
 from .errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
-from .message import normalize
+from .message import detect, normalize
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
 from .sync import BACKOFF_MAX, HEARTBEAT_KEY
@@ -119,7 +119,8 @@ class Webhook:
         bearer = self._check_bearer(req)
         body = self._read_body(req)
         event = self._open(req, body, bearer)
-        source = _guess_source(event)
+        shape = detect(event)
+        source = shape.source if shape is not None else "unknown"
         try:
             if event.get("type") == "url_verification":
                 challenge = event.get("challenge")
@@ -236,19 +237,6 @@ def _was_encrypted(body):
         return "encrypt" in json.loads(body)
     except (ValueError, TypeError):
         return False
-
-
-def _guess_source(event):
-    """Which kind of sender an event (maybe not a message) came from, for the metrics label."""
-    if event.get("schema") == "2.0" or "header" in event:
-        return "feishu.v2"
-    if event.get("type") == "event_callback":
-        return "feishu.v1"
-    if event.get("type") == "message" and "context" in event:
-        return "openclaw"
-    if "message_id" in event:
-        return "api"
-    return "unknown"
 
 
 # -- /healthz ---------------------------------------------------------------------------------
