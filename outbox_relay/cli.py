@@ -20,6 +20,7 @@ from . import __version__, ops
 from .config import SETTINGS, Config
 from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
 from .logs import setup_logging
+from .progress import progress_for
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,8 @@ def import_json(path, cfg, as_json):
     """
     from .importer import import_json_file
     with _opened(cfg, target=False) as (outbox, _):
-        report = import_json_file(outbox, path, progress=_progress_factory("importing"))
+        with progress_for() as progress:
+            report = import_json_file(outbox, path, progress=progress)
     if as_json:
         _emit_json(report)
         return
@@ -219,15 +221,6 @@ def import_json(path, cfg, as_json):
                f"{len(report['errors'])} bad (of {report['total']})")
     for err in report["errors"]:
         click.echo(f"  entry {err['index']}: {err['error']}", err=True)
-
-
-def _progress_factory(label):
-    """A click progress bar on a terminal, nothing when piped."""
-    def make(total):
-        if not sys.stderr.isatty() or total < 1000:
-            return None
-        return click.progressbar(length=total, label=label, file=sys.stderr)
-    return make
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -321,13 +314,11 @@ def sync(cfg, max_batches, timeout, as_json):
             if timer is not None:
                 timer.daemon = True
                 timer.start()
-            bar = _progress_factory("syncing")(outbox.counts()["pending"] + outbox.counts()["parked"])
+            waiting = outbox.counts()
             try:
-                if bar is not None:
-                    with bar:
-                        totals = relay.drain(max_batches, on_step=lambda r: bar.update(r.claimed))
-                else:
-                    totals = relay.drain(max_batches)
+                with progress_for() as progress:
+                    task = progress.task("syncing", total=waiting["pending"] + waiting["parked"])
+                    totals = relay.drain(max_batches, on_step=lambda r: task.advance(r.claimed))
             finally:
                 restore()
                 if timer is not None:

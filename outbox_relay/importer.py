@@ -9,11 +9,12 @@ import json
 
 from .errors import InvalidMessage
 from .message import normalize
+from .progress import NO_PROGRESS
 
 CHUNK = 500
 
 
-def import_json_file(outbox, path, progress=None):
+def import_json_file(outbox, path, progress=NO_PROGRESS):
     try:
         with open(path, "rb") as f:
             data = json.loads(f.read().decode("utf-8"))
@@ -28,22 +29,16 @@ def import_json_file(outbox, path, progress=None):
     if not isinstance(data, list):
         raise InvalidMessage(f"{path} must hold a JSON array of messages, not {type(data).__name__}")
     report = {"file": str(path), "total": len(data), "imported": 0, "duplicates": 0, "errors": []}
-    bar = progress(len(data)) if progress else None
     good = []
     for index, entry in enumerate(data):
         try:
             good.append(normalize(entry))
         except InvalidMessage as e:
             report["errors"].append({"index": index, "error": str(e)})
-    if bar is not None:
-        bar.__enter__()
-    try:
-        for start in range(0, len(good), CHUNK):
-            for result in outbox.put_many(good[start:start + CHUNK]):
-                report["duplicates" if result.duplicate else "imported"] += 1
-            if bar is not None:
-                bar.update(len(good[start:start + CHUNK]))
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
+    task = progress.task("importing", total=len(good))
+    for start in range(0, len(good), CHUNK):
+        chunk = good[start:start + CHUNK]
+        for result in outbox.put_many(chunk):
+            report["duplicates" if result.duplicate else "imported"] += 1
+        task.advance(len(chunk))
     return report
