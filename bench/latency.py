@@ -18,7 +18,7 @@ from common import limit_line, percentile
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 POLL_INTERVAL = 0.002
 
@@ -53,7 +53,7 @@ def bench_e2e(workdir, url, rate, seconds):
     count = int(rate * seconds)
     events = payloads.events(run, count)
     box = Outbox(path)
-    target = Target(url)
+    target = open_target(url)
     target.ensure_schema()
     relay = Relay(box, target)
     thread = threading.Thread(target=relay.run, name="relay", daemon=True)

@@ -13,7 +13,7 @@ import time
 import backlog
 from common import limit_line
 
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 WRAPPER = """
 import json, resource, subprocess, sys, time
@@ -32,7 +32,7 @@ def bench_memory(workdir, url, n, limit_mb=100):
     backlog.fill(path, n, "memory", max_pending=n)
     fill_seconds = time.perf_counter() - t0
     # The table exists before the relay starts, so its own start-up does no DDL.
-    target = Target(url)
+    target = open_target(url)
     target.ensure_schema()
     target.close()
     exe = os.path.join(os.path.dirname(sys.executable), "outbox-relay")

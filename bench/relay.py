@@ -18,7 +18,8 @@ from outbox_relay.message import Message
 from outbox_relay.outbox import Outbox
 from outbox_relay.schema import TARGET_COLUMNS
 from outbox_relay.sync import Relay
-from outbox_relay.target import Target, _copy_field
+from outbox_relay.targets import open_target
+from outbox_relay.targets.postgres import copy_field as _copy_field
 
 APP_NAME = "outbox-relay"
 
@@ -36,7 +37,7 @@ def target_rows(outbox_path, target, limit=None):
 
 
 def make_table(url, table):
-    t = Target(url, table=table, pool_size=1)
+    t = open_target(url, table=table, pool_size=1)
     try:
         report = t.init_db(trigram=True)
     finally:
@@ -104,7 +105,7 @@ class ConnectionSampler(threading.Thread):
 
 def drain(outbox_path, url, pool_size=2, batch_size=500):
     box = Outbox(outbox_path)
-    target = Target(url, pool_size=pool_size)
+    target = open_target(url, pool_size=pool_size)
     sampler = ConnectionSampler(url)
     try:
         target.ensure_schema()
@@ -122,7 +123,7 @@ def drain(outbox_path, url, pool_size=2, batch_size=500):
 def bench_relay(workdir, url, n, old_n, pool_size=2):
     path = os.path.join(workdir, "relay-outbox.db")
     backlog.fill(path, n, "relay")
-    rows = target_rows(path, Target(url))
+    rows = target_rows(path, open_target(url))
     trigram = make_table(url, "copy_ceiling")
     make_table(url, "old_way")
     copy_rate = copy_ceiling(url, rows)
@@ -134,7 +135,7 @@ def bench_relay(workdir, url, n, old_n, pool_size=2):
     ours = n / seconds
     index_note = "indexes incl. trigram" if trigram == "created" else "indexes (no trigram)"
     setup = (f"Relay(batch_size=500).drain() of {n:,} rows (default max_pending=1000: the rest parked and"
-             " refilled as it goes), Target(pool_size=2)")
+             " refilled as it goes), open_target(pool_size=2)")
     return [
         ratio_line(f"relay: drain {n:,} backlog vs raw COPY", ours, copy_rate, "rows/s", 0.5,
                    note=f"{setup}; baseline: one COPY of the same rows, prepared in memory, into an empty"

@@ -26,8 +26,11 @@ def __getattr__(name):
         from .sync import Relay
         return Relay
     if name == "Target":
-        from .target import Target
+        from .targets.base import Target
         return Target
+    if name == "open_target":
+        from .targets import open_target
+        return open_target
     if name == "Config":
         from .config import Config
         return Config
@@ -35,7 +38,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "__version__", "Outbox", "PutResult", "Message", "normalize", "Relay", "Target", "Config",
+    "__version__", "Outbox", "PutResult", "Message", "normalize", "Relay", "Target", "open_target", "Config",
     "OutboxRelayError", "InvalidMessage", "NotAMessage", "OutboxError", "OutboxFull",
     "OutboxUnavailable", "RelayLocked", "ConfigError", "TargetError", "TargetUnavailable", "RowRejected",
 ]

@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 
@@ -21,6 +20,7 @@ from .config import SETTINGS, Config
 from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
 from .logs import setup_logging
 from .progress import progress_for
+from .targets import DIALECTS
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,12 @@ def _open_outbox(cfg, create=True):
 
 
 def _open_target(cfg, create=True):
-    from .target import Target
+    from .targets import open_from_config
     try:
-        return Target(cfg.target, table=cfg.table, pool_size=cfg.pool_size, create=create,
-                      connect_timeout=cfg.connect_timeout, statement_timeout=cfg.statement_timeout)
-    except (ConfigError, TargetError) as e:
+        return open_from_config(cfg, create)
+    except ConfigError as e:
+        raise BadSetting(str(e)) from None
+    except TargetError as e:
         raise click.ClickException(str(e)) from None
 
 
@@ -251,7 +252,7 @@ def health(cfg, as_json):
     try:
         with _opened(cfg, create=False) as (outbox, target):
             report = ops.collect_status(cfg, outbox, target)
-        code, line = ops.health_verdict(report, cfg)
+        code, line = ops.health_verdict(report)
     except click.ClickException as e:  # no outbox, unreadable outbox: that is "down" to a monitor
         report, code, line = None, 2, f"DOWN: {e.message}"
     if as_json:
@@ -302,14 +303,14 @@ def sync(cfg, max_batches, timeout, as_json):
     the batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
     (stopped, timed out, or --max-batches reached). Dead rows are reported, not retried.
     """
+    from .service import announce_target, ensure_schema_or_warn, two_signal_shutdown
     from .sync import Relay, RelayLock
     with _opened(cfg) as (outbox, target):
         with RelayLock(cfg.outbox):
-            if target.dialect == "sqlite" and cfg.target_is_default:
-                log.info("no target configured: writing to the embedded %s", target.describe())
-            _ensure_schema_or_warn(target)
+            announce_target(cfg, target)
+            ensure_schema_or_warn(target)
             relay = Relay(outbox, target, batch_size=cfg.batch_size)
-            restore = _graceful_signals(relay.stop)
+            restore = two_signal_shutdown(relay.stop)
             timer = threading.Timer(timeout, relay.stop) if timeout else None
             if timer is not None:
                 timer.daemon = True
@@ -337,31 +338,6 @@ def sync(cfg, max_batches, timeout, as_json):
                                    "in the outbox (stopped before the drain finished)")
 
 
-def _ensure_schema_or_warn(target):
-    try:
-        target.ensure_schema()
-    except TargetError as e:
-        log.warning("target not ready yet (%s); messages stay in the outbox until it is", e)
-
-
-def _graceful_signals(on_first):
-    """First SIGTERM/SIGINT -> on_first() (a flag set, nothing else); second -> exit at once."""
-    hits = []
-
-    def handler(signum, frame):
-        hits.append(signum)
-        if len(hits) > 1:
-            os._exit(128 + signum)
-        on_first()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def restore():
-        for s, h in previous.items():
-            signal.signal(s, h)
-    return restore
-
-
 # -- target tools ------------------------------------------------------------------------------
 
 @cli.command()
@@ -379,15 +355,14 @@ def check(cfg, as_json):
 @cli.command()
 @settings_options
 @click.option("--sql", "as_sql", is_flag=True, default=True, help="Print the DDL (the default).")
-@click.option("--dialect", type=click.Choice(["postgresql", "sqlite"]), default=None,
+@click.option("--dialect", type=click.Choice(DIALECTS), default=None,
               help="Print for this dialect instead of the target's.")
 @friendly_errors
 def schema(cfg, as_sql, dialect):
     """Print the target table's DDL for a DBA (RDS users often may not run DDL themselves)."""
     from . import schema as schema_mod
-    from .target import parse_target_url
-    dialect = dialect or parse_target_url(cfg.target)[0]
-    click.echo(schema_mod.schema_sql(dialect, cfg.table), nl=False)
+    from .targets import target_class
+    click.echo(schema_mod.schema_sql(target_class(dialect or cfg.target), cfg.table), nl=False)
 
 
 @cli.command("init-db")

@@ -8,7 +8,6 @@ hands it down.
 import dataclasses
 import os
 import re
-import urllib.parse
 
 from .errors import ConfigError
 from .outbox import OVERFLOW_POLICIES, SYNCHRONOUS
@@ -206,16 +205,11 @@ def _parse(s, value, origin):
         except ConfigError:
             raise bad("is not a valid table name (letters, digits, _; optionally schema.table)") from None
     if s.kind == "url":
+        from .targets import check_url  # here, not at the top: targets/ imports this module
         try:
-            parts = urllib.parse.urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-        except ValueError as e:
-            raise bad(f"is not a valid URL ({e})") from None
-        scheme = parts.scheme.split("+")[0]
-        if scheme not in ("postgresql", "postgres", "sqlite"):
-            raise bad("must be a postgresql:// or sqlite:/// URL")
-        if scheme == "sqlite" and value.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
-            raise bad("needs a file path, e.g. sqlite:///data/archive.db")
+            check_url(value)
+        except ConfigError as e:
+            raise bad(str(e)) from None
         return value
     if value == "":
         raise bad("must not be empty")

@@ -6,11 +6,11 @@ and the flat dict the old in-process call and the legacy JSON queue used.
 """
 
 import dataclasses
-import datetime as dt
 import json
 import re
 
 from .errors import InvalidMessage, NotAMessage
+from .timeconv import iso_to_ms
 
 # One message's payload, encoded as UTF-8 JSON. Matches the webhook's default
 # body limit: anything bigger is not a chat message.
@@ -390,7 +390,7 @@ def parse_timestamp(value, field):
             # Not for fromisoformat below: it reads 20+ digits as a basic-format date (year 1111).
             raise InvalidMessage(f"{field} is out of range: {value[:40]!r}")
         else:
-            iso = _parse_iso(value)
+            iso = iso_to_ms(value)
             if iso is None:
                 raise InvalidMessage(f"{field} is not a timestamp: {value[:40]!r}")
             # An offset can push a valid date out of years 1-9999 (in UTC): the relay could
@@ -408,20 +408,6 @@ def parse_timestamp(value, field):
         if number < limit:
             return int(number * scale)
     raise InvalidMessage(f"{field} is out of range: {str(value)[:40]!r}")
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def _parse_iso(value):
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.timezone.utc)
-    # Integer arithmetic: timestamp() * 1000 is a float and can be a millisecond off.
-    return (parsed - _EPOCH) // dt.timedelta(milliseconds=1)
 
 
 def _get(obj, key, types, *, required=False, where=""):

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from .errors import OutboxError
 from .message import SOURCES
-from .sync import HEARTBEAT_KEY
+from .sync import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class _OutboxCollector(Collector):
         try:
             counts = self.outbox.counts()
             age = self.outbox.oldest_pending_age()
-            beat = self.outbox.get_meta(HEARTBEAT_KEY)
+            beat = Heartbeat.read(self.outbox)
         except OutboxError as e:
             log.warning("metrics: cannot read the outbox: %s", e)
             readable.add_metric([], 0)
@@ -150,36 +150,29 @@ class _OutboxCollector(Collector):
         yield from self._target()
 
     def _heartbeat(self, beat):
-        if not isinstance(beat, dict) or not isinstance(beat.get("beat_at"), (int, float)):
+        if beat is None:
             return
         now = time.time()
         yield GaugeMetricFamily("outbox_relay_relay_heartbeat_age_seconds",
                                 "Seconds since a relay last wrote its heartbeat to this outbox",
-                                value=max(0.0, now - beat["beat_at"]))
-        since = beat.get("unavailable_since")
+                                value=beat.age(now))
         yield GaugeMetricFamily("outbox_relay_target_unavailable_seconds",
                                 "How long the target has been unreachable (0 when it is reachable)",
-                                value=max(0.0, now - since) if isinstance(since, (int, float)) else 0.0)
-        if isinstance(beat.get("last_success"), (int, float)):
+                                value=beat.outage(now) or 0.0)
+        if beat.last_success is not None:
             yield GaugeMetricFamily("outbox_relay_relay_last_success_timestamp_seconds",
                                     "When the relay last wrote a batch to the target (epoch seconds)",
-                                    value=beat["last_success"])
+                                    value=beat.last_success)
 
     def _target(self):
-        if self.relay is None:
-            return
-        db = getattr(self.relay.target, "db", None)
-        # peewee's pool keeps these as a dict and a heap; len() of either is atomic. Only the
-        # PostgreSQL pool is shared across threads; SQLite connection state is per thread.
-        in_use = getattr(db, "_in_use", None)
-        idle = getattr(db, "_connections", None)
-        if in_use is None or idle is None:
+        stats = self.relay.target.pool_stats() if self.relay is not None else None
+        if stats is None:
             return
         conns = GaugeMetricFamily("outbox_relay_target_connections",
                                   "Target connections the relay holds, by state", labels=["state"])
-        conns.add_metric(["in_use"], len(in_use))
-        conns.add_metric(["idle"], len(idle))
+        conns.add_metric(["in_use"], stats[0])
+        conns.add_metric(["idle"], stats[1])
         yield conns
         yield GaugeMetricFamily("outbox_relay_target_pool_size",
                                 "Most target connections the relay may hold",
-                                value=getattr(self.relay.target, "pool_size", 0))
+                                value=self.relay.target.pool_size)

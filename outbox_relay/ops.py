@@ -2,105 +2,59 @@
 
 `status` asks the databases, never in-memory counters: outbox counts come from
 SQLite, the relay's heartbeat from the row it writes there, reachability from a
-real round trip to the target.
+real round trip to the target; health.judge() says what it all means.
 """
 
 import time
 import uuid
 
+from . import health
 from .errors import OutboxRelayError, RelayLocked, TargetError
-from .sync import HEARTBEAT_KEY, Relay, RelayLock
-
-# A relay that has not written its heartbeat for this long is not running.
-HEARTBEAT_STALE = 30.0
-# Undelivered messages older than this while a relay runs mean it is behind.
-BEHIND_AFTER = 120.0
-
-
-def relay_running(outbox_path):
-    """True when some process holds the relay lock on this outbox (a relay is running)."""
-    try:
-        lock = RelayLock(outbox_path).acquire(grace=0)
-    except RelayLocked:
-        return True
-    except OSError:
-        return False
-    lock.release()
-    return False
+from .sync import Relay, RelayLock
 
 
 def collect_status(cfg, outbox, target):
+    """What the outbox holds, what the relay says of itself, whether the target answers, and the
+    health judge's verdict over all of it."""
     now = time.time()
-    counts = outbox.counts()
-    age = outbox.oldest_pending_age(now)
-    beat = outbox.get_meta(HEARTBEAT_KEY) or {}
+    counts, age, problem = health.outbox_facts(outbox)
+    view = health.outbox_view(outbox, cfg, now)
+    beat = view.heartbeat or health.Heartbeat()
     report = {
         "outbox": {"path": outbox.path, "counts": counts,
                    "oldest_pending_age_s": round(age, 3) if age is not None else None,
                    "schema_version": outbox.schema_version(),
                    "max_pending": outbox.max_pending, "overflow": outbox.overflow},
-        "relay": {"running": relay_running(outbox.path),
-                  "heartbeat_age_s": round(now - beat["beat_at"], 3) if beat.get("beat_at") else None,
-                  "last_success": beat.get("last_success"),
-                  "last_error": beat.get("last_error"),
-                  "last_error_at": beat.get("last_error_at"),
-                  "unavailable_since": beat.get("unavailable_since"),
-                  "pid": beat.get("pid")},
+        "relay": {"running": view.running,
+                  "heartbeat_age_s": round(beat.age(now), 3) if beat.beat_at else None,
+                  "last_success": beat.last_success, "last_error": beat.last_error,
+                  "last_error_at": beat.last_error_at, "unavailable_since": beat.unavailable_since,
+                  "pid": beat.pid},
         "target": None,
     }
+    facts = health.Facts(relay=view, counts=counts, oldest_pending_age=age, outbox_problem=problem)
     if target is not None:
-        entry = {"url": target.display_url, "table": target.table, "dialect": target.dialect}
+        entry = {"url": target.display_url, "table": target.table, "dialect": target.name}
         try:
             entry["latency_ms"] = round(target.ping() * 1000, 2)
             entry["reachable"] = True
         except TargetError as e:
             entry["reachable"], entry["error"] = False, str(e)
+            facts.target_error = str(e)
         report["target"] = entry
-    report["warnings"] = _warnings(report)
+    verdict = health.judge(facts, cfg, expect_relay=False, now=now)
+    report["health"] = {"level": verdict.level, "reasons": verdict.reasons}
+    report["warnings"] = verdict.reasons
     return report
 
 
-def _warnings(report):
-    out = []
-    counts = report["outbox"]["counts"]
-    relay = report["relay"]
-    age = report["outbox"]["oldest_pending_age_s"]
-    if counts["dead"]:
-        out.append(f"{counts['dead']} dead row(s): the target refused them; see `outbox-relay dead`, "
-                   "fix the cause, then `outbox-relay replay --all`")
-    if counts["parked"]:
-        out.append(f"{counts['parked']} parked row(s) over max_pending: kept on disk, relayed as room frees")
-    if not relay["running"] and (counts["pending"] or counts["parked"]):
-        out.append("no relay is running and messages are waiting: start `outbox-relay run`")
-    if relay["running"] and age is not None and age > BEHIND_AFTER:
-        out.append(f"the relay is behind: the oldest undelivered message is {age:.0f} s old")
-    if relay["running"] and relay["unavailable_since"]:
-        out.append(f"the relay cannot reach the target since {_clock(relay['unavailable_since'])}: "
-                   f"{relay['last_error']}")
-    target = report.get("target")
-    if target is not None and not target["reachable"]:
-        out.append(f"target unreachable: {target['error']}")
-    return out
-
-
-def health_verdict(report, cfg):
-    """(exit code, one line): 0 healthy, 1 degraded, 2 down."""
-    target = report.get("target")
-    relay = report["relay"]
-    now = time.time()
-    # With a relay running, its own record of when the target went away decides (as /healthz
-    # does): a blip shorter than unhealthy_after is "degraded", not a page. Without one, a failed
-    # probe is all we know.
-    outage = now - relay["unavailable_since"] if relay["running"] and relay["unavailable_since"] else None
-    if outage is not None and outage > cfg.unhealthy_after:
-        return 2, f"DOWN: the relay has not reached the target for {outage:.0f} s: {relay['last_error']}"
-    if target is not None and not target["reachable"] and not relay["running"]:
-        return 2, f"DOWN: target unreachable: {target['error']}"
-    if report["warnings"]:
-        return 1, "DEGRADED: " + "; ".join(report["warnings"])
-    counts = report["outbox"]["counts"]
-    latency = f", target {target['latency_ms']} ms" if target else ""
-    return 0, f"OK: {counts['pending']} pending, {counts['delivered']} delivered (kept){latency}"
+def health_verdict(report):
+    """(exit code, one line) of a status report: 0 healthy, 1 degraded, 2 down."""
+    verdict = health.Verdict(report["health"]["level"], report["health"]["reasons"])
+    counts, target = report["outbox"]["counts"], report.get("target")
+    latency = f", target {target['latency_ms']} ms" if target and target["reachable"] else ""
+    return verdict.code, verdict.line(f"OK: {counts['pending']} pending, {counts['delivered']} delivered"
+                                      f" (kept){latency}")
 
 
 def end_to_end_test(cfg, outbox, target, timeout):
@@ -153,29 +107,15 @@ def end_to_end_test(cfg, outbox, target, timeout):
 
 def _remove(target, message_id):
     """Delete the test row so it does not count in stats; many RDS roles may not delete: say so."""
-    mark = "%s" if target.dialect == "postgresql" else "?"
-
-    def delete(conn):
-        cur = conn.cursor()
-        cur.execute(f"DELETE FROM {target.quoted} WHERE message_id = {mark}", (message_id,))
-        cur.close()
     try:
-        target.run(delete)
+        target.delete(message_id)
         return "; test row removed"
     except TargetError:
         return "; test row kept (no DELETE privilege), chat_id outbox-relay-test"
 
 
 def _in_target(target, message_id):
-    mark = "%s" if target.dialect == "postgresql" else "?"
-
-    def look(conn):
-        cur = conn.cursor()
-        cur.execute(f"SELECT 1 FROM {target.quoted} WHERE message_id = {mark}", (message_id,))
-        found = cur.fetchone() is not None
-        cur.close()
-        return found
-    return target.run(look)
+    return bool(target.existing_ids([message_id]))
 
 
 # -- human output -----------------------------------------------------------------------

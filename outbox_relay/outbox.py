@@ -14,13 +14,12 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
-import urllib.parse
 
 from .errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
 from .message import Message, normalize
 from .schema import OUTBOX_MIGRATIONS, OUTBOX_VERSION
+from .sqlitefile import SqliteFile
 
 log = logging.getLogger(__name__)
 
@@ -54,75 +53,23 @@ class Outbox:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.keep_delivered = keep_delivered
-        self._local = threading.local()
-        self._conns = []
-        self._conns_lock = threading.Lock()
-        # Writers in this process take turns here and the next one wakes the moment a commit
-        # ends. Left to SQLite, a blocked BEGIN IMMEDIATE sleeps in its busy handler (1, 2, 5,
-        # 10 ... 100 ms steps) while the lock sits free: with 8 webhook threads the p99 was
-        # 400-800 ms instead of ~40 ms (bench/). Other processes still meet busy_timeout.
-        self._write_lock = threading.RLock()
+        self.db = SqliteFile(self.path, synchronous=synchronous, busy_timeout=busy_timeout)
         self._listeners = []
-        self._pid = os.getpid()
-        self._closed = False
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise OutboxUnavailable(f"cannot create the outbox directory {directory}: {e.strerror}") from None
-        self._migrated = False
         try:
             self._migrate()
-            self._migrated = True
         except BaseException:
             self.close()  # the caller never gets this object, so nothing else could close it
             raise
-
-    # -- connections -----------------------------------------------------------
-
-    def _conn(self):
-        if self._closed:
-            raise OutboxError("the outbox is closed")
-        if self._pid != os.getpid():
-            # Inherited across fork(): never share a SQLite handle with the parent.
-            self._local = threading.local()
-            self._conns = []
-            self._write_lock = threading.RLock()
-            self._pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._open()
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
-        return conn
-
-    def _open(self):
-        try:
-            if self._migrated:
-                # After the first open, never create the file again: an outbox deleted or moved
-                # under us must fail loudly (503s), not become a fresh empty file.
-                target, uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw", True
-            else:
-                target, uri = self.path, False
-            conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False, uri=uri)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-            return conn
-        except sqlite3.Error as e:
-            raise _translate(e, self.path) from None
+        self.db.created = True
 
     def close(self):
         """Close every connection this object opened (all threads)."""
-        self._closed = True
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+        self.db.close()
 
     def __enter__(self):
         return self
@@ -130,18 +77,19 @@ class Outbox:
     def __exit__(self, *exc):
         self.close()
 
+    def _conn(self):
+        return self.db.conn()
+
     def _tx(self):
-        conn = self._conn()
-        return _Transaction(conn, self.path, self._write_lock, self.busy_timeout)
+        return self.db.transaction()
+
+    def _read(self, sql, params=()):
+        return self.db.read(sql, params)
 
     def _migrate(self):
-        conn = self._conn()
-        try:
-            # Both must happen outside a transaction; auto_vacuum only takes on an empty file.
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), self.busy_timeout)
-        except sqlite3.Error as e:
-            raise _translate(e, self.path) from None
+        # Both pragmas before any table; auto_vacuum only takes on an empty file.
+        self.db.pragma_outside_transaction("PRAGMA auto_vacuum = INCREMENTAL")
+        self.db.pragma_outside_transaction("PRAGMA journal_mode = WAL")
         with self._tx() as c:
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > OUTBOX_VERSION:
@@ -331,12 +279,6 @@ class Outbox:
 
     # -- reading -----------------------------------------------------------------------
 
-    def _read(self, sql, params=()):
-        try:
-            return self._conn().execute(sql, params).fetchall()
-        except sqlite3.Error as e:
-            raise _translate(e, self.path) from None
-
     def counts(self):
         """Rows per state, every state present (0 when none)."""
         counts = dict.fromkeys(STATES, 0)
@@ -411,7 +353,11 @@ class Outbox:
         return json.loads(rows[0][0]) if rows else default
 
     def integrity_check(self):
-        return self._read("PRAGMA integrity_check")[0][0]
+        return self.db.integrity_check()
+
+    def probe_writable(self, timeout):
+        """Raise OutboxUnavailable unless a commit could happen now (writes nothing)."""
+        self.db.probe_writable(timeout)
 
 
 def _row_values(m, now):
@@ -422,74 +368,3 @@ def _row_values(m, now):
 
 def _count(c, state):
     return c.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0]
-
-
-class _Transaction:
-    """`BEGIN IMMEDIATE` … COMMIT, rolled back on any error; sqlite3 errors become OutboxError.
-    Holds the outbox's in-process write lock from before BEGIN until after COMMIT/ROLLBACK."""
-
-    def __init__(self, conn, path, lock, timeout):
-        self.conn = conn
-        self.path = path
-        self.lock = lock
-        self.timeout = timeout
-
-    def __enter__(self):
-        if not self.lock.acquire(timeout=self.timeout):
-            raise OutboxUnavailable(f"outbox {self.path} is locked by another writer past the busy timeout")
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except BaseException as e:
-            self.lock.release()
-            if isinstance(e, sqlite3.Error):
-                raise _translate(e, self.path) from None
-            raise
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            return self._finish(exc_type, exc)
-        finally:
-            self.lock.release()
-
-    def _finish(self, exc_type, exc):
-        if exc_type is None:
-            try:
-                self.conn.execute("COMMIT")
-                return False
-            except sqlite3.Error as e:
-                self._rollback()
-                raise _translate(e, self.path) from None
-        self._rollback()
-        if isinstance(exc, sqlite3.Error):
-            raise _translate(exc, self.path) from None
-        return False
-
-    def _rollback(self):
-        try:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
-
-
-def _translate(e, path):
-    text = str(e)
-    if isinstance(e, sqlite3.OperationalError) or "disk" in text or "readonly" in text:
-        if "locked" in text or "busy" in text:
-            text = f"outbox {path} is locked by another writer past the busy timeout"
-        else:
-            text = f"outbox {path} cannot be written: {text}"
-        return OutboxUnavailable(text)
-    return OutboxError(f"outbox {path}: {text}")
-
-
-def _retry_locked(fn, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)

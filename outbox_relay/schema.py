@@ -4,8 +4,9 @@ Outbox (SQLite): the version lives in `PRAGMA user_version`; OUTBOX_MIGRATIONS[i
 takes a file from version i to i+1, so a later release migrates an existing
 outbox in place when it opens it.
 
-Target (PostgreSQL or SQLite): the version lives in `outbox_relay_schema`, one
-row per table. TARGET_MIGRATIONS[dialect][i] takes the table from i to i+1.
+Target (every database in targets/): the version lives in `outbox_relay_schema`, one row per
+table. `target_migrations(db, table)[i]` takes the table from i to i+1; the columns are declared
+once here and each database class maps their types to its own SQL.
 `outbox-relay schema --sql` prints them for a DBA (on RDS the application user
 often may not run DDL); `outbox-relay init-db` applies what is missing.
 
@@ -49,14 +50,42 @@ OUTBOX_VERSION = len(OUTBOX_MIGRATIONS)
 
 _TABLE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-# Columns written by the relay, in COPY order. `relayed_at` is the server's now().
-TARGET_COLUMNS = (
-    "message_id", "chat_id", "chat_type", "thread_id", "root_id", "parent_id",
-    "sender_id", "sender_type", "msg_type", "content", "text", "mentions",
-    "created_at", "source", "raw", "received_at", "outbox_host", "outbox_id",
+# The target table, in COPY order: (column, type, constraint). Types are words of our own that each
+# database class maps to its SQL type (`Target.types`); {now} is the database's clock and
+# {empty} a default of '' where the database allows one on a text column. `relayed_at` is not
+# written by the relay (its default is the server's clock), so it is not in TARGET_COLUMNS.
+COLUMNS = (
+    ("message_id", "id", "PRIMARY KEY"),
+    ("chat_id", "id", ""),
+    ("chat_type", "kind", ""),
+    ("thread_id", "id", ""),
+    ("root_id", "id", ""),
+    ("parent_id", "id", ""),
+    ("sender_id", "id", ""),
+    ("sender_type", "kind", ""),
+    ("msg_type", "kind", "NOT NULL"),
+    ("content", "json", ""),
+    ("text", "text", "NOT NULL{empty}"),
+    ("mentions", "json", ""),
+    ("created_at", "time", "NOT NULL"),
+    ("source", "source", "NOT NULL"),
+    ("raw", "json", ""),
+    ("received_at", "time", "NOT NULL"),
+    ("relayed_at", "time", "NOT NULL DEFAULT {now}"),
+    ("outbox_host", "host", ""),
+    ("outbox_id", "bigint", ""),
 )
-JSON_COLUMNS = ("content", "mentions", "raw")
-TIME_COLUMNS = ("created_at", "received_at")
+TARGET_COLUMNS = tuple(name for name, _, _ in COLUMNS if name != "relayed_at")
+JSON_COLUMNS = tuple(name for name, kind, _ in COLUMNS if kind == "json")
+# (index name suffix, columns): what search and stats filter and sort on.
+INDEXES = (
+    ("chat_created", ("chat_id", "created_at")),
+    ("created", ("created_at",)),
+    ("sender_created", ("sender_id", "created_at")),
+    ("relayed", ("relayed_at",)),
+)
+
+VERSION_TABLE = "outbox_relay_schema"
 
 
 def check_table_name(name):
@@ -66,109 +95,36 @@ def check_table_name(name):
     return name
 
 
-def quote_ident(name):
-    return ".".join(f'"{part}"' for part in check_table_name(name).split("."))
+def index_name(table, suffix):
+    """feishu_messages_chat_created (schema prefix dropped: an index lives in its table's schema)."""
+    return check_table_name(table).split(".")[-1] + "_" + suffix
 
 
-def _index_name(table, suffix):
-    return quote_ident(table.split(".")[-1] + "_" + suffix)
+def column_lines(db):
+    """The column definitions of the target table in `db`'s types (a Target class)."""
+    lines = []
+    for name, kind, constraint in COLUMNS:
+        constraint = constraint.format(now=db.types["now"], empty=db.types["empty"])
+        lines.append(f"    {name:<12} {db.types[kind]} {constraint}".rstrip())
+    return lines
 
 
-def target_migrations(dialect, table):
-    """[[sql, ...], ...]: the statements that take `table` from version i to i+1."""
-    t = quote_ident(table)
-    if dialect == "postgresql":
-        v1 = [
-            f"""CREATE TABLE IF NOT EXISTS {t} (
-    message_id   varchar(128) PRIMARY KEY,
-    chat_id      varchar(128),
-    chat_type    varchar(64),
-    thread_id    varchar(128),
-    root_id      varchar(128),
-    parent_id    varchar(128),
-    sender_id    varchar(128),
-    sender_type  varchar(64),
-    msg_type     varchar(64) NOT NULL,
-    content      jsonb,
-    text         text NOT NULL DEFAULT '',
-    mentions     jsonb,
-    created_at   timestamptz NOT NULL,
-    source       varchar(32) NOT NULL,
-    raw          jsonb,
-    received_at  timestamptz NOT NULL,
-    relayed_at   timestamptz NOT NULL DEFAULT now(),
-    outbox_host  varchar(255),
-    outbox_id    bigint
-)""",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'chat_created')} ON {t} (chat_id, created_at)",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'created')} ON {t} (created_at)",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'sender_created')} ON {t} (sender_id, created_at)",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'relayed')} ON {t} (relayed_at)",
-        ]
-    elif dialect == "sqlite":
-        v1 = [
-            f"""CREATE TABLE IF NOT EXISTS {t} (
-    message_id   TEXT PRIMARY KEY,
-    chat_id      TEXT,
-    chat_type    TEXT,
-    thread_id    TEXT,
-    root_id      TEXT,
-    parent_id    TEXT,
-    sender_id    TEXT,
-    sender_type  TEXT,
-    msg_type     TEXT NOT NULL,
-    content      TEXT,
-    text         TEXT NOT NULL DEFAULT '',
-    mentions     TEXT,
-    created_at   TEXT NOT NULL,
-    source       TEXT NOT NULL,
-    raw          TEXT,
-    received_at  TEXT NOT NULL,
-    relayed_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    outbox_host  TEXT,
-    outbox_id    INTEGER
-)""",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'chat_created')} ON {t} (chat_id, created_at)",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'created')} ON {t} (created_at)",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'sender_created')} ON {t} (sender_id, created_at)",
-            f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'relayed')} ON {t} (relayed_at)",
-        ]
-    else:
-        raise ConfigError(f"unsupported target dialect {dialect!r}")
-    return [v1]
+def target_migrations(db, table):
+    """[[sql, ...], ...]: the statements that take `table` from version i to i+1 in database `db`
+    (a Target class: its types, its quoting and its way of creating a table and its indexes)."""
+    return [db.create_table_statements(table)]
 
 
-def trigram_statements(table):
-    """PostgreSQL only, applied where permitted: substring search on text (Chinese has no word breaks)."""
-    return [
-        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-        f"CREATE INDEX IF NOT EXISTS {_index_name(table, 'text_trgm')} ON {quote_ident(table)} "
-        "USING gin (text gin_trgm_ops)",
-    ]
-
-
-VERSION_TABLE = "outbox_relay_schema"
-
-
-def version_table_sql(dialect):
-    ts = "timestamptz NOT NULL DEFAULT now()" if dialect == "postgresql" else "TEXT NOT NULL"
-    return (f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} "
-            f"(table_name varchar(130) PRIMARY KEY, version integer NOT NULL, applied_at {ts})")
-
-
-def schema_sql(dialect, table):
+def schema_sql(db, table):
     """The whole DDL as one script, for a DBA to read and run."""
-    migrations = target_migrations(dialect, table)
-    lines = [f"-- outbox-relay target schema for {table} ({dialect}), version {len(migrations)}"]
-    lines.append(version_table_sql(dialect) + ";")
+    migrations = target_migrations(db, table)
+    lines = [f"-- outbox-relay target schema for {table} ({db.name}), version {len(migrations)}"]
+    lines.append(db.version_table_sql() + ";")
     for stmts in migrations:
         lines.extend(s + ";" for s in stmts)
-    if dialect == "postgresql":
-        lines.append("-- Optional, for fast substring search (needs the pg_trgm extension):")
-        lines.extend(s + ";" for s in trigram_statements(table))
-    now = "now()" if dialect == "postgresql" else "strftime('%Y-%m-%dT%H:%M:%fZ','now')"
-    lines.append(
-        f"INSERT INTO {VERSION_TABLE} (table_name, version, applied_at) "
-        f"VALUES ('{check_table_name(table)}', {len(migrations)}, {now}) "
-        f"ON CONFLICT (table_name) DO UPDATE SET version = EXCLUDED.version;")
+    optional = db.search_index_statements(table)
+    if optional:
+        lines.append(f"-- Optional, for fast substring search ({db.search_index_note}):")
+        lines.extend(s + ";" for s in optional)
+    lines.append(db.record_version_sql(table, len(migrations)) + ";")
     return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ import time
 
 from .errors import RelayLocked, TargetError
 from .sync import Relay, RelayLock
+from .targets import open_from_config
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,7 @@ class RelayThread:
 
     def _main(self):
         try:
-            try:
-                self.relay.target.ensure_schema()
-            except TargetError as e:
-                log.warning("target not ready yet (%s); messages stay in the outbox until it is", e)
+            ensure_schema_or_warn(self.relay.target)
             self.relay.run()
         except BaseException as e:  # recorded for /healthz; the process keeps serving puts
             self.crashed = f"{type(e).__name__}: {e}"
@@ -65,23 +63,16 @@ class Service:
         self.http_server = None
         self.http_thread = None
         self._stop = threading.Event()
-        self._signals = 0
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self):
-        from .target import Target
         cfg = self.cfg
         self.outbox = cfg.open_outbox()
         if self.want_relay:
             self.lock = RelayLock(cfg.outbox).acquire()
-            self.target = Target(cfg.target, table=cfg.table, pool_size=cfg.pool_size,
-                                 connect_timeout=cfg.connect_timeout,
-                                 statement_timeout=cfg.statement_timeout)
-            if self.target.dialect == "sqlite" and cfg.target_is_default:
-                log.info("no target configured: writing to the embedded %s", self.target.describe())
-            else:
-                log.info("target: %s", self.target.describe())
+            self.target = open_from_config(cfg)
+            announce_target(cfg, self.target)
             relay = Relay(self.outbox, self.target, batch_size=cfg.batch_size)
             self.relay_thread = RelayThread(relay)
             self.relay_thread.start()
@@ -130,15 +121,9 @@ class Service:
 
     # -- main ---------------------------------------------------------------------------------
 
-    def _on_signal(self, signum, frame):
-        self._signals += 1
-        if self._signals > 1:
-            os._exit(128 + signum)
-        self.request_stop()
-
     def run_forever(self):
         """Start, wait for a signal (or a dead HTTP server), shut down. Returns the exit code."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        restore = two_signal_shutdown(self.request_stop)
         try:
             try:
                 self.start()
@@ -153,8 +138,46 @@ class Service:
             log.info("stopped in %.1f s", time.monotonic() - started)
             return 0
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+            restore()
+
+
+# -- the start-up every relay shares (run, sync, test) ----------------------------------------
+
+
+def announce_target(cfg, target):
+    """Say in the log where messages go (the embedded default says where it writes)."""
+    if cfg.target_is_default:
+        log.info("no target configured: writing to the embedded %s", target.describe())
+    else:
+        log.info("target: %s", target.describe())
+
+
+def ensure_schema_or_warn(target):
+    """Create the table where we may; a target that is down now gets it at the first batch."""
+    try:
+        target.ensure_schema()
+    except TargetError as e:
+        log.warning("target not ready yet (%s); messages stay in the outbox until it is", e)
+
+
+def two_signal_shutdown(on_first):
+    """First SIGTERM/SIGINT -> on_first() (it only sets flags: huey's consumer, rq's worker);
+    a second exits at once, which is safe: everything acknowledged is committed in the outbox
+    and the target insert is idempotent. Returns a function that puts the old handlers back."""
+    hits = []
+
+    def handler(signum, frame):
+        hits.append(signum)
+        if len(hits) > 1:
+            os._exit(128 + signum)
+        on_first()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore():
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return restore
 
 
 # -- waitress ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ next start; the target's ON CONFLICT (message_id) DO NOTHING makes that harmless
 """
 
 import collections
+import dataclasses
 import fcntl
 import logging
 import os
@@ -36,6 +37,45 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 BACKOFF_MAX = 30.0
 HEARTBEAT_KEY = "relay"
 PROBE_INTERVAL = 15.0  # seconds between idle round trips to the target
+
+
+@dataclasses.dataclass(frozen=True)
+class Heartbeat:
+    """What a relay says about itself, written into the outbox's meta table after every batch,
+    every error and every few seconds while idle."""
+
+    pid: int | None = None
+    started_at: float | None = None
+    beat_at: float | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    unavailable_since: float | None = None
+    target: str | None = None
+    delivered: int = 0
+    dead: int = 0
+
+    @classmethod
+    def parse(cls, value):
+        """The stored JSON object -> Heartbeat, or None when there is none (or it is not ours)."""
+        if not isinstance(value, dict) or not isinstance(value.get("beat_at"), (int, float)):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in value.items() if k in names})
+
+    @classmethod
+    def read(cls, outbox):
+        return cls.parse(outbox.get_meta(HEARTBEAT_KEY))
+
+    def write(self, outbox):
+        outbox.set_meta(HEARTBEAT_KEY, dataclasses.asdict(self))
+
+    def age(self, now):
+        return max(0.0, now - self.beat_at)
+
+    def outage(self, now):
+        """Seconds the relay has not reached the target, or None while it does."""
+        return max(0.0, now - self.unavailable_since) if self.unavailable_since else None
 
 
 def _by_size(items, limit):
@@ -214,22 +254,15 @@ class Relay:
         self.write_heartbeat()
 
     def heartbeat(self):
-        return {
-            "pid": os.getpid(),
-            "started_at": self.started_at,
-            "beat_at": time.time(),
-            "last_success": self.last_success,
-            "last_error": self.last_error,
-            "last_error_at": self.last_error_at,
-            "unavailable_since": self.unavailable_since,
-            "target": self.target.display_url,
-            "delivered": self.stats["delivered"],
-            "dead": self.stats["dead"],
-        }
+        return Heartbeat(pid=os.getpid(), started_at=self.started_at, beat_at=time.time(),
+                         last_success=self.last_success, last_error=self.last_error,
+                         last_error_at=self.last_error_at, unavailable_since=self.unavailable_since,
+                         target=self.target.display_url, delivered=self.stats["delivered"],
+                         dead=self.stats["dead"])
 
     def write_heartbeat(self):
         try:
-            self.outbox.set_meta(HEARTBEAT_KEY, self.heartbeat())
+            self.heartbeat().write(self.outbox)
         except Exception as e:  # a busy outbox must not stop the relay; the next beat will do
             log.debug("heartbeat not written: %s", e)
 

@@ -31,18 +31,15 @@ import hmac
 import json
 import logging
 import os
-import sqlite3
 import time
-import urllib.parse
 
 import falcon
 
-from . import feishu
+from . import feishu, health
 from .errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
 from .message import detect, normalize
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
-from .sync import BACKOFF_MAX, HEARTBEAT_KEY
 
 log = logging.getLogger(__name__)
 
@@ -242,14 +239,8 @@ def _was_encrypted(body):
 # -- /healthz ---------------------------------------------------------------------------------
 
 
-def stuck_after(cfg):
-    """Seconds without a relay loop pass (or heartbeat) before we call the relay stuck. One pass
-    may legitimately take a connect plus a statement timeout, or a full backoff wait."""
-    return max(60.0, 2.0 * (cfg.connect_timeout + cfg.statement_timeout), 2.0 * BACKOFF_MAX)
-
-
 class Health:
-    """200 when the outbox is writable and the relay alive and delivering; 503 with reasons."""
+    """200 unless health.judge() says down (503); the reasons either way."""
 
     def __init__(self, cfg, outbox, relay_thread):
         self.cfg = cfg
@@ -257,87 +248,43 @@ class Health:
         self.relay_thread = relay_thread
 
     def on_get(self, req, resp):
-        reasons = []
-        checks = {"outbox": self._check_outbox(reasons), "relay": self._check_relay(reasons)}
-        resp.status = falcon.HTTP_200 if not reasons else falcon.HTTP_503
+        now = time.time()
+        checks = {"outbox": self._check_outbox()}
+        if self.relay_thread is not None:
+            view = health.in_process_view(self.relay_thread, self.cfg, now)
+        else:
+            view = health.outbox_view(self.outbox, self.cfg, now)
+        counts, age, problem = health.outbox_facts(self.outbox)
+        facts = health.Facts(relay=view, counts=counts, oldest_pending_age=age,
+                             outbox_problem=checks["outbox"].get("problem") or problem)
+        verdict = health.judge(facts, self.cfg, expect_relay=True, now=now)
+        beat = view.heartbeat
+        checks["relay"] = {"ok": view.problem is None and view.running, "in_process": view.in_process,
+                           "running": view.running, "problem": view.problem,
+                           "pid": beat.pid if beat else None,
+                           "heartbeat_age": round(beat.age(now), 3) if beat else None,
+                           "last_success": beat.last_success if beat else None,
+                           "last_error": beat.last_error if beat else None,
+                           "target_unavailable_for": beat.outage(now) if beat else None}
+        ok = verdict.level != health.DOWN
+        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
         resp.set_header("Cache-Control", "no-store")
-        resp.media = {"ok": not reasons, "reasons": reasons, "checks": checks}
-        if reasons:
-            log.info("healthz: %s", "; ".join(reasons))
+        resp.media = {"ok": ok, "status": verdict.level, "reasons": verdict.reasons, "checks": checks}
+        if not ok:
+            log.info("healthz: %s", "; ".join(verdict.reasons))
 
-    def _check_outbox(self, reasons):
+    def _check_outbox(self):
         path = self.outbox.path
         try:
-            probe_writable(path, min(self.cfg.busy_timeout, PROBE_TIMEOUT))
-        except sqlite3.Error as e:
-            reasons.append(f"outbox {path} is not writable: {e}")
-            return {"ok": False, "path": path}
+            self.outbox.probe_writable(min(self.cfg.busy_timeout, PROBE_TIMEOUT))
+        except OutboxError as e:
+            return {"ok": False, "path": path, "problem": f"outbox {path} is not writable: {e}"}
         stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
         free = stat.f_bavail * stat.f_frsize
         if free < MIN_FREE_BYTES:
-            reasons.append(f"disk almost full where the outbox lives: {free} bytes free")
-            return {"ok": False, "path": path, "free_bytes": free}
+            return {"ok": False, "path": path, "free_bytes": free,
+                    "problem": f"disk almost full where the outbox lives: {free} bytes free"}
         return {"ok": True, "path": path, "free_bytes": free}
-
-    def _check_relay(self, reasons):
-        mine = []
-        state = self._relay_state(mine)
-        state["ok"] = not mine
-        reasons.extend(mine)
-        return state
-
-    def _relay_state(self, reasons):
-        now = time.time()
-        limit = stuck_after(self.cfg)
-        if self.relay_thread is not None:
-            relay = self.relay_thread.relay
-            state = {"in_process": True, "alive": self.relay_thread.alive(),
-                     "last_success": relay.last_success, "last_error": relay.last_error}
-            if not state["alive"]:
-                crashed = self.relay_thread.crashed
-                reasons.append("relay thread is not running" + (f": {crashed}" if crashed else ""))
-            elif relay.stopping:
-                reasons.append("shutting down")
-            else:
-                quiet = now - (relay.last_loop_at or relay.started_at)
-                if quiet > limit:
-                    reasons.append(f"relay loop stuck: no pass for {quiet:.0f} s")
-            since = relay.unavailable_since
-        else:
-            try:
-                beat = self.outbox.get_meta(HEARTBEAT_KEY)
-            except OutboxError as e:
-                reasons.append(f"cannot read the relay heartbeat: {e}")
-                return {"in_process": False}
-            if not isinstance(beat, dict) or not isinstance(beat.get("beat_at"), (int, float)):
-                reasons.append("no relay heartbeat in the outbox: is `outbox-relay run --no-http` running?")
-                return {"in_process": False}
-            state = {"in_process": False, "pid": beat.get("pid"),
-                     "heartbeat_age": round(now - beat["beat_at"], 3),
-                     "last_success": beat.get("last_success"), "last_error": beat.get("last_error")}
-            if state["heartbeat_age"] > limit:
-                reasons.append(f"relay heartbeat is {state['heartbeat_age']:.0f} s old:"
-                               " is the relay running?")
-            since = beat.get("unavailable_since")
-        if isinstance(since, (int, float)):
-            down = now - since
-            state["target_unavailable_for"] = round(down, 3)
-            if down > self.cfg.unhealthy_after:
-                reasons.append(f"target unreachable for {down:.0f} s"
-                               f" (threshold {self.cfg.unhealthy_after:g} s): {state['last_error']}")
-        return state
-
-
-def probe_writable(path, timeout):
-    """Take and drop the outbox's write lock: proves we could commit now, writes nothing.
-    mode=rw: a missing outbox file is an error here, not silently created."""
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=rw"
-    conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 # -- /metrics and errors -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from outbox_relay.errors import InvalidMessage
 from outbox_relay.message import Message, normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from .relayutil import BASE_MS, flat, pg_query, row_stats, wait_until
@@ -59,7 +59,7 @@ def pg_fetch(url, message_id):
 # -- COPY escaping: what is accepted is what lands in PostgreSQL -------------------------------------
 
 def test_copy_round_trip_of_backslashes_tabs_newlines_cr_end_marker_and_unicode(tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     payloads = []
     for i, s in enumerate(NASTY):
@@ -120,7 +120,7 @@ def _store_bad_created_at(outbox_path, message_id, created_at):
 def test_a_stored_row_the_target_cannot_represent_goes_dead_and_the_rest_still_flows(
         dialect, tmp_outbox, tmp_path, request):
     url = request.getfixturevalue("pg_url") if dialect == "postgresql" else f"sqlite:///{tmp_path}/archive.db"
-    target = Target(url)
+    target = open_target(url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
         outbox.put_many([flat(i) for i in range(10)])
@@ -137,7 +137,7 @@ def test_created_at_reaches_the_target_to_the_millisecond_for_every_accepted_val
     """ms / 1000 as a float lost the last millisecond for dates after ~2242 (accepted up to ~5138)."""
     stamps = [0, 1, 999, BASE_MS + 123, 8_968_034_073_564, 39_796_208_010_073, 99_999_999_999_999,
               253_402_300_799_999, -62_135_596_800_000]
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
         for i, ms in enumerate(stamps):
@@ -159,7 +159,7 @@ def test_a_target_with_synchronous_commit_off_loses_nothing_the_outbox_pruned(tm
     pg = private_pg
     pg.create_database("archive")
     url = pg.url("archive")
-    target = Target(url)
+    target = open_target(url)
     target.init_db(trigram=False)
     pg.execute("CHECKPOINT")
     # The walwriter flushes async commits every wal_writer_delay: make that window 10 s.
@@ -183,7 +183,7 @@ def test_the_embedded_sqlite_target_commits_as_durably_as_the_outbox(tmp_outbox,
     outbox (synchronous=FULL) has by then marked the rows delivered and pruned them: gone from both.
     Power loss cannot be staged in a test; the setting that decides it is read from the live
     connection the relay writes through."""
-    target = Target(f"sqlite:///{tmp_path}/archive.db")
+    target = open_target(f"sqlite:///{tmp_path}/archive.db")
     target.init_db()
     with Outbox(tmp_outbox) as outbox:
         outbox.put(flat(1))
@@ -220,7 +220,7 @@ def test_a_non_utf8_target_database_never_stalls_the_queue(encoding, tmp_outbox,
     fail with a UnicodeEncodeError classified as transient, so nothing behind it was ever delivered.
     The relay speaks UTF-8; the server stores it (SQL_ASCII) or refuses that one row (LATIN1)."""
     url = make_db(f"t_audit_enc_{encoding.lower()}", encoding)
-    target = Target(url)
+    target = open_target(url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
         outbox.put_many([{"message_id": "om_cjk", "text": "中文 😀"}, {"message_id": "om_plain", "text": "plain"}])
@@ -241,7 +241,7 @@ def test_a_non_utf8_target_database_never_stalls_the_queue(encoding, tmp_outbox,
 # -- paths judged safe, pinned ------------------------------------------------------------------------
 
 def test_a_crash_between_the_target_commit_and_mark_delivered_resends_without_a_duplicate(tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
         outbox.put_many([flat(i) for i in range(20)])
@@ -263,7 +263,7 @@ def test_a_crash_between_the_target_commit_and_mark_delivered_resends_without_a_
 
 
 def test_rows_parked_by_another_writer_while_in_flight_end_delivered_exactly_once(tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox, max_pending=10) as outbox, Outbox(tmp_outbox, max_pending=10) as other:
         outbox.put_many([flat(i) for i in range(10)])
@@ -288,7 +288,7 @@ def test_rows_parked_by_another_writer_while_in_flight_end_delivered_exactly_onc
 
 
 def test_a_rejected_row_among_rows_already_in_the_target_isolates_only_that_row(tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
         rows = [flat(i) for i in range(9)]
@@ -304,7 +304,7 @@ def test_a_rejected_row_among_rows_already_in_the_target_isolates_only_that_row(
 
 def test_a_message_put_again_after_its_row_was_pruned_is_one_target_row_first_version_kept(
         tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox, keep_delivered=0) as outbox:
         outbox.put(flat(1, text="first"))

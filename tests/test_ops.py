@@ -17,7 +17,7 @@ import pytest
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from .cliutil import EXE, run_cli, run_exe  # noqa: F401
@@ -33,7 +33,7 @@ def msg(i, text="消息"):
 
 
 def init_target(url, poison=False):
-    target = Target(url)
+    target = open_target(url)
     target.init_db()
     target.close()
     if poison:  # the target refuses exactly the rows whose text is POISON: they become dead, for real
@@ -46,7 +46,7 @@ def init_target(url, poison=False):
 
 def deliver(url, outbox_path, payloads):
     outbox = Outbox(outbox_path)
-    target = Target(url)
+    target = open_target(url)
     try:
         outbox.put_many(payloads)
         return Relay(outbox, target).drain()
@@ -314,7 +314,7 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
     url = private_pg.url()
     init_target(url)
     deliver(url, tmp_outbox, [msg(i) for i in range(3)])
-    outbox, target = Outbox(tmp_outbox), Target(url, connect_timeout=2)
+    outbox, target = Outbox(tmp_outbox), open_target(url, connect_timeout=2)
     relay = Relay(outbox, target, probe_interval=0.2)
     with RelayLock(tmp_outbox):
         thread = threading.Thread(target=relay.run, daemon=True)

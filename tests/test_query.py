@@ -20,7 +20,8 @@ from outbox_relay.message import normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.query import search_messages
 from outbox_relay.sync import Relay
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
+from outbox_relay.targets.postgres import PostgresTarget
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
@@ -107,7 +108,7 @@ def expected(keyword, chat=None, sender=None, msg_type=None, since=None, until=N
 @pytest.fixture
 def corpus(pg_url, tmp_outbox):
     """The target holds the delivered part of CORPUS; the outbox still holds the rest, pending."""
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db()
     outbox = Outbox(tmp_outbox)
     try:
@@ -244,7 +245,7 @@ def test_search_with_target_down_still_finds_pending(corpus):
 def test_search_gives_the_same_answer_before_and_after_delivery(pg_url, tmp_outbox):
     """Whether a message is found must not depend on whether the relay has moved it yet:
     ASCII case is ignored on both sides (the target's ILIKE does; so must the outbox)."""
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db()
     outbox = Outbox(tmp_outbox)
     try:
@@ -267,7 +268,7 @@ NEEDLE_EVERY = 10_000
 def bulk_fill(url, rows=100_000):
     """The table, rows generated inside the server, then init_db again for pg_trgm + the GIN index
     (as when a DBA adds the index to a full table; building it once is faster than maintaining it)."""
-    target = Target(url)
+    target = open_target(url)
     target.init_db(trigram=False)
     conn = psycopg2.connect(url)
     conn.autocommit = True
@@ -293,33 +294,16 @@ def bulk_fill(url, rows=100_000):
     return ctype
 
 
-class RecordingTarget(Target):
-    """A real Target that also remembers every statement it ran (to EXPLAIN the very same SQL)."""
+class RecordingTarget(PostgresTarget):
+    """A real target that also remembers every statement it ran (to EXPLAIN the very same SQL)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.statements = []
 
-    def run(self, fn):
-        return super().run(lambda conn: fn(_RecordingConnection(conn, self.statements)))
-
-
-class _RecordingConnection:
-    def __init__(self, conn, statements):
-        self._conn, self._statements = conn, statements
-
-    def cursor(self):
-        cur = self._conn.cursor()
-        statements = self._statements
-
-        class Cursor:
-            def execute(self, sql, params=None):
-                statements.append((sql, params))
-                return cur.execute(sql, params)
-
-            def __getattr__(self, name):
-                return getattr(cur, name)
-        return Cursor()
+    def query(self, sql, params=None):
+        self.statements.append((sql, params))
+        return super().query(sql, params)
 
 
 def explain(url, sql, params):
@@ -452,7 +436,7 @@ def top(values, key, n):
 def test_stats_match_independent_counts(pg_url, tmp_outbox):
     payloads = stats_corpus()
     messages = [normalize(p) for p in payloads]
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db()
     conn = psycopg2.connect(pg_url)
     conn.autocommit = True
@@ -512,7 +496,7 @@ def test_stats_match_independent_counts(pg_url, tmp_outbox):
 
 
 def test_stats_on_an_empty_table(pg_url, tmp_outbox):
-    t = Target(pg_url)
+    t = open_target(pg_url)
     t.init_db()
     t.close()
     Outbox(tmp_outbox).close()

@@ -23,7 +23,7 @@ from outbox_relay.errors import RelayLocked
 from outbox_relay.message import Message
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
@@ -108,7 +108,7 @@ def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, pg_u
 
 
 def test_step_moves_one_batch_and_says_what_it_did(tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox, keep_delivered=10) as outbox:
         put_all(outbox, [flat(i) for i in range(250)])
@@ -351,7 +351,7 @@ def test_status_shows_the_heartbeat_and_target_reachability(spawn, invoke, tmp_p
             status_json(invoke, outbox_path, url)), timeout=20, what="the relay to report the outage")
         assert report["target"]["reachable"] is False and report["target"]["error"]
         assert report["relay"]["last_error"] and report["relay"]["running"] is True
-        assert any("cannot reach the target" in w for w in report["warnings"])
+        assert any("has not reached the target" in w for w in report["warnings"])
         assert proc.alive()
 
         private_pg.start()
@@ -395,7 +395,7 @@ def test_a_put_while_run_idles_arrives_within_about_a_second(spawn, tmp_path, pg
 
 
 def test_an_in_process_put_wakes_the_relay_at_once(tmp_outbox, pg_url):
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     outbox = Outbox(tmp_outbox)
     relay = Relay(outbox, target)
@@ -434,7 +434,7 @@ class _Delays(logging.Handler):
 
 def test_the_backoff_wait_ends_at_once_on_stop(tmp_outbox):
     port = pgharness.free_port()                         # nothing listens: connection refused
-    target = Target(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=2)
+    target = open_target(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=2)
     outbox = Outbox(tmp_outbox)
     outbox.put(flat(1))
     relay = Relay(outbox, target, backoff_max=30)
@@ -497,7 +497,7 @@ def test_big_messages_are_split_across_transactions(tmp_outbox, pg_url):
     """500 messages near the 1 MB limit must not become one COPY that a slow link cannot finish
     within statement_timeout (retried forever): a batch is cut into transactions by size."""
     big = "大" * 100_000                                   # 300 kB of UTF-8, twice in each payload
-    target = Target(pg_url)
+    target = open_target(pg_url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
         put_all(outbox, [flat(i, text=big) for i in range(40)])
@@ -530,7 +530,7 @@ def test_sync_max_batches_and_a_schema_qualified_table(invoke, tmp_path, pg_url)
 def test_a_relay_starting_while_status_probes_the_lock_is_not_refused(tmp_outbox):
     """`status`/`health` learn whether a relay runs by taking its lock for an instant; a relay
     starting at that instant must still start (a real second relay is still refused)."""
-    from outbox_relay.ops import relay_running
+    from outbox_relay.health import relay_running
     stop, failures = threading.Event(), []
 
     def monitor():

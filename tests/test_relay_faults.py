@@ -13,7 +13,7 @@ import urllib.parse
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
@@ -172,7 +172,7 @@ def test_outage_server_stopped_while_messages_keep_coming(spawn, tmp_path, priva
 
 def test_flaky_network_cutting_connections_mid_transaction(make_tcp_proxy, pg_url, tmp_outbox):
     n = 6000
-    setup = Target(pg_url)
+    setup = open_target(pg_url)
     setup.init_db(trigram=False)
     setup.close()
     parts = urllib.parse.urlsplit(pg_url)
@@ -181,7 +181,7 @@ def test_flaky_network_cutting_connections_mid_transaction(make_tcp_proxy, pg_ur
                                         " WHERE datname = current_database()")[0][0]
     outbox = Outbox(tmp_outbox)
     put_all(outbox, [flat(i) for i in range(n)])
-    target = Target(proxy.url_for(pg_url), connect_timeout=5)
+    target = open_target(proxy.url_for(pg_url), connect_timeout=5)
     relay = Relay(outbox, target, batch_size=100, backoff_max=0.5)
     thread = threading.Thread(target=relay.drain)
     proxy.start_chaos(0.05, seed=SEED)
@@ -363,7 +363,7 @@ def test_pgbouncer_with_the_server_restarted_behind_it(tmp_outbox, private_pg, m
     bouncer = make_pgbouncer(private_pg, pool_mode="transaction")
     url = bouncer.url("relay")
     outbox = Outbox(tmp_outbox)
-    target = Target(url, connect_timeout=5)
+    target = open_target(url, connect_timeout=5)
     relay = Relay(outbox, target, batch_size=100, backoff_max=0.5)
     put_all(outbox, [flat(i) for i in range(1000)])
     assert relay.drain()["delivered"] == 1000

@@ -24,6 +24,7 @@ except ImportError:
 from outbox_relay.config import Config
 from outbox_relay.outbox import Outbox
 from outbox_relay.service import Service, create_http_server
+from outbox_relay.sync import RelayLock
 from outbox_relay.web import WEBHOOK_PATH, create_app
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -365,7 +366,7 @@ def test_serve_alone_judges_the_relay_by_its_heartbeat(tmp_path):
     with relay_process(tmp_path, command="serve") as serve:
         assert serve.proc.poll() is None
         h = health(serve.url)
-        assert h.status == 503 and "no relay heartbeat" in h.json()["reasons"][0]
+        assert h.status == 503 and "no relay is running" in h.json()["reasons"][0]
         assert post(serve.url, flat("om_serve_1")).status == 200  # storing does not need a relay
         # A separate relay on the same outbox (no HTTP) writes its heartbeat and drains.
         relay = subprocess.Popen([CLI, "run", "--no-http", "--outbox", serve.outbox,
@@ -381,16 +382,19 @@ def test_serve_alone_judges_the_relay_by_its_heartbeat(tmp_path):
             relay.send_signal(signal.SIGTERM)
             _, err = relay.communicate(timeout=20)
         assert relay.returncode == 0, err
-        # A heartbeat that has gone stale, or that reports the target down too long -> 503.
+        # A relay that holds the lock but whose heartbeat has gone stale, or that reports the target
+        # down too long -> 503.
         box = Outbox(serve.outbox)
         try:
+            stuck = RelayLock(serve.outbox).acquire()
             beat = box.get_meta("relay")
             box.set_meta("relay", dict(beat, beat_at=time.time() - 3600))
             assert "heartbeat is 3600 s old" in health(serve.url).json()["reasons"][0]
             box.set_meta("relay", dict(beat, beat_at=time.time(), unavailable_since=time.time() - 900,
                                        last_error="connection refused"))
             h = health(serve.url)
-            assert h.status == 503 and "target unreachable for 900 s" in h.json()["reasons"][0]
+            assert h.status == 503 and "has not reached the target for 900 s" in h.json()["reasons"][0]
+            stuck.release()
         finally:
             box.close()
         assert serve.stop() == 0
@@ -460,7 +464,7 @@ def test_healthz_503_while_target_unreachable_past_threshold_then_200(tmp_path, 
         assert r.status == 200 and r.json()["duplicate"] is False
         h = wait_until(lambda: (lambda h: h.status == 503 and h)(health(s.url)), timeout=15,
                        what="503 once the target has been down past unhealthy_after")
-        assert "target unreachable" in h.json()["reasons"][0]
+        assert "has not reached the target for" in h.json()["reasons"][0]
         assert h.json()["checks"]["relay"]["target_unavailable_for"] > 1
         assert metric(scrape(s.url), "outbox_relay_relay_errors_total") >= 1
         private_pg.start()

@@ -16,7 +16,8 @@ from outbox_relay.errors import RowRejected, TargetUnavailable
 from outbox_relay.message import normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
-from outbox_relay.target import Target, classify
+from outbox_relay.targets import open_target
+from outbox_relay.targets.postgres import PostgresTarget
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
@@ -44,7 +45,7 @@ def flats(n, prefix="om", **extra):
 
 @pytest.fixture
 def target(pg_url):
-    t = Target(pg_url, pool_size=2, host_name="host-a")
+    t = open_target(pg_url, pool_size=2, host_name="host-a")
     t.init_db()
     yield t
     t.close()
@@ -117,10 +118,10 @@ def test_write_is_idempotent(target, pg_url):
 
 
 def test_sqlite_target_writes_and_is_idempotent(tmp_path):
-    t = Target(f"sqlite:///{tmp_path}/archive.db")
+    t = open_target(f"sqlite:///{tmp_path}/archive.db")
     try:
         t.init_db()
-        assert t.dialect == "sqlite" and "SQLite archive" in t.describe()
+        assert t.name == "sqlite" and "SQLite archive" in t.describe()
         assert t.write(rows_of(flats(50))) == 50
         assert t.write(rows_of(flats(60))) == 10
         assert t.count() == 60
@@ -134,7 +135,7 @@ def test_sqlite_target_writes_and_is_idempotent(tmp_path):
 
 def test_stopped_server_is_target_unavailable_and_the_pool_recovers(private_pg):
     private_pg.execute("CREATE DATABASE relay")
-    t = Target(private_pg.url("relay"), connect_timeout=3)
+    t = open_target(private_pg.url("relay"), connect_timeout=3)
     try:
         t.init_db()
         assert t.write(rows_of(flats(10))) == 10          # leaves a pooled connection behind
@@ -154,7 +155,7 @@ def test_stopped_server_is_target_unavailable_and_the_pool_recovers(private_pg):
 
 def test_unreachable_target_error_never_shows_the_password():
     port = pgharness.free_port()
-    t = Target(f"postgresql://relay:s3cret-pw@127.0.0.1:{port}/db", connect_timeout=2)
+    t = open_target(f"postgresql://relay:s3cret-pw@127.0.0.1:{port}/db", connect_timeout=2)
     try:
         with pytest.raises(TargetUnavailable) as err:
             t.write(rows_of(flats(1)))
@@ -187,7 +188,7 @@ def test_value_too_long_and_check_violation_are_row_rejected(target, pg_url):
 
 
 def test_statement_timeout_is_transient(target, pg_url):
-    t = Target(pg_url, statement_timeout=1)
+    t = open_target(pg_url, statement_timeout=1)
     blocker = psycopg2.connect(pg_url)
     try:
         with blocker.cursor() as cur:
@@ -209,16 +210,16 @@ def test_role_without_privileges_is_transient_not_a_row_error(pg_server, pg_url)
     pg_server.execute(f'DROP ROLE IF EXISTS "{role}"')
     pg_server.create_role(role)
     try:
-        setup = Target(pg_url)
+        setup = open_target(pg_url)
         setup.init_db()
         setup.close()
         url = pg_url.replace("postgres@", f"{role}@", 1)
-        t = Target(url)
+        t = open_target(url)
         try:
             with pytest.raises(TargetUnavailable) as err:   # 42501: the rows are fine, the grant is not
                 t.write(rows_of(flats(1)))
             assert err.value.sqlstate == "42501"
-            assert classify(err.value) is err.value
+            assert t.classify(err.value) is err.value
         finally:
             t.close()
     finally:
@@ -231,12 +232,12 @@ def test_role_without_privileges_is_transient_not_a_row_error(pg_server, pg_url)
 
 
 def test_pool_never_holds_more_than_pool_size_connections(private_pg):
-    """Eight threads share one Target(pool_size=2) under a role with CONNECTION LIMIT 2:
+    """Eight threads share one open_target(pool_size=2) under a role with CONNECTION LIMIT 2:
     they queue for the pool instead of opening connections; nothing fails."""
     private_pg.execute("CREATE DATABASE relay")
     private_pg.create_role("relay", connection_limit=2)
     private_pg.execute("GRANT ALL ON SCHEMA public TO relay", dbname="relay")
-    t = Target(private_pg.url("relay", user="relay"), pool_size=2)
+    t = open_target(private_pg.url("relay", user="relay"), pool_size=2)
     t.init_db(trigram=False)
     counts, errors, done = [], [], threading.Event()
     sampler = private_pg.connect()
@@ -295,7 +296,7 @@ def test_connection_killed_while_pooled_is_discarded_not_reused(target, pg_serve
 
 
 def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
-    t = Target(pg_url)
+    t = open_target(pg_url)
     try:
         assert t.schema_version() == 0
         assert t.init_db() == {"from_version": 0, "version": 1, "trigram": "created"}
@@ -310,9 +311,8 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
         # A later release adds a migration: only the missing step runs, the data stays.
         original = schema.target_migrations
 
-        def with_v2(dialect, table):
-            return original(dialect, table) + [
-                [f"ALTER TABLE {schema.quote_ident(table)} ADD COLUMN lang varchar(16)"]]
+        def with_v2(db, table):
+            return original(db, table) + [[f"ALTER TABLE {db.quote(table)} ADD COLUMN lang varchar(16)"]]
         monkeypatch.setattr(schema, "target_migrations", with_v2)
         assert t.init_db() == {"from_version": 1, "version": 2, "trigram": "created"}
         assert t.init_db()["from_version"] == 2           # ADD COLUMN would fail if run twice
@@ -326,7 +326,7 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
 
 def test_concurrent_init_db_from_many_relays(pg_url):
     """Relays on several hosts start at once against an empty database: all succeed."""
-    targets = [Target(pg_url) for _ in range(4)]
+    targets = [open_target(pg_url) for _ in range(4)]
     barrier = threading.Barrier(len(targets))
     results, errors = [], []
 
@@ -359,15 +359,15 @@ def test_ddl_printed_for_the_dba_creates_a_working_table(pg_server, pg_url, tmp_
     pg_server.execute(f'DROP ROLE IF EXISTS "{role}"')
     pg_server.create_role(role)
     url = pg_url.replace("postgres@", f"{role}@", 1)
-    t = Target(url)
+    t = open_target(url)
     try:
-        early = Target(url)
+        early = open_target(url)
         assert early.ensure_schema() is False              # 42501 on CREATE: warned, not raised
         early.close()
         dba = psycopg2.connect(pg_url)
         dba.autocommit = True
         with dba.cursor() as cur:
-            cur.execute(schema.schema_sql("postgresql", "feishu_messages"))
+            cur.execute(schema.schema_sql(PostgresTarget, "feishu_messages"))
             granted = "feishu_messages, outbox_relay_schema" if version_table_readable else "feishu_messages"
             cur.execute(f'GRANT SELECT, INSERT ON {granted} TO "{role}"')
         dba.close()
@@ -392,7 +392,7 @@ def test_check_reports_version_latency_and_connections(private_pg):
     private_pg.execute("CREATE DATABASE relay")
     private_pg.create_role("relay", connection_limit=2)
     private_pg.execute("GRANT ALL ON SCHEMA public TO relay", dbname="relay")
-    t = Target(private_pg.url("relay", user="relay"), pool_size=2)
+    t = open_target(private_pg.url("relay", user="relay"), pool_size=2)
     try:
         t.init_db(trigram=False)
         info = t.check()

@@ -41,8 +41,10 @@ except ImportError:
 
 from outbox_relay import feishu
 from outbox_relay.config import Config
+from outbox_relay.errors import OutboxUnavailable
 from outbox_relay.outbox import Outbox
-from outbox_relay.web import WEBHOOK_PATH, create_app, probe_writable
+from outbox_relay.sqlitefile import SqliteFile
+from outbox_relay.web import WEBHOOK_PATH, create_app
 
 SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
 FEISHU_TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"  # header.token of the v2 samples
@@ -508,13 +510,16 @@ def test_healthz_json(tmp_path):
         h = wait_until(lambda: (lambda h: h.status == 200 and h)(health(s.url)), timeout=10, what="healthy")
         body = h.json()
         assert body["ok"] is True and body["reasons"] == []
-        assert body["checks"]["outbox"]["ok"] and body["checks"]["relay"]["alive"]
+        assert body["checks"]["outbox"]["ok"] and body["checks"]["relay"]["running"]
         assert h.headers["cache-control"] == "no-store"
 
 
 def test_the_writability_probe_writes_nothing_and_creates_nothing(tmp_path):
     path = str(tmp_path / "outbox.db")
-    with pytest.raises(sqlite3.OperationalError):
+    def probe_writable(path, timeout):
+        SqliteFile(path).probe_writable(timeout)
+
+    with pytest.raises(OutboxUnavailable):
         probe_writable(path, 0.1)  # missing: an error, not a new empty outbox
     assert not os.path.exists(path)
     with Outbox(path) as box:
@@ -525,7 +530,7 @@ def test_the_writability_probe_writes_nothing_and_creates_nothing(tmp_path):
         conn = sqlite3.connect(path, isolation_level=None)
         conn.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         try:
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with pytest.raises(OutboxUnavailable, match="locked"):
                 probe_writable(path, 0.1)
         finally:
             conn.execute("ROLLBACK")

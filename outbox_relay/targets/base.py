@@ -1,0 +1,395 @@
+"""What every target database does the same way: one unit of work per transaction through a small
+pool, the batch write, the schema's version, diagnostics. Each database is a subclass that says
+only what differs (huey's storage split, peewee's pool mixins): how to connect, the SQL types and
+clock, the bulk insert that makes a re-sent batch harmless, and which driver errors mean what.
+
+Driver errors are classified once, here (`classify`): the relay only ever sees TargetUnavailable
+(wait and retry, rows stay pending) or RowRejected (the data itself is refused: isolate the row).
+"""
+
+import contextlib
+import json
+import logging
+import socket
+import time
+
+from .. import schema
+from ..config import mask_url
+from ..errors import RowRejected, TargetError, TargetUnavailable
+from ..timeconv import ms_to_iso, s_to_iso
+
+log = logging.getLogger(__name__)
+
+
+class Tx:
+    """One open transaction: `execute` a statement and get its rows (or [] for none)."""
+
+    def __init__(self, conn):
+        self.conn = conn  # the raw DB-API connection, for what only a driver can do (COPY)
+        self.rowcount = None
+
+    def execute(self, sql, params=None):
+        cur = self.conn.cursor()
+        try:
+            # None, not (): with any params at all psycopg2 and PyMySQL read % in the SQL as a format.
+            cur.execute(sql) if params is None else cur.execute(sql, params)
+            self.rowcount = cur.rowcount
+            return cur.fetchall() if cur.description is not None else []
+        finally:
+            cur.close()
+
+    def value(self, sql, params=None):
+        """The first column of the first row, or None."""
+        rows = self.execute(sql, params)
+        return rows[0][0] if rows else None
+
+
+class Target:
+    """One target database. Thread-safe; holds at most `pool_size` connections."""
+
+    name = None              # "postgresql", "sqlite" …: shown to people and in `check`
+    param = "?"              # the driver's placeholder
+    quote_char = '"'
+    # Our column types (schema.COLUMNS) in this database's SQL; "now" is its clock as a column
+    # default, "empty" a default of '' on a text column where it may have one.
+    types = {}
+    search_index_note = ""   # what the optional search index needs, for `schema --sql`
+
+    def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
+                 statement_timeout=30, host_name=None, create=True):
+        self.url = url
+        self.table = schema.check_table_name(table)
+        self.quoted = self.quote(table)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        self.host_name = host_name or socket.gethostname()
+        self.db = self.open_database(self.connect_args(url), create)
+        self._schema_checked = False
+
+    # -- what each database says for itself --------------------------------------------------
+
+    @classmethod
+    def connect_args(cls, url):
+        """The URL -> the driver's connect keyword arguments. Raises ConfigError."""
+        raise NotImplementedError
+
+    def open_database(self, kwargs, create):
+        """A peewee Database (a pool where the database has connections to pool)."""
+        raise NotImplementedError
+
+    def describe(self):
+        return f"{self.name} {self.display_url} (table {self.table})"
+
+    def classify_driver_error(self, exc, text):
+        """A TargetError for what this driver's error means, or None for "transient"."""
+        return None
+
+    def insert_batch(self, tx, values):
+        """Insert rows of column values (schema.TARGET_COLUMNS order), keeping the row already
+        there for a message_id: a re-sent batch must be harmless. -> how many were new."""
+        raise NotImplementedError
+
+    def ddl_lock(self, tx):
+        """Serialise schema changes between relays starting at once (where the database can)."""
+
+    def table_exists(self, tx, name):
+        raise NotImplementedError
+
+    def server_info(self, tx):
+        """Server version and connection figures for `check`."""
+        raise NotImplementedError
+
+    def contains(self, column, keyword):
+        """(SQL condition, parameter): `column` holds `keyword` literally, ASCII case ignored."""
+        raise NotImplementedError
+
+    def day_of(self, column):
+        """SQL for the UTC day (YYYY-MM-DD text) of a timestamp column."""
+        raise NotImplementedError
+
+    @classmethod
+    def search_index_statements(cls, table):
+        """Optional DDL for fast substring search, applied where permitted; [] where none exists."""
+        return []
+
+    def created_value(self, ms):
+        """Epoch ms -> what this database takes for a timestamp column (also search bounds)."""
+        return ms_to_iso(ms)
+
+    def received_value(self, seconds):
+        return s_to_iso(seconds)
+
+    def pool_stats(self):
+        """(in use, idle) target connections, or None where nothing is pooled."""
+        return None
+
+    def _discard(self):
+        """Throw the current connection away (its state is in doubt)."""
+        self.db.close()
+
+    # -- DDL in this database's words (schema.py decides what the table is) ---------------------
+
+    @classmethod
+    def quote(cls, name):
+        q = cls.quote_char
+        return ".".join(f"{q}{part}{q}" for part in schema.check_table_name(name).split("."))
+
+    @classmethod
+    def create_table_statements(cls, table):
+        t = cls.quote(table)
+        statements = [f"CREATE TABLE IF NOT EXISTS {t} (\n" + ",\n".join(schema.column_lines(cls)) + "\n)"]
+        for suffix, columns in schema.INDEXES:
+            statements.append(f"CREATE INDEX IF NOT EXISTS {cls.quote(schema.index_name(table, suffix))}"
+                              f" ON {t} ({', '.join(columns)})")
+        return statements
+
+    @classmethod
+    def version_table_sql(cls):
+        return (f"CREATE TABLE IF NOT EXISTS {schema.VERSION_TABLE} (table_name varchar(130) PRIMARY KEY,"
+                f" version integer NOT NULL, applied_at {cls.types['time']} NOT NULL"
+                f" DEFAULT {cls.types['now']})")
+
+    @classmethod
+    def upsert_version_sql(cls, table_literal, version_literal):
+        return (f"INSERT INTO {schema.VERSION_TABLE} (table_name, version, applied_at) VALUES"
+                f" ({table_literal}, {version_literal}, {cls.types['now']})"
+                f" {cls.upsert_clause('table_name', ('version', 'applied_at'))}")
+
+    @classmethod
+    def upsert_clause(cls, key, columns):
+        """What makes an INSERT overwrite `columns` of the row that already has this `key`."""
+        return (f"ON CONFLICT ({key}) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in columns))
+
+    @classmethod
+    def record_version_sql(cls, table, version):
+        return cls.upsert_version_sql(f"'{schema.check_table_name(table)}'", str(int(version)))
+
+    @property
+    def display_url(self):
+        return mask_url(self.url)
+
+    # -- one unit of work ---------------------------------------------------------------------
+
+    def close(self):
+        try:
+            self.db.close_all() if hasattr(self.db, "close_all") else self.db.close()
+        except Exception:  # closing a broken connection must not hide the real error
+            log.debug("closing the target failed", exc_info=True)
+
+    def _checkout(self):
+        try:
+            self.db.connect(reuse_if_open=True)
+            return self.db.connection()
+        except Exception as e:
+            raise self.classify(e) from None
+
+    def _release(self, error=None):
+        """Return the connection to the pool; throw it away when its state is in doubt."""
+        if self.db.is_closed():
+            return
+        try:
+            self._discard() if error is not None and error.transient else self.db.close()
+        except Exception:
+            log.debug("releasing a target connection failed", exc_info=True)
+            with contextlib.suppress(Exception):
+                self._discard()
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """A Tx inside BEGIN … COMMIT on a pooled connection; any failure classified, rolled back,
+        and the connection released (or thrown away when its state is in doubt)."""
+        conn = self._checkout()
+        tx = Tx(conn)
+        # peewee keeps its connections in autocommit mode and opens transactions itself; we do the
+        # same, explicitly, so a batch is exactly one transaction.
+        try:
+            tx.execute("BEGIN")
+            yield tx
+            tx.execute("COMMIT")
+        except Exception as e:
+            error = self.classify(e)
+            try:
+                tx.execute("ROLLBACK")
+            except Exception:
+                # The connection cannot even roll back: it is broken, whatever the first error said.
+                error = error if error.transient else TargetUnavailable(str(error), error.sqlstate)
+            self._release(error)
+            raise error from None
+        self._release()
+
+    def run(self, fn):
+        """fn(raw DB-API connection) inside one transaction; commit; classify any failure."""
+        with self.transaction() as tx:
+            return fn(tx.conn)
+
+    def query(self, sql, params=None):
+        """One statement in a transaction of its own -> its rows."""
+        with self.transaction() as tx:
+            return tx.execute(sql, params)
+
+    def classify(self, exc):
+        """Any driver error -> TargetUnavailable (transient) or RowRejected (about the rows)."""
+        if isinstance(exc, TargetError):
+            return exc
+        orig = _unwrap(exc)
+        text = _error_text(orig)
+        return self.classify_driver_error(orig, text) or TargetUnavailable(text)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write(self, rows):
+        """rows: [(outbox_id, Message, received_at_epoch_s)]. -> number of rows that were new."""
+        if not rows:
+            return 0
+        try:
+            values = [self._values(outbox_id, m, received) for outbox_id, m, received in rows]
+        except (ValueError, OverflowError, OSError) as e:
+            # A row we cannot even turn into column values (a date outside years 1-9999, stored
+            # by an older release) is about the data: isolate it. Not the raw error, which the
+            # relay would retry forever with every batch stuck behind that row.
+            raise RowRejected(f"cannot be written to the target: {e}") from None
+        with self.transaction() as tx:
+            return self.insert_batch(tx, values)
+
+    def _values(self, outbox_id, m, received_at):
+        created = m.created_at if m.created_at is not None else int(received_at * 1000)
+        return (m.message_id, m.chat_id, m.chat_type, m.thread_id, m.root_id, m.parent_id,
+                m.sender_id, m.sender_type, m.msg_type or "text", _json(m.content), m.text or "",
+                _json(m.mentions), self.created_value(created), m.source, _json(m.raw),
+                self.received_value(received_at), self.host_name, outbox_id)
+
+    # -- schema -------------------------------------------------------------------------------------
+
+    def schema_sql(self):
+        return schema.schema_sql(type(self), self.table)
+
+    def schema_version(self):
+        """The applied version of our table, 0 when absent. Raises TargetUnavailable."""
+        with self.transaction() as tx:
+            if not self.table_exists(tx, schema.VERSION_TABLE):
+                return 0
+            version = tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
+                               (self.table,))
+            return version or 0
+
+    def init_db(self, trigram=True):
+        """Apply the missing migrations; then the search index where permitted. -> report dict."""
+        migrations = schema.target_migrations(type(self), self.table)
+        with self.transaction() as tx:
+            # Two relays starting at once must not both run the DDL: the lock comes first, since
+            # even CREATE TABLE IF NOT EXISTS fails (PostgreSQL: 23505 on pg_type) when two race.
+            self.ddl_lock(tx)
+            tx.execute(self.version_table_sql())
+            current = tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
+                               (self.table,)) or 0
+            for stmts in migrations[current:]:
+                for sql in stmts:
+                    tx.execute(sql)
+            tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
+        report = {"from_version": current, "version": len(migrations), "trigram": None}
+        if trigram and self.search_index_statements(self.table):
+            report["trigram"] = self._try_search_index()
+        return report
+
+    def _try_search_index(self):
+        try:
+            with self.transaction() as tx:
+                self.ddl_lock(tx)  # CREATE EXTENSION IF NOT EXISTS races the same way
+                for sql in self.search_index_statements(self.table):
+                    tx.execute(sql)
+            return "created"
+        except TargetError as e:
+            if e.transient and e.sqlstate is None:
+                raise
+            log.warning("search index not created (%s); search falls back to a plain scan", e)
+            return f"not created: {e}"
+
+    def ensure_schema(self):
+        """Create or migrate the table when we may; when we may not, say what the DBA must run.
+        Once it has succeeded (or told the DBA), later calls return False at once: the relay
+        calls it before every batch, so a target that was down at start-up gets its table."""
+        if self._schema_checked:
+            return False
+        migrations = schema.target_migrations(type(self), self.table)
+        try:
+            # The version table may be unreadable too: a DBA who ran the DDL often grants
+            # the app role only what it needs on the messages table.
+            if self.schema_version() >= len(migrations):
+                self._schema_checked = True
+                return False
+            self.init_db(trigram=True)
+        except TargetUnavailable as e:
+            if e.sqlstate and e.sqlstate.startswith("42"):
+                log.warning("cannot check or create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
+                            self.table, e)
+                self._schema_checked = True
+                return False
+            raise
+        self._schema_checked = True
+        return True
+
+    # -- reading and diagnostics ---------------------------------------------------------------------
+
+    def ping(self):
+        """Round trip in seconds. Raises TargetUnavailable."""
+        with self.transaction() as tx:
+            start = time.perf_counter()
+            tx.execute("SELECT 1")
+            return time.perf_counter() - start
+
+    def check(self):
+        """Reachability, server version, latency, connections in use vs the server's and the role's limit."""
+        latency = min(self.ping() for _ in range(3))
+        with self.transaction() as tx:
+            result = {"dialect": self.name, "latency_ms": round(latency * 1000, 2), **self.server_info(tx)}
+        try:
+            result["schema_version"] = self.schema_version()
+        except TargetError as e:
+            result["schema_version"] = f"unknown: {e}"
+        result["table"] = self.table
+        return result
+
+    def count(self):
+        return self.query(f"SELECT count(*) FROM {self.quoted}")[0][0]
+
+    def existing_ids(self, message_ids):
+        """The subset of `message_ids` already in the target table (backfills skip those)."""
+        ids = list(dict.fromkeys(message_ids))
+        found = set()
+        with self.transaction() as tx:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                found.update(r[0] for r in tx.execute(
+                    f"SELECT message_id FROM {self.quoted} WHERE message_id IN"
+                    f" ({', '.join([self.param] * len(chunk))})", chunk))
+        return found
+
+    def chat_ids(self):
+        """Every chat_id the target holds a message of (backfills read these chats too)."""
+        rows = self.query(f"SELECT DISTINCT chat_id FROM {self.quoted} WHERE chat_id IS NOT NULL")
+        return sorted(r[0] for r in rows)
+
+    def delete(self, message_id):
+        """Remove one row (the end-to-end test's own message). Raises TargetError where not allowed."""
+        self.query(f"DELETE FROM {self.quoted} WHERE message_id = {self.param}", (message_id,))
+
+
+def _json(value):
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def _unwrap(exc):
+    """peewee wraps driver errors (its ExceptionWrapper): the driver's own error says more."""
+    import peewee
+    seen = set()
+    while isinstance(exc, peewee.PeeweeException) and exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
+def _error_text(exc):
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return mask_url(text)[:1000]

@@ -1,0 +1,81 @@
+"""A local SQLite archive: the embedded default, so `outbox-relay run` works on a fresh machine
+with no database server. The same table and the same answers as the servers give."""
+
+import os
+import sqlite3
+
+from .. import schema
+from ..errors import ConfigError, RowRejected, TargetUnavailable
+from .base import Target
+
+_NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+
+
+class SqliteTarget(Target):
+    name = "sqlite"
+    schemes = ("sqlite",)
+    param = "?"
+    types = {"id": "TEXT", "kind": "TEXT", "source": "TEXT", "host": "TEXT", "json": "TEXT", "text": "TEXT",
+             "time": "TEXT", "bigint": "INTEGER", "now": _NOW, "empty": " DEFAULT ''"}
+
+    @classmethod
+    def connect_args(cls, url):
+        # sqlite:///relative/path and sqlite:////absolute/path, as SQLAlchemy and peewee read them.
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path
+        if not path or path == ":memory:":
+            raise ConfigError("a sqlite target needs a file path, e.g. sqlite:///data/archive.db")
+        return {"database": path}
+
+    def open_database(self, kwargs, create):
+        import peewee
+        path = kwargs["database"]
+        # Reading commands (status, search …) pass create=False: a mistyped path must read as
+        # "does not exist", not as a new empty archive that looks healthy.
+        self._must_exist = None if create else path
+        if create:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return peewee.SqliteDatabase(
+            path, autoconnect=False, timeout=self.connect_timeout,
+            # synchronous=full: the outbox prunes what this commit acknowledged, so the commit
+            # must survive power loss (WAL + normal may roll it back), as the outbox's does.
+            pragmas={"journal_mode": "wal", "synchronous": "full",
+                     "busy_timeout": self.connect_timeout * 1000})
+
+    @property
+    def path(self):
+        return os.path.abspath(self.db.database)
+
+    def describe(self):
+        return f"SQLite archive {self.path} (table {self.table})"
+
+    def _checkout(self):
+        if self._must_exist and not os.path.exists(self._must_exist):
+            raise TargetUnavailable(f"the SQLite archive {self.path} does not exist "
+                                    "(nothing relayed here yet, or a wrong --target)")
+        return super()._checkout()
+
+    def classify_driver_error(self, exc, text):
+        if isinstance(exc, sqlite3.IntegrityError):
+            return RowRejected(text)
+        return None
+
+    def insert_batch(self, tx, values):
+        cols = ", ".join(schema.TARGET_COLUMNS)
+        marks = ", ".join("?" * len(schema.TARGET_COLUMNS))
+        before = tx.conn.total_changes
+        tx.conn.executemany(f"INSERT INTO {self.quoted} ({cols}) VALUES ({marks})"
+                            " ON CONFLICT (message_id) DO NOTHING", values)
+        return tx.conn.total_changes - before
+
+    def table_exists(self, tx, name):
+        return bool(tx.value("SELECT count(*) FROM sqlite_master WHERE name = ?", (name,)))
+
+    def server_info(self, tx):
+        return {"server_version": "SQLite " + tx.value("SELECT sqlite_version()"), "path": self.path}
+
+    def contains(self, column, keyword):
+        return f"instr(lower({column}), lower(?)) > 0", keyword
+
+    def day_of(self, column):
+        return f"substr({column}, 1, 10)"

@@ -1,0 +1,63 @@
+"""Time conversion has one home (outbox_relay/timeconv.py). The read side used to divide epoch ms
+as a float and showed the last millisecond of 9999 as .998; these tests pin the exact values,
+end to end through a real archive and the CLI's search."""
+
+import json
+
+import pytest
+from cliutil import run_cli
+
+from outbox_relay import timeconv
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
+from outbox_relay.targets import open_target
+
+LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the largest created_at a message may carry
+
+
+@pytest.mark.parametrize("ms,iso", [
+    (0, "1970-01-01T00:00:00.000+00:00"),
+    (1_700_000_000_123, "2023-11-14T22:13:20.123+00:00"),
+    (LAST_MS, "9999-12-31T23:59:59.999+00:00"),
+    (-62135596800000, "0001-01-01T00:00:00.000+00:00"),
+])
+def test_ms_and_iso_round_trip_exactly(ms, iso):
+    assert timeconv.ms_to_iso(ms) == iso
+    assert timeconv.iso_to_ms(iso) == ms
+    assert timeconv.to_ms(timeconv.ms_to_datetime(ms)) == ms
+    assert timeconv.to_ms(iso.replace("+00:00", "Z")) == ms
+
+
+def test_every_millisecond_of_a_late_second_survives():
+    base = LAST_MS - 999
+    assert [timeconv.iso_to_ms(timeconv.ms_to_iso(base + i)) for i in range(1000)] == [base + i for i in range(1000)]
+
+
+def test_parse_when_ages_and_dates():
+    now = 1_800_000_000.0
+    assert timeconv.parse_when("7d", now=now) == int(now * 1000) - 7 * 86_400_000
+    assert timeconv.parse_when("2026-11-01") == timeconv.iso_to_ms("2026-11-01T00:00:00+00:00")
+    assert timeconv.parse_when("2026-11-01T08:00+08:00") == timeconv.iso_to_ms("2026-11-01T00:00:00Z")
+    with pytest.raises(ValueError, match="--until 'soon'"):
+        timeconv.parse_when("soon", "--until")
+
+
+def test_search_shows_the_exact_created_at_of_a_late_message(hermetic, tmp_path):
+    outbox_path, url = str(tmp_path / "outbox.db"), f"sqlite:///{tmp_path / 'archive.db'}"
+    target = open_target(url)
+    with Outbox(outbox_path) as outbox:
+        # ISO text: epoch numbers this large read as microseconds (the normalizer infers the unit).
+        outbox.put({"message_id": "om_late", "chat_id": "oc_1", "text": "late needle",
+                    "create_time": "9999-12-31T23:59:59.999Z"})
+        outbox.put({"message_id": "om_wait", "chat_id": "oc_1", "text": "late needle",
+                    "create_time": "9999-12-31T23:59:59.998Z"})
+        Relay(outbox, target).step()  # om_late and om_wait both delivered
+        outbox.put({"message_id": "om_new", "chat_id": "oc_1", "text": "late needle",
+                    "create_time": "9999-12-31T23:59:59.997Z"})
+    target.close()
+    result = run_cli("search", "needle", "--json", "--outbox", outbox_path, "--target", url)
+    assert result.exit_code == 0, result.output
+    found = {r["message_id"]: (r["created_at"], r["where"]) for r in json.loads(result.output)["results"]}
+    assert found == {"om_late": ("9999-12-31T23:59:59.999+00:00", "target"),
+                     "om_wait": ("9999-12-31T23:59:59.998+00:00", "target"),
+                     "om_new": ("9999-12-31T23:59:59.997+00:00", "outbox (pending)")}
