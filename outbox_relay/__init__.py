@@ -6,6 +6,7 @@ from .errors import (  # noqa: E402
     ConfigError,
     InvalidMessage,
     NotAMessage,
+    OutboxCorrupt,
     OutboxError,
     OutboxFull,
     OutboxRelayError,
@@ -40,5 +41,6 @@ def __getattr__(name):
 __all__ = [
     "__version__", "Outbox", "PutResult", "Message", "normalize", "Relay", "Target", "open_target", "Config",
     "OutboxRelayError", "InvalidMessage", "NotAMessage", "OutboxError", "OutboxFull",
-    "OutboxUnavailable", "RelayLocked", "ConfigError", "TargetError", "TargetUnavailable", "RowRejected",
+    "OutboxUnavailable", "OutboxCorrupt", "RelayLocked", "ConfigError", "TargetError", "TargetUnavailable",
+    "RowRejected",
 ]

@@ -76,14 +76,14 @@ def _report(data, as_json, formatter):
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str) if as_json else formatter(data))
 
 
-def _open_outbox(cfg, create=True):
+def _open_outbox(cfg, create=True, readonly=False):
     if not create and not os.path.exists(cfg.outbox):
         # A reading command run from the wrong directory must not invent an empty, healthy-looking outbox.
         raise click.ClickException(
             f"outbox {os.path.abspath(cfg.outbox)} does not exist: run this where the service runs, "
             "or give --outbox / OUTBOX_RELAY_OUTBOX")
     try:
-        return cfg.open_outbox()
+        return cfg.open_outbox(readonly=readonly)
     except OutboxError as e:
         raise click.ClickException(str(e)) from None
 
@@ -99,10 +99,11 @@ def _open_target(cfg, create=True):
 
 
 @contextlib.contextmanager
-def _opened(cfg, outbox=True, target=True, create=True):
+def _opened(cfg, outbox=True, target=True, create=True, readonly=False):
     """(outbox, target) for one command, closed however it ends; None for what is not wanted.
-    create=False for commands that only look: a missing outbox is an error, not a new file."""
-    box = _open_outbox(cfg, create) if outbox else None
+    create=False: a missing outbox is an error, not a new file. readonly=True for commands that
+    only look: they work on a full disk and in a read-only directory, and never write."""
+    box = _open_outbox(cfg, create, readonly) if outbox else None
     try:
         tgt = _open_target(cfg, create) if target else None
         try:
@@ -233,7 +234,7 @@ def import_json(path, cfg, as_json):
 @friendly_errors
 def status(cfg, as_json, no_target):
     """Outbox counts per state, oldest pending age, relay heartbeat, target reachability, warnings."""
-    with _opened(cfg, target=not no_target, create=False) as (outbox, target):
+    with _opened(cfg, target=not no_target, create=False, readonly=True) as (outbox, target):
         report = ops.collect_status(cfg, outbox, target)
     _report(report, as_json, ops.format_status)
 
@@ -250,7 +251,7 @@ def health(cfg, as_json):
     degraded.
     """
     try:
-        with _opened(cfg, create=False) as (outbox, target):
+        with _opened(cfg, create=False, readonly=True) as (outbox, target):
             report = ops.collect_status(cfg, outbox, target)
         code, line = ops.health_verdict(report)
     except click.ClickException as e:  # no outbox, unreadable outbox: that is "down" to a monitor
@@ -311,7 +312,8 @@ def sync(cfg, max_batches, timeout, as_json):
             ensure_schema_or_warn(target)
             relay = Relay(outbox, target, batch_size=cfg.batch_size)
             restore = two_signal_shutdown(relay.stop)
-            timer = threading.Timer(timeout, relay.stop) if timeout else None
+            timed_out = threading.Event()
+            timer = threading.Timer(timeout, lambda: (timed_out.set(), relay.stop())) if timeout else None
             if timer is not None:
                 timer.daemon = True
                 timer.start()
@@ -334,8 +336,10 @@ def sync(cfg, max_batches, timeout, as_json):
                    f"{report['batches']} batches; {report['dead']} dead; outbox now: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if counts["pending"] or counts["parked"]:
+        why = (f"timed out after {timeout:g} s" if timed_out.is_set()
+               else "stopped" if relay.stopping else f"--max-batches {max_batches} reached")
         raise click.ClickException(f"{counts['pending'] + counts['parked']} message(s) still waiting "
-                                   "in the outbox (stopped before the drain finished)")
+                                   f"in the outbox ({why} before the drain finished)")
 
 
 # -- target tools ------------------------------------------------------------------------------
@@ -350,6 +354,8 @@ def check(cfg, as_json):
         info = target.check()
     info["target"] = target.display_url
     _report(info, as_json, ops.format_check)
+    if info.get("table_problems"):
+        raise click.ClickException("the table cannot take messages as it is: " + "; ".join(info["table_problems"]))
 
 
 @cli.command()
@@ -373,9 +379,12 @@ def init_db(cfg, no_trigram):
     """Create or migrate the target table (and the trigram search index where permitted)."""
     with _opened(cfg, outbox=False) as (_, target):
         report = target.init_db(trigram=not no_trigram)
+        problems = target.table_problems()
     click.echo(f"{target.describe()}: schema version {report['from_version']} -> {report['version']}")
     if report["trigram"]:
         click.echo(f"trigram index: {report['trigram']}")
+    if problems:
+        raise click.ClickException("the table cannot take messages as it is: " + "; ".join(problems))
 
 
 @cli.command()
@@ -386,7 +395,7 @@ def init_db(cfg, no_trigram):
 @friendly_errors
 def dead(cfg, parked, limit, as_json):
     """List rows the target refused (dead), with the database's error."""
-    with _opened(cfg, target=False, create=False) as (outbox, _):
+    with _opened(cfg, target=False, create=False, readonly=True) as (outbox, _):
         rows = outbox.rows("parked" if parked else "dead", limit)
     if as_json:
         _emit_json(rows)
@@ -446,7 +455,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
         until_ms = parse_when(until, "--until")
     except ValueError as e:
         raise click.UsageError(str(e)) from None
-    with _opened(cfg, create=False) as (outbox, target):
+    with _opened(cfg, create=False, readonly=True) as (outbox, target):
         result = search_messages(outbox, target, keyword, chat=chat, sender=sender, msg_type=msg_type,
                                  since_ms=since_ms, until_ms=until_ms, limit=limit)
     _report(result, as_json, ops.format_search)
@@ -462,7 +471,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
 def stats(cfg, days, top, as_json):
     """Totals, messages per day, top chats and senders, by type; outbox state; connections used."""
     from .query import collect_stats
-    with _opened(cfg, create=False) as (outbox, target):
+    with _opened(cfg, create=False, readonly=True) as (outbox, target):
         result = collect_stats(outbox, target, days=days, top=top)
     _report(result, as_json, ops.format_stats)
 

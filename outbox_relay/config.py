@@ -64,6 +64,8 @@ SETTINGS = (
     Setting("unhealthy_after", 300, "float",
             "seconds the target may be unreachable before health reports down", minimum=1),
     Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
+    Setting("check_interval", 600.0, "float",
+            "seconds between integrity checks (quick_check) of the outbox file by the relay", minimum=1),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -90,9 +92,9 @@ class _Settings:
         return dict(max_pending=self.max_pending, overflow=self.overflow, synchronous=self.synchronous,
                     busy_timeout=self.busy_timeout, keep_delivered=self.keep_delivered)
 
-    def open_outbox(self):
+    def open_outbox(self, readonly=False):
         from .outbox import Outbox
-        return Outbox(self.outbox, **self.outbox_kwargs())
+        return Outbox(self.outbox, readonly=readonly, **self.outbox_kwargs())
 
     def __repr__(self):
         # Never the dataclass default: it would print tokens and the URL's password.

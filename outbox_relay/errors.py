@@ -37,6 +37,11 @@ class OutboxUnavailable(OutboxError):
     """Raised when the outbox cannot commit now (locked past busy_timeout, disk full, read-only)."""
 
 
+class OutboxCorrupt(OutboxUnavailable):
+    """Raised when SQLite finds the outbox file damaged (SQLITE_CORRUPT / SQLITE_NOTADB, or a failed
+    quick_check): stop writing into it and run `outbox-relay recover`."""
+
+
 class RelayLocked(OutboxRelayError):
     """Raised when another relay already works this outbox (the lock beside the file is held)."""
 

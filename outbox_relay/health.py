@@ -10,6 +10,7 @@ import dataclasses
 import time
 
 from .errors import OutboxError, RelayLocked
+from .outboxfile import replaced_warning
 from .sync import BACKOFF_MAX, Heartbeat, RelayLock
 
 # Undelivered messages older than this while a relay runs mean it is behind.
@@ -79,6 +80,7 @@ class Facts:
     counts: dict | None = None
     oldest_pending_age: float | None = None
     outbox_problem: str | None = None
+    outbox_warnings: list = dataclasses.field(default_factory=list)
     target_error: str | None = None     # a direct round trip failed (None: it worked, or none was made)
     target_probed: bool = False
 
@@ -118,6 +120,7 @@ def judge(facts, cfg, *, expect_relay, now=None):
         down.append(f"target unreachable: {facts.target_error}")
     elif facts.target_error and outage is None:
         degraded.append(f"target unreachable: {facts.target_error}")
+    degraded.extend(facts.outbox_warnings)
     degraded.extend(_backlog_warnings(facts, relay))
     if down:
         return Verdict(DOWN, down + degraded)
@@ -141,9 +144,17 @@ def _backlog_warnings(facts, relay):
     return out
 
 
-def outbox_facts(outbox):
-    """(counts, oldest pending age, problem): what the outbox holds, or why it cannot say."""
+def outbox_facts(outbox, facts, *, check=False):
+    """Fill `facts` with what the outbox holds (counts, oldest pending age), what is wrong with the
+    file (damaged, replaced) and, with `check`, what SQLite's quick_check says of it."""
     try:
-        return outbox.counts(), outbox.oldest_pending_age(), None
+        if check:
+            outbox.quick_check()
+        facts.counts, facts.oldest_pending_age = outbox.counts(), outbox.oldest_pending_age()
+        replaced = replaced_warning(outbox)
     except OutboxError as e:
-        return None, None, str(e)
+        facts.outbox_problem = facts.outbox_problem or str(e)
+        return facts
+    if replaced:
+        facts.outbox_warnings.append(replaced)
+    return facts

@@ -17,14 +17,16 @@ def collect_status(cfg, outbox, target):
     """What the outbox holds, what the relay says of itself, whether the target answers, and the
     health judge's verdict over all of it."""
     now = time.time()
-    counts, age, problem = health.outbox_facts(outbox)
     view = health.outbox_view(outbox, cfg, now)
+    facts = health.outbox_facts(outbox, health.Facts(relay=view), check=True)
+    counts, age = facts.counts, facts.oldest_pending_age
     beat = view.heartbeat or health.Heartbeat()
     report = {
         "outbox": {"path": outbox.path, "counts": counts,
                    "oldest_pending_age_s": round(age, 3) if age is not None else None,
-                   "schema_version": outbox.schema_version(),
-                   "max_pending": outbox.max_pending, "overflow": outbox.overflow},
+                   "problem": facts.outbox_problem,
+                   "schema_version": outbox.schema_version() if counts is not None else None,
+                   "max_pending": outbox.max_pending, "overflow": outbox.overflow, **outbox.sizes()},
         "relay": {"running": view.running,
                   "heartbeat_age_s": round(beat.age(now), 3) if beat.beat_at else None,
                   "last_success": beat.last_success, "last_error": beat.last_error,
@@ -32,7 +34,6 @@ def collect_status(cfg, outbox, target):
                   "pid": beat.pid},
         "target": None,
     }
-    facts = health.Facts(relay=view, counts=counts, oldest_pending_age=age, outbox_problem=problem)
     if target is not None:
         entry = {"url": target.display_url, "table": target.table, "dialect": target.name}
         try:
@@ -153,10 +154,13 @@ def _age(seconds):
 
 def format_status(report):
     o, r = report["outbox"], report["relay"]
-    lines = [f"outbox   {o['path']} (schema {o['schema_version']}, max_pending {o['max_pending']}, "
-             f"overflow {o['overflow']})"]
-    lines.append(format_table(["state", "rows"], [[k, v] for k, v in o["counts"].items()]))
-    lines.append(f"oldest pending: {_age(o['oldest_pending_age_s'])}")
+    lines = [f"outbox   {o['path']} (schema {o['schema_version']}; {_bytes(o['file'])}, WAL {_bytes(o['wal'])},"
+             f" {_bytes(o['free_bytes'])} free; max_pending {o['max_pending']}, overflow {o['overflow']})"]
+    if o["counts"] is not None:
+        lines.append(format_table(["state", "rows"], [[k, v] for k, v in o["counts"].items()]))
+        lines.append(f"oldest pending: {_age(o['oldest_pending_age_s'])}")
+    else:
+        lines.append(f"OUTBOX UNREADABLE: {o['problem']}")
     lines.append(f"relay    {'running' if r['running'] else 'not running'}"
                  f"{' (pid %s)' % r['pid'] if r['running'] and r['pid'] else ''}; "
                  f"last success {_clock(r['last_success'])}; heartbeat {_age(r['heartbeat_age_s'])} ago")
@@ -171,6 +175,15 @@ def format_status(report):
     return "\n".join(lines)
 
 
+def _bytes(n):
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
 def format_check(info):
     keys = [("target", "target"), ("server_version", "server"), ("user", "user"),
             ("latency_ms", "round trip ms"), ("connections_in_use", "connections in use"),
@@ -180,6 +193,10 @@ def format_check(info):
             ("table", "table"), ("schema_version", "schema version"), ("path", "path")]
     rows = [[label, "none" if info.get(k) is None and k == "role_connection_limit" else info.get(k)]
             for k, label in keys if k in info]
+    if "table_problems" in info:
+        problems = info["table_problems"]
+        rows.append(["table columns", "; ".join(problems) if problems else "ok" if problems is not None
+                     else "no table yet (`run` creates it where allowed; else `schema --sql` for the DBA)"])
     return format_table(["check", "value"], rows)
 
 
@@ -194,7 +211,8 @@ def format_search(result):
     rows = [[r["created_at"][:19].replace("T", " ") if r["created_at"] else "", r["chat_id"], r["sender_id"],
              r["msg_type"], r["where"], " ".join((r["text"] or "").split())[:60]] for r in result["results"]]
     lines.append(format_table(["created (UTC)", "chat", "sender", "type", "where", "text"], rows))
-    lines.append(f"{result['count']} message(s)")
+    lines.append(f"{result['count']} message(s)" + (f", the newest {result['count']}: more match (raise --limit)"
+                                                     if result["truncated"] else ""))
     return "\n".join(lines)
 
 

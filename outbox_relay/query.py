@@ -44,13 +44,14 @@ def search_target(target, keyword, *, chat=None, sender=None, msg_type=None, sin
 def search_messages(outbox, target, keyword, *, limit=20, **filters):
     """Target and outbox together, newest first; a message in both is shown once (as delivered)."""
     results, target_error = {}, None
+    # One more than asked from each side: whether the list was cut at --limit is then known.
     if target is not None:
         try:
-            for row in search_target(target, keyword, limit=limit, **filters):
+            for row in search_target(target, keyword, limit=limit + 1, **filters):
                 results[row["message_id"]] = row
         except TargetError as e:
             target_error = str(e)
-    for state, m in outbox.search(keyword, limit=limit, **filters):
+    for state, m in outbox.search(keyword, limit=limit + 1, **filters):
         if m.message_id not in results:
             results[m.message_id] = _row(m.message_id, m.chat_id, m.sender_id, m.msg_type, m.text,
                                          m.created_at, m.source, f"outbox ({state})")
@@ -58,7 +59,7 @@ def search_messages(outbox, target, keyword, *, limit=20, **filters):
     for r in ordered:
         r.pop("created_ms")
     return {"keyword": keyword, "count": min(len(ordered), limit), "results": ordered[:limit],
-            "target_error": target_error}
+            "truncated": len(ordered) > limit, "target_error": target_error}
 
 
 def target_stats(target, *, days=7, top=10, now=None):

@@ -8,13 +8,15 @@ safe: a request that had not committed got no 200, the outbox is committed, and
 the target insert is idempotent.
 """
 
+import errno
+import json
 import logging
 import os
 import signal
 import threading
 import time
 
-from .errors import RelayLocked, TargetError
+from .errors import ConfigError, RelayLocked, TargetError
 from .sync import Relay, RelayLock
 from .targets import open_from_config
 
@@ -47,7 +49,8 @@ class RelayThread:
 
     def stop(self, timeout=SHUTDOWN_GRACE):
         self.relay.stop()
-        self.thread.join(timeout)
+        if self.thread.ident is not None:  # started at all (start-up may fail before)
+            self.thread.join(timeout)
         return not self.thread.is_alive()
 
 
@@ -73,20 +76,27 @@ class Service:
             self.lock = RelayLock(cfg.outbox).acquire()
             self.target = open_from_config(cfg)
             announce_target(cfg, self.target)
-            relay = Relay(self.outbox, self.target, batch_size=cfg.batch_size)
+            relay = Relay(self.outbox, self.target, batch_size=cfg.batch_size, check_interval=cfg.check_interval)
             self.relay_thread = RelayThread(relay)
-            self.relay_thread.start()
         if self.want_http:
-            self._start_http()
+            self._bind_http()  # before anything runs: a port in use is one line, nothing started
+        if self.relay_thread is not None:
+            self.relay_thread.start()
+        if self.http_server is not None:
+            self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
+            self.http_thread.start()
         return self
 
-    def _start_http(self):
+    def _bind_http(self):
         from .web import create_app
         app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread)
         host, port = self.cfg.http_address
-        self.http_server = create_http_server(app, self.cfg, host, port)
-        self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
-        self.http_thread.start()
+        try:
+            self.http_server = create_http_server(app, self.cfg, host, port)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {self.cfg.http} (--http / OUTBOX_RELAY_HTTP): {e.strerror}"
+                              + (" — is another outbox-relay running there?" if e.errno == errno.EADDRINUSE
+                                 else "")) from None
         log.info("listening on http://%s:%s (POST /webhook/feishu-message, GET /healthz, GET /metrics)",
                  host, self.http_server.effective_port)
 
@@ -127,7 +137,7 @@ class Service:
         try:
             try:
                 self.start()
-            except RelayLocked:
+            except (RelayLocked, ConfigError):
                 self.shutdown()
                 raise
             while not self._stop.wait(0.5):
@@ -186,12 +196,41 @@ def two_signal_shutdown(on_first):
 def create_http_server(app, cfg, host, port):
     """A waitress server for `app`, bound but not yet serving (call .run() on a thread)."""
     from waitress.server import create_server
-    return create_server(
+    server = create_server(
         app, host=host, port=port, threads=cfg.http_threads, ident="outbox-relay",
         clear_untrusted_proxy_headers=True, channel_timeout=30,
         # waitress refuses a body at or over this size while reading the headers (or, when chunked,
         # as soon as it grows past it), so an oversized body is never read. +1: it counts ">=".
         max_request_body_size=cfg.max_body + 1)
+    server.channel_class = _json_errors_channel()
+    return server
+
+
+def _json_errors_channel():
+    """waitress's channel, whose own refusals (a body over max_body, a malformed request) answer in
+    our JSON shape and with our numbers, not waitress's plain text ("exceeds max_body of 1048577")."""
+    from waitress.channel import HTTPChannel
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            if error.code == 413:
+                limit = self.channel.server.adj.max_request_body_size - 1
+                message = f"body is over the limit of {limit} bytes"
+            else:
+                message = f"{error.reason}: {error.body}"
+            body = json.dumps({"ok": False, "error": message}).encode("utf-8")
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.append(("Content-Type", "application/json"))
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorsChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    return JsonErrorsChannel
 
 
 def drain_http_server(server, thread, grace):

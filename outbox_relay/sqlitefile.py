@@ -3,28 +3,40 @@ its state machine (outbox.py).
 
 Each thread gets its own connection (sqlite3 connections are not shared); a fork drops the
 parent's; writers in this process take turns on a lock of ours before SQLite's; every write is one
-`BEGIN IMMEDIATE` … COMMIT; sqlite3 errors become OutboxUnavailable / OutboxError here, and only here.
+`BEGIN IMMEDIATE` … COMMIT; sqlite3 errors become OutboxUnavailable / OutboxCorrupt / OutboxError
+here, and only here, with a sentence that says what is wrong (the directory, the file, the disk).
+
+The file's identity (device, inode) is remembered once it exists and checked after every commit:
+an outbox deleted, moved away or replaced under a running process would otherwise keep taking
+commits into a file nobody will ever read. What to do then is the outbox's decision
+(`on_file_changed`); this module notices, and can open the file now at the path (`reopen`).
 Written with the stdlib sqlite3 module so the pragmas and the transaction boundaries are exactly
 what we say they are.
 """
 
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
 import urllib.parse
 
-from .errors import OutboxError, OutboxUnavailable
+from .errors import OutboxCorrupt, OutboxError, OutboxUnavailable
 
 log = logging.getLogger(__name__)
 
+# The WAL is truncated back to this after a checkpoint: without a limit it keeps the size of the
+# biggest burst it ever held (tens of MB after a drain), for the life of the file.
+WAL_SIZE_LIMIT = 4 * 1024 * 1024
+
 
 class SqliteFile:
-    def __init__(self, path, *, synchronous="full", busy_timeout=30.0):
+    def __init__(self, path, *, synchronous="full", busy_timeout=30.0, readonly=False):
         self.path = os.fspath(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self.readonly = readonly
         self._local = threading.local()
         self._conns = []
         self._conns_lock = threading.Lock()
@@ -35,12 +47,17 @@ class SqliteFile:
         self.write_lock = threading.RLock()
         self._pid = os.getpid()
         self._closed = False
-        self.created = False  # set once the file exists: from then on it is never created again
+        self.identity = None    # (st_dev, st_ino) of the file our connections write
+        self.generation = 0     # bumped by reopen(): every thread's connection is then replaced
+        self.on_file_changed = None  # callable(why), called under the write lock after a commit
+        self.broken = None      # why no write may go into the file now (damaged, or a foreign
+        #                         file at the path): sticky until reopen() or `outbox-relay recover`
+        self._immutable = False
 
     # -- connections -------------------------------------------------------------------------
 
     def conn(self):
-        """This thread's connection, opened on first use."""
+        """This thread's connection to the current file, opened on first use."""
         if self._closed:
             raise OutboxError("the outbox is closed")
         if self._pid != os.getpid():
@@ -49,32 +66,68 @@ class SqliteFile:
             self._conns = []
             self.write_lock = threading.RLock()
             self._pid = os.getpid()
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._open()
-            self._local.conn = conn
+        local = self._local
+        if getattr(local, "conn", None) is not None and local.generation != self.generation:
+            self._forget(local.conn)  # a connection to the file that used to be at the path
+            local.conn = None
+        if getattr(local, "conn", None) is None:
+            local.conn, local.generation = self._open(), self.generation
             with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+                self._conns.append(local.conn)
+        return local.conn
 
     def _open(self):
         try:
-            if self.created:
-                # After the first open, never create the file again: an outbox deleted or moved
-                # under us must fail loudly (503s), not become a fresh empty file.
-                conn = sqlite3.connect(self._uri("rw"), timeout=self.busy_timeout, isolation_level=None,
-                                       check_same_thread=False, uri=True)
+            if self.readonly:
+                conn = self._open_readonly()
+            elif self.identity is not None:
+                # Once the file exists it is never created again by a plain open: an outbox deleted
+                # or moved under us is noticed (identity), not silently replaced by an empty file.
+                conn = sqlite3.connect(self._uri("rw"), uri=True, **self._connect_args())
             else:
-                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                       check_same_thread=False)
+                conn = sqlite3.connect(self.path, **self._connect_args())
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+            if not self.readonly:
+                conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+                conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             return conn
         except sqlite3.Error as e:
-            raise translate(e, self.path) from None
+            raise self.translate(e) from None
+
+    def _connect_args(self):
+        return dict(timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+
+    def _open_readonly(self):
+        """For commands that only look: no write, no lock, no new file. SQLite reads a WAL database
+        through its -shm file, which it must create when the last writer has removed it; where it
+        cannot (a read-only directory, a full disk) and no WAL holds commits, the main file alone is
+        complete and is read as immutable."""
+        if not os.path.exists(self.path):
+            raise OutboxUnavailable(f"outbox {os.path.abspath(self.path)} does not exist")
+        conn = sqlite3.connect(self._uri("ro"), uri=True, **self._connect_args())
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
+            return conn
+        except sqlite3.OperationalError as e:
+            conn.close()
+            wal = self.path + "-wal"
+            if os.path.exists(wal) and os.path.getsize(wal) > 0:
+                raise
+            log.debug("outbox opened as immutable (%s)", e)
+            self._immutable = True
+            return sqlite3.connect(self._uri("ro") + "&immutable=1", uri=True, **self._connect_args())
 
     def _uri(self, mode):
         return "file:" + urllib.parse.quote(os.path.abspath(self.path)) + f"?mode={mode}"
+
+    def _forget(self, conn):
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
     def close(self):
         """Close every connection this object opened (all threads)."""
@@ -87,18 +140,60 @@ class SqliteFile:
             except sqlite3.Error:
                 pass
 
+    # -- the file's identity -------------------------------------------------------------------
+
+    def remember_identity(self):
+        st = os.stat(self.path)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def identity_change(self):
+        """None while the path still names the file we write; else what happened to it."""
+        if self.identity is None or self.readonly:
+            return None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "deleted or moved away"
+        except OSError as e:
+            return f"no longer reachable ({e.strerror})"
+        return None if (st.st_dev, st.st_ino) == self.identity else "replaced by another file"
+
+    def reopen(self):
+        """Point every thread at the file now at the path (creating it when there is none). The
+        old connections are closed as each thread next asks for its connection."""
+        with self.write_lock:
+            self.generation += 1
+            self.identity = None
+            self.broken = None
+            return self.conn()
+
+    def _after_commit(self):
+        why = self.identity_change()
+        if why is not None and self.on_file_changed is not None:
+            self.on_file_changed(why)
+
     # -- statements ----------------------------------------------------------------------------
 
     def transaction(self):
         """`with db.transaction() as c:` — BEGIN IMMEDIATE … COMMIT on this thread's connection."""
-        return _Transaction(self.conn(), self.path, self.write_lock, self.busy_timeout)
+        if self.readonly:
+            raise OutboxError(f"outbox {self.path} was opened read-only")
+        return _Transaction(self)
 
     def read(self, sql, params=()):
         """Rows of one statement outside a write transaction (WAL: readers never wait for writers)."""
         try:
             return self.conn().execute(sql, params).fetchall()
         except sqlite3.Error as e:
-            raise translate(e, self.path) from None
+            raise self.translate(e) from None
+
+    def script(self, sql):
+        """Run to completion what execute() would step only once (PRAGMA incremental_vacuum frees
+        one page per step: through execute() it freed a single page per prune)."""
+        try:
+            self.conn().executescript(sql)
+        except sqlite3.Error as e:
+            raise self.translate(e) from None
 
     def pragma_outside_transaction(self, sql):
         """journal_mode and auto_vacuum must be set outside a transaction; another process opening
@@ -110,12 +205,13 @@ class SqliteFile:
                 return conn.execute(sql).fetchall()
             except sqlite3.OperationalError as e:
                 if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise translate(e, self.path) from None
+                    raise self.translate(e) from None
                 time.sleep(0.01)
 
     def probe_writable(self, timeout):
         """Take and drop the write lock on a connection of its own: proves a commit could happen
         now, writes nothing. A missing file is an error here, never silently created."""
+        self.refuse_if_broken()
         try:
             conn = sqlite3.connect(self._uri("rw"), uri=True, timeout=timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -125,39 +221,116 @@ class SqliteFile:
             finally:
                 conn.close()
         except sqlite3.Error as e:
-            raise translate(e, self.path) from None
+            raise self.translate(e) from None
+
+    def quick_check(self):
+        """SQLite's quick_check (the b-trees, not the indexes' contents): "ok", or raise OutboxCorrupt."""
+        rows = self.read("PRAGMA quick_check")
+        result = "; ".join(r[0] for r in rows[:5])
+        if result != "ok":
+            self.broken = f"outbox {os.path.abspath(self.path)} is damaged (quick_check: {result[:300]}):" \
+                          " stop the service and run `outbox-relay recover`"
+            raise OutboxCorrupt(self.broken)
+        return result
+
+    def refuse_if_broken(self):
+        if self.broken:
+            damaged = "damaged" in self.broken
+            raise (OutboxCorrupt if damaged else OutboxUnavailable)(self.broken)
 
     def integrity_check(self):
         return self.read("PRAGMA integrity_check")[0][0]
 
+    def checkpoint(self):
+        """Copy the WAL back into the file and truncate it; skipped (not waited for) while busy."""
+        try:
+            return self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.OperationalError as e:
+            log.debug("checkpoint skipped: %s", e)
+            return None
+
+    def sizes(self):
+        """{"file": bytes, "wal": bytes, "free_bytes": on the file system, "reusable": bytes}."""
+        out = {}
+        for key, name in (("file", self.path), ("wal", self.path + "-wal")):
+            try:
+                out[key] = os.path.getsize(name)
+            except OSError:
+                out[key] = 0
+        try:
+            out["free_bytes"] = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
+        except OSError:
+            out["free_bytes"] = None
+        return out
+
+    # -- errors -------------------------------------------------------------------------------------
+
+    def translate(self, e):
+        """A sqlite3 error -> OutboxCorrupt (the file is damaged), OutboxUnavailable (cannot commit
+        now: locked, disk full, read-only) or OutboxError, in words that point at the real cause."""
+        name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
+        text = str(e)
+        where = os.path.abspath(self.path)
+        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or "not a database" in text:
+            self.broken = f"outbox {where} is damaged ({text}): stop the service and run `outbox-relay recover`"
+            return OutboxCorrupt(self.broken)
+        if "locked" in text or "busy" in text:
+            return OutboxUnavailable(f"outbox {where} is locked by another writer past the busy timeout")
+        if name == "SQLITE_FULL" or "disk is full" in text:
+            return OutboxUnavailable(f"outbox {where} cannot be written: the disk is full"
+                                     f" ({_free(where)} free)")
+        if name == "SQLITE_READONLY_DIRECTORY" or (
+                "readonly" in text and not os.access(os.path.dirname(where), os.W_OK)):
+            return OutboxUnavailable(f"outbox {where} cannot be written: its directory"
+                                     f" {os.path.dirname(where)} is not writable (SQLite creates the"
+                                     " -wal and -shm files there)")
+        if "readonly" in text:
+            return OutboxUnavailable(f"outbox {where} cannot be written: the file is read-only")
+        if isinstance(e, sqlite3.OperationalError) or "disk" in text:
+            return OutboxUnavailable(f"outbox {where} cannot be written: {text}")
+        return OutboxError(f"outbox {where}: {text}")
+
+
+def _free(path):
+    try:
+        free = shutil.disk_usage(os.path.dirname(path)).free
+    except OSError:
+        return "unknown space"
+    return f"{free / 1048576:.1f} MiB"
+
 
 class _Transaction:
-    """`BEGIN IMMEDIATE` … COMMIT, rolled back on any error; sqlite3 errors become OutboxError.
-    Holds the file's in-process write lock from before BEGIN until after COMMIT/ROLLBACK."""
+    """`BEGIN IMMEDIATE` … COMMIT, rolled back on any error; sqlite3 errors translated. Holds the
+    file's in-process write lock from before BEGIN until after the identity check that follows
+    the COMMIT, so nothing is acknowledged from a file that is no longer at the path."""
 
-    def __init__(self, conn, path, lock, timeout):
-        self.conn = conn
-        self.path = path
-        self.lock = lock
-        self.timeout = timeout
+    def __init__(self, file):
+        self.file = file
+        self.conn = None
 
     def __enter__(self):
-        if not self.lock.acquire(timeout=self.timeout):
-            raise OutboxUnavailable(f"outbox {self.path} is locked by another writer past the busy timeout")
+        file = self.file
+        file.refuse_if_broken()
+        if not file.write_lock.acquire(timeout=file.busy_timeout):
+            raise OutboxUnavailable(f"outbox {file.path} is locked by another writer past the busy timeout")
         try:
+            self.conn = file.conn()
             self.conn.execute("BEGIN IMMEDIATE")
         except BaseException as e:
-            self.lock.release()
+            file.write_lock.release()
             if isinstance(e, sqlite3.Error):
-                raise translate(e, self.path) from None
+                raise file.translate(e) from None
             raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            return self._finish(exc_type, exc)
+            result = self._finish(exc_type, exc)
+            if exc_type is None:
+                self.file._after_commit()
+            return result
         finally:
-            self.lock.release()
+            self.file.write_lock.release()
 
     def _finish(self, exc_type, exc):
         if exc_type is None:
@@ -166,10 +339,10 @@ class _Transaction:
                 return False
             except sqlite3.Error as e:
                 self._rollback()
-                raise translate(e, self.path) from None
+                raise self.file.translate(e) from None
         self._rollback()
         if isinstance(exc, sqlite3.Error):
-            raise translate(exc, self.path) from None
+            raise self.file.translate(exc) from None
         return False
 
     def _rollback(self):
@@ -178,15 +351,3 @@ class _Transaction:
                 self.conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-
-
-def translate(e, path):
-    """A sqlite3 error -> OutboxUnavailable (cannot commit now: locked, disk, read-only) or OutboxError."""
-    text = str(e)
-    if isinstance(e, sqlite3.OperationalError) or "disk" in text or "readonly" in text:
-        if "locked" in text or "busy" in text:
-            text = f"outbox {path} is locked by another writer past the busy timeout"
-        else:
-            text = f"outbox {path} cannot be written: {text}"
-        return OutboxUnavailable(text)
-    return OutboxError(f"outbox {path}: {text}")

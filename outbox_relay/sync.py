@@ -37,6 +37,7 @@ MAX_BATCH_BYTES = 8 * 1024 * 1024
 BACKOFF_MAX = 30.0
 HEARTBEAT_KEY = "relay"
 PROBE_INTERVAL = 15.0  # seconds between idle round trips to the target
+CHECK_INTERVAL = 600.0  # seconds between quick_checks of the outbox file (damage shows up early)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,8 @@ class Heartbeat:
     target: str | None = None
     delivered: int = 0
     dead: int = 0
+    outbox_problem: str | None = None  # what the relay last met in the outbox file itself
+    outbox_checked_at: float | None = None  # the last quick_check that passed
 
     @classmethod
     def parse(cls, value):
@@ -78,6 +81,15 @@ class Heartbeat:
         return max(0.0, now - self.unavailable_since) if self.unavailable_since else None
 
 
+# A whole batch refused row by row for one reason, this many rows or more, is the table's fault.
+TABLE_SUSPECT_MIN = 10
+
+
+def _reason(error):
+    """An error without the row it is about: PostgreSQL's DETAIL line quotes the row's values."""
+    return (error.sqlstate, str(error).split(" DETAIL:")[0].split("\n")[0])
+
+
 def _by_size(items, limit):
     """[(Row, Message)] -> consecutive chunks whose payloads add up to at most `limit` bytes
     (a single bigger row is a chunk of its own)."""
@@ -99,7 +111,9 @@ class RelayLock:
     process dies, even by SIGKILL, so a stale lock never blocks a restart."""
 
     def __init__(self, outbox_path):
-        self.path = os.fspath(outbox_path) + ".lock"
+        # Keyed on the file itself, not on the spelling of its path: a symlink, a relative path or
+        # `..` naming the same outbox must meet the same lock.
+        self.path = os.path.realpath(os.fspath(outbox_path)) + ".lock"
         self._fd = None
 
     # `status` and `health` take the lock for an instant to learn whether a relay runs; a relay
@@ -142,7 +156,8 @@ class RelayLock:
 class Relay:
     """Moves rows from an Outbox to a Target. Not thread-safe: one loop drives it."""
 
-    def __init__(self, outbox, target, *, batch_size=500, backoff_max=BACKOFF_MAX, probe_interval=PROBE_INTERVAL):
+    def __init__(self, outbox, target, *, batch_size=500, backoff_max=BACKOFF_MAX, probe_interval=PROBE_INTERVAL,
+                 check_interval=CHECK_INTERVAL):
         self.outbox = outbox
         self.target = target
         self.batch_size = batch_size
@@ -158,6 +173,10 @@ class Relay:
         self.unavailable_since = None
         self.last_loop_at = None
         self.stats = collections.Counter()
+        self.check_interval = check_interval
+        self.outbox_problem = None
+        self.outbox_checked_at = None
+        self._next_check = 0.0  # the first loop pass checks the file
         self.observers = []  # callables(StepResult, seconds) - metrics hook
         outbox.add_listener(self._wake.set)
 
@@ -206,10 +225,13 @@ class Relay:
         return result
 
     def _deliver(self, rows):
-        """Write rows; split on a rejected row until it is alone, then make it dead.
-        Returns (new in target, delivered locally, dead)."""
+        """Write rows; split on a rejected row until it is alone, then make it dead. When every row
+        of a batch is refused for the same reason, it is the table, not the rows (a NOT NULL column
+        added without a default, a CHECK no message meets): nothing goes dead, the batch waits as
+        for an outage. Returns (new in target, delivered locally, dead)."""
         items = [(r, Message.from_json(r.payload)) for r in rows]
-        new = delivered = dead = 0
+        new = delivered = 0
+        refused = []  # (row, error): made dead at the end, unless it is the table
         work = _by_size(items, MAX_BATCH_BYTES)[::-1]  # a stack: the oldest chunk on top
         while work:
             chunk = work.pop()
@@ -217,16 +239,24 @@ class Relay:
                 new += self.target.write([(r.id, m, r.received_at) for r, m in chunk])
             except RowRejected as e:
                 if len(chunk) == 1:
-                    row = chunk[0][0]
-                    log.warning("message %s rejected by the target, now dead: %s", row.message_id, e)
-                    self.outbox.mark_dead(row.id, e)
-                    dead += 1
+                    refused.append((chunk[0][0], e))
                 else:
                     half = len(chunk) // 2
                     work.extend([chunk[half:], chunk[:half]])
                 continue
             delivered += self.outbox.mark_delivered([r.id for r, _ in chunk])
-        return new, delivered, dead
+        self._refuse_the_table_or_the_rows(rows, refused)
+        return new, delivered, len(refused)
+
+    def _refuse_the_table_or_the_rows(self, rows, refused):
+        reasons = {_reason(e) for _, e in refused}
+        if len(refused) == len(rows) >= TABLE_SUSPECT_MIN and len(reasons) == 1:
+            raise TargetUnavailable(f"the target table refuses every message ({len(rows)} of {len(rows)} in a"
+                                    f" batch), so the table is wrong, not the rows: {refused[0][1]}",
+                                    refused[0][1].sqlstate)
+        for row, e in refused:
+            log.warning("message %s rejected by the target, now dead: %s", row.message_id, e)
+            self.outbox.mark_dead(row.id, e)
 
     def _observe(self, result, seconds):
         for observer in self.observers:
@@ -239,6 +269,7 @@ class Relay:
 
     def _note_success(self):
         self.last_success = time.time()
+        self.outbox_problem = None
         if self.unavailable_since is not None:
             log.info("target reachable again after %.1f s", self.last_success - self.unavailable_since)
         self.unavailable_since = None
@@ -247,7 +278,12 @@ class Relay:
 
     def _note_error(self, error):
         now = time.time()
-        if self.unavailable_since is None:
+        if isinstance(error, OutboxError):
+            # The outbox, not the target: say so (it used to read "target unavailable").
+            if self.outbox_problem != str(error):
+                log.error("outbox problem, the relay waits: %s", error)
+            self.outbox_problem = str(error)
+        elif self.unavailable_since is None:
             self.unavailable_since = now
             log.warning("target unavailable, messages stay in the outbox: %s", error)
         self.last_error, self.last_error_at = str(error), now
@@ -258,7 +294,8 @@ class Relay:
                          last_success=self.last_success, last_error=self.last_error,
                          last_error_at=self.last_error_at, unavailable_since=self.unavailable_since,
                          target=self.target.display_url, delivered=self.stats["delivered"],
-                         dead=self.stats["dead"])
+                         dead=self.stats["dead"], outbox_problem=self.outbox_problem,
+                         outbox_checked_at=self.outbox_checked_at)
 
     def write_heartbeat(self):
         try:
@@ -330,6 +367,15 @@ class Relay:
             self.unavailable_since = None
             self.write_heartbeat()
 
+    def check_outbox_file(self):
+        """Every pass: is the file at the path still ours (a stat)? Every check_interval: is it
+        intact (SQLite's quick_check)? Raises OutboxError; the loop backs off and says so."""
+        self.outbox.check_file()
+        if time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.check_interval
+            self.outbox.quick_check()
+            self.outbox_checked_at = time.time()
+
     def _step_with_backoff(self):
         """step(), retried with capped exponential delay + full jitter (backoff's generators) while
         the target or the outbox is unavailable. Returns None once stopped."""
@@ -337,6 +383,7 @@ class Relay:
         while not self._stop.is_set():
             self.last_loop_at = time.time()
             try:
+                self.check_outbox_file()
                 return self.step()
             except (TargetUnavailable, OutboxError) as e:
                 if isinstance(e, OutboxError):

@@ -140,7 +140,8 @@ class Webhook:
                 raise Rejected(503, "unavailable", f"not stored, retry: {e}",
                                {"Retry-After": str(RETRY_AFTER_LOCKED)}) from None
             # The outbox's listeners (the in-process relay's wake-up) have run by now.
-            return source, "duplicate" if result.duplicate else "stored", {
+            outcome = ("duplicate_changed" if result.differs else "duplicate") if result.duplicate else "stored"
+            return source, outcome, {
                 "ok": True, "message_id": result.message_id, "duplicate": result.duplicate}
         except (InvalidMessage, Rejected) as e:
             if isinstance(e, InvalidMessage):
@@ -254,9 +255,8 @@ class Health:
             view = health.in_process_view(self.relay_thread, self.cfg, now)
         else:
             view = health.outbox_view(self.outbox, self.cfg, now)
-        counts, age, problem = health.outbox_facts(self.outbox)
-        facts = health.Facts(relay=view, counts=counts, oldest_pending_age=age,
-                             outbox_problem=checks["outbox"].get("problem") or problem)
+        facts = health.outbox_facts(self.outbox, health.Facts(
+            relay=view, outbox_problem=checks["outbox"].get("problem")))
         verdict = health.judge(facts, self.cfg, expect_relay=True, now=now)
         beat = view.heartbeat
         checks["relay"] = {"ok": view.problem is None and view.running, "in_process": view.in_process,

@@ -293,11 +293,12 @@ def test_a_rejected_row_among_rows_already_in_the_target_isolates_only_that_row(
     with Outbox(tmp_outbox) as outbox:
         rows = [flat(i) for i in range(9)]
         target.write([(i, normalize(p), 0.0) for i, p in enumerate(rows[:5])])  # an earlier, unmarked send
-        rows.insert(4, {"message_id": "om_nul", "text": "bad \x00 byte"})
+        pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)")
+        rows.insert(4, {"message_id": "om_long", "text": "too long a type", "msg_type": "interactive"})
         outbox.put_many(rows)
         result = Relay(outbox, target).step()
         assert (result.delivered, result.new, result.dead) == (9, 4, 1)
-        assert [r["message_id"] for r in outbox.rows("dead")] == ["om_nul"]
+        assert [r["message_id"] for r in outbox.rows("dead")] == ["om_long"]
     target.close()
     assert row_stats(pg_url) == (9, 9)
 

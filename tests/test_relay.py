@@ -139,8 +139,10 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
     pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)")
     pg_query(pg_url, "ALTER TABLE feishu_messages"
                      " ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
+    pg_query(pg_url, "ALTER TABLE feishu_messages"
+                     " ADD CONSTRAINT no_blocked_sender CHECK (sender_id <> 'ou_blocked')")
 
-    poison = {100: {"text": "a NUL \x00 byte"},                  # never acceptable to PostgreSQL text
+    poison = {100: {"sender_id": "ou_blocked"},                 # fails a CHECK the DBA keeps
               250: {"msg_type": "interactive"},                  # 11 characters > varchar(8)
               400: {"chat_id": "oc_banned"}}                     # fails the CHECK
     with Outbox(outbox_path) as outbox:
@@ -156,8 +158,8 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
     dead = json.loads(invoke("dead", *common, "--json").stdout)
     errors = {d["message_id"]: d["last_error"] for d in dead}
     assert set(errors) == {f"om_{i:06d}" for i in poison}
-    assert 'invalid byte sequence for encoding "UTF8": 0x00' in errors["om_000100"]
-    assert "SQLSTATE 22021" in errors["om_000100"]
+    assert 'violates check constraint "no_blocked_sender"' in errors["om_000100"]
+    assert "SQLSTATE 23514" in errors["om_000100"]
     assert "value too long for type character varying(8)" in errors["om_000250"]
     assert "SQLSTATE 22001" in errors["om_000250"]
     assert 'violates check constraint "no_banned_chat"' in errors["om_000400"]
@@ -165,7 +167,7 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
     human = invoke("dead", *common).output
     assert "om_000250" in human and "character varying(8)" in human
 
-    # The DBA fixes the causes; replay requeues; the fixable ones arrive, the NUL stays dead.
+    # The DBA fixes two causes; replay requeues; those two arrive, the blocked sender stays dead.
     pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(64)")
     pg_query(pg_url, "ALTER TABLE feishu_messages DROP CONSTRAINT no_banned_chat")
     result = invoke("replay", *common, "--all")
@@ -177,7 +179,7 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
                             " ('om_000250', 'om_000400') ORDER BY message_id") == [
         ("interactive", "oc_chat_5"), ("text", "oc_banned")]
     dead = json.loads(invoke("dead", *common, "--json").stdout)
-    assert [d["message_id"] for d in dead] == ["om_000100"] and "22021" in dead[0]["last_error"]
+    assert [d["message_id"] for d in dead] == ["om_000100"] and "23514" in dead[0]["last_error"]
 
     # replay by message_id works too (and says so when an id is not dead)
     result = invoke("replay", *common, "om_000100", "om_000001")

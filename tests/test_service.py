@@ -126,7 +126,7 @@ class Running:
 def running_service(tmp_path, relay=True, **settings):
     """The Service (relay thread + waitress) in this process, on a free port chosen by the kernel.
 
-    Built from the same pieces Service._start_http uses (create_app, create_http_server); only the
+    Built from the same pieces Service._bind_http uses (create_app, create_http_server); only the
     port differs, because the configuration refuses port 0.
     """
     settings.setdefault("outbox", str(tmp_path / "outbox.db"))

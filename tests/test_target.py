@@ -165,14 +165,16 @@ def test_unreachable_target_error_never_shows_the_password():
         t.close()
 
 
-def test_nul_character_is_row_rejected_22021(target, pg_url):
-    bad = normalize(flat(7, text="nul\x00inside"))
-    with pytest.raises(RowRejected) as err:
-        target.write(rows_of(flats(5) + [bad]))
-    assert err.value.sqlstate == "22021" and not err.value.transient
-    assert "0x00" in str(err.value) and "SQLSTATE 22021" in str(err.value)
-    assert row_stats(pg_url) == (0, 0)                    # one transaction: nothing of the batch
-    assert target.write(rows_of(flats(5))) == 5           # the connection is still fine
+def test_a_nul_character_is_stored_as_the_replacement_character(target, pg_url):
+    """PostgreSQL refuses U+0000 in text and jsonb (22021 / 22P05); such a message used to be dead
+    forever. It is stored with U+FFFD instead, in the text and inside the JSON columns; a literal
+    backslash-u0000 typed by a person is not touched."""
+    nul = normalize({"message_id": "om_nul", "text": "nul\x00inside \\u0000 typed"})
+    assert target.write(rows_of(flats(5) + [nul])) == 6
+    (text, raw_text, content_text), = pg_query(
+        pg_url, "SELECT text, raw->>'text', content->>'text' FROM feishu_messages WHERE message_id = %s",
+        (nul.message_id,))
+    assert text == raw_text == content_text == "nul\ufffdinside \\u0000 typed"
 
 
 def test_value_too_long_and_check_violation_are_row_rejected(target, pg_url):

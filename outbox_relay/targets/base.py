@@ -100,6 +100,10 @@ class Target:
         """Server version and connection figures for `check`."""
         raise NotImplementedError
 
+    def table_columns(self, tx):
+        """{column: (nullable, has a default)} of our table as the database has it ({} if absent)."""
+        raise NotImplementedError
+
     def contains(self, column, keyword):
         """(SQL condition, parameter): `column` holds `keyword` literally, ASCII case ignored."""
         raise NotImplementedError
@@ -346,10 +350,25 @@ class Target:
             result = {"dialect": self.name, "latency_ms": round(latency * 1000, 2), **self.server_info(tx)}
         try:
             result["schema_version"] = self.schema_version()
+            result["table_problems"] = self.table_problems()
         except TargetError as e:
             result["schema_version"] = f"unknown: {e}"
         result["table"] = self.table
         return result
+
+    def table_problems(self):
+        """What stops the relay writing into the table as it is now (a DBA's change, a table made by
+        hand): columns we write that it lacks, NOT NULL columns we do not fill. [] when it is fine,
+        None when there is no table yet (the relay creates it where it may)."""
+        with self.transaction() as tx:
+            columns = self.table_columns(tx)
+        if not columns:
+            return None
+        ours = set(schema.TARGET_COLUMNS) | {"relayed_at"}
+        problems = [f"table {self.table} lacks column {c}" for c in schema.TARGET_COLUMNS if c not in columns]
+        problems += [unfilled_column(self.table, c) for c, (nullable, has_default) in columns.items()
+                     if c not in ours and not nullable and not has_default]
+        return problems
 
     def count(self):
         return self.query(f"SELECT count(*) FROM {self.quoted}")[0][0]
@@ -374,6 +393,13 @@ class Target:
     def delete(self, message_id):
         """Remove one row (the end-to-end test's own message). Raises TargetError where not allowed."""
         self.query(f"DELETE FROM {self.quoted} WHERE message_id = {self.param}", (message_id,))
+
+
+def unfilled_column(table, column, error=None):
+    """The sentence for a column a DBA added that makes every insert fail."""
+    return (f"table {table} has a NOT NULL column {column} without a default, which outbox-relay does not"
+            f" fill: every message is refused (add a default or drop NOT NULL)"
+            + (f": {error}" if error else ""))
 
 
 def _json(value):

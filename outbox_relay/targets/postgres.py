@@ -5,11 +5,12 @@ The batch is COPYed into a temporary table and moved with INSERT … SELECT … 
 """
 
 import io
+import re
 import urllib.parse
 
 from .. import schema
 from ..errors import RowRejected, TargetUnavailable
-from .base import Target
+from .base import Target, unfilled_column
 
 # SQLSTATE classes about the data in the rows: retrying the same rows cannot help.
 # 22 data exception (bad value, NUL byte, too long), 23 integrity constraint,
@@ -76,12 +77,23 @@ class PostgresTarget(Target):
         sqlstate = getattr(exc, "pgcode", None)
         if not sqlstate:
             return None
+        # The batch goes through a temporary copy of the table: name the real one.
+        text = text.replace('"outbox_relay_batch"', self.quoted).replace("outbox_relay_batch", self.table)
+        column = getattr(getattr(exc, "diag", None), "column_name", None)
+        if sqlstate == "23502" and column not in schema.TARGET_COLUMNS:
+            return TargetUnavailable(unfilled_column(self.table, column, text), sqlstate)
         if sqlstate[:2] in ROW_ERROR_CLASSES:
             return RowRejected(f"{text} (SQLSTATE {sqlstate})", sqlstate)
         # 08 connection, 53 resources, 57 operator intervention (shutdown, statement timeout),
         # 40 serialization/deadlock, and everything else (42 undefined table, 28 bad password,
         # …): the rows are fine, the target is not; wait it out.
         return TargetUnavailable(f"{text} (SQLSTATE {sqlstate})", sqlstate)
+
+    def _values(self, outbox_id, m, received_at):
+        # PostgreSQL cannot store U+0000 in text or jsonb: such a message used to go dead forever.
+        # It becomes U+FFFD (the replacement character), in the text and inside the JSON columns.
+        return tuple(_without_nul(v, i in _JSON_AT) if isinstance(v, str) else v
+                     for i, v in enumerate(super()._values(outbox_id, m, received_at)))
 
     def insert_batch(self, tx, values):
         cols = ", ".join(schema.TARGET_COLUMNS)
@@ -108,6 +120,13 @@ class PostgresTarget(Target):
 
     def table_exists(self, tx, name):
         return tx.value("SELECT to_regclass(%s) IS NOT NULL", (name,))
+
+    def table_columns(self, tx):
+        schema_name, _, name = self.table.rpartition(".")
+        rows = tx.execute("SELECT column_name, is_nullable = 'YES', column_default IS NOT NULL"
+                          " FROM information_schema.columns WHERE table_name = %s"
+                          " AND table_schema = coalesce(%s, current_schema())", (name, schema_name or None))
+        return {n: (nullable, has_default) for n, nullable, has_default in rows}
 
     @classmethod
     def search_index_statements(cls, table):
@@ -138,6 +157,21 @@ class PostgresTarget(Target):
 
     def day_of(self, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+# \u0000 as JSON writes it, not preceded by another backslash (an escaped backslash + "u0000").
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+_JSON_AT = {schema.TARGET_COLUMNS.index(c) for c in schema.JSON_COLUMNS}
+
+
+def _without_nul(text, is_json):
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if is_json and "\\u0000" in text:
+        text = _JSON_NUL.sub(lambda m: m.group(1) + "\\ufffd", text)
+    return text
 
 
 def like_escape(keyword):

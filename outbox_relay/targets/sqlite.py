@@ -71,6 +71,11 @@ class SqliteTarget(Target):
     def table_exists(self, tx, name):
         return bool(tx.value("SELECT count(*) FROM sqlite_master WHERE name = ?", (name,)))
 
+    def table_columns(self, tx):
+        rows = tx.execute(f"PRAGMA table_info({self.quoted})")
+        # (cid, name, type, notnull, dflt_value, pk): an INTEGER PRIMARY KEY fills itself.
+        return {r[1]: (not r[3], r[4] is not None or (r[5] and r[2].upper() == "INTEGER")) for r in rows}
+
     def server_info(self, tx):
         return {"server_version": "SQLite " + tx.value("SELECT sqlite_version()"), "path": self.path}
 
