@@ -410,6 +410,45 @@ def dead(cfg, parked, limit, as_json):
 
 @cli.command()
 @settings_options
+@click.option("--force", is_flag=True, help="Rebuild even an outbox that SQLite finds intact.")
+@json_option
+@friendly_errors
+def recover(cfg, force, as_json):
+    """Rebuild a damaged outbox: keep every row that can still be read.
+
+    Stop the service first. The damaged file (with its -wal) is moved aside as
+    OUTBOX.damaged-<time> and kept; every readable row goes into a new outbox at
+    the same path, in the state it had; ids that could not be read are listed.
+    """
+    from .outbox import Outbox
+    from .outboxfile import recover as rebuild
+    from .sync import RelayLock
+    with RelayLock(cfg.outbox):  # no relay may be writing the file while it is rebuilt
+        if not force and _intact(cfg):
+            click.echo(f"outbox {os.path.abspath(cfg.outbox)} is intact (quick_check ok): nothing to recover")
+            return
+        report = rebuild(cfg.outbox, lambda path: Outbox(path, **cfg.outbox_kwargs()))
+    if as_json:
+        _emit_json(report)
+    else:
+        click.echo(f"{report['recovered']} row(s) recovered into {report['outbox']}: "
+                   + ", ".join(f"{k} {v}" for k, v in report["counts"].items())
+                   + f"; the damaged file is kept at {report['damaged_copy']}")
+    if report["unreadable_ids"]:
+        raise click.ClickException("rows that could not be read (outbox ids): "
+                                   + ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in report["unreadable_ids"]))
+
+
+def _intact(cfg):
+    try:
+        with contextlib.closing(cfg.open_outbox(readonly=True)) as outbox:
+            return outbox.quick_check() == "ok"
+    except OutboxError:
+        return False
+
+
+@cli.command()
+@settings_options
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_rows", is_flag=True, help="Requeue every dead (or parked) row.")
 @click.option("--parked", is_flag=True, help="Requeue parked rows instead of dead ones.")

@@ -94,10 +94,8 @@ class Verdict:
     def code(self):
         return LEVELS.index(self.level)
 
-    def line(self, ok_text="OK"):
-        if self.level == OK:
-            return ok_text
-        return f"{self.level.upper()}: " + "; ".join(self.reasons)
+    def line(self):
+        return f"{self.level.upper()}: " + ("; ".join(self.reasons) or "nothing to report")
 
 
 def judge(facts, cfg, *, expect_relay, now=None):

@@ -143,6 +143,15 @@ class _OutboxCollector(Collector):
         for state, n in counts.items():
             rows.add_metric([state], n)
         yield rows
+        sizes = GaugeMetricFamily("outbox_relay_outbox_bytes", "Size of the outbox file and its WAL",
+                                  labels=["file"])
+        disk = self.outbox.sizes()
+        sizes.add_metric(["db"], disk["file"])
+        sizes.add_metric(["wal"], disk["wal"])
+        yield sizes
+        if disk["free_bytes"] is not None:
+            yield GaugeMetricFamily("outbox_relay_outbox_disk_free_bytes",
+                                    "Free space on the file system that holds the outbox", value=disk["free_bytes"])
         yield GaugeMetricFamily("outbox_relay_outbox_oldest_pending_age_seconds",
                                 "Age of the oldest undelivered (pending or parked) row; 0 when none",
                                 value=age or 0.0)

@@ -52,10 +52,11 @@ def collect_status(cfg, outbox, target):
 def health_verdict(report):
     """(exit code, one line) of a status report: 0 healthy, 1 degraded, 2 down."""
     verdict = health.Verdict(report["health"]["level"], report["health"]["reasons"])
+    if verdict.level != health.OK:
+        return verdict.code, verdict.line()
     counts, target = report["outbox"]["counts"], report.get("target")
     latency = f", target {target['latency_ms']} ms" if target and target["reachable"] else ""
-    return verdict.code, verdict.line(f"OK: {counts['pending']} pending, {counts['delivered']} delivered"
-                                      f" (kept){latency}")
+    return verdict.code, f"OK: {counts['pending']} pending, {counts['delivered']} delivered (kept){latency}"
 
 
 def end_to_end_test(cfg, outbox, target, timeout):

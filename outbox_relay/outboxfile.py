@@ -36,6 +36,9 @@ def adopt_file_at_path(outbox, why):
         old.execute("VACUUM INTO ?", (kept,))
         rows = old.execute(f"SELECT {', '.join(COLUMNS)} FROM outbox WHERE state != 'delivered'"
                            " ORDER BY id").fetchall()
+        # The old file's -wal/-shm left at the path would be read into the file there now.
+        for suffix in db.our_companions_at_path():
+            os.replace(path + suffix, kept + suffix)
     except (sqlite3.Error, OSError) as e:
         # Not acknowledged: the caller gets OutboxUnavailable (503); the old file stays open, so
         # the next commit tries again.

@@ -143,8 +143,17 @@ class SqliteFile:
     # -- the file's identity -------------------------------------------------------------------
 
     def remember_identity(self):
-        st = os.stat(self.path)
-        self.identity = (st.st_dev, st.st_ino)
+        """Note which file (and which -wal/-shm) our connections use. Our connection keeps the WAL
+        open, so SQLite neither deletes nor recreates it while we live: its identity is stable."""
+        self.identity = _identity(self.path)
+        self._companions = {s: _identity(self.path + s) for s in ("-wal", "-shm")}
+
+    def our_companions_at_path(self):
+        """The suffixes (-wal, -shm) of the files at the path that belong to the file we write. When only the main
+        file was replaced (or moved away), SQLite would read the old WAL into the file now at the
+        path and mix two databases: these must be moved aside before that file is opened."""
+        return [s for s, ident in getattr(self, "_companions", {}).items()
+                if ident is not None and _identity(self.path + s) == ident]
 
     def identity_change(self):
         """None while the path still names the file we write; else what happened to it."""
@@ -224,8 +233,17 @@ class SqliteFile:
             raise self.translate(e) from None
 
     def quick_check(self):
-        """SQLite's quick_check (the b-trees, not the indexes' contents): "ok", or raise OutboxCorrupt."""
-        rows = self.read("PRAGMA quick_check")
+        """SQLite's quick_check (the b-trees, not the indexes' contents): "ok", or raise OutboxCorrupt.
+        On a connection of its own: a long-lived one may hold the damaged pages in its cache."""
+        try:
+            conn = sqlite3.connect(self._uri("ro") + ("&immutable=1" if self._immutable else ""), uri=True,
+                                   **self._connect_args())
+            try:
+                rows = conn.execute("PRAGMA quick_check").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise self.translate(e) from None
         result = "; ".join(r[0] for r in rows[:5])
         if result != "ok":
             self.broken = f"outbox {os.path.abspath(self.path)} is damaged (quick_check: {result[:300]}):" \
@@ -289,6 +307,14 @@ class SqliteFile:
         if isinstance(e, sqlite3.OperationalError) or "disk" in text:
             return OutboxUnavailable(f"outbox {where} cannot be written: {text}")
         return OutboxError(f"outbox {where}: {text}")
+
+
+def _identity(path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _free(path):

@@ -521,6 +521,7 @@ def test_sync_max_batches_and_a_schema_qualified_table(invoke, tmp_path, pg_url)
     report = json.loads(result.stdout)
     assert (report["batches"], report["delivered"]) == (2, 300)
     assert result.exit_code == 1 and "700 message(s) still waiting" in result.stderr
+    assert "--max-batches 2 reached" in result.stderr
     assert pg_query(pg_url, "SELECT count(*) FROM ops.chat_log") == [(300,)]
     report = json.loads(invoke("sync", *common, "--json").stdout)
     assert (report["batches"], report["delivered"]) == (5, 700)
