@@ -233,7 +233,7 @@ def backfill():
 
 
 @backfill.command("openclaw")
-@click.argument("directory", metavar="[DIR]", required=False, type=click.Path(file_okay=False))
+@click.argument("directory", metavar="[DIR]", required=False)
 @click.option("--since", help="Only messages from this date/time or age on (2026-11-01, 7d, 12h).")
 @click.option("--until", help="Only messages before this date/time or age.")
 @click.option("--dry-run", is_flag=True, help="Count what would be added; commit nothing.")

@@ -20,7 +20,6 @@ import collections
 import dataclasses
 import datetime as dt
 import json
-import os
 import pathlib
 import sqlite3
 
@@ -28,7 +27,7 @@ import zstandard
 
 MARKER = "⟦openclaw:ctx⟧"
 SCHEMA = pathlib.Path(__file__).parent / "samples" / "openclaw-agent-schema.sql"
-BASE_MS = 1796004000000  # 2026-11-30T01:20:00Z
+BASE_MS = 1796004000000  # 2026-11-30T02:00:00Z
 
 GROUP = "oc_5ce6d572455d361153b7cb51da133945"
 GROUP_NAME = "产品周会"
@@ -68,17 +67,20 @@ def feishu_body(message_id, sender, text, quote=None, mentions=False, mentioned=
 
 def legacy_prefix(info, sender):
     """Blocks as older releases wrote them: "(untrusted metadata)" labels, pretty-printed JSON."""
-    return (f"Conversation info (untrusted metadata):\n```json\n{json.dumps(info, ensure_ascii=False, indent=2)}\n```\n\n"
-            f"Sender (untrusted metadata):\n```json\n{json.dumps(sender, ensure_ascii=False, indent=2)}\n```\n\n")
+    def block(label, value):
+        return f"{label} (untrusted metadata):\n```json\n{json.dumps(value, ensure_ascii=False, indent=2)}\n```\n\n"
+    return block("Conversation info", info) + block("Sender", sender)
 
 
 def marked_prefix(info):
     """Blocks as current releases write them (formatContextJsonBlock): the marker, one-line JSON."""
-    return f"Conversation info: {MARKER}\n```json\n{json.dumps(info, ensure_ascii=False, separators=(',', ':'))}\n```\n\n"
+    compact = json.dumps(info, ensure_ascii=False, separators=(",", ":"))
+    return f"Conversation info: {MARKER}\n```json\n{compact}\n```\n\n"
 
 
 def iso(ms):
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    stamp = dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- lines -------------------------------------------------------------------------------------------
@@ -172,7 +174,8 @@ def _main_group(b):
     live.compaction(t + 600_000)
     b_info = {"chat_id": f"chat:{GROUP}", "message_id": "om_fx_b", "reply_to_id": "om_fx_a",
               "sender": {"id": LILEI, "name": "李雷"}, "group_subject": GROUP_NAME, "is_group_chat": True}
-    live.user(marked_prefix(b_info) + feishu_body("om_fx_b", "李雷", "收到，我改日历\n第二行", quote="明天的会议改到下午三点"),
+    b_text = feishu_body("om_fx_b", "李雷", "收到，我改日历\n第二行", quote="明天的会议改到下午三点")
+    live.user(marked_prefix(b_info) + b_text,
               t + 700_000, {**meta(LILEI, "李雷"), "replyToId": "om_fx_a"},
               {"message_id": "om_fx_b", "chat_id": GROUP, "chat_type": "group", "sender_id": LILEI,
                "text": "收到，我改日历\n第二行", "parent_id": "om_fx_a"})
@@ -212,7 +215,8 @@ def _main_direct(b):
     d_text = (marked_prefix(d_info) + feishu_body("om_fx_d", "Lin", "在干嘛呢？")
               + f"\n\nContext: {MARKER}\nLin's calendar: free after 3pm")
     live.user("[Mon 2026-11-30 10:20 GMT+8] " + d_text, t, meta(DIRECT, "Lin"),
-              {"message_id": "om_fx_d", "chat_id": DIRECT, "chat_type": "p2p", "sender_id": DIRECT, "text": "在干嘛呢？"},
+              {"message_id": "om_fx_d", "chat_id": DIRECT, "chat_type": "p2p", "sender_id": DIRECT,
+               "text": "在干嘛呢？"},
               as_string=True)
     live.assistant("在写代码", t + 3000)
     # Only the Conversation-info block names this one (no Feishu body line).
@@ -280,7 +284,8 @@ def insert_event(conn, session_id, seq, event, compress):
         data = text.encode("utf-8")
         conn.execute("INSERT INTO transcript_events (session_id, seq, event_json, created_at, event_zstd,"
                      " event_utf8_bytes, navigation_json) VALUES (?, ?, NULL, ?, ?, ?, ?)",
-                     (session_id, seq, created, zstandard.ZstdCompressor().compress(data), len(data), navigation(len(data))))
+                     (session_id, seq, created, zstandard.ZstdCompressor().compress(data), len(data),
+                      navigation(len(data))))
     else:
         conn.execute("INSERT INTO transcript_events (session_id, seq, event_json, created_at) VALUES (?, ?, ?, ?)",
                      (session_id, seq, text, created))

@@ -289,14 +289,17 @@ def _sqlite_rows(path, sid):
     try:
         has_zstd = "event_zstd" in _columns(conn, "transcript_events")
         columns = "seq, event_json, event_zstd, event_utf8_bytes" if has_zstd else "seq, event_json, NULL, NULL"
+        # Up to the last row there now: what the gateway appends meanwhile is the next run's, so a
+        # busy session cannot keep one backfill reading forever.
+        (end,) = conn.execute("SELECT max(seq) FROM transcript_events WHERE session_id = ?", (sid,)).fetchone()
         last = None
-        while True:
+        while end is not None and (last is None or last < end):
             rows = conn.execute(
                 f"SELECT {columns} FROM transcript_events WHERE session_id = ? AND seq > coalesce(?, -1)"
-                " ORDER BY seq LIMIT ?", (sid, last, CHUNK_ROWS)).fetchall()
+                " AND seq <= ? ORDER BY seq LIMIT ?", (sid, last, end, CHUNK_ROWS)).fetchall()
             for seq, text, blob, size in rows:
                 yield seq, _event(text, blob, size)
-            if len(rows) < CHUNK_ROWS:
+            if not rows:
                 return
             last = rows[-1][0]
     except sqlite3.Error as e:
