@@ -135,10 +135,19 @@ def _read_block(lines, i, blocks):
 
 def _json_or_none(text):
     try:
-        value = json.loads(text.replace("`\u200b``", "```"))
+        value = json.loads(text)
     except ValueError:
         return None
-    return value if isinstance(value, dict) else None
+    return _unfence(value) if isinstance(value, dict) else None
+
+
+def _unfence(value):
+    """OpenClaw writes ``` inside a block's strings as `<zero-width space>`` (neutralizeMarkdownFences)."""
+    if isinstance(value, str):
+        return value.replace("`\u200b``", "```")
+    if isinstance(value, dict):
+        return {k: _unfence(v) for k, v in value.items()}
+    return [_unfence(v) for v in value] if isinstance(value, list) else value
 
 
 def _cut_trailing_context(lines):
