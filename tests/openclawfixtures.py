@@ -205,6 +205,11 @@ def _main_group(b):
     b.skipped["unreadable"] += 1
     b.write(f"agents/main/sessions/{S_GROUP}.jsonl", partial)
     b.write(f"agents/main/sessions/{S_GROUP_OLD}.jsonl.reset.2026-11-29T23-59-00.000Z", old.jsonl())
+    # Beside them, files that are not transcripts and must not be read: a runtime trace and a lock.
+    trace = {"type": "message", "message": {"role": "user", "__openclaw": meta(TOM, "Tom"), "timestamp": t,
+                                            "content": feishu_body("om_fx_trace", "Tom", "not a transcript")}}
+    b.write(f"agents/main/sessions/{S_GROUP}.trajectory.jsonl", json.dumps(trace) + "\n")
+    b.write(f"agents/main/sessions/{S_GROUP}.jsonl.lock", json.dumps(trace) + "\n")
 
 
 def _main_direct(b):

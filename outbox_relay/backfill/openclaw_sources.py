@@ -33,6 +33,10 @@ CHUNK_ROWS = 500
 # OpenClaw's own bound on one event (the CHECK on transcript_events.event_utf8_bytes).
 MAX_EVENT_BYTES = 4 * 1024 * 1024
 READ_BUSY_TIMEOUT_S = 5
+# Files beside the transcripts that are not transcripts: runtime traces (another format), lock files
+# and half-written temporaries. Every other name with ".jsonl" in it is read (live files, compaction
+# checkpoints, .reset./.deleted./.bak. archives, doctor backups): copies cost only a dedupe.
+NOT_TRANSCRIPTS = (".trajectory.jsonl", ".lock", ".tmp")
 
 
 class TranscriptsUnreadable(OutboxRelayError):
@@ -116,7 +120,7 @@ def _files(base, sub, needle):
     except OSError as e:
         log.warning("cannot list %s: %s", folder, e.strerror)
         return []
-    return [e.path for e in entries if needle in e.name and e.is_file() and not e.name.endswith(".tmp")]
+    return [e.path for e in entries if needle in e.name and e.is_file() and not e.name.endswith(NOT_TRANSCRIPTS)]
 
 
 # -- sessions: key -> chat ------------------------------------------------------------------------
