@@ -87,15 +87,16 @@ def _agent(root, name):
     base = os.path.join(root, "agents", name)
     agent = Agent(name, {}, {}, [])
     db = os.path.join(base, SQLITE_FILE)
-    db_sessions, db_names = _sqlite_sessions(db) if os.path.isfile(db) else ({}, [])
+    db_sessions, db_names, db_error = _sqlite_sessions(db) if os.path.isfile(db) else ({}, [], None)
     for path in [os.path.join(base, "sessions", "sessions.json")] + _files(base, IMPORT_ARCHIVE, "sessions.json"):
         _read_store(path, agent)
-    agent.sessions.update(db_sessions)  # the SQLite era's windows are the newer record
+    agent.sessions.update({k: v for k, v in db_sessions.items() if k})  # the SQLite era's is the newer record
     for name, info in db_names:
         _learn_group_name(agent, name, info)
     for sid in db_sessions:
-        agent.transcripts.append(Transcript(agent.name, f"{os.path.relpath(db, root)}#{sid}", sid,
-                                            db_sessions[sid], _reader(_sqlite_rows, db, sid), agent.sessions))
+        read = _reader(_sqlite_rows, db, sid) if db_error is None else _reader(_failed, f"cannot read: {db_error}")
+        agent.transcripts.append(Transcript(agent.name, f"{os.path.relpath(db, root)}#{sid or ''}", sid,
+                                            db_sessions[sid], read, agent.sessions))
     files = _files(base, "sessions", ".jsonl")
     live = [p for p in files if p.endswith(".jsonl")]
     for path in live + [p for p in files if p not in live]:
@@ -109,6 +110,10 @@ def _agent(root, name):
 
 def _reader(fn, *args):
     return lambda: fn(*args)
+
+
+def _failed(reason):
+    yield 0, OSError(reason)
 
 
 def _files(base, sub, needle):
@@ -254,12 +259,12 @@ def _sqlite_sessions(path):
                 for row in _window_rows(conn):
                     sessions[row["session_id"]] = info = _window_info(row)
                     names += [(row.get(k), info) for k in ("display_name", "label")]
-            return sessions, names
+            return sessions, names, None
         finally:
             conn.close()
     except sqlite3.Error as e:
-        log.warning("cannot read %s: %s", path, e)
-        return {}, []
+        # Reported as one unreadable "line", so the summary says this store was not read.
+        return {None: session_info(None)}, [], str(e)
 
 
 def _window_rows(conn):
