@@ -91,12 +91,17 @@ def _agent(root, name):
     for path in [os.path.join(base, "sessions", "sessions.json")] + _files(base, IMPORT_ARCHIVE, "sessions.json"):
         _read_store(path, agent)
     agent.sessions.update({k: v for k, v in db_sessions.items() if k})  # the SQLite era's is the newer record
-    for name, info in db_names:
-        _learn_group_name(agent, name, info)
+    for group_name, info in db_names:
+        _learn_group_name(agent, group_name, info)
     for sid in db_sessions:
         read = _reader(_sqlite_rows, db, sid) if db_error is None else _reader(_failed, f"cannot read: {db_error}")
         agent.transcripts.append(Transcript(agent.name, f"{os.path.relpath(db, root)}#{sid or ''}", sid,
                                             db_sessions[sid], read, agent.sessions))
+    _add_jsonl(root, base, agent)
+    return agent
+
+
+def _add_jsonl(root, base, agent):
     files = _files(base, "sessions", ".jsonl")
     live = [p for p in files if p.endswith(".jsonl")]
     for path in live + [p for p in files if p not in live]:
@@ -105,7 +110,6 @@ def _agent(root, name):
     for path in _files(base, IMPORT_ARCHIVE, ".jsonl"):
         # <session key slug>.<file>.imported-<ms>: the session header inside names the id.
         agent.transcripts.append(_jsonl_transcript(root, path, agent, None))
-    return agent
 
 
 def _reader(fn, *args):
