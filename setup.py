@@ -26,6 +26,9 @@ setup(
         "cryptography>=41",
         # Progress bars and the live `top` view: no hand-written terminal escape codes.
         "rich>=13",
+        # backfill openclaw: OpenClaw stores transcript events as zstd frames (event_zstd) and may
+        # compress archived transcripts (*.zst); Python's standard library has no zstd before 3.14.
+        "zstandard>=0.22",
         'tomli>=2; python_version < "3.11"',
     ],
     extras_require={

@@ -225,6 +225,62 @@ def import_json(path, cfg, as_json):
         click.echo(f"  entry {err['index']}: {err['error']}", err=True)
 
 
+@cli.group()
+def backfill():
+    """Recover messages that never reached the archive from what other systems kept.
+
+    Each source is read only; what the target already holds is skipped, the rest
+    is committed to the outbox (the relay delivers it). Running one twice adds nothing.
+    """
+
+
+@backfill.command("openclaw")
+@click.argument("directory", metavar="[DIR]", required=False)
+@click.option("--since", help="Only messages from this date/time or age on (2026-11-01, 7d, 12h).")
+@click.option("--until", help="Only messages before this date/time or age.")
+@click.option("--dry-run", is_flag=True, help="Count what would be added; commit nothing.")
+@settings_options
+@json_option
+@friendly_errors
+def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
+    """Commit the inbound Feishu messages in OpenClaw's transcripts that the archive lacks.
+
+    DIR is OpenClaw's state directory (default ~/.openclaw): every agent's JSONL sessions
+    (with reset and migration archives) and its SQLite store, opened read-only while the
+    gateway runs. Assistant lines, compactions, tool output and other channels are skipped
+    and counted.
+    """
+    from .backfill.openclaw import backfill_openclaw, format_report
+    from .backfill.openclaw_sources import TranscriptsUnreadable, check_root
+    from .query import parse_when
+    try:
+        since_ms, until_ms = parse_when(since, "--since"), parse_when(until, "--until")
+        root = os.path.expanduser(directory or "~/.openclaw")
+        check_root(root)  # before the outbox is opened: a wrong DIR changes nothing
+    except (ValueError, TranscriptsUnreadable) as e:
+        raise BadSetting(str(e)) from None
+    with _opened(cfg, target=False) as (outbox, _):
+        target = _target_or_none(cfg)
+        try:
+            with progress_for() as progress:
+                report = backfill_openclaw(root, outbox, target, since_ms=since_ms, until_ms=until_ms,
+                                           dry_run=dry_run, progress=progress)
+        finally:
+            if target is not None:
+                target.close()
+    _report(report, as_json, format_report)
+
+
+def _target_or_none(cfg):
+    """The target to skip what it already holds, or None when it cannot be opened (a backfill is a
+    local commit and works without it; the relay's conflict clause keeps one row)."""
+    try:
+        return _open_target(cfg, create=False)
+    except click.ClickException as e:
+        log.warning("target not checked (%s): every message found goes to the outbox", e.message)
+        return None
+
+
 # -- status ---------------------------------------------------------------------------------
 
 @cli.command()

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import re
 
+from . import openclaw_text
 from .errors import InvalidMessage, NotAMessage
 from .timeconv import iso_to_ms
 
@@ -271,6 +272,65 @@ def _from_flat(p):
     )
 
 
+def _from_openclaw_transcript(p):
+    """{"openclaw_transcript": <a transcript line>, "session": {key, channel, chat_type, chat_id,
+    topic}, "queued_item": n} (built by backfill/openclaw.py) -> Message. The session's chat wins;
+    the line's Conversation-info block fills what the session key does not name."""
+    line = _get(p, "openclaw_transcript", dict, required=True, where="")
+    session = _get(p, "session", dict, where="") or {}
+    msg = _get(line, "message", dict, required=True, where="openclaw_transcript.")
+    if line.get("type") != "message" or msg.get("role") != "user":
+        raise NotAMessage(f"openclaw.{line.get('type')}.{msg.get('role')}", "not a user line of the transcript")
+    try:
+        fields = openclaw_text.read_user_line(msg, p.get("queued_item"))
+    except ValueError as e:
+        raise InvalidMessage(str(e)) from None
+    if fields["message_id"] is None:
+        raise InvalidMessage("transcript line has no [message_id: …] line and no Conversation-info message_id")
+    chat_type, chat_id = _transcript_chat(session, fields)
+    topic = session.get("topic") if isinstance(session.get("topic"), str) else None
+    created = msg.get("timestamp") if msg.get("timestamp") is not None else line.get("timestamp")
+    return _build(
+        source="openclaw.transcript",
+        message_id=_check_len(fields["message_id"], "message_id", MAX_ID_LENGTH),
+        chat_id=_check_len(chat_id, "session.chat_id", MAX_ID_LENGTH),
+        chat_type=chat_type,
+        thread_id=topic if topic and topic.startswith("omt_") else None,
+        root_id=topic if topic and not topic.startswith("omt_") else None,
+        parent_id=_check_len(fields["parent_id"], "replyToId", MAX_ID_LENGTH),
+        sender_id=_check_len(fields["sender_id"], "senderId", MAX_ID_LENGTH),
+        sender_type="user",
+        msg_type="text",
+        content={"text": fields["text"]},
+        text=fields["text"],
+        mentions=fields["mentions"],
+        created_at=parse_timestamp(created, "message.timestamp") if created is not None else None,
+        raw=p,
+    )
+
+
+def _transcript_chat(session, fields):
+    """(chat_type, chat_id) in Feishu's words (`group`, `p2p`). What the line says of its own chat
+    (the Conversation-info block) comes before what the session says: a shared main session holds
+    chats of several peers. A direct chat's id is the sender's open_id: the transcript, like the
+    hook event, holds no p2p `oc_` chat id."""
+    info = fields["chat"]
+    own = info.get("chat_id") if isinstance(info.get("chat_id"), str) and ":" in info["chat_id"] else ""
+    prefix, own_id = own.split(":", 1) if own else ("", None)
+    group_flag = info.get("is_group_chat")
+    kind = ({"chat": "group", "user": "direct"}.get(prefix)
+            or ({True: "group", False: "direct"}.get(group_flag) if isinstance(group_flag, bool) else None)
+            or session.get("chat_type"))
+    kind = "group" if kind == "channel" else kind
+    same = session.get("chat_type") in (kind, "channel" if kind == "group" else kind)
+    session_id = session.get("chat_id") if same else None
+    if kind == "direct":
+        return "p2p", fields["sender_id"] or (own_id if prefix == "user" else None) or session_id
+    subject = str(info.get("group_subject") or "")
+    named = subject if subject.startswith("oc_") else None  # the group's id when it has no name
+    return kind, (own_id if prefix == "chat" else None) or session_id or named
+
+
 def _build(**fields):
     return Message(**fields)
 
@@ -291,6 +351,7 @@ SHAPES = (
     Shape("feishu.v2", lambda p: p.get("schema") == "2.0" or "header" in p, _from_feishu_v2),
     Shape("feishu.v1", lambda p: p.get("type") == "event_callback", _from_feishu_v1),
     Shape("openclaw", lambda p: p.get("type") == "message" and "context" in p, _from_openclaw),
+    Shape("openclaw.transcript", lambda p: "openclaw_transcript" in p, _from_openclaw_transcript),
     Shape("api", lambda p: "message_id" in p, _from_flat),
 )
 SOURCES = tuple(shape.source for shape in SHAPES)

@@ -1,0 +1,1 @@
+"""Recover messages that never reached the archive from what other systems kept."""
