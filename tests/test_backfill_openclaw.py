@@ -25,7 +25,7 @@ except ImportError:
 
 from outbox_relay.backfill.openclaw import SKIP_REASONS, backfill_openclaw
 from outbox_relay.outbox import Outbox
-from outbox_relay.target import Target
+from outbox_relay.targets import open_target
 
 FIELDS = ("message_id", "chat_id", "chat_type", "thread_id", "root_id", "parent_id", "sender_id", "sender_type",
           "msg_type", "text", "mentions", "created_at", "source")
@@ -209,7 +209,7 @@ def test_a_transcript_written_during_the_backfill_is_neither_blocked_nor_corrupt
                                fx.ops_group_session, str(stop), str(out)])
     try:
         wait_until(lambda: _rows(fx) >= 400, timeout=30, what="the writer's first rows")
-        target = Target(pg_url)
+        target = open_target(pg_url)
         try:
             with Outbox(str(tmp_path / "outbox.db")) as outbox:
                 started = time.time()
