@@ -65,6 +65,8 @@ SETTINGS = (
     Setting("unhealthy_after", 300, "float",
             "seconds the target may be unreachable before health reports down", minimum=1),
     Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
+    Setting("spool", "data/spool", "str",
+            "the handoff spool directory (tmp/, new/, rejected/) that run and sync ingest"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

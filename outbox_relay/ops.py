@@ -9,6 +9,7 @@ import time
 import uuid
 
 from .errors import OutboxRelayError, RelayLocked, TargetError
+from .handoff import Spool, spool_warnings
 from .sync import HEARTBEAT_KEY, Relay, RelayLock
 
 # A relay that has not written its heartbeat for this long is not running.
@@ -47,6 +48,7 @@ def collect_status(cfg, outbox, target):
                   "unavailable_since": beat.get("unavailable_since"),
                   "pid": beat.get("pid")},
         "target": None,
+        "spool": Spool(cfg.spool).status(now),
     }
     if target is not None:
         entry = {"url": target.display_url, "table": target.table, "dialect": target.dialect}
@@ -80,6 +82,8 @@ def _warnings(report):
     target = report.get("target")
     if target is not None and not target["reachable"]:
         out.append(f"target unreachable: {target['error']}")
+    if report.get("spool"):
+        out.extend(spool_warnings(report["spool"], relay["running"]))
     return out
 
 
@@ -226,6 +230,10 @@ def format_status(report):
     if t is not None:
         state = f"reachable ({t['latency_ms']} ms)" if t["reachable"] else f"UNREACHABLE: {t['error']}"
         lines.append(f"target   {t['url']} table {t['table']}: {state}")
+    sp = report.get("spool")
+    if sp is not None:
+        lines.append(f"spool    {sp['path']}: {sp['waiting']} waiting (oldest {_age(sp['oldest_waiting_age_s'])}), "
+                     f"{sp['rejected']} set aside, {sp['writing']} being written")
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -15,6 +15,7 @@ import threading
 import time
 
 from .errors import RelayLocked, TargetError
+from .handoff import Spool, SpoolIngester
 from .sync import Relay, RelayLock
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Service:
         self.target = None
         self.lock = None
         self.relay_thread = None
+        self.spool_ingester = None
         self.http_server = None
         self.http_thread = None
         self._stop = threading.Event()
@@ -85,6 +87,8 @@ class Service:
             relay = Relay(self.outbox, self.target, batch_size=cfg.batch_size)
             self.relay_thread = RelayThread(relay)
             self.relay_thread.start()
+            # The handoff spool is ingested where the relay runs: one ingester per outbox.
+            self.spool_ingester = SpoolIngester(Spool(cfg.spool), self.outbox).start()
         if self.want_http:
             self._start_http()
         return self
@@ -116,6 +120,9 @@ class Service:
         if self.http_server is not None:
             drain_http_server(self.http_server, self.http_thread, SHUTDOWN_GRACE)
             self.http_server = None
+        if self.spool_ingester is not None:
+            self.spool_ingester.stop()
+            self.spool_ingester = None
         if self.relay_thread is not None:
             if not self.relay_thread.stop():
                 log.warning("the batch in flight did not finish in %.0f s; exiting anyway (safe:"
