@@ -80,10 +80,16 @@ class Spool:
         return os.path.isdir(self.new)
 
     def ensure(self):
-        """Create the spool and its three directories (the service does this at start)."""
+        """Create the spool and its three directories (the service does this at start). Each
+        directory created here takes the spool's own mode, so an operator who made the spool
+        group-writable for the gateway's user (2770) gets tmp/, new/, rejected/ the same."""
         try:
+            os.makedirs(self.path, exist_ok=True)
+            mode = stat.S_IMODE(os.stat(self.path).st_mode)
             for d in (self.tmp, self.new, self.rejected):
-                os.makedirs(d, exist_ok=True)
+                if not os.path.isdir(d):
+                    os.makedirs(d, exist_ok=True)
+                    os.chmod(d, mode)
         except OSError as e:
             raise SpoolError(f"cannot create the spool {self.path}: {e.strerror}") from None
         return self
@@ -98,13 +104,15 @@ class Spool:
         name = item_name()
         tmp = os.path.join(self.tmp, name)
         try:
+            if not os.path.isdir(self.tmp) and os.path.isdir(self.path):
+                self.ensure()  # as the hook does: the spool must exist, its parts are made
             _write_synced(tmp, data)
             os.rename(tmp, os.path.join(self.new, name))
             _fsync_dir(self.new)
-        except OSError as e:
+        except (OSError, SpoolError) as e:
             _unlink_quietly(tmp)
             raise SpoolError(f"cannot hand message {message.message_id} over to the spool {self.path}: "
-                             f"{e.strerror or e}") from None
+                             f"{getattr(e, 'strerror', None) or e}") from None
         return name
 
     # -- ingesting ----------------------------------------------------------------------------

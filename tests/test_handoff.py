@@ -9,6 +9,7 @@ in test_hook_spool.py.
 import json
 import os
 import pathlib
+import stat
 import threading
 import time
 
@@ -83,9 +84,23 @@ def test_write_refuses_bad_input_and_writes_nothing(spool):
     assert os.listdir(spool.new) == [] and os.listdir(spool.tmp) == []
 
 
+def test_ensure_gives_the_subdirectories_the_spools_own_mode(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    os.chmod(root, 0o2770)  # group-writable for the gateway's user, as the README sets it up
+    spool = Spool(root).ensure()
+    assert [stat.S_IMODE(os.stat(d).st_mode) for d in (spool.tmp, spool.new, spool.rejected)] == [0o2770] * 3
+    name = spool.write(flat(1))
+    assert stat.S_IMODE(os.stat(os.path.join(spool.new, name)).st_mode) == 0o640
+
+
 def test_write_to_a_spool_that_is_not_there_is_a_clear_error(tmp_path):
     with pytest.raises(SpoolError, match="cannot hand message om_spool_00000 over to the spool"):
         Spool(tmp_path / "missing").write(flat(0))
+    assert not (tmp_path / "missing").exists()  # a mistyped path is not quietly created
+    (tmp_path / "bare").mkdir()
+    spool = Spool(tmp_path / "bare")
+    assert spool.write(flat(0)) in spool.waiting()  # an existing spool gets its tmp/ new/ rejected/
 
 
 def test_writers_in_many_threads_never_collide(spool, box):

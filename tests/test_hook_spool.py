@@ -13,6 +13,7 @@ import pathlib
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import time
 
@@ -245,8 +246,11 @@ def test_a_missing_spool_directory_is_not_created_by_the_hook(node, tmp_path):
     assert code == 1 and "must be an absolute path" in stderr
     bare = tmp_path / "bare"
     bare.mkdir()
+    os.chmod(bare, 0o2770)  # shared with the service's user: what the hook creates is shared too
     code, (result,), stderr = run_hook(node, tmp_path, [event], OUTBOX_RELAY_SPOOL=str(bare))
     assert code == 0 and stderr == "" and os.listdir(bare / "new") == [result["file"]]
+    assert [stat.S_IMODE(os.stat(bare / d).st_mode) for d in ("tmp", "new")] == [0o2770, 0o2770]
+    assert stat.S_IMODE(os.stat(bare / "new" / result["file"]).st_mode) == 0o640
     assert json.loads((bare / "new" / result["file"]).read_text())["context"]["messageId"] == "om_hook_00000"
 
 

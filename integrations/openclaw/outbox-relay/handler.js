@@ -17,7 +17,7 @@
 // everything else.
 
 import { randomBytes } from "node:crypto";
-import { mkdir, open, rename, unlink } from "node:fs/promises";
+import { chmod, mkdir, open, rename, stat, unlink } from "node:fs/promises";
 import { isAbsolute, join } from "node:path";
 
 const DEFAULT_URL = "http://127.0.0.1:8080";
@@ -126,6 +126,8 @@ function itemName() {
 
 // tmp/ and new/ are created when missing, but the spool directory itself must
 // exist: a mistyped path must fail loudly, not fill a directory nobody reads.
+// What we create takes the spool's own mode (e.g. 2770, shared with the
+// service's user), as outbox-relay does; files are 0640 (group-readable).
 async function openTmp(spool, name) {
   const path = join(spool, "tmp", name);
   try {
@@ -133,11 +135,20 @@ async function openTmp(spool, name) {
   } catch (err) {
     if (err?.code !== "ENOENT") throw err;
   }
+  let mode;
+  try {
+    mode = (await stat(spool)).mode & 0o7777;
+  } catch (err) {
+    if (err?.code === "ENOENT") throw new Error(`the spool directory ${spool} does not exist`);
+    throw err;
+  }
   for (const sub of ["tmp", "new"]) {
-    await mkdir(join(spool, sub)).catch((err) => {
-      if (err?.code === "ENOENT") throw new Error(`the spool directory ${spool} does not exist`);
+    try {
+      await mkdir(join(spool, sub));
+      await chmod(join(spool, sub), mode);
+    } catch (err) {
       if (err?.code !== "EEXIST") throw err;
-    });
+    }
   }
   return open(path, "wx", 0o640);
 }
