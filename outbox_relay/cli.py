@@ -505,8 +505,8 @@ def _retry_spool(spool, names, as_json):
 
 def _format_spool(data):
     sp = data["spool"]
-    head = (f"spool {sp['path']}: {sp['waiting']} waiting, {sp['rejected']} set aside, "
-            f"{sp['writing']} being written")
+    head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
+                                                      f"{sp['writing']} being written")
     if not data["rejected"]:
         return head + "\nnothing set aside"
     rows = [[r["name"], r["size"], ops._clock(r["rejected_at"]), (r["reason"] or "")[:100]]

@@ -237,11 +237,15 @@ class Spool:
     def status(self, now=None):
         """Counts for `status`: waiting, rejected, being written (tmp/), the oldest waiting item's age."""
         now = time.time() if now is None else now
-        waiting = self.waiting()
-        oldest = _mtime_of(os.path.join(self.new, waiting[0])) if waiting else None
-        return {"path": os.path.abspath(self.path), "exists": self.exists(), "waiting": len(waiting),
-                "rejected": len(self._rejected_names()), "writing": len(list(_scan(self.tmp))),
-                "oldest_waiting_age_s": round(max(0.0, now - oldest), 3) if oldest else None}
+        report = {"path": os.path.abspath(self.path), "exists": self.exists(), "error": None}
+        try:
+            waiting = self.waiting()
+            oldest = _mtime_of(os.path.join(self.new, waiting[0])) if waiting else None
+            report.update(waiting=len(waiting), rejected=len(self._rejected_names()), writing=len(_scan(self.tmp)),
+                          oldest_waiting_age_s=round(max(0.0, now - oldest), 3) if oldest else None)
+        except SpoolError as e:
+            report.update(error=str(e), waiting=None, rejected=None, writing=None, oldest_waiting_age_s=None)
+        return report
 
     def _rejected_names(self):
         return sorted(e.name for e in _scan(self.rejected) if not e.name.endswith(REASON))
@@ -310,6 +314,8 @@ class SpoolIngester:
             busy = False
             try:
                 busy = self.step()
+            except SpoolError as e:  # missing, unreadable: said once, tried again
+                self._say(str(e))
             except Exception as e:  # a bug must not end ingestion: the items stay in new/
                 self._say(f"spool ingestion failed: {type(e).__name__}: {e}", exc=True)
             if not busy:
@@ -336,6 +342,8 @@ class SpoolIngester:
 
 def spool_warnings(spool, relay_running):
     """Lines for `status` warnings (and so for `health`)."""
+    if spool["error"]:
+        return [f"the spool cannot be read: {spool['error']}"]
     out = []
     if spool["rejected"]:
         out.append(f"{spool['rejected']} spool item(s) set aside as not messages: see `outbox-relay spool`")
@@ -344,7 +352,7 @@ def spool_warnings(spool, relay_running):
                    "start `outbox-relay run` (or run `outbox-relay sync`)")
     age = spool["oldest_waiting_age_s"]
     if relay_running and age is not None and age > 60:
-        out.append(f"the spool is not being ingested: its oldest item is {age:.0f} s old")
+        out.append(f"the oldest spool item has waited {age:.0f} s: is the relay ingesting? (see its log)")
     return out
 
 
@@ -408,12 +416,15 @@ def _open_error(path, e):
 
 
 def _scan(directory):
-    """Entries of a directory, dot files skipped; none if it does not exist."""
+    """Entries of a directory, dot files skipped; none if it does not exist; SpoolError if it
+    cannot be read (never an empty answer for a directory we may not look into)."""
     try:
         with os.scandir(directory) as it:
             return [e for e in it if not e.name.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
+    except OSError as e:
+        raise SpoolError(f"cannot read {directory}: {e.strerror}") from None
 
 
 def _mtime(entry):

@@ -232,8 +232,8 @@ def format_status(report):
         lines.append(f"target   {t['url']} table {t['table']}: {state}")
     sp = report.get("spool")
     if sp is not None:
-        lines.append(f"spool    {sp['path']}: {sp['waiting']} waiting (oldest {_age(sp['oldest_waiting_age_s'])}), "
-                     f"{sp['rejected']} set aside, {sp['writing']} being written")
+        lines.append(f"spool    {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting (oldest "
+                     f"{_age(sp['oldest_waiting_age_s'])}), {sp['rejected']} set aside, {sp['writing']} being written"))
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -207,6 +207,18 @@ def test_retry_moves_an_item_back_once_it_can_be_read(spool, box):
     assert spool.ingest(box).stored == 1 and "om_spool_00005" in ids(box)
 
 
+def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
+    # We run as root, so permissions would not stop us: a symlink loop cannot be listed by anyone.
+    os.rmdir(spool.new)
+    os.symlink(spool.new, spool.new)
+    with pytest.raises(SpoolError, match=spool.path):
+        spool.ingest(box)
+    status = spool.status()
+    assert status["waiting"] is None and "Too many levels" in status["error"]
+    from outbox_relay.handoff import spool_warnings
+    assert spool_warnings(status, relay_running=True) == [f"the spool cannot be read: {status['error']}"]
+
+
 def test_ingester_thread_ingests_within_a_second(spool, box):
     ingester = SpoolIngester(spool, box).start()
     try:
