@@ -19,6 +19,7 @@ import click
 from . import __version__, ops
 from .config import SETTINGS, Config
 from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
+from .handoff import Spool, format_spool, ingest_for_sync
 from .logs import setup_logging
 from .progress import progress_for
 
@@ -314,7 +315,7 @@ def sync(cfg, max_batches, timeout, as_json):
             if timer is not None:
                 timer.daemon = True
                 timer.start()
-            spooled = _ingest_spool(cfg, outbox)
+            spooled = ingest_for_sync(cfg.spool, outbox)
             waiting = outbox.counts()
             try:
                 with progress_for() as progress:
@@ -341,19 +342,6 @@ def sync(cfg, max_batches, timeout, as_json):
                                    "in the outbox (stopped before the drain finished)")
     if spooled and spooled["waiting"]:
         raise click.ClickException(f"{spooled['waiting']} message(s) still waiting in the spool")
-
-
-def _ingest_spool(cfg, outbox):
-    """What the handoff spool holds goes into the outbox first (nothing to do without a spool)."""
-    from .handoff import Spool
-    spool = Spool(cfg.spool)
-    if not spool.exists():
-        return None
-    report = spool.ingest(outbox)
-    if report.error:
-        log.warning("spool items left waiting in %s: %s", spool.new, report.error)
-    return {"stored": report.stored, "duplicates": report.duplicates, "rejected": report.rejected,
-            "waiting": len(spool.waiting())}
 
 
 def _ensure_schema_or_warn(target):
@@ -477,7 +465,6 @@ def spool_cmd(cfg, names, retry_all, limit, as_json):
     --retry NAME / --retry-all move set-aside items back once their cause is fixed (an upgrade that
     reads them, a permission); one that still is not a message is set aside again.
     """
-    from .handoff import Spool
     spool = Spool(cfg.spool)
     if not spool.exists():
         raise click.ClickException(
@@ -489,7 +476,7 @@ def spool_cmd(cfg, names, retry_all, limit, as_json):
         _retry_spool(spool, None if retry_all else list(names), as_json)
         return
     data = {"spool": spool.status(), "rejected": spool.rejected_items(limit)}
-    _report(data, as_json, _format_spool)
+    _report(data, as_json, format_spool)
 
 
 def _retry_spool(spool, names, as_json):
@@ -501,17 +488,6 @@ def _retry_spool(spool, names, as_json):
         click.echo(f"{len(moved)} moved back to {spool.new}")
     if missing:
         raise click.ClickException(f"{len(missing)} name(s) matched no set-aside item: {', '.join(missing[:5])}")
-
-
-def _format_spool(data):
-    sp = data["spool"]
-    head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
-                                                      f"{sp['writing']} being written")
-    if not data["rejected"]:
-        return head + "\nnothing set aside"
-    rows = [[r["name"], r["size"], ops._clock(r["rejected_at"]), (r["reason"] or "")[:100]]
-            for r in data["rejected"]]
-    return head + "\n" + ops.format_table(["name", "bytes", "set aside", "reason"], rows)
 
 
 # -- query side ----------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ CHUNK = 500  # items per outbox transaction
 POLL = 0.1  # seconds between looks at new/ while idle: a handed-over message reaches the target in < 1 s
 STALE_TMP = 3600.0  # a tmp/ file this old belongs to a writer that died
 SWEEP_EVERY = 60.0
+ERROR_PAUSE = 1.0  # seconds between passes while the outbox refuses (full under overflow=reject, locked)
 BOM = b"\xef\xbb\xbf"
 
 
@@ -311,27 +312,31 @@ class SpoolIngester:
 
     def _main(self):
         while not self._stop.is_set():
-            busy = False
             try:
-                busy = self.step()
+                pause = self.step()
             except SpoolError as e:  # missing, unreadable: said once, tried again
                 self._say(str(e))
+                pause = ERROR_PAUSE
             except Exception as e:  # a bug must not end ingestion: the items stay in new/
                 self._say(f"spool ingestion failed: {type(e).__name__}: {e}", exc=True)
-            if not busy:
-                self._stop.wait(self.poll)
+                pause = ERROR_PAUSE
+            if pause:
+                self._stop.wait(pause)
 
     def step(self):
-        """One pass. True when it moved something and there may be more right away."""
+        """One pass. Returns how long to wait before the next: 0 when it moved something (there may
+        be more), POLL when idle, ERROR_PAUSE when the outbox cannot take more (full, locked)."""
         report = self.spool.ingest(self.outbox, limit=CHUNK)
         self.totals.add(report)
         if report.error:
+            # Each failed pass reads and normalizes a chunk again: not ten times a second.
             self._say(f"spool items wait in {self.spool.new}: {report.error}")
-            return False
+            return ERROR_PAUSE
         if self._said:
             log.info("spool ingestion resumed")
             self._said = None
-        return report.stored + report.rejected > 0  # duplicates alone: an item that cannot be unlinked
+        # Duplicates alone mean an item that cannot be unlinked: no reason to spin on it.
+        return 0 if report.stored + report.rejected else self.poll
 
     def _say(self, text, exc=False):
         """Log a problem once, not every POLL."""
@@ -354,6 +359,30 @@ def spool_warnings(spool, relay_running):
     if relay_running and age is not None and age > 60:
         out.append(f"the oldest spool item has waited {age:.0f} s: is the relay ingesting? (see its log)")
     return out
+
+
+def ingest_for_sync(path, outbox):
+    """`sync`: what the spool holds goes into the outbox before the drain. None without a spool."""
+    spool = Spool(path)
+    if not spool.exists():
+        return None
+    report = spool.ingest(outbox)
+    if report.error:
+        log.warning("spool items left waiting in %s: %s", spool.new, report.error)
+    return {"stored": report.stored, "duplicates": report.duplicates, "rejected": report.rejected,
+            "waiting": len(spool.waiting())}
+
+
+def format_spool(data):
+    """`outbox-relay spool` for people: the counts, then one line per item set aside."""
+    from .ops import _clock, format_table  # ops imports this module: not at the top
+    sp = data["spool"]
+    head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
+                                                      f"{sp['writing']} being written")
+    if not data["rejected"]:
+        return head + "\nnothing set aside"
+    rows = [[r["name"], r["size"], _clock(r["rejected_at"]), (r["reason"] or "")[:100]] for r in data["rejected"]]
+    return head + "\n" + format_table(["name", "bytes", "set aside", "reason"], rows)
 
 
 # -- file helpers --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ in test_hook_spool.py.
 """
 
 import json
+import logging
 import os
 import pathlib
 import stat
@@ -17,8 +18,10 @@ import pytest
 
 try:
     from .cliutil import run_cli
+    from .relayutil import wait_until
 except ImportError:
     from cliutil import run_cli
+    from relayutil import wait_until
 
 from outbox_relay.errors import InvalidMessage, SpoolError
 from outbox_relay.handoff import STALE_TMP, Spool, SpoolIngester, item_name
@@ -232,6 +235,24 @@ def test_ingester_thread_ingests_within_a_second(spool, box):
     finally:
         assert ingester.stop()
     assert ingester.totals.stored == 1
+
+
+def test_ingester_waits_out_a_full_outbox_and_resumes(spool, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="outbox_relay.handoff")
+    with Outbox(tmp_path / "strict.db", overflow="reject", max_pending=2) as strict:
+        for i in range(4):
+            spool.write(flat(i))
+        ingester = SpoolIngester(spool, strict).start()
+        try:
+            wait_until(lambda: strict.counts()["pending"] == 2, timeout=5, what="the first two ingested")
+            wait_until(lambda: "outbox is full" in caplog.text, timeout=5, what="the full outbox said")
+            assert len(spool.waiting()) == 2
+            strict.mark_delivered([r.id for r in strict.claim(2)])  # the relay made room
+            wait_until(lambda: not spool.waiting(), timeout=5, what="the rest ingested")
+        finally:
+            assert ingester.stop()
+        assert ingester.totals.stored == 4 and caplog.text.count("outbox is full") == 1  # said once
+        assert "spool ingestion resumed" in caplog.text
 
 
 # -- the CLI ------------------------------------------------------------------------------------------
