@@ -101,7 +101,7 @@ class Spool:
         """Hand one message over, durably; returns the item's name. The payload is normalized first,
         so bad input raises InvalidMessage and writes nothing; SpoolError if the spool cannot take it."""
         message = normalize(payload)
-        data = _payload_bytes(payload, message)
+        data = _payload_bytes(payload)
         name = item_name()
         tmp = os.path.join(self.tmp, name)
         try:
@@ -388,7 +388,7 @@ def format_spool(data):
 # -- file helpers --------------------------------------------------------------------------------
 
 
-def _payload_bytes(payload, message):
+def _payload_bytes(payload):
     if isinstance(payload, Message):
         if not isinstance(payload.raw, dict):
             raise InvalidMessage("a Message without its raw payload cannot be spooled: pass the payload")
