@@ -21,10 +21,10 @@ import common
 from common import Line
 
 FULL = dict(put=2000, put_rounds=3, json=1000, many=20_000, many_rounds=2, web_seconds=10,
-            web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000)
+            web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000)
 QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seconds=2,
-             web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000)
-SECTIONS = ("ingest", "webhook", "relay", "e2e", "memory")
+             web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100)
+SECTIONS = ("ingest", "webhook", "relay", "e2e", "memory", "hook")
 
 
 def log(msg):
@@ -42,6 +42,7 @@ def web_ready():
 
 
 def run_sections(args, size, workdir, pg):
+    import hook
     import ingest
     import latency
     import memory
@@ -88,6 +89,8 @@ def run_sections(args, size, workdir, pg):
     lines += section("memory", f"peak RSS of `outbox-relay sync` over {size['memory']:,} rows",
                      lambda: memory.bench_memory(workdir, common.fresh_database(pg, "bench_memory"),
                                                  size["memory"]))
+    lines += section("hook", f"OpenClaw hook under Node, {size['hook']:,} events stopped / running",
+                     lambda: hook.bench_hook(workdir, common.fresh_database(pg, "bench_hook"), size["hook"]))
     return lines, errors
 
 

@@ -13,6 +13,7 @@ from .errors import (  # noqa: E402
     OutboxUnavailable,
     RelayLocked,
     RowRejected,
+    SpoolError,
     TargetError,
     TargetUnavailable,
 )
@@ -35,11 +36,18 @@ def __getattr__(name):
     if name == "Config":
         from .config import Config
         return Config
+    if name == "FeishuMessageSync":  # the seed's call, for users who wired it in (compat.py)
+        from .compat import FeishuMessageSync
+        return FeishuMessageSync
+    if name == "Spool":
+        from .handoff import Spool
+        return Spool
     raise AttributeError(f"module 'outbox_relay' has no attribute {name!r}")
 
 
 __all__ = [
     "__version__", "Outbox", "PutResult", "Message", "normalize", "Relay", "Target", "open_target", "Config",
+    "FeishuMessageSync", "Spool", "SpoolError",
     "OutboxRelayError", "InvalidMessage", "NotAMessage", "OutboxError", "OutboxFull",
     "OutboxUnavailable", "OutboxCorrupt", "RelayLocked", "ConfigError", "TargetError", "TargetUnavailable",
     "RowRejected",

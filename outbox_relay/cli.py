@@ -18,6 +18,7 @@ import click
 from . import __version__, ops
 from .config import SETTINGS, Config
 from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
+from .handoff import Spool, format_spool, ingest_for_sync
 from .logs import setup_logging
 from .progress import progress_for
 from .targets import DIALECTS
@@ -38,7 +39,7 @@ def _setting_option(s):
     # setting (exit 2), whether it came from a flag, the environment or the file.
     hint = f" ({'|'.join(s.choices)})" if s.choices else ""
     metavar = {"url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N", "float": "SECONDS",
-               "choice": "|".join(s.choices)}.get(s.kind, "PATH" if s.name == "outbox" else "TEXT")
+               "choice": "|".join(s.choices)}.get(s.kind, "PATH" if s.name in ("outbox", "spool") else "TEXT")
     return click.option(s.flag, s.name, default=None, metavar=metavar,
                         help=f"{s.help}{hint} [env {s.env}; default {s.default!r}]")
 
@@ -373,6 +374,7 @@ def sync(cfg, max_batches, timeout, as_json):
             if timer is not None:
                 timer.daemon = True
                 timer.start()
+            spooled = ingest_for_sync(cfg.spool, outbox)
             waiting = outbox.counts()
             try:
                 with progress_for() as progress:
@@ -384,18 +386,23 @@ def sync(cfg, max_batches, timeout, as_json):
                     timer.cancel()
         counts = outbox.counts()
     report = {"batches": totals["batches"], "delivered": totals["delivered"], "new": totals["new"],
-              "dead": totals["dead"], "pruned": totals["pruned"], "outbox": counts}
+              "dead": totals["dead"], "pruned": totals["pruned"], "outbox": counts, "spool": spooled}
     if as_json:
         _emit_json(report)
     else:
         click.echo(f"{report['delivered']} delivered ({report['new']} new in the target) in "
                    f"{report['batches']} batches; {report['dead']} dead; outbox now: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        if spooled:
+            click.echo(f"spool: {spooled['stored']} stored, {spooled['duplicates']} already stored, "
+                       f"{spooled['rejected']} set aside, {spooled['waiting']} waiting")
     if counts["pending"] or counts["parked"]:
         why = (f"timed out after {timeout:g} s" if timed_out.is_set()
                else "stopped" if relay.stopping else f"--max-batches {max_batches} reached")
         raise click.ClickException(f"{counts['pending'] + counts['parked']} message(s) still waiting "
                                    f"in the outbox ({why} before the drain finished)")
+    if spooled and spooled["waiting"]:
+        raise click.ClickException(f"{spooled['waiting']} message(s) still waiting in the spool")
 
 
 # -- target tools ------------------------------------------------------------------------------
@@ -521,6 +528,45 @@ def replay(cfg, ids, all_rows, parked):
     if ids and n < len(ids):
         state = "parked" if parked else "dead"
         raise click.ClickException(f"{len(ids) - n} of the {len(ids)} given ids matched no {state} row")
+
+
+@cli.command("spool")
+@settings_options
+@click.option("--retry", "names", multiple=True, metavar="NAME",
+              help="Move this set-aside item back to be ingested again (repeatable).")
+@click.option("--retry-all", is_flag=True, help="Move every set-aside item back.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+@friendly_errors
+def spool_cmd(cfg, names, retry_all, limit, as_json):
+    """The handoff spool: what waits, and the items set aside as not messages, each with its reason.
+
+    --retry NAME / --retry-all move set-aside items back once their cause is fixed (an upgrade that
+    reads them, a permission); one that still is not a message is set aside again.
+    """
+    spool = Spool(cfg.spool)
+    if not spool.exists():
+        raise click.ClickException(
+            f"spool {os.path.abspath(cfg.spool)} does not exist: run this where the service runs, "
+            "or give --spool / OUTBOX_RELAY_SPOOL")
+    if names and retry_all:
+        raise click.UsageError("give either --retry NAME or --retry-all, not both")
+    if names or retry_all:
+        _retry_spool(spool, None if retry_all else list(names), as_json)
+        return
+    data = {"spool": spool.status(), "rejected": spool.rejected_items(limit)}
+    _report(data, as_json, format_spool)
+
+
+def _retry_spool(spool, names, as_json):
+    moved = spool.retry(names)
+    missing = [n for n in names or () if n not in moved]
+    if as_json:
+        _emit_json({"moved": moved, "missing": missing})
+    else:
+        click.echo(f"{len(moved)} moved back to {spool.new}")
+    if missing:
+        raise click.ClickException(f"{len(missing)} name(s) matched no set-aside item: {', '.join(missing[:5])}")
 
 
 # -- query side ----------------------------------------------------------------------------------

@@ -66,6 +66,8 @@ SETTINGS = (
     Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
     Setting("check_interval", 600.0, "float",
             "seconds between integrity checks (quick_check) of the outbox file by the relay", minimum=1),
+    Setting("spool", "data/spool", "str",
+            "the handoff spool directory (tmp/, new/, rejected/) that run and sync ingest"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -83,3 +83,7 @@ class SignatureError(OutboxRelayError):
 
 class DecryptError(InvalidMessage):
     """Raised when an encrypted Feishu body cannot be decrypted with the configured key."""
+
+
+class SpoolError(OutboxRelayError):
+    """Raised when the handoff spool cannot be written or read (missing, unwritable, full)."""

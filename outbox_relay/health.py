@@ -80,7 +80,7 @@ class Facts:
     counts: dict | None = None
     oldest_pending_age: float | None = None
     outbox_problem: str | None = None
-    outbox_warnings: list = dataclasses.field(default_factory=list)
+    warnings: list = dataclasses.field(default_factory=list)
     target_error: str | None = None     # a direct round trip failed (None: it worked, or none was made)
     target_probed: bool = False
 
@@ -118,7 +118,7 @@ def judge(facts, cfg, *, expect_relay, now=None):
         down.append(f"target unreachable: {facts.target_error}")
     elif facts.target_error and outage is None:
         degraded.append(f"target unreachable: {facts.target_error}")
-    degraded.extend(facts.outbox_warnings)
+    degraded.extend(facts.warnings)
     degraded.extend(_backlog_warnings(facts, relay))
     if down:
         return Verdict(DOWN, down + degraded)
@@ -154,5 +154,5 @@ def outbox_facts(outbox, facts, *, check=False):
         facts.outbox_problem = facts.outbox_problem or str(e)
         return facts
     if replaced:
-        facts.outbox_warnings.append(replaced)
+        facts.warnings.append(replaced)
     return facts

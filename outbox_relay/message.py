@@ -212,12 +212,10 @@ def _from_openclaw(p):
     ctx = _get(p, "context", dict, required=True, where="")
     meta = _get(ctx, "metadata", dict, where="context.") or {}
     body = _get(ctx, "content", str, where="context.") or ""
-    conversation = _get(ctx, "conversationId", str, where="context.") or ""
-    origin = _get(ctx, "from", str, where="context.") or ""
-    # "feishu:group:oc_x" -> group; "feishu:oc_x" -> oc_x (the provider prefix goes).
-    parts = origin.split(":")
-    chat_type = parts[1] if len(parts) == 3 else None
-    chat_id = conversation.split(":", 1)[1] if ":" in conversation else (conversation or None)
+    chat_id, chat_type = _openclaw_chat(_get(ctx, "conversationId", str, where="context.") or "",
+                                        _get(ctx, "from", str, where="context.") or "")
+    # context.timestamp is when OpenClaw processed the message (Date.now()), not Feishu's
+    # create_time: the event carries no other time. Usually within a second of it.
     created = ctx.get("timestamp")
     if created is None:
         created = p.get("timestamp")
@@ -227,7 +225,7 @@ def _from_openclaw(p):
         chat_id=_check_len(chat_id, "context.conversationId", MAX_ID_LENGTH),
         chat_type=_check_len(chat_type, "context.from", MAX_KIND_LENGTH),
         thread_id=_id(meta, "threadId", "context.metadata."),
-        sender_id=_id(meta, "senderId", "context.metadata."),
+        sender_id=_id(meta, "senderId", "context.metadata.") or _openclaw_sender(ctx),
         sender_type="user",
         msg_type="text",
         content={"text": body},
@@ -236,6 +234,30 @@ def _from_openclaw(p):
         created_at=parse_timestamp(created, "context.timestamp") if created is not None else None,
         raw=p,
     )
+
+
+# OpenClaw's Feishu channel: conversationId "chat:oc_…" in a group, "user:ou_…" in a direct chat.
+# A direct chat's event carries no p2p oc_ chat id, so chat_id holds the other party's open id
+# (ou_…): one id per direct chat with this bot, and never mistaken for a chat id (oc_…). The
+# webhook stores the oc_ id for the same chat; message_id keeps it one row whichever came first.
+_OPENCLAW_KINDS = {"chat": "group", "user": "p2p"}
+
+
+def _openclaw_chat(conversation, origin):
+    """(chat_id, chat_type) from conversationId, or from the older guessed shape
+    (from "feishu:group:oc_x", conversationId "feishu:oc_x": the provider prefix goes)."""
+    kind, sep, rest = conversation.partition(":")
+    if sep and kind in _OPENCLAW_KINDS and rest:
+        return rest, _OPENCLAW_KINDS[kind]
+    parts = origin.split(":")
+    chat_type = parts[1] if len(parts) == 3 else None
+    return ((rest or None) if sep else (conversation or None)), chat_type
+
+
+def _openclaw_sender(ctx):
+    """from "feishu:ou_x" -> ou_x, when metadata.senderId is missing (not "feishu:group:oc_x")."""
+    parts = (_get(ctx, "from", str, where="context.") or "").split(":")
+    return _check_len(parts[1], "context.from", MAX_ID_LENGTH) if len(parts) == 2 and parts[1] else None
 
 
 def _from_flat(p):

@@ -10,6 +10,7 @@ import uuid
 
 from . import health
 from .errors import OutboxRelayError, RelayLocked, TargetError
+from .handoff import Spool, spool_warnings
 from .sync import Relay, RelayLock
 
 
@@ -33,6 +34,7 @@ def collect_status(cfg, outbox, target):
                   "last_error_at": beat.last_error_at, "unavailable_since": beat.unavailable_since,
                   "pid": beat.pid},
         "target": None,
+        "spool": Spool(cfg.spool).status(now),
     }
     if target is not None:
         entry = {"url": target.display_url, "table": target.table, "dialect": target.name}
@@ -43,6 +45,7 @@ def collect_status(cfg, outbox, target):
             entry["reachable"], entry["error"] = False, str(e)
             facts.target_error = str(e)
         report["target"] = entry
+    facts.warnings.extend(spool_warnings(report["spool"], view.running))
     verdict = health.judge(facts, cfg, expect_relay=False, now=now)
     report["health"] = {"level": verdict.level, "reasons": verdict.reasons}
     report["warnings"] = verdict.reasons
@@ -171,6 +174,10 @@ def format_status(report):
     if t is not None:
         state = f"reachable ({t['latency_ms']} ms)" if t["reachable"] else f"UNREACHABLE: {t['error']}"
         lines.append(f"target   {t['url']} table {t['table']}: {state}")
+    sp = report.get("spool")
+    if sp is not None:
+        lines.append(f"spool    {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting (oldest "
+                     f"{_age(sp['oldest_waiting_age_s'])}), {sp['rejected']} set aside, {sp['writing']} being written"))
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

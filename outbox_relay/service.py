@@ -17,6 +17,7 @@ import threading
 import time
 
 from .errors import ConfigError, RelayLocked, TargetError
+from .handoff import Spool, SpoolIngester
 from .sync import Relay, RelayLock
 from .targets import open_from_config
 
@@ -63,6 +64,7 @@ class Service:
         self.target = None
         self.lock = None
         self.relay_thread = None
+        self.spool_ingester = None
         self.http_server = None
         self.http_thread = None
         self._stop = threading.Event()
@@ -82,6 +84,8 @@ class Service:
             self._bind_http()  # before anything runs: a port in use is one line, nothing started
         if self.relay_thread is not None:
             self.relay_thread.start()
+            # The handoff spool is ingested where the relay runs: one ingester per outbox.
+            self.spool_ingester = SpoolIngester(Spool(cfg.spool), self.outbox).start()
         if self.http_server is not None:
             self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
             self.http_thread.start()
@@ -117,6 +121,9 @@ class Service:
         if self.http_server is not None:
             drain_http_server(self.http_server, self.http_thread, SHUTDOWN_GRACE)
             self.http_server = None
+        if self.spool_ingester is not None:
+            self.spool_ingester.stop()
+            self.spool_ingester = None
         if self.relay_thread is not None:
             if not self.relay_thread.stop():
                 log.warning("the batch in flight did not finish in %.0f s; exiting anyway (safe:"

@@ -37,6 +37,7 @@ import falcon
 
 from . import feishu, health
 from .errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
+from .handoff import Spool, spool_warnings
 from .message import detect, normalize
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
@@ -257,6 +258,7 @@ class Health:
             view = health.outbox_view(self.outbox, self.cfg, now)
         facts = health.outbox_facts(self.outbox, health.Facts(
             relay=view, outbox_problem=checks["outbox"].get("problem")))
+        facts.warnings.extend(spool_warnings(Spool(self.cfg.spool).status(now), view.running))
         verdict = health.judge(facts, self.cfg, expect_relay=True, now=now)
         beat = view.heartbeat
         checks["relay"] = {"ok": view.problem is None and view.running, "in_process": view.in_process,

@@ -37,6 +37,8 @@ EXPECTED = [
     ("end-to-end: put -> visible in PG, 200/s, p50", False),
     ("end-to-end: put -> visible in PG, 200/s, p99", False),
     ("relay memory: peak RSS draining 20,000 rows", False),
+    ("hook: per message, service stopped (spool), p99", False),
+    ("hook: per message, service running: spool vs HTTP POST", True),
 ]
 NUMBER = re.compile(r"\d")
 

@@ -79,6 +79,18 @@ EXPECTED = {
         sender_id="ou_84aad35d084aa403a838cf73ee18467", sender_type="user", msg_type="text",
         content={"text": "明天的会议改到下午三点"}, text="明天的会议改到下午三点", mentions=[],
         created_at=1771318500000),  # context.timestamp wins over the ISO top-level one
+    # OpenClaw's Feishu channel as it really fills the event (../shared/openclaw/): the chat from
+    # conversationId's prefix; a direct chat has no oc_ id in the event, so chat_id is the ou_ peer.
+    "hook_group.json": dict(
+        message_id="om_x100b55b3d2e0a8c4b2f6e1d0c9a8b7f6", source="openclaw",
+        chat_id="oc_5ce6d572455d361153b7cb51da133945", chat_type="group", thread_id=None,
+        sender_id="ou_84aad35d084aa403a838cf73ee18467", sender_type="user", msg_type="text",
+        text="明天的会议改到下午三点 @_user_1", mentions=[], created_at=1796006382258),
+    "hook_direct.json": dict(
+        message_id="om_x100b55b3d2e0a8c4b2f6e1d0c9a8c001", source="openclaw",
+        chat_id="ou_0e01c2d3e4f5a6b7c8d9e0f1a2b3c4d5", chat_type="p2p", thread_id=None,
+        sender_id="ou_0e01c2d3e4f5a6b7c8d9e0f1a2b3c4d5", sender_type="user", msg_type="text",
+        content={"text": "在干嘛呢？"}, text="在干嘛呢？", mentions=[], created_at=1796031790004),
     "flat_message.json": dict(
         message_id="om_flat_0001", source="api", chat_id="oc_group_1", chat_type=None,
         sender_id="ou_aaa", msg_type="text", content={"text": "测试消息"}, text="测试消息",
@@ -140,6 +152,34 @@ def test_non_message_v1_event_and_openclaw_action_are_not_messages():
         normalize({"type": "event_callback", "event": {"type": "p2p_chat_create"}})
     with pytest.raises(NotAMessage, match="message:sent"):
         normalize({"type": "message", "action": "sent", "context": {"messageId": "x"}})
+
+
+def _hook_event(conversation, origin="feishu:ou_sender", **meta):
+    return {"type": "message", "action": "received",
+            "context": {"messageId": "om_h", "content": "hi", "conversationId": conversation,
+                        "from": origin, "timestamp": 1796006382258, "metadata": meta}}
+
+
+@pytest.mark.parametrize("conversation, origin, meta, expected", [
+    # the Feishu channel: the prefix says group or direct
+    ("chat:oc_g", "feishu:ou_s", {"senderId": "ou_meta"}, ("oc_g", "group", "ou_meta")),
+    ("user:ou_peer", "feishu:ou_peer", {}, ("ou_peer", "p2p", "ou_peer")),  # sender from `from`
+    # the older guessed shape still reads as before
+    ("feishu:oc_old", "feishu:group:oc_old", {}, ("oc_old", "group", None)),
+    # other channels and odd values: the part after the first colon, no chat_type guessed
+    ("telegram:12345", "telegram:777", {}, ("12345", None, "777")),
+    ("user:", "x", {}, (None, None, None)),
+    ("chat", "", {}, ("chat", None, None)),
+])
+def test_openclaw_conversation_prefixes(conversation, origin, meta, expected):
+    m = normalize(_hook_event(conversation, origin, **meta))
+    assert (m.chat_id, m.chat_type, m.sender_id) == expected
+
+
+def test_openclaw_direct_and_group_agree_with_feishu_on_chat_type_names():
+    # Feishu's webhook says p2p / group: a hook row and a webhook row of one chat read alike.
+    assert normalize(sample("hook_direct.json")).chat_type == normalize(sample("v2_image.json")).chat_type
+    assert normalize(sample("hook_group.json")).chat_type == normalize(sample("v2_text.json")).chat_type
 
 
 # -- text: Chinese, emoji, post rich text ----------------------------------------------------
@@ -505,8 +545,9 @@ openclaw_shape = opt_dict(
     {"type": st.just("message"), "action": st.just("received"),
      "context": opt_dict({"messageId": ids},
                          {"content": any_text,
-                          "from": st.sampled_from(["feishu:group:oc_1", "feishu:oc_1", "x"]),
-                          "conversationId": st.sampled_from(["feishu:oc_1", "oc_1", ""]),
+                          "from": st.sampled_from(["feishu:group:oc_1", "feishu:oc_1", "feishu:ou_1", "x"]),
+                          "conversationId": st.sampled_from(["feishu:oc_1", "oc_1", "", "chat:oc_1",
+                                                             "user:ou_1", "user:", "chat"]),
                           "timestamp": timestamps,
                           "metadata": opt_dict({}, {"senderId": ids, "threadId": ids})})},
     {"timestamp": timestamps})

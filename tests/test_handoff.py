@@ -1,0 +1,289 @@
+"""handoff.py: the spool directory, on real files and a real outbox (no PostgreSQL here).
+
+Hand-over (write), ingestion (only after the commit is a file removed), what is not a message set
+aside beside its reason and never lost, a crash between commit and unlink, a full outbox, and the
+CLI around it (`spool`, `status`, `sync`). The hook under Node and the service under SIGKILL are
+in test_hook_spool.py.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import stat
+import threading
+import time
+
+import pytest
+
+try:
+    from .cliutil import run_cli
+    from .relayutil import wait_until
+except ImportError:
+    from cliutil import run_cli
+    from relayutil import wait_until
+
+from outbox_relay.errors import InvalidMessage, SpoolError
+from outbox_relay.handoff import STALE_TMP, Spool, SpoolIngester, item_name
+from outbox_relay.message import MAX_MESSAGE_BYTES
+from outbox_relay.outbox import Outbox
+
+SAMPLES = pathlib.Path(__file__).parent / "samples"
+
+
+def flat(i, text="hello"):
+    return {"message_id": f"om_spool_{i:05d}", "chat_id": "oc_c", "sender_id": "ou_s", "msg_type": "text",
+            "content": json.dumps({"text": f"{text} {i}"}), "create_time": str(1700000000000 + i)}
+
+
+def drop(spool, name, data):
+    """Put a file straight into new/, as a foreign writer (or a broken one) would."""
+    path = pathlib.Path(spool.new) / name
+    path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+    return path
+
+
+def ids(outbox):
+    return {r["message_id"] for s in ("pending", "parked", "delivered") for r in outbox.rows(s, 100000)}
+
+
+@pytest.fixture
+def spool(tmp_path):
+    return Spool(tmp_path / "spool").ensure()
+
+
+@pytest.fixture
+def box(tmp_path):
+    with Outbox(tmp_path / "outbox.db") as outbox:
+        yield outbox
+
+
+def test_write_hands_over_and_ingest_commits_then_removes(spool, box):
+    names = [spool.write(flat(i)) for i in range(3)]
+    assert sorted(os.listdir(spool.new)) == sorted(names) and os.listdir(spool.tmp) == []
+    assert spool.status()["waiting"] == 3
+    report = spool.ingest(box)
+    assert (report.stored, report.duplicates, report.rejected, report.error) == (3, 0, 0, None)
+    assert os.listdir(spool.new) == []
+    assert ids(box) == {f"om_spool_{i:05d}" for i in range(3)}
+    assert box.get("om_spool_00001")["payload"]  # the message itself, not only its id
+    assert spool.ingest(box).seen == 0
+
+
+def test_oldest_first_by_name(spool, box):
+    # Names start with the epoch milliseconds: a later hand-over sorts after an earlier one.
+    early, late = item_name(now=1_700_000_000.000), item_name(now=1_700_000_000.001)
+    drop(spool, late, json.dumps(flat(2)))
+    drop(spool, early, json.dumps(flat(1)))
+    assert spool.waiting() == [early, late]
+    spool.ingest(box)
+    assert [r["message_id"] for r in box.rows("pending")] == ["om_spool_00001", "om_spool_00002"]
+
+
+def test_write_refuses_bad_input_and_writes_nothing(spool):
+    for bad in ({"no": "id"}, "not json", {"type": "message", "action": "sent", "context": {"messageId": "x"}}):
+        with pytest.raises(InvalidMessage):
+            spool.write(bad)
+    assert os.listdir(spool.new) == [] and os.listdir(spool.tmp) == []
+
+
+def test_ensure_gives_the_subdirectories_the_spools_own_mode(tmp_path):
+    root = tmp_path / "shared"
+    root.mkdir()
+    os.chmod(root, 0o2770)  # group-writable for the gateway's user, as the README sets it up
+    spool = Spool(root).ensure()
+    assert [stat.S_IMODE(os.stat(d).st_mode) for d in (spool.tmp, spool.new, spool.rejected)] == [0o2770] * 3
+    name = spool.write(flat(1))
+    assert stat.S_IMODE(os.stat(os.path.join(spool.new, name)).st_mode) == 0o640
+
+
+def test_write_to_a_spool_that_is_not_there_is_a_clear_error(tmp_path):
+    with pytest.raises(SpoolError, match="cannot hand message om_spool_00000 over to the spool"):
+        Spool(tmp_path / "missing").write(flat(0))
+    assert not (tmp_path / "missing").exists()  # a mistyped path is not quietly created
+    (tmp_path / "bare").mkdir()
+    spool = Spool(tmp_path / "bare")
+    assert spool.write(flat(0)) in spool.waiting()  # an existing spool gets its tmp/ new/ rejected/
+
+
+def test_writers_in_many_threads_never_collide(spool, box):
+    def writer(k):
+        for i in range(50):
+            spool.write(flat(k * 1000 + i))
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(spool.waiting()) == 200
+    assert spool.ingest(box).stored == 200
+
+
+def test_what_is_not_a_message_is_set_aside_with_its_reason_and_the_rest_flows(spool, box, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password=hunter2")
+    good = [drop(spool, item_name(now=1_700_000_000 + i), json.dumps(flat(i))) for i in range(5)]
+    half = json.dumps(flat(99))[:30]
+    bad = {
+        "garbage.bin": (b"\x00\xff\xfe garbage \x81", "not valid UTF-8"),
+        "half-written.json": (half, "not valid JSON"),
+        "notes.txt": ("this is not JSON at all", "not valid JSON"),
+        "huge.json": (json.dumps(flat(7, text="x" * (10 * 1024 * 1024))), "too large: 10485"),
+        "sent-event.json": (json.dumps({"type": "message", "action": "sent", "context": {"messageId": "x"}}),
+                            "not a chat message: event type 'message:sent'"),
+        "bot-added.json": (json.dumps({"schema": "2.0", "header": {"event_type": "im.chat.member.bot.added_v1"},
+                                       "event": {}}), "im.chat.member.bot.added_v1"),
+        "empty.json": ("", "payload is empty"),
+        "array.json": ("[1, 2]", "must be a JSON object"),
+        "x.reason": (json.dumps({"message_id": ""}), "missing message_id"),
+    }
+    originals = {}
+    for name, (data, _) in bad.items():
+        originals[name] = drop(spool, name, data).read_bytes()
+    os.symlink(secret, os.path.join(spool.new, "link.json"))
+    os.mkdir(os.path.join(spool.new, "a-directory"))
+    bom = drop(spool, "bom.json", b"\xef\xbb\xbf" + json.dumps(flat(50)).encode())  # an editor's BOM is fine
+    stale = pathlib.Path(spool.tmp) / item_name()
+    stale.write_text(json.dumps(flat(60))[:20])
+    os.utime(stale, (time.time() - STALE_TMP - 60,) * 2)
+    fresh = pathlib.Path(spool.tmp) / item_name()
+    fresh.write_text("{")  # a writer at work right now: not touched
+
+    report = spool.ingest(box)
+    assert report.stored == 6 and report.error is None
+    assert ids(box) == {f"om_spool_{i:05d}" for i in (0, 1, 2, 3, 4, 50)}
+    assert not any(p.exists() for p in good) and not bom.exists()
+    assert os.listdir(spool.new) == []
+    assert os.listdir(spool.tmp) == [fresh.name]
+
+    items = {item["name"]: item for item in spool.rejected_items()}
+    expected = set(bad) - {"x.reason"} | {"x.reason.item", "link.json", "a-directory", stale.name}
+    assert set(items) == expected
+    assert report.rejected == len(expected) - 1  # the stale tmp/ file was swept, not ingested
+    for name, (_, why) in bad.items():
+        kept = name + ".item" if name == "x.reason" else name
+        assert why in items[kept]["reason"], (name, items[kept])
+        # Kept byte for byte: nothing lost, an operator can look at it or retry it.
+        assert (pathlib.Path(spool.rejected) / kept).read_bytes() == originals[name]
+    assert items["link.json"]["reason"].startswith("a symbolic link") and \
+        os.path.islink(os.path.join(spool.rejected, "link.json"))
+    assert items["a-directory"]["reason"] == "not a regular file"
+    assert items[stale.name]["reason"].startswith("incomplete write") and items[stale.name]["from"] == "tmp"
+    assert "hunter2" not in json.dumps(list(items.values()))
+    assert items["huge.json"]["size"] > MAX_MESSAGE_BYTES
+    assert spool.status()["rejected"] == len(expected)
+
+
+def test_a_crash_between_commit_and_unlink_puts_it_again_as_a_duplicate(spool, box, tmp_path):
+    name = spool.write(flat(1))
+    saved = (pathlib.Path(spool.new) / name).read_bytes()
+    assert spool.ingest(box).stored == 1
+    # The unlink never happened (the process died right after the commit): the file is back.
+    drop(spool, name, saved)
+    report = spool.ingest(box)
+    assert (report.stored, report.duplicates) == (0, 1)
+    assert os.listdir(spool.new) == []
+    assert box.counts()["pending"] == 1
+
+
+def test_a_full_outbox_leaves_the_rest_waiting(spool, tmp_path):
+    with Outbox(tmp_path / "strict.db", overflow="reject", max_pending=3) as strict:
+        for i in range(5):
+            spool.write(flat(i))
+        report = spool.ingest(strict)
+        assert report.stored == 3 and report.rejected == 0
+        assert "outbox is full" in report.error
+        assert len(spool.waiting()) == 2  # handed over, not lost: ingested once there is room
+        strict.mark_delivered([r.id for r in strict.claim(3)])
+        assert spool.ingest(strict).stored == 2 and spool.waiting() == []
+
+
+def test_retry_moves_an_item_back_once_it_can_be_read(spool, box):
+    drop(spool, "later.json", json.dumps({"type": "message", "action": "received", "context": {}}))
+    assert spool.ingest(box).rejected == 1
+    assert [i["reason"] for i in spool.rejected_items()] == ["missing context.messageId"]
+    assert spool.retry(["nope", "../etc", "later.json.reason"]) == []
+    # The cause fixed (here: the operator repairs the item), it goes back and flows.
+    (pathlib.Path(spool.rejected) / "later.json").write_text(json.dumps(flat(5)))
+    assert spool.retry(["later.json"]) == ["later.json"]
+    assert os.listdir(spool.rejected) == []
+    assert spool.ingest(box).stored == 1 and "om_spool_00005" in ids(box)
+
+
+def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
+    # We run as root, so permissions would not stop us: a symlink loop cannot be listed by anyone.
+    os.rmdir(spool.new)
+    os.symlink(spool.new, spool.new)
+    with pytest.raises(SpoolError, match=spool.path):
+        spool.ingest(box)
+    status = spool.status()
+    assert status["waiting"] is None and "Too many levels" in status["error"]
+    from outbox_relay.handoff import spool_warnings
+    assert spool_warnings(status, relay_running=True) == [f"the spool cannot be read: {status['error']}"]
+
+
+def test_ingester_thread_ingests_within_a_second(spool, box):
+    ingester = SpoolIngester(spool, box).start()
+    try:
+        started = time.monotonic()
+        spool.write(flat(1))
+        deadline = started + 5
+        while "om_spool_00001" not in ids(box):
+            assert time.monotonic() < deadline, "not ingested"
+            time.sleep(0.01)
+        assert time.monotonic() - started < 1.0
+    finally:
+        assert ingester.stop()
+    assert ingester.totals.stored == 1
+
+
+def test_ingester_waits_out_a_full_outbox_and_resumes(spool, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="outbox_relay.handoff")
+    with Outbox(tmp_path / "strict.db", overflow="reject", max_pending=2) as strict:
+        for i in range(4):
+            spool.write(flat(i))
+        ingester = SpoolIngester(spool, strict).start()
+        try:
+            wait_until(lambda: strict.counts()["pending"] == 2, timeout=5, what="the first two ingested")
+            wait_until(lambda: "outbox is full" in caplog.text, timeout=5, what="the full outbox said")
+            assert len(spool.waiting()) == 2
+            strict.mark_delivered([r.id for r in strict.claim(2)])  # the relay made room
+            wait_until(lambda: not spool.waiting(), timeout=5, what="the rest ingested")
+        finally:
+            assert ingester.stop()
+        assert ingester.totals.stored == 4 and caplog.text.count("outbox is full") == 1  # said once
+        assert "spool ingestion resumed" in caplog.text
+
+
+# -- the CLI ------------------------------------------------------------------------------------------
+
+
+def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
+    spool = Spool(tmp_path / "data" / "spool")
+    assert "does not exist" in run_cli("spool").output  # a reading command creates nothing
+    assert not (tmp_path / "data").exists()
+    spool.ensure()
+    drop(spool, "notes.txt", "hello")
+    spool.write(flat(1))
+    Outbox("data/outbox.db").close()
+    status = json.loads(run_cli("status", "--no-target", "--json").stdout)
+    assert status["spool"]["waiting"] == 2 and status["spool"]["rejected"] == 0
+    assert any("wait in the spool and no relay is running" in w for w in status["warnings"])
+
+    result = run_cli("sync", "--json")  # ingests the spool, then drains into the default archive
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["spool"] == {"stored": 1, "duplicates": 0, "rejected": 1, "waiting": 0}
+
+    listing = json.loads(run_cli("spool", "--json").stdout)
+    assert [(i["name"], i["from"]) for i in listing["rejected"]] == [("notes.txt", "new")]
+    assert "not valid JSON" in listing["rejected"][0]["reason"]
+    text = run_cli("spool").stdout
+    assert "notes.txt" in text and "not valid JSON" in text
+    status = run_cli("status", "--no-target")
+    assert "1 spool item(s) set aside as not messages" in status.stdout
+    assert run_cli("health").exit_code == 1  # degraded: someone should look
+
+    missing = run_cli("spool", "--retry", "notes.txt", "--retry", "nope.json")
+    assert missing.exit_code == 1 and "1 name(s) matched no set-aside item: nope.json" in missing.output
+    assert spool.waiting() == ["notes.txt"]
+    assert run_cli("spool", "--retry", "x", "--retry-all").exit_code == 2
