@@ -27,7 +27,7 @@ DEFAULT_CONFIG_FILE = "outbox-relay.toml"
 class Setting:
     name: str
     default: object
-    kind: str  # str, int, float, bool, choice, url, hostport, table
+    kind: str  # str, int, float, bool, choice, url, http_url, hostport, table
     help: str
     choices: tuple = ()
     minimum: float | None = None
@@ -65,6 +65,13 @@ SETTINGS = (
     Setting("unhealthy_after", 300, "float",
             "seconds the target may be unreachable before health reports down", minimum=1),
     Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
+    # `backfill feishu` (issue 11): the app whose bot reads the history back, and how hard it may ask.
+    Setting("feishu_app_id", None, "str", "Feishu app id (cli_…) for backfill feishu"),
+    Setting("feishu_app_secret", None, "str", "Feishu app secret for backfill feishu", secret=True),
+    Setting("feishu_api_base", "https://open.feishu.cn", "http_url",
+            "Feishu Open API base URL (Lark: https://open.larksuite.com)"),
+    Setting("feishu_rate", 10.0, "float",
+            "most Open API requests per second (Feishu allows 50/s, 1,000/min for history)", minimum=0.1),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -217,6 +224,15 @@ def _parse(s, value, origin):
         if scheme == "sqlite" and value.split("://", 1)[1].lstrip("/") in ("", ":memory:"):
             raise bad("needs a file path, e.g. sqlite:///data/archive.db")
         return value
+    if s.kind == "http_url":
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as e:
+            raise bad(f"is not a valid URL ({e})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise bad("must be an http:// or https:// URL, e.g. https://open.feishu.cn")
+        return value.rstrip("/")
     if value == "":
         raise bad("must not be empty")
     return value

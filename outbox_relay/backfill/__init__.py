@@ -1,0 +1,5 @@
+"""Ways to recover messages that never reached the archive, each ending in the same outbox commit.
+
+`feishu` reads chat history back from Feishu's Open API (`feishu_api` is its HTTP client). Each
+backfill takes a `progress` object and returns a report dict; the CLI draws and prints.
+"""
