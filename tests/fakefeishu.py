@@ -47,6 +47,8 @@ class FakeFeishu:
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
                        "reset_seconds": 1, "page_delay": 0.0}
         self._n = self._lists = 0
+        self._arrival = threading.local()
+        self.in_flight = 0  # requests being answered: a killed client's last one may still be here
         self._lock = threading.Lock()
         self._server = None
 
@@ -93,6 +95,16 @@ class FakeFeishu:
 
     def answer(self, method, path, query, headers, body):
         """-> (status, headers, json body) or None to drop the connection."""
+        self._arrival.at = time.monotonic()  # recorded as the request's time, whatever it waits for
+        with self._lock:
+            self.in_flight += 1
+        try:
+            return self._answer(method, path, query, headers, body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _answer(self, method, path, query, headers, body):
         with self._lock:
             self._n += 1
             n = self._n
@@ -127,7 +139,7 @@ class FakeFeishu:
 
     def _record(self, method, path, query, outcome):
         with self._lock:
-            self.requests.append(Request(time.monotonic(), method, path, query, outcome))
+            self.requests.append(Request(self._arrival.at, method, path, query, outcome))
 
     def _fail(self, method, path, query, status, code, msg, outcome="error"):
         self._record(method, path, query, outcome)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge
 from outbox_relay.backfill.feishu_api import FeishuClient, RateLimiter
 from outbox_relay.cli import cli
+from outbox_relay.errors import FeishuUnavailable
 from outbox_relay.message import RECALLED_TEXT, normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
@@ -172,7 +173,7 @@ def test_faults_lose_nothing_keep_the_rate_and_request_nothing_twice_beyond_the_
         client = client_for(fake, rate=rate)
         report = backfill_feishu(client, outbox, target, since_ms=START * 1000, until_ms=(START + DAYS_30) * 1000)
         target.close()
-        requests = list(fake.requests)
+        requests = sorted(fake.requests, key=lambda r: r.at)
     assert report["complete"] and report["totals"]["new"] == 600, report
 
     # Every fault happened, and each was only a retry.
@@ -244,6 +245,7 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
             read_before = checkpoint(outbox_path, CHAT_A)["read"]
             proc.signal(sig)
             code = proc.wait(30)
+            wait_until(lambda: fake.in_flight == 0, what="the killed run's last request to be answered")
             pages.append(len(fake.served()) - done)
             if sig == signal.SIGTERM:  # stops after the page in flight: exit 1, says why
                 assert code == 1, proc.output()
@@ -410,3 +412,67 @@ def test_ranges_merge_and_gaps():
     assert gaps(covered, 12, 18) == []
     assert gaps(covered, 15, 35) == [(20, 30)]
     assert gaps([], 5, 6) == [(5, 6)]
+
+
+# -- what else a production run meets ------------------------------------------------------------------
+
+def sqlite_target(tmp_path):
+    target = Target(f"sqlite:///{tmp_path}/archive.db")
+    target.ensure_schema()
+    return target
+
+
+RANGE = dict(since_ms=START * 1000, until_ms=(START + DAYS_30) * 1000)
+
+
+def test_an_invalid_item_is_reported_by_id_and_the_rest_of_the_page_is_stored(tmp_path):
+    items = [i for i, _ in history(CHAT_A, 60, START, DAYS_30, thread_every=0)]
+    items[10] = {**items[10], "body": {"content": "{not json"}}
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, items)
+        target = sqlite_target(tmp_path)
+        report = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+        target.close()
+    chat = report["chats"][0]
+    assert (chat["status"], chat["new"], chat["invalid"]) == ("complete", 59, 1)
+    assert chat["invalid_items"] == [{"message_id": items[10]["message_id"],
+                                      "error": "body.content is not valid JSON: Expecting property name "
+                                               "enclosed in double quotes: line 1 column 2 (char 1)"}]
+
+
+def test_feishu_unreachable_fails_before_any_chat_and_an_outage_mid_run_stops_the_run(tmp_path):
+    with FakeFeishu() as fake:
+        url = fake.url
+    dead = FeishuClient("cli_x", "s", base=url, rate=50, attempts=3, backoff_base=0.01)
+    target = sqlite_target(tmp_path)
+    with Outbox(str(tmp_path / "o.db")) as outbox:
+        with pytest.raises(FeishuUnavailable, match="3 attempts"):
+            backfill_feishu(dead, outbox, target, **RANGE)
+        with FakeFeishu() as fake:
+            for chat in (CHAT_A, CHAT_B):
+                fake.add_chat(chat, [i for i, _ in history(chat, 60, START, DAYS_30)])
+            client = client_for(fake, attempts=3)
+            client.authenticate()
+            fake.set_faults(error_every=1)  # from now on every answer is a 500
+            report = backfill_feishu(client, outbox, target, chats=[CHAT_A, CHAT_B], **RANGE)
+    target.close()
+    assert [c["status"] for c in report["chats"]] == ["failed", "not started"]
+    assert report["errors"] == [f"stopped: {report['chats'][0]['error']}"] and not report["complete"]
+    assert "HTTP 500 (3 attempts)" in report["chats"][0]["error"]
+
+
+def test_with_overflow_reject_the_backfill_waits_for_the_relay_to_make_room(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db"), max_pending=60, overflow="reject") as outbox:
+        fake.add_chat(CHAT_A, [i for i, _ in history(CHAT_A, 300, START, DAYS_30)])
+        target = sqlite_target(tmp_path)
+        relay = Relay(outbox, target, batch_size=20)
+        thread = threading.Thread(target=relay.run, daemon=True)
+        thread.start()
+        try:
+            report = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+            assert report["complete"] and report["totals"]["new"] == 300
+            wait_until(lambda: target.count() == 300, timeout=20, what="the relay to deliver everything")
+        finally:
+            relay.stop()
+            thread.join(10)
+            target.close()

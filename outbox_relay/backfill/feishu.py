@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 
-from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage
+from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, OutboxFull
 from ..message import normalize
 from ..progress import NO_PROGRESS
 from .feishu_api import Stopped
@@ -28,6 +28,10 @@ from .feishu_api import Stopped
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "backfill.feishu.chat:"
+# A range is never read closer to now than this: a message sent a moment ago may not be listed
+# yet, and the range would be recorded as read without it. The next run reads that minute.
+SETTLE_MS = 60_000
+ROOM_WAIT = 60.0  # seconds to wait for a relay to make room in an outbox with overflow=reject
 MAX_INVALID_SHOWN = 20  # invalid items listed in the report per chat (all are counted)
 
 
@@ -49,6 +53,7 @@ class ChatReport:
     pages: int = 0
     error: str | None = None
     invalid_items: list = dataclasses.field(default_factory=list)
+    unavailable: bool = dataclasses.field(default=False, repr=False)  # failed for an outage, not the chat
 
 
 @dataclasses.dataclass
@@ -60,24 +65,32 @@ class _Run:
     end: int  # epoch seconds, exclusive
     dry_run: bool
     progress: object
+    task: object = NO_PROGRESS  # the current chat's progress bar
     threads_read: set = dataclasses.field(default_factory=set)  # listed once a run, however often seen
 
 
 def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, dry_run=False,
                     recheck=False, progress=NO_PROGRESS):
     """Backfill every chat; returns the report dict. A chat Feishu will not let us read is
-    reported and the others go on. `outbox` may be None only with dry_run."""
+    reported and the others go on; Feishu unavailable past the retries ends the run (every chat
+    would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
-    run = _Run(client, outbox, target, since_ms // 1000, until_ms // 1000, dry_run, progress)
+    end = min(until_ms, int(time.time() * 1000) - SETTLE_MS) // 1000
+    run = _Run(client, outbox, target, since_ms // 1000, end, dry_run, progress)
     try:
+        client.authenticate()
         reports, errors = _chats(client, target, chats)
     except Stopped:
         return _report(run, [], [], True, time.monotonic() - began)
     stopped = False
     for chat in reports:
-        if stopped:
+        status = _backfill_chat(run, chat, recheck)
+        if status == "failed" and chat.unavailable:
+            errors.append(f"stopped: {chat.error}")
             break
-        stopped = _backfill_chat(run, chat, recheck) == "stopped"
+        if status == "stopped":
+            stopped = True
+            break
     return _report(run, reports, errors, stopped, time.monotonic() - began)
 
 
@@ -91,7 +104,7 @@ def _chats(client, target, given):
     try:
         for item in _listed_chats(client):
             reports[item["chat_id"]] = ChatReport(item["chat_id"], item.get("name"), "group")
-    except (FeishuApiError, FeishuUnavailable) as e:
+    except FeishuApiError as e:  # a missing scope, say: the chats the target knows still go on
         errors.append(f"cannot list the bot's chats: {e}")
     for chat_id in target.chat_ids():
         reports.setdefault(chat_id, ChatReport(chat_id))
@@ -117,20 +130,22 @@ def _backfill_chat(run, chat, recheck):
     if not todo:
         chat.status = "up to date"
         return chat.status
-    task = run.progress.task(_label(chat), total=None)
+    run.task = run.progress.task(_label(chat), total=None)
     try:
         for start, end in todo:
-            covered = _read_range(run, chat, task, covered, start, end)
+            covered = _read_range(run, chat, covered, start, end)
         chat.status = "complete"
+        run.task.update(total=chat.seen + chat.invalid)  # the bar ends full
     except (FeishuApiError, FeishuUnavailable) as e:
         chat.status, chat.error = "failed", str(e)
+        chat.unavailable = isinstance(e, FeishuUnavailable)
         log.warning("chat %s: %s", chat.chat_id, e)
     except Stopped:
         chat.status = "stopped"
     return chat.status
 
 
-def _read_range(run, chat, task, covered, start, end):
+def _read_range(run, chat, covered, start, end):
     """Page through [start, end) oldest first; checkpoint after every committed page."""
     page_token = None
     while True:
@@ -139,7 +154,6 @@ def _read_range(run, chat, task, covered, start, end):
         _store(run, chat, _within(run, items))
         _read_threads(run, chat, items)
         chat.pages += 1
-        task.advance(len(items))
         page_token = data.get("page_token")
         if not data.get("has_more") or not page_token:
             return _checkpoint(run, chat, covered, start, end)
@@ -184,6 +198,7 @@ def _store(run, chat, items):
         chat.recalled += item.get("deleted") is True
         chat.edited += item.get("updated") is True
     chat.seen += len(messages)
+    run.task.advance(len(items))
     in_target = run.target.existing_ids([m.message_id for m in messages]) if messages else set()
     fresh = [m for m in messages if m.message_id not in in_target]
     new = _commit(run, fresh)
@@ -199,7 +214,22 @@ def _commit(run, messages):
         return sum(run.outbox.get(m.message_id) is None for m in messages)
     if not messages:
         return 0
-    return sum(not r.duplicate for r in run.outbox.put_many(messages))
+    return sum(not r.duplicate for r in _put_with_room(run, messages))
+
+
+def _put_with_room(run, messages):
+    """put_many; under overflow=reject a full outbox is waited out while a relay drains it (the
+    page is all or nothing, so a retry is safe), for ROOM_WAIT seconds at most."""
+    deadline = time.monotonic() + ROOM_WAIT
+    while True:
+        try:
+            return run.outbox.put_many(messages)
+        except OutboxFull:
+            if time.monotonic() > deadline:
+                raise OutboxFull(f"the outbox stayed full (overflow=reject) for {ROOM_WAIT:.0f} s: run the "
+                                 "relay (outbox-relay run or sync) and then the backfill again") from None
+            if run.client.stop.wait(0.5):
+                raise Stopped() from None
 
 
 def _note_invalid(chat, item, error):
@@ -279,7 +309,8 @@ def _in_range(run, item):
 
 def _within(run, items):
     # The API's bounds are whole seconds and may include end_time itself: keep exactly [start, end).
-    return [i for i in items if _in_range(run, i)]
+    # An item without a readable time stays, for the normalizer to accept or report as invalid.
+    return [i for i in items if _in_range(run, i) or _ms(i) < 0]
 
 
 def _label(chat):
@@ -287,7 +318,7 @@ def _label(chat):
 
 
 def _report(run, chats, errors, stopped, elapsed):
-    rows = [dataclasses.asdict(c) for c in chats]
+    rows = [{k: v for k, v in dataclasses.asdict(c).items() if k != "unavailable"} for c in chats]
     totals = {k: sum(r[k] for r in rows) for k in
               ("seen", "new", "already_stored", "recalled", "edited", "invalid", "threads", "pages")}
     totals["chats"] = len(rows)

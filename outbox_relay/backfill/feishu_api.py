@@ -96,6 +96,11 @@ class FeishuClient:
 
     # -- the calls the backfill makes ---------------------------------------------------------
 
+    def authenticate(self):
+        """Fetch a token now: wrong credentials (FeishuCredentialsError) or an unreachable API
+        (FeishuUnavailable) show before any chat is touched."""
+        self._tenant_token()
+
     def list_chats(self, page_token=None):
         """One page of the chats the bot is in (groups): data {items, has_more, page_token}."""
         return self.get(CHATS_PATH, {"page_size": CHAT_PAGE_MAX, "page_token": page_token})
