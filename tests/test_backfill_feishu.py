@@ -126,6 +126,7 @@ def test_two_chats_of_1200_with_700_already_stored_give_exactly_2400_rows_then_n
         assert totals["recalled"] == sum(i["deleted"] for i, _ in everything) > 0
         assert totals["threads"] == 60 and report["complete"] and report["api"]["retried"] == 0
         assert {c["chat_id"]: c["status"] for c in report["chats"]} == {CHAT_A: "complete", CHAT_B: "complete"}
+        assert_rate(fake.requests, 40)
 
         result = invoke("sync", "--json", "--outbox", outbox, "--target", pg_url)
         assert result.exit_code == 0, result.output
@@ -187,9 +188,7 @@ def test_faults_lose_nothing_keep_the_rate_and_request_nothing_twice_beyond_the_
     tokens = [r for r in requests if r.path == fakefeishu.TOKEN_PATH and r.outcome == "ok"]
     assert len(tokens) > outcomes.count("revoked")  # refreshed before expiry, and again when revoked
 
-    # The rate: never more than `rate` requests in any window of (almost) a second.
-    times = [r.at for r in requests]
-    assert all(times[i + rate] - times[i] >= 0.95 for i in range(len(times) - rate))
+    assert_rate(requests, rate)
     # A 429 is honoured: the next request waits out x-ogw-ratelimit-reset.
     for before, after in zip(requests, requests[1:]):
         if before.outcome == "429":
@@ -200,6 +199,15 @@ def test_faults_lose_nothing_keep_the_rate_and_request_nothing_twice_beyond_the_
     rows = pg_by_id(pg_url)
     assert {mid: tuple(r[:-1]) for mid, r in rows.items()} == {
         e["event"]["message"]["message_id"]: expected(e) for _, e in pairs}
+
+
+def assert_rate(requests, rate):
+    """No more than `rate` requests in any second, and no burst inside one: any k+1 consecutive
+    requests (arrival times at the server) span at least k/rate seconds, less 50 ms of jitter."""
+    times = sorted(r.at for r in requests)
+    assert len(times) > 2 * rate
+    for k in (3, 6, rate):
+        assert all(times[i + k] - times[i] >= k / rate - 0.05 for i in range(len(times) - k)), k
 
 
 def test_the_rate_limiter_spaces_requests_and_holds_for_the_reset():
