@@ -94,7 +94,7 @@ class FeishuApiError(FeishuError):
         self.code = code
         self.msg = msg
         self.status = status
-        super().__init__(f"{msg} (Feishu code {code})")
+        super().__init__(msg if code is None else f"{msg} (Feishu code {code})")
 
 
 class FeishuUnavailable(FeishuError):

@@ -484,3 +484,15 @@ def test_with_overflow_reject_the_backfill_waits_for_the_relay_to_make_room(tmp_
             relay.stop()
             thread.join(10)
             target.close()
+
+
+def test_a_page_token_that_never_moves_on_fails_the_chat_instead_of_paging_forever(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, [i for i, _ in history(CHAT_A, 200, START, DAYS_30, thread_every=0)])
+        fake.set_faults(stuck_paging=True)
+        target = sqlite_target(tmp_path)
+        report = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+        target.close()
+    chat = report["chats"][0]
+    assert (chat["status"], chat["error"]) == ("failed", "Feishu answered the same page_token twice: paging stopped")
+    assert chat["pages"] == 2 and chat["new"] == 100  # what was read is kept

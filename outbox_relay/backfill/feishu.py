@@ -116,8 +116,8 @@ def _listed_chats(client):
     while True:
         data = client.list_chats(page_token=token)
         yield from (c for c in data.get("items") or [] if isinstance(c, dict) and c.get("chat_id"))
-        token = data.get("page_token")
-        if not data.get("has_more") or not token:
+        token = _next_token(data, token)
+        if token is None:
             return
 
 
@@ -154,8 +154,8 @@ def _read_range(run, chat, covered, start, end):
         _store(run, chat, _within(run, items))
         _read_threads(run, chat, items)
         chat.pages += 1
-        page_token = data.get("page_token")
-        if not data.get("has_more") or not page_token:
+        page_token = _next_token(data, page_token)
+        if page_token is None:
             return _checkpoint(run, chat, covered, start, end)
         if items:
             # Oldest first: everything before the second of the page's last message is stored.
@@ -177,8 +177,8 @@ def _read_threads(run, chat, items):
             data = run.client.list_messages("thread", thread_id, page_token=page_token)
             replies = [i for i in _items(data) if i.get("message_id") != item.get("message_id")]
             _store(run, chat, replies)
-            page_token = data.get("page_token")
-            if not data.get("has_more") or not page_token:
+            page_token = _next_token(data, page_token)
+            if page_token is None:
                 break
         run.threads_read.add(thread_id)
 
@@ -290,6 +290,16 @@ def _is_range(value):
 
 
 # -- small helpers ----------------------------------------------------------------------------
+
+def _next_token(data, previous):
+    """The next page's token, or None after the last page. The same token again would page forever."""
+    token = data.get("page_token")
+    if not data.get("has_more") or not token:
+        return None
+    if token == previous:
+        raise FeishuApiError(None, "Feishu answered the same page_token twice: paging stopped")
+    return token
+
 
 def _items(data):
     return [i for i in data.get("items") or [] if isinstance(i, dict)]
