@@ -24,6 +24,8 @@ setup(
         "waitress>=2.1,<4",
         "prometheus-client>=0.17,<1",
         "cryptography>=41",
+        # backfill feishu: pooled connections, connect/read timeouts (README: Dependencies).
+        "urllib3>=2,<3",
         # Progress bars and the live `top` view: no hand-written terminal escape codes.
         "rich>=13",
         # backfill openclaw: OpenClaw stores transcript events as zstd frames (event_zstd) and may

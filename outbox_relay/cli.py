@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import threading
+import time
 
 import click
 
@@ -38,8 +39,9 @@ def _setting_option(s):
     # Values stay strings here: Config validates them, so a wrong value is one line naming the
     # setting (exit 2), whether it came from a flag, the environment or the file.
     hint = f" ({'|'.join(s.choices)})" if s.choices else ""
-    metavar = {"url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N", "float": "SECONDS",
-               "choice": "|".join(s.choices)}.get(s.kind, "PATH" if s.name in ("outbox", "spool") else "TEXT")
+    metavar = {"url": "URL", "http_url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N",
+               "float": "SECONDS", "choice": "|".join(s.choices)}.get(
+                   s.kind, "PATH" if s.name in ("outbox", "spool") else "TEXT")
     return click.option(s.flag, s.name, default=None, metavar=metavar,
                         help=f"{s.help}{hint} [env {s.env}; default {s.default!r}]")
 
@@ -228,10 +230,11 @@ def import_json(path, cfg, as_json):
 
 @cli.group()
 def backfill():
-    """Recover messages that never reached the archive from what other systems kept.
+    """Recover messages that never reached the archive (Feishu's own history, OpenClaw's transcripts).
 
-    Each source is read only; what the target already holds is skipped, the rest
-    is committed to the outbox (the relay delivers it). Running one twice adds nothing.
+    Each source is only read; what the target already holds is skipped, the rest is committed
+    to the outbox (the relay delivers it, exactly once like any other message). Running one
+    twice adds nothing.
     """
 
 
@@ -280,6 +283,72 @@ def _target_or_none(cfg):
     except click.ClickException as e:
         log.warning("target not checked (%s): every message found goes to the outbox", e.message)
         return None
+
+
+@backfill.command("feishu")
+@settings_options
+@click.option("--chat", "chats", multiple=True, metavar="CHAT_ID",
+              help="Only this chat (repeatable). Default: the bot's groups plus every chat the target holds.")
+@click.option("--since", default="30d", show_default=True,
+              help="From this date/time or relative age (2026-11-01, 30d, 12h).")
+@click.option("--until", default=None, help="Before this date/time or relative age [default: now].")
+@click.option("--dry-run", is_flag=True, help="Read and count, commit nothing, record no checkpoint.")
+@click.option("--recheck", is_flag=True, help="Read the whole range again, even what earlier runs read.")
+@json_option
+@friendly_errors
+def backfill_feishu(cfg, chats, since, until, dry_run, recheck, as_json):
+    """Read chat history back from Feishu's Open API and commit every message the archive lacks.
+
+    Needs --feishu-app-id and --feishu-app-secret (the bot's app; scopes im:message.history:readonly
+    or im:message, im:message.group_msg, im:chat:readonly). Requests stay under --feishu-rate per
+    second. SIGTERM/Ctrl-C stops after the page in flight; a rerun continues where it stopped.
+    Exit 0 when every chat is complete, 1 when a chat failed or the run stopped, 2 for a setting
+    (a missing app id or secret, or one Feishu refuses).
+    """
+    from .backfill.feishu import backfill_feishu as run_backfill
+    from .backfill.feishu import format_report
+    from .service import ensure_schema_or_warn, two_signal_shutdown
+    since_ms, until_ms = _backfill_range(since, until)
+    stop = threading.Event()
+    client = _feishu_client(cfg, stop)
+    with _opened(cfg, outbox=not dry_run or os.path.exists(cfg.outbox), create=not dry_run) as (outbox, target):
+        if not dry_run:
+            ensure_schema_or_warn(target)
+        restore = two_signal_shutdown(stop.set)
+        try:
+            with progress_for() as progress:
+                report = run_backfill(client, outbox, target, since_ms=since_ms, until_ms=until_ms,
+                                      chats=list(chats), dry_run=dry_run, recheck=recheck, progress=progress)
+        finally:
+            restore()
+            client.close()
+    _report(report, as_json, format_report)
+    if not report["complete"]:
+        failed = report["totals"]["failed"]
+        why = "stopped before the end" if report["stopped"] else f"{failed} chat(s) failed"
+        raise click.ClickException(f"backfill incomplete: {why}; run it again to continue")
+
+
+def _backfill_range(since, until):
+    from .query import parse_when
+    try:
+        since_ms = parse_when(since, "--since")
+        until_ms = parse_when(until, "--until") if until else int(time.time() * 1000)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if since_ms >= until_ms:
+        raise click.UsageError("--since must be before --until")
+    return since_ms, until_ms
+
+
+def _feishu_client(cfg, stop):
+    from .backfill.feishu_api import FeishuClient
+    for name in ("feishu_app_id", "feishu_app_secret"):
+        if not getattr(cfg, name):
+            flag, env = "--" + name.replace("_", "-"), "OUTBOX_RELAY_" + name.upper()
+            raise BadSetting(f"{name} is not set: give {flag}, {env} or {name} in the config file")
+    return FeishuClient(cfg.feishu_app_id, cfg.feishu_app_secret, base=cfg.feishu_api_base,
+                        rate=cfg.feishu_rate, stop=stop)
 
 
 # -- status ---------------------------------------------------------------------------------

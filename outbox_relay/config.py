@@ -8,6 +8,7 @@ hands it down.
 import dataclasses
 import os
 import re
+import urllib.parse
 
 from .errors import ConfigError
 from .outbox import OVERFLOW_POLICIES, SYNCHRONOUS
@@ -26,7 +27,7 @@ DEFAULT_CONFIG_FILE = "outbox-relay.toml"
 class Setting:
     name: str
     default: object
-    kind: str  # str, int, float, bool, choice, url, hostport, table
+    kind: str  # str, int, float, bool, choice, url, http_url, hostport, table
     help: str
     choices: tuple = ()
     minimum: float | None = None
@@ -68,6 +69,13 @@ SETTINGS = (
             "seconds between integrity checks (quick_check) of the outbox file by the relay", minimum=1),
     Setting("spool", "data/spool", "str",
             "the handoff spool directory (tmp/, new/, rejected/) that run and sync ingest"),
+    # `backfill feishu` (issue 11): the app whose bot reads the history back, and how hard it may ask.
+    Setting("feishu_app_id", None, "str", "Feishu app id (cli_…) for backfill feishu"),
+    Setting("feishu_app_secret", None, "str", "Feishu app secret for backfill feishu", secret=True),
+    Setting("feishu_api_base", "https://open.feishu.cn", "http_url",
+            "Feishu Open API base URL (Lark: https://open.larksuite.com)"),
+    Setting("feishu_rate", 10.0, "float",
+            "most Open API requests per second (Feishu allows 50/s, 1,000/min for history)", minimum=0.1),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -215,6 +223,15 @@ def _parse(s, value, origin):
         except ConfigError as e:
             raise bad(str(e)) from None
         return value
+    if s.kind == "http_url":
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as e:
+            raise bad(f"is not a valid URL ({e})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise bad("must be an http:// or https:// URL, e.g. https://open.feishu.cn")
+        return value.rstrip("/")
     if value == "":
         raise bad("must not be empty")
     return value

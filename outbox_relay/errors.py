@@ -87,3 +87,28 @@ class DecryptError(InvalidMessage):
 
 class SpoolError(OutboxRelayError):
     """Raised when the handoff spool cannot be written or read (missing, unwritable, full)."""
+
+
+class FeishuError(OutboxRelayError):
+    """Raised when Feishu's Open API cannot give the backfill what it asked for."""
+
+
+class FeishuApiError(FeishuError):
+    """Raised for an Open API answer that retrying cannot fix (no permission, bot not in the chat).
+
+    `code` and `msg` are Feishu's own; `status` is the HTTP status of the answer.
+    """
+
+    def __init__(self, code, msg, status=None):
+        self.code = code
+        self.msg = msg
+        self.status = status
+        super().__init__(msg if code is None else f"{msg} (Feishu code {code})")
+
+
+class FeishuUnavailable(FeishuError):
+    """Raised when the Open API kept failing (5xx, dropped connections, timeouts) past the retries."""
+
+
+class FeishuCredentialsError(ConfigError):
+    """Raised when Feishu refuses the app id / app secret: a setting to fix, not a fault to retry."""

@@ -2,6 +2,7 @@
 
 Shapes (samples in tests/samples/): Feishu event v2 (`im.message.receive_v1`),
 Feishu event v1 (`event_callback`), OpenClaw's `message:received` hook event,
+an item of the Open API's message list (what `backfill feishu` reads back),
 and the flat dict the old in-process call and the legacy JSON queue used.
 """
 
@@ -21,6 +22,7 @@ MAX_DEPTH = 32
 MAX_ID_LENGTH = 128
 MAX_KIND_LENGTH = 64
 MESSAGE_EVENT_V2 = "im.message.receive_v1"
+RECALLED_TEXT = "[recalled]"  # the text of a message recalled before it was archived
 # created_at (epoch ms, UTC) must be a date the target can hold: years 1-9999.
 MIN_CREATED_MS = -62135596800000       # 0001-01-01T00:00:00Z
 MAX_CREATED_MS = 253402300799999       # 9999-12-31T23:59:59.999Z
@@ -260,6 +262,49 @@ def _openclaw_sender(ctx):
     return _check_len(parts[1], "context.from", MAX_ID_LENGTH) if len(parts) == 2 and parts[1] else None
 
 
+def _from_open_api(p):
+    """An item of the Open API's message list (`GET /open-apis/im/v1/messages`): what `backfill
+    feishu` reads back. Same field rules as the v2 event, so a message archived from the event and
+    the same message read back give the same row (chat_type aside: the item has none)."""
+    body = _get(p, "body", dict, where="") or {}
+    sender = _get(p, "sender", dict, where="") or {}
+    msg_type = _kind(p, "msg_type", "", default="text")
+    mentions = _event_mentions(_get(p, "mentions", list, where="") or [])
+    deleted = p.get("deleted") is True
+    # A recalled message's body is a notice, not its content, which Feishu no longer gives out:
+    # the archive keeps the fact (who, when, where; `raw.deleted`) with empty content.
+    content = {} if deleted else _json_string(body, "content", "body.")
+    created = _get(p, "create_time", (str, int), where="")
+    return _build(
+        source="feishu.history",
+        message_id=_id(p, "message_id", "", required=True),
+        chat_id=_id(p, "chat_id", ""),
+        chat_type=_kind(p, "chat_type", ""),
+        thread_id=_id(p, "thread_id", ""),
+        root_id=_id(p, "root_id", ""),
+        parent_id=_id(p, "parent_id", ""),
+        sender_id=_id(sender, "id", "sender."),
+        sender_type=_kind(sender, "sender_type", "sender."),
+        msg_type=msg_type,
+        content=content,
+        text=RECALLED_TEXT if deleted else extract_text(msg_type, content, mentions),
+        mentions=mentions,
+        created_at=parse_timestamp(created, "create_time") if created is not None else None,
+        raw=p,
+    )
+
+
+def _event_mentions(mentions):
+    """The API's `{key, id, id_type, name}` -> the event's `{key, id: {id_type: id}, name}`, so a
+    query on `mentions[].id.open_id` finds a mention whichever way the message came."""
+    out = []
+    for m in mentions:
+        if isinstance(m, dict) and isinstance(m.get("id"), str) and isinstance(m.get("id_type"), str):
+            m = {k: v for k, v in m.items() if k != "id_type"} | {"id": {m["id_type"]: m["id"]}}
+        out.append(m)
+    return out
+
+
 def _from_flat(p):
     msg_type = _kind(p, "msg_type", "", default=None) or _kind(p, "message_type", "", default="text")
     if "content" in p and p["content"] is not None:
@@ -374,6 +419,8 @@ SHAPES = (
     Shape("feishu.v1", lambda p: p.get("type") == "event_callback", _from_feishu_v1),
     Shape("openclaw", lambda p: p.get("type") == "message" and "context" in p, _from_openclaw),
     Shape("openclaw.transcript", lambda p: "openclaw_transcript" in p, _from_openclaw_transcript),
+    # An Open API item has a message_id too: it must come before the flat dict, which has no `body`.
+    Shape("feishu.history", lambda p: "message_id" in p and "body" in p, _from_open_api),
     Shape("api", lambda p: "message_id" in p, _from_flat),
 )
 SOURCES = tuple(shape.source for shape in SHAPES)

@@ -42,6 +42,8 @@ def value_for(s, layer):
         return s.default if layer == "env" else other
     if s.kind == "url":
         return f"postgresql://relay:{layer}-pw-XYZZY@{layer}.db.example:5432/feishu?sslmode=require"
+    if s.kind == "http_url":
+        return f"https://{layer}.feishu.example"
     if s.kind == "hostport":
         return f"127.0.0.1:{8100 + n}"
     if s.kind == "table":
@@ -160,6 +162,7 @@ def bad_values(s):
         out = ["abc", str(int(s.minimum) - 1)] if s.minimum is not None else ["abc"]
         return out + (["1.5"] if s.kind == "int" else [])
     return {"choice": ["sometimes"], "url": ["mysql://root:XYZZY@db/x"], "hostport": ["8080", "host:http"],
+            "http_url": ["open.feishu.cn", "ftp://open.feishu.cn", "https://", "http://h:port"],
             "table": ["drop table;"]}.get(s.kind, [""])
 
 

@@ -557,6 +557,15 @@ flat_shape = opt_dict(
      "content": content_strings, "text": any_text, "mentions": mentions, "create_time": timestamps,
      "created_at": timestamps, "chat_type": any_text, "thread_id": ids})
 
+open_api_shape = opt_dict(
+    {"message_id": ids, "body": opt_dict({}, {"content": content_strings})},
+    {"chat_id": ids, "msg_type": msg_types, "create_time": timestamps, "deleted": st.booleans(),
+     "updated": st.booleans(), "thread_id": ids, "root_id": ids, "parent_id": ids,
+     "sender": opt_dict({}, {"id": ids, "id_type": st.sampled_from(["open_id", "app_id"]),
+                             "sender_type": any_text}),
+     "mentions": st.lists(opt_dict({"key": any_text, "name": any_text},
+                                   {"id": ids, "id_type": any_text}), max_size=3)})
+
 
 def _check(payload):
     try:
@@ -584,7 +593,7 @@ def test_arbitrary_json_values(value):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.one_of(v2_shape, v1_shape, openclaw_shape, flat_shape))
+@given(st.one_of(v2_shape, v1_shape, openclaw_shape, flat_shape, open_api_shape))
 def test_input_shapes_with_random_leaves(payload):
     before = copy.deepcopy(payload)
     _check(payload)
@@ -615,3 +624,60 @@ def test_parse_timestamp_never_raises_anything_else(value):
     except InvalidMessage:
         return
     assert isinstance(result, int)
+
+
+# -- the Open API's message item (backfill feishu) ----------------------------------------------------
+
+def open_api_page():
+    return json.loads((SAMPLES / "openapi" / "api_list_messages.json").read_text(encoding="utf-8"))
+
+
+def test_open_api_items_normalize_like_the_event():
+    text, post, recalled = open_api_page()["data"]["items"]
+    m = normalize(text)
+    assert (m.source, m.message_id, m.chat_id, m.chat_type, m.sender_id, m.sender_type, m.msg_type) == (
+        "feishu.history", "om_dc13264520392913993dd051dba21dcf", "oc_5ce6d572455d361153b7cb51da133945", None,
+        "ou_84aad35d084aa403a838cf73ee18467", "user", "text")
+    assert m.content == {"text": "@_user_1 明天的会议改到下午三点"}
+    assert m.text == "@Tom 明天的会议改到下午三点"
+    assert m.created_at == 1796006382219 and m.thread_id is None and m.root_id is None
+    # The API's flat mention id becomes the event's {id_type: id}: one query finds both.
+    assert m.mentions == [{"key": "@_user_1", "id": {"open_id": "ou_155184d1e73cbfb8973e5a9e698e74f2"},
+                           "name": "Tom", "tenant_key": "736588c9260f175e"}]
+    assert m.raw == text and Message.from_json(m.to_json()) == m
+    p = normalize(post)
+    assert (p.msg_type, p.text, p.sender_id, p.sender_type) == (
+        "post", "周报\n本周进度：数据库迁移完成 ✅", "cli_9f5343c580712001", "app")
+    assert p.root_id == p.parent_id == "om_dc13264520392913993dd051dba21dcf"
+
+
+def test_a_recalled_item_keeps_the_fact_not_the_notice():
+    recalled = open_api_page()["data"]["items"][2]
+    m = normalize(recalled)
+    assert (m.message_id, m.sender_id, m.created_at, m.msg_type) == (
+        "om_dc13264520392913993dd051dba21dd1", "ou_84aad35d084aa403a838cf73ee18467", 1796006500000, "text")
+    assert m.content == {} and m.text == message.RECALLED_TEXT and m.raw["deleted"] is True
+
+
+def test_the_open_api_shape_comes_before_the_flat_dict():
+    item = open_api_page()["data"]["items"][0]
+    assert message.detect(item).source == "feishu.history"
+    assert message.detect({"message_id": "om_1", "text": "hi"}).source == "api"
+    assert "feishu.history" in message.SOURCES
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"body": "not an object"}, "body must be an object"),
+    ({"body": {"content": "not json"}}, "body.content is not valid JSON"),
+    ({"sender": {"id": "x" * 200}}, "sender.id is longer than"),
+    ({"message_id": ""}, "missing message_id"),
+    ({"create_time": "yesterday"}, "create_time is not a timestamp"),
+])
+def test_bad_open_api_items_are_refused_clearly(change, words, tmp_outbox):
+    item = {**open_api_page()["data"]["items"][0], **change}
+    with pytest.raises(InvalidMessage, match=words):
+        normalize(item)
+    with Outbox(tmp_outbox) as outbox:
+        with pytest.raises(InvalidMessage):
+            outbox.put(item)
+        assert outbox.counts()["pending"] == 0

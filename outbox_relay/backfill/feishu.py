@@ -1,0 +1,367 @@
+"""`backfill feishu`: read chat history back from Feishu and commit what the archive lacks.
+
+chats -> pages -> Messages -> outbox. The chats are the bot's groups (the chat list) plus every
+chat the target already holds a message of, or exactly the `--chat` ones. Each chat's messages in
+[since, until) are read oldest first, 50 a page; a message that starts a thread (topic) has its
+replies read from the thread, since the chat's list leaves them out. A page is normalized (shape
+"feishu.history"), ids the target already holds are skipped, the rest go through `put_many`
+(the outbox dedupes on message_id; the target's conflict clause does the rest).
+
+Checkpoints: per chat, the outbox's meta table keeps the time ranges (epoch seconds, half-open)
+already read into the outbox. A range is recorded only after its messages, and the thread replies
+of its messages, are committed. Ranges, not one position per (chat, since, until), because
+`--since 30d` means a different range at every run: a rerun after a crash or a stop reads only
+what no earlier run covered, and a page is requested again only for the second the last
+checkpoint fell in. `recheck=True` reads the whole range again.
+"""
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+
+from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, OutboxFull
+from ..message import normalize
+from ..progress import NO_PROGRESS
+from .feishu_api import Stopped
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "backfill.feishu.chat:"
+# A range is never read closer to now than this: a message sent a moment ago may not be listed
+# yet, and the range would be recorded as read without it. The next run reads that minute.
+SETTLE_MS = 60_000
+ROOM_WAIT = 60.0  # seconds to wait for a relay to make room in an outbox with overflow=reject
+MAX_INVALID_SHOWN = 20  # invalid items listed in the report per chat (all are counted)
+
+
+@dataclasses.dataclass
+class ChatReport:
+    """What one chat's backfill did; `status` is complete, up to date, failed, stopped or not started."""
+
+    chat_id: str
+    name: str | None = None
+    chat_type: str | None = None
+    status: str = "not started"
+    seen: int = 0
+    new: int = 0
+    already_stored: int = 0
+    recalled: int = 0
+    edited: int = 0
+    invalid: int = 0
+    threads: int = 0
+    pages: int = 0
+    error: str | None = None
+    invalid_items: list = dataclasses.field(default_factory=list)
+    unavailable: bool = dataclasses.field(default=False, repr=False)  # failed for an outage, not the chat
+
+
+@dataclasses.dataclass
+class _Run:
+    client: object
+    outbox: object
+    target: object
+    start: int  # epoch seconds, inclusive
+    end: int  # epoch seconds, exclusive
+    dry_run: bool
+    progress: object
+    task: object = NO_PROGRESS  # the current chat's progress bar
+    threads_read: set = dataclasses.field(default_factory=set)  # listed once a run, however often seen
+
+
+def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, dry_run=False,
+                    recheck=False, progress=NO_PROGRESS):
+    """Backfill every chat; returns the report dict. A chat Feishu will not let us read is
+    reported and the others go on; Feishu unavailable past the retries ends the run (every chat
+    would wait out the same outage). `outbox` may be None only with dry_run."""
+    began = time.monotonic()
+    end = min(until_ms, int(time.time() * 1000) - SETTLE_MS) // 1000
+    run = _Run(client, outbox, target, since_ms // 1000, end, dry_run, progress)
+    try:
+        client.authenticate()
+        reports, errors = _chats(client, target, chats)
+    except Stopped:
+        return _report(run, [], [], True, time.monotonic() - began)
+    stopped = False
+    for chat in reports:
+        status = _backfill_chat(run, chat, recheck)
+        if status == "failed" and chat.unavailable:
+            errors.append(f"stopped: {chat.error}")
+            break
+        if status == "stopped":
+            stopped = True
+            break
+    return _report(run, reports, errors, stopped, time.monotonic() - began)
+
+
+# -- which chats ---------------------------------------------------------------------------------
+
+def _chats(client, target, given):
+    """[ChatReport] to read, and run-level errors. Listed chats are groups (the list has no p2p)."""
+    if given:
+        return [ChatReport(chat_id) for chat_id in dict.fromkeys(given)], []
+    reports, errors = {}, []
+    try:
+        for item in _listed_chats(client):
+            reports[item["chat_id"]] = ChatReport(item["chat_id"], item.get("name"), "group")
+    except FeishuApiError as e:  # a missing scope, say: the chats the target knows still go on
+        errors.append(f"cannot list the bot's chats: {e}")
+    for chat_id in target.chat_ids():
+        reports.setdefault(chat_id, ChatReport(chat_id))
+    return list(reports.values()), errors
+
+
+def _listed_chats(client):
+    token = None
+    while True:
+        data = client.list_chats(page_token=token)
+        yield from (c for c in data.get("items") or [] if isinstance(c, dict) and c.get("chat_id"))
+        token = _next_token(data, token)
+        if token is None:
+            return
+
+
+# -- one chat -------------------------------------------------------------------------------------
+
+def _backfill_chat(run, chat, recheck):
+    """Read the chat's unread ranges; sets and returns chat.status."""
+    covered = [] if recheck else _covered(run, chat.chat_id)
+    todo = gaps(covered, run.start, run.end)
+    if not todo:
+        chat.status = "up to date"
+        return chat.status
+    run.task = run.progress.task(_label(chat), total=None)
+    try:
+        for start, end in todo:
+            covered = _read_range(run, chat, covered, start, end)
+        chat.status = "complete"
+        run.task.update(total=chat.seen + chat.invalid)  # the bar ends full
+    except (FeishuApiError, FeishuUnavailable) as e:
+        chat.status, chat.error = "failed", str(e)
+        chat.unavailable = isinstance(e, FeishuUnavailable)
+        log.warning("chat %s: %s", chat.chat_id, e)
+    except Stopped:
+        chat.status = "stopped"
+    return chat.status
+
+
+def _read_range(run, chat, covered, start, end):
+    """Page through [start, end) oldest first; checkpoint after every committed page."""
+    page_token = None
+    while True:
+        data = run.client.list_messages("chat", chat.chat_id, start=start, end=end, page_token=page_token)
+        items = _items(data)
+        _store(run, chat, _within(run, items))
+        _read_threads(run, chat, items)
+        chat.pages += 1
+        page_token = _next_token(data, page_token)
+        if page_token is None:
+            return _checkpoint(run, chat, covered, start, end)
+        if items:
+            # Oldest first: everything before the second of the page's last message is stored.
+            covered = _checkpoint(run, chat, covered, start, min(end, _ms(items[-1]) // 1000))
+
+
+def _read_threads(run, chat, items):
+    """The replies of each thread a page's messages start: the chat's list leaves them out. Not
+    filtered by time (the API cannot): a late reply to a thread in range belongs to it."""
+    for item in items:
+        thread_id = item.get("thread_id")
+        if not isinstance(thread_id, str) or not thread_id or thread_id in run.threads_read:
+            continue
+        if not _in_range(run, item):
+            continue
+        chat.threads += 1
+        page_token = None
+        while True:
+            data = run.client.list_messages("thread", thread_id, page_token=page_token)
+            replies = [i for i in _items(data) if i.get("message_id") != item.get("message_id")]
+            _store(run, chat, replies)
+            page_token = _next_token(data, page_token)
+            if page_token is None:
+                break
+        run.threads_read.add(thread_id)
+
+
+def _store(run, chat, items):
+    """Normalize one page, skip what the target holds, commit the rest in one transaction."""
+    messages = []
+    for item in items:
+        try:
+            message = normalize(item)
+        except InvalidMessage as e:
+            _note_invalid(chat, item, e)
+            continue
+        if message.chat_type is None and chat.chat_type:
+            message = dataclasses.replace(message, chat_type=chat.chat_type)
+        messages.append(message)
+        chat.recalled += item.get("deleted") is True
+        chat.edited += item.get("updated") is True
+    chat.seen += len(messages)
+    run.task.advance(len(items))
+    in_target = run.target.existing_ids([m.message_id for m in messages]) if messages else set()
+    fresh = [m for m in messages if m.message_id not in in_target]
+    new = _commit(run, fresh)
+    chat.new += new
+    chat.already_stored += len(messages) - new
+
+
+def _commit(run, messages):
+    """How many of `messages` were new to the outbox (a dry run only looks)."""
+    if run.dry_run:
+        if run.outbox is None:
+            return len(messages)
+        return sum(run.outbox.get(m.message_id) is None for m in messages)
+    if not messages:
+        return 0
+    return sum(not r.duplicate for r in _put_with_room(run, messages))
+
+
+def _put_with_room(run, messages):
+    """put_many; under overflow=reject a full outbox is waited out while a relay drains it (the
+    page is all or nothing, so a retry is safe), for ROOM_WAIT seconds at most."""
+    deadline = time.monotonic() + ROOM_WAIT
+    while True:
+        try:
+            return run.outbox.put_many(messages)
+        except OutboxFull:
+            if time.monotonic() > deadline:
+                raise OutboxFull(f"the outbox stayed full (overflow=reject) for {ROOM_WAIT:.0f} s: run the "
+                                 "relay (outbox-relay run or sync) and then the backfill again") from None
+            if run.client.stop.wait(0.5):
+                raise Stopped() from None
+
+
+def _note_invalid(chat, item, error):
+    chat.invalid += 1
+    message_id = item.get("message_id") if isinstance(item, dict) else None
+    log.warning("chat %s: message %s skipped: %s", chat.chat_id, message_id, error)
+    if len(chat.invalid_items) < MAX_INVALID_SHOWN:
+        chat.invalid_items.append({"message_id": message_id, "error": str(error)})
+
+
+# -- checkpoints: the ranges already read, per chat -------------------------------------------
+
+def _covered(run, chat_id):
+    if run.outbox is None:
+        return []
+    value = run.outbox.get_meta(CHECKPOINT_PREFIX + chat_id, {})
+    ranges = value.get("read") if isinstance(value, dict) else None
+    return merge(r for r in ranges or [] if _is_range(r))
+
+
+def _checkpoint(run, chat, covered, start, end):
+    """Record [start, end) as read, after its messages are committed. Dry runs record nothing."""
+    covered = merge([*covered, (start, end)]) if end > start else covered
+    if not run.dry_run and end > start:
+        run.outbox.set_meta(CHECKPOINT_PREFIX + chat.chat_id,
+                            {"read": [list(r) for r in covered], "updated_at": int(time.time())})
+    return covered
+
+
+def merge(ranges):
+    """Half-open (start, end) ranges -> sorted, non-overlapping, adjacent ones joined."""
+    out = []
+    for start, end in sorted((int(s), int(e)) for s, e in ranges if e > s):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def gaps(covered, start, end):
+    """The parts of [start, end) that no range in `covered` (merged) holds."""
+    out, cursor = [], start
+    for s, e in covered:
+        if e <= cursor or s >= end:
+            continue
+        if s > cursor:
+            out.append((cursor, s))
+        cursor = max(cursor, e)
+    if cursor < end:
+        out.append((cursor, end))
+    return out
+
+
+def _is_range(value):
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+
+
+# -- small helpers ----------------------------------------------------------------------------
+
+def _next_token(data, previous):
+    """The next page's token, or None after the last page. The same token again would page forever."""
+    token = data.get("page_token")
+    if not data.get("has_more") or not token:
+        return None
+    if token == previous:
+        raise FeishuApiError(None, "Feishu answered the same page_token twice: paging stopped")
+    return token
+
+
+def _items(data):
+    return [i for i in data.get("items") or [] if isinstance(i, dict)]
+
+
+def _ms(item):
+    """create_time in epoch ms, or -1 when the item has none a number can be read from."""
+    try:
+        return int(item.get("create_time"))
+    except (TypeError, ValueError):
+        return -1
+
+
+def _in_range(run, item):
+    return run.start * 1000 <= _ms(item) < run.end * 1000
+
+
+def _within(run, items):
+    # The API's bounds are whole seconds and may include end_time itself: keep exactly [start, end).
+    # An item without a readable time stays, for the normalizer to accept or report as invalid.
+    return [i for i in items if _in_range(run, i) or _ms(i) < 0]
+
+
+def _label(chat):
+    return _label_of(dataclasses.asdict(chat))
+
+
+def _report(run, chats, errors, stopped, elapsed):
+    rows = [{k: v for k, v in dataclasses.asdict(c).items() if k != "unavailable"} for c in chats]
+    totals = {k: sum(r[k] for r in rows) for k in
+              ("seen", "new", "already_stored", "recalled", "edited", "invalid", "threads", "pages")}
+    totals["chats"] = len(rows)
+    totals["failed"] = sum(r["status"] == "failed" for r in rows)
+    return {"since": _iso(run.start), "until": _iso(run.end), "dry_run": run.dry_run, "chats": rows,
+            "totals": totals, "errors": errors, "stopped": stopped,
+            "complete": not stopped and not errors and all(r["status"] in ("complete", "up to date")
+                                                           for r in rows),
+            "api": dict(run.client.stats), "seconds": round(elapsed, 3)}
+
+
+def _iso(seconds):
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def format_report(report):
+    """The summary table for a person: one line per chat, then the totals and what went wrong."""
+    from ..ops import format_table
+    rows = [[_label_of(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"],
+             c["invalid"]] for c in report["chats"]]
+    t = report["totals"]
+    rows.append(["total", f"{t['chats']} chats", t["seen"], t["new"], t["already_stored"], t["recalled"],
+                 t["invalid"]])
+    lines = [("dry run: nothing committed\n" if report["dry_run"] else "")
+             + f"Feishu history {report['since']} .. {report['until']}",
+             format_table(["chat", "status", "seen", "new", "already stored", "recalled", "invalid"], rows)]
+    lines += [f"{c['chat_id']}: {c['error']}" for c in report["chats"] if c["error"]]
+    lines += report["errors"]
+    api = report["api"]
+    lines.append(f"{api['requests']} API requests ({api['retried']} retried, {api['rate_limited']} rate-limited)"
+                 f" in {report['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def _label_of(row):
+    return f"{row['name']} ({row['chat_id']})" if row["name"] else row["chat_id"]
