@@ -37,6 +37,7 @@ EXPECTED = [
     ("end-to-end: put -> visible in PG, 200/s, p50", False),
     ("end-to-end: put -> visible in PG, 200/s, p99", False),
     ("relay memory: peak RSS draining 20,000 rows", False),
+    ("relay: drain 3,000 into MariaDB vs LOAD DATA", True),
 ]
 NUMBER = re.compile(r"\d")
 

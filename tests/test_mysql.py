@@ -17,14 +17,16 @@ import threading
 import time
 import urllib.parse
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from outbox_relay.errors import ConfigError, RowRejected, TargetUnavailable
 from outbox_relay.message import normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
-from outbox_relay.targets.mysql import MySQLTarget
+from outbox_relay.targets.mysql import MySQLTarget, sql_literal
 
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
@@ -126,8 +128,17 @@ def test_a_mysql_url_without_pymysql_is_one_line_and_exit_2(tmp_path):
 # -- writing ----------------------------------------------------------------------------------
 
 
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.one_of(st.text(), st.none(), st.integers(min_value=-2**63, max_value=2**63 - 1)))
+def test_our_sql_literals_are_the_drivers(value):
+    """The batch INSERT quotes values itself (4x faster than PyMySQL's executemany): the same text."""
+    import pymysql.converters
+    assert sql_literal(value) == pymysql.converters.escape_item(value, "utf8mb4")
+
+
+
 def test_write_maps_every_field_and_every_character(target, maria_url):
-    nasty = "tab\there\nnew line\r\\N back\\slash 'quote' \"dq\" 😀 测试 𠀋 NUL\x00end %s %% _"
+    nasty = "tab\there\nnew line\r\\N back\\slash 'quote' \"dq\" 😀 测试 𠀋 NUL\x00end ^Z\x1a %s %% _ \\'"
     messages = [normalize(sample(n)) for n in ("v2_text.json", "v2_post.json", "v2_image.json",
                                                 "v1_text.json", "flat_message.json",
                                                 "openclaw_message_received.json")]

@@ -154,14 +154,17 @@ class MySQLTarget(Target):
     # -- writing -------------------------------------------------------------------------------------
 
     def insert_batch(self, tx, values):
-        cols = ", ".join(schema.TARGET_COLUMNS)
-        marks = ", ".join(["%s"] * len(schema.TARGET_COLUMNS))
-        # Affected rows: 1 per inserted row, 0 for a duplicate left as it was (PyMySQL does not set
-        # CLIENT_FOUND_ROWS), so the sum is how many were new.
-        sql = (f"INSERT INTO {self.quoted} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE message_id ="
-               " IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)")
+        head = f"INSERT INTO {self.quoted} ({', '.join(schema.TARGET_COLUMNS)}) VALUES "
+        tail = (" ON DUPLICATE KEY UPDATE message_id ="
+                " IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)")
+        new = 0
         with tx.conn.cursor() as cur:
-            return cur.executemany(sql, values)
+            for sql in _statements(head, tail, values):
+                cur.execute(sql)  # no parameters: PyMySQL leaves the text (and any %) alone
+                # 1 per inserted row, 0 per duplicate left as it was (PyMySQL does not set
+                # CLIENT_FOUND_ROWS): the sum is how many were new.
+                new += cur.rowcount
+        return new
 
     # -- DDL ---------------------------------------------------------------------------------------
 
@@ -229,6 +232,38 @@ class MySQLTarget(Target):
     def day_of(self, column):
         # The session is UTC; no DATE_FORMAT, whose % signs PyMySQL would read as placeholders.
         return f"CAST(DATE({column}) AS CHAR(10))"
+
+
+# Characters of one multi-row INSERT: at most 1 MiB of UTF-8, under every server's max_allowed_packet
+# (4 MiB on MySQL 5.7); a single bigger row is a statement of its own.
+MAX_STATEMENT_CHARS = 256 * 1024
+
+
+def _statements(head, tail, values):
+    """Multi-row INSERTs of the rows' SQL literals, each at most MAX_STATEMENT_CHARS (or one row)."""
+    chunk, size = [], 0
+    for row in values:
+        item = "(" + ", ".join(map(sql_literal, row)) + ")"
+        if chunk and size + len(item) > MAX_STATEMENT_CHARS:
+            yield head + ",".join(chunk) + tail
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        yield head + ",".join(chunk) + tail
+
+
+def sql_literal(value):
+    """A value as a MySQL literal, escaped as mysql_real_escape_string does. Ours, not PyMySQL's
+    executemany: its str.translate over a dict took a third of the drain's time (bench/mysql_relay.py);
+    chained replace is ~4x faster. Safe because every session runs in utf8mb4 (no multi-byte
+    character ends in a backslash byte) and in our sql_mode, without NO_BACKSLASH_ESCAPES."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"').replace("\n", "\\n")
+    return "'" + text.replace("\r", "\\r").replace("\0", "\\0").replace("\x1a", "\\Z") + "'"
 
 
 def like_escape(keyword):
