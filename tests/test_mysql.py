@@ -412,6 +412,7 @@ def test_check_reports_version_and_the_connection_budget(maria_server, maria_url
                       "role connection limit", "role connections", "our pool_size", "schema version"):
             assert label in result.output
         assert "chk-pw" not in result.output and "MariaDB" in result.output
+        assert "outbox-relay connections  unknown" in result.output   # performance_schema is off here
         info = json.loads(run_cli("check", "--target", url, "--json").stdout)
         assert info["dialect"] == "mysql" and "MariaDB" in info["server_version"]
         assert info["user"] == f"{user}@%" and info["role_connection_limit"] == 3
@@ -422,6 +423,20 @@ def test_check_reports_version_and_the_connection_budget(maria_server, maria_url
     port = pgharness.free_port()
     down = run_cli("check", "--target", f"mysql://u:pw-secret@127.0.0.1:{port}/x", "--connect-timeout", "2")
     assert down.exit_code == 1 and "Can't connect" in down.output and "pw-secret" not in down.output
+
+
+def test_check_counts_the_relays_sessions_where_performance_schema_is_on(make_maria):
+    server = make_maria(performance_schema="ON")
+    server.create_database("relay")
+    others = [open_target(server.url("relay"), pool_size=1) for _ in range(2)]
+    try:
+        for t in others:
+            t.ping()                                     # each holds one pooled session
+        info = json.loads(run_cli("check", "--target", server.url("relay"), "--json").stdout)
+        assert info["relay_connections"] == 3, info    # theirs and check's own (program_name=outbox-relay)
+    finally:
+        for t in others:
+            t.close()
 
 
 def test_search_stats_health_and_test_commands(maria_url, tmp_outbox):
@@ -457,7 +472,7 @@ def test_search_stats_health_and_test_commands(maria_url, tmp_outbox):
     assert sum(d["count"] for d in stats["per_day"]) == 0            # 2023's messages are not this week
     assert stats["by_type"] == [{"msg_type": "text", "count": len(texts)}]
     human = run_cli("stats", *common).output
-    assert "top chat" in human and "connections:" in human
+    assert "top chat" in human and "outbox-relay holds an unknown number (pool_size 2)" in human
 
     health = run_cli("health", *common)
     assert health.exit_code == 1 and "no relay is running and messages are waiting" in health.output
