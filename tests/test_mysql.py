@@ -200,6 +200,27 @@ def test_data_errors_are_row_rejected_with_the_servers_words(target, maria_url):
     assert target.write(rows_of(flats(5))) == 5          # the connection is still fine
 
 
+def test_every_session_is_strict_and_utc_whatever_the_servers_defaults(make_maria):
+    """A server that truncates (sql_mode='') in a +08:00 time zone: the relay's sessions still refuse
+    a value too long for its column and keep relayed_at in UTC."""
+    server = make_maria(sql_mode="", default_time_zone="+08:00")
+    server.create_database("relay")
+    assert server.execute("SELECT @@GLOBAL.sql_mode, @@GLOBAL.time_zone") == [("", "+08:00")]
+    t = open_target(server.url("relay"), statement_timeout=7)
+    try:
+        t.init_db()
+        assert list(t.query("SELECT @@SESSION.max_statement_time, @@SESSION.innodb_lock_wait_timeout")) == [(7.0, 7)]
+        server.execute("ALTER TABLE feishu_messages MODIFY msg_type varchar(8) NOT NULL", dbname="relay")
+        with pytest.raises(RowRejected, match="Data too long"):
+            t.write(rows_of([normalize(flat(1, msg_type="interactive"))]))
+        assert t.write(rows_of([normalize(flat(2))])) == 1
+        relayed = server.execute("SELECT relayed_at FROM feishu_messages", dbname="relay")[0][0]
+        utc_now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+        assert abs((utc_now - relayed).total_seconds()) < 60, relayed
+    finally:
+        t.close()
+
+
 def test_schema_and_lock_problems_are_transient(target, maria_server, maria_url):
     conn = maria_server.connect(dbname(maria_url))
     t = open_target(maria_url, statement_timeout=1)
