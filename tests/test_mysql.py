@@ -162,6 +162,19 @@ def test_write_maps_every_field_and_every_character(target, maria_url):
     assert got["om_000001"][10] == nasty
 
 
+def test_created_at_reaches_mysql_to_the_millisecond_for_every_accepted_value(target, maria_url):
+    """Every created_at the normalizer accepts (years 1-9999) is stored exactly (DATETIME(3) in UTC)."""
+    from outbox_relay.message import Message
+    from outbox_relay.timeconv import datetime_to_ms
+    stamps = [0, 1, 999, 1_700_000_000_123, 8_968_034_073_564, 99_999_999_999_999, 253_402_300_799_999,
+              -62_135_596_800_000, -30_610_224_000_001]
+    messages = [Message(message_id=f"om_ms_{i}", source="api", created_at=ms) for i, ms in enumerate(stamps)]
+    assert target.write(rows_of(messages)) == len(stamps)
+    got = {mid: datetime_to_ms(at) for mid, at in mh.query(maria_url, "SELECT message_id, created_at"
+                                                                      " FROM feishu_messages")}
+    assert got == {f"om_ms_{i}": ms for i, ms in enumerate(stamps)}
+
+
 def test_write_is_idempotent_exact_and_never_merges_two_ids(target, maria_url):
     rows = rows_of(flats(300))
     assert target.write(rows) == 300
