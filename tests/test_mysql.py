@@ -131,7 +131,7 @@ def test_a_mysql_url_without_pymysql_is_one_line_and_exit_2(tmp_path):
 @hypothesis.settings(max_examples=300, deadline=None)
 @hypothesis.given(st.one_of(st.text(), st.none(), st.integers(min_value=-2**63, max_value=2**63 - 1)))
 def test_our_sql_literals_are_the_drivers(value):
-    """The batch INSERT quotes values itself (4x faster than PyMySQL's executemany): the same text."""
+    """The batch INSERT quotes values itself (3.4x faster than PyMySQL's escaping): the same text."""
     import pymysql.converters
     assert sql_literal(value) == pymysql.converters.escape_item(value, "utf8mb4")
 

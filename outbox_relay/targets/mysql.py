@@ -256,7 +256,7 @@ def _statements(head, tail, values):
 def sql_literal(value):
     """A value as a MySQL literal, escaped as mysql_real_escape_string does. Ours, not PyMySQL's
     executemany: its str.translate over a dict took a third of the drain's time (bench/mysql_relay.py);
-    chained replace is ~4x faster. Safe because every session runs in utf8mb4 (no multi-byte
+    chained replace is 3.4x faster (47 -> 14 us a row). Safe because every session runs in utf8mb4 (no multi-byte
     character ends in a backslash byte) and in our sql_mode, without NO_BACKSLASH_ESCAPES."""
     if value is None:
         return "NULL"
