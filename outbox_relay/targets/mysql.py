@@ -1,10 +1,11 @@
 """MySQL and MariaDB (RDS for MySQL, PolarDB for MySQL, a local MariaDB) through PyMySQL.
 
-A batch is PyMySQL's executemany of one INSERT … ON DUPLICATE KEY UPDATE, which it sends as
-multi-row INSERTs of up to ~1 MB each, all inside one transaction. Measured against LOAD DATA LOCAL
-INFILE into a staging table (bench/mysql_relay.py), the INSERT was the faster of the two and needs
-neither a file on disk nor `local_infile` (off by default in MySQL 8, and a way for a hostile
-server to read the relay host's files). Never INSERT IGNORE: it turns data errors into warnings.
+A batch is multi-row INSERT … ON DUPLICATE KEY UPDATE statements of up to 1 MiB each, all inside
+one transaction. LOAD DATA LOCAL INFILE into a staging table measured 10-20 % faster on the write
+alone (about 5 % of a drain, bench/mysql_relay.py) and is not used: it stays strict only through a
+staging table of LONGTEXT columns, needs `local_infile` (off by default in MySQL 8; on the client it
+lets a hostile server read the relay host's files), the CREATE TEMPORARY TABLES privilege, and a file
+on disk per batch. Never INSERT IGNORE: it turns data errors into warnings.
 
 Every session runs in strict SQL mode and UTC (`init_command`), so a value the column cannot hold is
 refused (the row goes dead with the server's words) instead of being truncated, and DATETIME
@@ -43,7 +44,7 @@ ROW_SQLSTATE_CLASSES = ("22", "23")
 ROW_ERRNOS = {
     1048,  # column cannot be null (also: our duplicate guard, see the module docstring)
     1062,  # duplicate entry on a unique key other than message_id
-    1153,  # a row bigger than max_allowed_packet: only a single huge row can be (executemany cuts at ~1 MB)
+    1153,  # a row bigger than max_allowed_packet: only a single huge row can be (INSERTs are cut at 1 MiB)
     1264, 1690,  # out of range
     1265, 1406,  # data truncated / too long for the column
     1292, 1366, 1367, 1411,  # incorrect value (datetime, string for the charset, …)
@@ -256,8 +257,9 @@ def _statements(head, tail, values):
 def sql_literal(value):
     """A value as a MySQL literal, escaped as mysql_real_escape_string does. Ours, not PyMySQL's
     executemany: its str.translate over a dict took a third of the drain's time (bench/mysql_relay.py);
-    chained replace is 3.4x faster (47 -> 14 us a row). Safe because every session runs in utf8mb4 (no multi-byte
-    character ends in a backslash byte) and in our sql_mode, without NO_BACKSLASH_ESCAPES."""
+    chained replace is 3.4x faster (47 -> 14 us a row). Safe because every session runs in utf8mb4
+    (no multi-byte character ends in a backslash byte) and in our sql_mode, without
+    NO_BACKSLASH_ESCAPES."""
     if value is None:
         return "NULL"
     if isinstance(value, int) and not isinstance(value, bool):
