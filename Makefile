@@ -12,7 +12,7 @@ help: ## list the targets
 
 $(STAMP): setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench,lint]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench,lint,mysql]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with test/bench/lint extras
@@ -20,10 +20,10 @@ install: $(STAMP) ## create .venv and install the package with test/bench/lint e
 run: $(STAMP) ## start relay + webhook on the embedded default (local SQLite archive in data/)
 	$(BIN)/outbox-relay run
 
-system-deps: ## PostgreSQL server, PgBouncer, Node, systemd-analyze, wrk for tests and benchmarks (apt, when root)
+system-deps: ## PostgreSQL and MariaDB servers, PgBouncer, Node, systemd-analyze, wrk for tests and benchmarks (apt, when root)
 	@bash scripts/ensure-system-deps.sh
 
-test: $(STAMP) system-deps ## run the test suite against real PostgreSQL servers it starts itself
+test: $(STAMP) system-deps ## run the test suite against real PostgreSQL and MariaDB servers it starts itself
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) system-deps ## benchmarks, each figure beside its baseline (QUICK=1 for a smoke run)

@@ -37,6 +37,9 @@ setup(
         "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2"],
         "bench": ["persist-queue>=1.0,<2"],
         "lint": ["ruff>=0.4"],
+        # MySQL / MariaDB targets (mysql://, mariadb://): pure Python, no compiler. 1.2 refuses a
+        # server without TLS when TLS is required and gives every error its SQLSTATE.
+        "mysql": ["PyMySQL>=1.2,<2"],
     },
     entry_points={"console_scripts": ["outbox-relay=outbox_relay.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],

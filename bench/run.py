@@ -21,10 +21,11 @@ import common
 from common import Line
 
 FULL = dict(put=2000, put_rounds=3, json=1000, many=20_000, many_rounds=2, web_seconds=10,
-            web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000)
+            web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000,
+            mysql=100_000)
 QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seconds=2,
-             web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100)
-SECTIONS = ("ingest", "webhook", "relay", "e2e", "memory", "hook")
+             web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100, mysql=3000)
+SECTIONS = ("ingest", "webhook", "relay", "e2e", "memory", "hook", "mysql")
 
 
 def log(msg):
@@ -91,7 +92,20 @@ def run_sections(args, size, workdir, pg):
                                                  size["memory"]))
     lines += section("hook", f"OpenClaw hook under Node, {size['hook']:,} events stopped / running",
                      lambda: hook.bench_hook(workdir, common.fresh_database(pg, "bench_hook"), size["hook"]))
+    lines += section("mysql", f"drain {size['mysql']:,} into MariaDB vs LOAD DATA",
+                     lambda: bench_mysql(workdir, size["mysql"]))
     return lines, errors
+
+
+def bench_mysql(workdir, n):
+    """On a throwaway mariadbd of its own (tests/mariaharness.py), stopped afterwards."""
+    import mysql_relay
+    log("starting a throwaway MariaDB (tests/mariaharness.py)")
+    server = mysql_relay.start_maria()
+    try:
+        return mysql_relay.bench_mysql_relay(workdir, mysql_relay.fresh_database(server, "bench_relay"), n)
+    finally:
+        server.destroy()
 
 
 def notes(lines):

@@ -199,13 +199,17 @@ def format_check(info):
             ("role_connection_limit", "role connection limit"), ("role_connections_in_use", "role connections"),
             ("relay_connections", "outbox-relay connections"), ("pool_size", "our pool_size"),
             ("table", "table"), ("schema_version", "schema version"), ("path", "path")]
-    rows = [[label, "none" if info.get(k) is None and k == "role_connection_limit" else info.get(k)]
-            for k, label in keys if k in info]
+    unknown = {"role_connection_limit": "none", "relay_connections": "unknown"}  # what None means there
+    rows = [[label, unknown.get(k) if info.get(k) is None else info.get(k)] for k, label in keys if k in info]
     if "table_problems" in info:
         problems = info["table_problems"]
         rows.append(["table columns", "; ".join(problems) if problems else "ok" if problems is not None
                      else "no table yet (`run` creates it where allowed; else `schema --sql` for the DBA)"])
     return format_table(["check", "value"], rows)
+
+
+def _or(value, instead):
+    return instead if value is None else value
 
 
 def format_search(result):
@@ -248,6 +252,7 @@ def format_stats(s):
     if s.get("connections"):
         c = s["connections"]
         lines.append(f"connections: {c['connections_in_use']} in use of {c['max_connections']} on the server; "
-                     f"outbox-relay holds {c['relay_connections']} (pool_size {c['pool_size']}); role limit "
+                     f"outbox-relay holds {_or(c['relay_connections'], 'an unknown number')}"
+                     f" (pool_size {c['pool_size']}); role limit "
                      f"{c['role_connection_limit'] if c['role_connection_limit'] is not None else 'none'}")
     return "\n".join(lines)

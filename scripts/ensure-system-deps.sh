@@ -9,6 +9,9 @@ have_pg() {
 }
 have_pg || need+=(postgresql)
 command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
+# The MySQL target's tests start their own mariadbd (tests/mariaharness.py); the client is for `schema --sql`.
+{ command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the webhook benchmark's load generator

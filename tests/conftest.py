@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: real PostgreSQL servers, PgBouncer, a fault-injecting TCP proxy.
+"""Shared pytest fixtures: real PostgreSQL and MariaDB servers, PgBouncer, a fault-injecting TCP proxy.
 
 The machinery lives in tests/pgharness.py and tests/tcpproxy.py; this file
 only wires it into pytest.
@@ -11,13 +11,21 @@ Fixtures
   make_pgbouncer     function factory: make_pgbouncer(cluster, **options) -> started PgBouncer
   make_tcp_proxy     function factory: make_tcp_proxy(host, port) -> TcpProxy
   tmp_outbox         function path string of an outbox file in tmp_path (not created)
+  maria_server       session  the shared MariaDB server: a throwaway mariadbd started once,
+                              or the one named by $OUTBOX_RELAY_TEST_MYSQL_URL
+                              (e.g. mysql://root@127.0.0.1:3306/mysql)
+  maria_url          function mysql:// URL of a fresh, empty database on maria_server (dropped after)
+  private_maria      function a MariaServer of the test's own (stop/kill/restart welcome)
+  make_maria         function factory: make_maria(tls=False, **settings) -> a started MariaServer
 
 No PostgreSQL binaries / no pgbouncer / a server that will not start: the
 test is SKIPPED on a developer machine but FAILS when $CI is set (so CI can
-never go green by skipping the database tests).
+never go green by skipping the database tests). The same holds for MariaDB
+(mariadbd, mariadb-install-db and PyMySQL).
 
 Markers: ``pg`` (added automatically to every test using the fixtures
-above that need PostgreSQL; deselect with ``-m "not pg"``) and ``slow``.
+above that need PostgreSQL; deselect with ``-m "not pg"``), ``mysql`` (the
+same for MariaDB) and ``slow``.
 """
 
 import os
@@ -34,17 +42,21 @@ except ImportError:
     import tcpproxy
 
 PG_FIXTURES = {"pg_server", "pg_url", "private_pg", "make_pgbouncer"}
+MARIA_FIXTURES = {"maria_server", "maria_url", "private_maria", "make_maria"}
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "pg: needs a real PostgreSQL server (provided by the fixtures)")
     config.addinivalue_line("markers", "slow: takes seconds rather than milliseconds")
+    config.addinivalue_line("markers", "mysql: needs a real MariaDB server (provided by the fixtures)")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if PG_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.pg)
+        if MARIA_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.mysql)
 
 
 def unavailable(reason):
@@ -94,6 +106,76 @@ def private_pg():
     cluster = _new_cluster()
     yield cluster
     cluster.destroy()
+
+
+# -- MariaDB ----------------------------------------------------------------------------------
+
+
+def _mariaharness():
+    """tests/mariaharness.py, which needs PyMySQL (the [mysql] extra, installed by `make test`)."""
+    try:
+        import pymysql  # noqa: F401
+    except ImportError:
+        unavailable("PyMySQL is not installed: pip install -e '.[mysql]' (make test installs it)")
+    try:
+        from . import mariaharness
+    except ImportError:
+        import mariaharness
+    return mariaharness
+
+
+def _new_maria(**kwargs):
+    mh = _mariaharness()
+    try:
+        return mh.MariaServer.create(**kwargs)
+    except (mh.MariaHarnessError, OSError, subprocess.SubprocessError) as exc:
+        unavailable(f"cannot start a MariaDB server: {exc}")
+
+
+@pytest.fixture(scope="session")
+def maria_server():
+    mh = _mariaharness()
+    url = os.environ.get("OUTBOX_RELAY_TEST_MYSQL_URL")
+    if url:
+        server = mh.ExternalMariaServer(url)
+        try:
+            server.execute("SELECT 1")
+        except Exception as exc:  # noqa: BLE001
+            unavailable(f"OUTBOX_RELAY_TEST_MYSQL_URL server not reachable: {exc}")
+        yield server
+        return
+    mh.sweep_stale_dirs()  # leftovers of killed earlier runs
+    server = _new_maria()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def maria_url(maria_server, request):
+    """A fresh, empty database for this test; dropped afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+    name = f"t_{slug}_{uuid.uuid4().hex[:8]}"
+    maria_server.create_database(name)
+    yield maria_server.url(name)
+    maria_server.drop_database(name)
+
+
+@pytest.fixture
+def make_maria():
+    servers = []
+
+    def factory(**kwargs):
+        servers.append(_new_maria(**kwargs))
+        return servers[-1]
+
+    yield factory
+    for server in servers:
+        server.destroy()
+
+
+@pytest.fixture
+def private_maria(make_maria):
+    return make_maria()
 
 
 @pytest.fixture

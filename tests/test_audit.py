@@ -116,10 +116,11 @@ def _store_bad_created_at(outbox_path, message_id, created_at):
     conn.close()
 
 
-@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite", "mysql"])
 def test_a_stored_row_the_target_cannot_represent_goes_dead_and_the_rest_still_flows(
         dialect, tmp_outbox, tmp_path, request):
-    url = request.getfixturevalue("pg_url") if dialect == "postgresql" else f"sqlite:///{tmp_path}/archive.db"
+    servers = {"postgresql": "pg_url", "mysql": "maria_url"}
+    url = request.getfixturevalue(servers[dialect]) if dialect in servers else f"sqlite:///{tmp_path}/archive.db"
     target = open_target(url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:

@@ -39,6 +39,7 @@ EXPECTED = [
     ("relay memory: peak RSS draining 20,000 rows", False),
     ("hook: per message, service stopped (spool), p99", False),
     ("hook: per message, service running: spool vs HTTP POST", True),
+    ("relay: drain 3,000 into MariaDB vs LOAD DATA", True),
 ]
 NUMBER = re.compile(r"\d")
 

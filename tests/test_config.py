@@ -161,7 +161,9 @@ def bad_values(s):
     if s.kind in ("int", "float"):
         out = ["abc", str(int(s.minimum) - 1)] if s.minimum is not None else ["abc"]
         return out + (["1.5"] if s.kind == "int" else [])
-    return {"choice": ["sometimes"], "url": ["mysql://root:XYZZY@db/x"], "hostport": ["8080", "host:http"],
+    # mysql:// is a target since issue 13: its bad URL is now a libpq option it does not take.
+    return {"choice": ["sometimes"], "url": ["oracle://root:XYZZY@db/x", "mysql://root:XYZZY@db/x?sslmode=require"],
+            "hostport": ["8080", "host:http"],
             "http_url": ["open.feishu.cn", "ftp://open.feishu.cn", "https://", "http://h:port"],
             "table": ["drop table;"]}.get(s.kind, [""])
 

@@ -79,3 +79,23 @@ def test_a_few_bad_rows_among_good_ones_still_go_dead_alone(table, pg_url, tmp_o
         put_all(outbox, [flat(i, chat_id="oc_banned" if i in (3, 4) else f"oc_{i}") for i in range(30)])
         result = Relay(outbox, table).step()
         assert (result.delivered, result.dead) == (28, 2)
+
+
+def test_mariadb_a_not_null_column_without_a_default_keeps_the_rows_pending(maria_url, tmp_outbox):
+    from mariaharness import query
+    target = open_target(maria_url)
+    target.init_db()
+    try:
+        query(maria_url, "ALTER TABLE feishu_messages ADD COLUMN lang varchar(8) NOT NULL")
+        with Outbox(tmp_outbox) as outbox:
+            put_all(outbox, [flat(i) for i in range(30)])
+            error = step_refused(outbox, target)
+            assert "table feishu_messages has a NOT NULL column lang without a default" in error
+            assert target.table_problems() == [
+                "table feishu_messages has a NOT NULL column lang without a default, which outbox-relay does"
+                " not fill: every message is refused (add a default or drop NOT NULL)"]
+            query(maria_url, "ALTER TABLE feishu_messages ALTER lang SET DEFAULT 'zh'")
+            assert target.table_problems() == []
+            assert Relay(outbox, target).drain()["delivered"] == 30
+    finally:
+        target.close()

@@ -15,9 +15,11 @@ SCHEMES = {
     "postgresql": "postgres:PostgresTarget",
     "postgres": "postgres:PostgresTarget",
     "sqlite": "sqlite:SqliteTarget",
+    "mysql": "mysql:MySQLTarget",
+    "mariadb": "mysql:MySQLTarget",
 }
 # One name per class, for `schema --dialect`.
-DIALECTS = ("postgresql", "sqlite")
+DIALECTS = ("postgresql", "sqlite", "mysql")
 
 
 def target_class(url_or_dialect):

@@ -93,6 +93,9 @@ class Target:
     def ddl_lock(self, tx):
         """Serialise schema changes between relays starting at once (where the database can)."""
 
+    def ddl_unlock(self, tx):
+        """Release what ddl_lock took, where it outlives the transaction (a session lock)."""
+
     def table_exists(self, tx, name):
         raise NotImplementedError
 
@@ -285,13 +288,14 @@ class Target:
             # Two relays starting at once must not both run the DDL: the lock comes first, since
             # even CREATE TABLE IF NOT EXISTS fails (PostgreSQL: 23505 on pg_type) when two race.
             self.ddl_lock(tx)
-            tx.execute(self.version_table_sql())
-            current = tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
-                               (self.table,)) or 0
-            for stmts in migrations[current:]:
-                for sql in stmts:
-                    tx.execute(sql)
-            tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
+            with self._ddl_unlocked_after(tx):
+                tx.execute(self.version_table_sql())
+                current = tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
+                                   (self.table,)) or 0
+                for stmts in migrations[current:]:
+                    for sql in stmts:
+                        tx.execute(sql)
+                tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
         report = {"from_version": current, "version": len(migrations), "trigram": None}
         if trigram and self.search_index_statements(self.table):
             report["trigram"] = self._try_search_index()
@@ -301,14 +305,25 @@ class Target:
         try:
             with self.transaction() as tx:
                 self.ddl_lock(tx)  # CREATE EXTENSION IF NOT EXISTS races the same way
-                for sql in self.search_index_statements(self.table):
-                    tx.execute(sql)
+                with self._ddl_unlocked_after(tx):
+                    for sql in self.search_index_statements(self.table):
+                        tx.execute(sql)
             return "created"
         except TargetError as e:
             if e.transient and e.sqlstate is None:
                 raise
             log.warning("search index not created (%s); search falls back to a plain scan", e)
             return f"not created: {e}"
+
+    @contextlib.contextmanager
+    def _ddl_unlocked_after(self, tx):
+        try:
+            yield
+        finally:
+            try:
+                self.ddl_unlock(tx)
+            except Exception:  # a broken connection has lost its session lock with it
+                log.debug("releasing the DDL lock failed", exc_info=True)
 
     def ensure_schema(self):
         """Create or migrate the table when we may; when we may not, say what the DBA must run.
@@ -395,6 +410,18 @@ class Target:
         self.query(f"DELETE FROM {self.quoted} WHERE message_id = {self.param}", (message_id,))
 
 
+class PooledTarget(Target):
+    """A database server reached through peewee's pool (peewee's pool mixins are the model): a
+    connection in doubt is thrown away, not returned."""
+
+    def _discard(self):
+        self.db.manual_close()
+
+    def pool_stats(self):
+        # peewee's pool keeps these as a dict and a heap; len() of either is atomic.
+        return len(self.db._in_use), len(self.db._connections)
+
+
 def unfilled_column(table, column, error=None):
     """The sentence for a column a DBA added that makes every insert fail."""
     return (f"table {table} has a NOT NULL column {column} without a default, which outbox-relay does not"
@@ -407,12 +434,16 @@ def _json(value):
 
 
 def _unwrap(exc):
-    """peewee wraps driver errors (its ExceptionWrapper): the driver's own error says more."""
+    """peewee wraps driver errors (its ExceptionWrapper): the driver's own error says more. peewee
+    keeps it as `orig` (connect errors), not as the cause."""
     import peewee
     seen = set()
-    while isinstance(exc, peewee.PeeweeException) and exc.__cause__ is not None and id(exc) not in seen:
+    while isinstance(exc, peewee.PeeweeException) and id(exc) not in seen:
         seen.add(id(exc))
-        exc = exc.__cause__
+        inner = exc.__cause__ or getattr(exc, "orig", None)
+        if inner is None:
+            break
+        exc = inner
     return exc
 
 

@@ -10,7 +10,7 @@ import urllib.parse
 
 from .. import schema
 from ..errors import RowRejected, TargetUnavailable
-from .base import Target, unfilled_column
+from .base import PooledTarget, unfilled_column
 
 # SQLSTATE classes about the data in the rows: retrying the same rows cannot help.
 # 22 data exception (bad value, NUL byte, too long), 23 integrity constraint,
@@ -18,7 +18,7 @@ from .base import Target, unfilled_column
 ROW_ERROR_CLASSES = ("22", "23", "54")
 
 
-class PostgresTarget(Target):
+class PostgresTarget(PooledTarget):
     name = "postgresql"
     schemes = ("postgresql", "postgres")
     param = "%s"
@@ -65,13 +65,6 @@ class PostgresTarget(Target):
 
     def describe(self):
         return f"PostgreSQL {self.display_url} (table {self.table})"
-
-    def _discard(self):
-        self.db.manual_close()
-
-    def pool_stats(self):
-        # peewee's pool keeps these as a dict and a heap; len() of either is atomic.
-        return len(self.db._in_use), len(self.db._connections)
 
     def classify_driver_error(self, exc, text):
         sqlstate = getattr(exc, "pgcode", None)
