@@ -134,12 +134,7 @@ def _from_feishu_v2(p):
         created = _get(header, "create_time", (str, int), where="header.")
     return _build(
         source="feishu.v2",
-        message_id=_id(msg, "message_id", "event.message.", required=True),
-        chat_id=_id(msg, "chat_id", "event.message."),
-        chat_type=_kind(msg, "chat_type", "event.message."),
-        thread_id=_id(msg, "thread_id", "event.message."),
-        root_id=_id(msg, "root_id", "event.message."),
-        parent_id=_id(msg, "parent_id", "event.message."),
+        **_message_ids(msg, "event.message."),
         sender_id=(_id(sender_ids, "open_id", "event.sender.sender_id.")
                    or _id(sender_ids, "user_id", "event.sender.sender_id.")
                    or _id(sender_ids, "union_id", "event.sender.sender_id.")),
@@ -277,12 +272,7 @@ def _from_open_api(p):
     created = _get(p, "create_time", (str, int), where="")
     return _build(
         source="feishu.history",
-        message_id=_id(p, "message_id", "", required=True),
-        chat_id=_id(p, "chat_id", ""),
-        chat_type=_kind(p, "chat_type", ""),
-        thread_id=_id(p, "thread_id", ""),
-        root_id=_id(p, "root_id", ""),
-        parent_id=_id(p, "parent_id", ""),
+        **_message_ids(p, ""),
         sender_id=_id(sender, "id", "sender."),
         sender_type=_kind(sender, "sender_type", "sender."),
         msg_type=msg_type,
@@ -322,12 +312,7 @@ def _from_flat(p):
     created = p.get("create_time", p.get("created_at"))
     return _build(
         source="api",
-        message_id=_id(p, "message_id", "", required=True),
-        chat_id=_id(p, "chat_id", ""),
-        chat_type=_kind(p, "chat_type", ""),
-        thread_id=_id(p, "thread_id", ""),
-        root_id=_id(p, "root_id", ""),
-        parent_id=_id(p, "parent_id", ""),
+        **_message_ids(p, ""),
         sender_id=_id(p, "sender_id", ""),
         sender_type=_kind(p, "sender_type", ""),
         msg_type=msg_type,
@@ -396,6 +381,14 @@ def _transcript_chat(session, fields):
     subject = str(info.get("group_subject") or "")
     named = subject if subject.startswith("oc_") else None  # the group's id when it has no name
     return kind, (own_id if prefix == "chat" else None) or session_id or named
+
+
+def _message_ids(obj, where):
+    """The ids a Feishu message object names the same way in the event, the Open API and the flat
+    dict: message_id (required), chat_id, chat_type, thread_id, root_id, parent_id."""
+    return dict(message_id=_id(obj, "message_id", where, required=True), chat_id=_id(obj, "chat_id", where),
+                chat_type=_kind(obj, "chat_type", where), thread_id=_id(obj, "thread_id", where),
+                root_id=_id(obj, "root_id", where), parent_id=_id(obj, "parent_id", where))
 
 
 def _build(**fields):
