@@ -27,6 +27,9 @@ from .message import Message
 log = logging.getLogger(__name__)
 
 StepResult = collections.namedtuple("StepResult", "claimed delivered new dead refilled pruned error")
+# Claimed rows, each one's encoded form for the target (or the RowRejected that stops it from
+# being written at all), and the outbox file generation they were claimed from.
+Batch = collections.namedtuple("Batch", "rows encoded generation")
 StepResult.__new__.__defaults__ = (0, 0, 0, 0, 0, 0, None)
 
 IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_MAX
@@ -83,6 +86,28 @@ class Heartbeat:
 
 # A whole batch refused row by row for one reason, this many rows or more, is the table's fault.
 TABLE_SUSPECT_MIN = 10
+
+
+class _Prefetch(threading.Thread):
+    """The next batch, claimed and encoded while the current one is in the target."""
+
+    def __init__(self, prepare, exclude):
+        super().__init__(name="outbox-relay-prefetch", daemon=True)
+        self._prepare, self._exclude = prepare, exclude
+        self._result = self._error = None
+        self.start()
+
+    def run(self):
+        try:
+            self._result = self._prepare(self._exclude)
+        except BaseException as e:  # handed to the relay's own thread by take()
+            self._error = e
+
+    def take(self):
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 def _reason(error):
@@ -177,6 +202,7 @@ class Relay:
         self.outbox_problem = None
         self.outbox_checked_at = None
         self._next_check = 0.0  # the first loop pass checks the file
+        self._prefetch = None
         self.observers = []  # callables(StepResult, seconds) - metrics hook
         outbox.add_listener(self._wake.set)
 
@@ -197,26 +223,30 @@ class Relay:
     # -- one batch ----------------------------------------------------------------------
 
     def step(self):
-        """Move at most one batch. Returns StepResult; raises TargetUnavailable when nothing could move."""
+        """Move at most one batch. Returns StepResult; raises TargetUnavailable when nothing could move.
+
+        While a batch is in the target, the next one is claimed and encoded on a thread of its own
+        (the drain's Python work overlaps the database's, which releases the GIL)."""
         started = time.perf_counter()
-        refilled = self.outbox.refill()
-        rows = self.outbox.claim(self.batch_size)
-        if not rows:
-            pruned = self.outbox.prune()
-            return StepResult(refilled=refilled, pruned=pruned)
+        batch = self._take_prefetched() or self._prepare()
+        if not batch.rows:
+            return StepResult(pruned=self.outbox.prune())
+        self._prefetch = _Prefetch(self._prepare, [r.id for r in batch.rows])
         try:
             # Not only at start-up: a target that was down then must still get its table.
             self.target.ensure_schema()
-            new, delivered, dead = self._deliver(rows)
+            new, delivered, dead, pruned = self._deliver(batch)
         except TargetUnavailable as e:
+            self._drop_prefetched()  # the batch that failed goes first next time
             self._note_error(e)
-            self.outbox.record_error([r.id for r in rows], e)
+            self.outbox.record_error([r.id for r in batch.rows], e, batch.generation)
             self.stats["errors"] += 1
-            self._observe(StepResult(claimed=len(rows), error=str(e)), time.perf_counter() - started)
+            self._observe(StepResult(claimed=len(batch.rows), error=str(e)), time.perf_counter() - started)
             raise
-        refilled += self.outbox.refill()
-        pruned = self.outbox.prune()
-        result = StepResult(len(rows), delivered, new, dead, refilled, pruned, None)
+        except BaseException:
+            self._drop_prefetched()
+            raise
+        result = StepResult(len(batch.rows), delivered, new, dead, 0, pruned, None)
         self.stats["batches"] += 1
         self.stats["delivered"] += delivered
         self.stats["dead"] += dead
@@ -224,19 +254,41 @@ class Relay:
         self._observe(result, time.perf_counter() - started)
         return result
 
-    def _deliver(self, rows):
-        """Write rows; split on a rejected row until it is alone, then make it dead. When every row
-        of a batch is refused for the same reason, it is the table, not the rows (a NOT NULL column
-        added without a default, a CHECK no message meets): nothing goes dead, the batch waits as
-        for an outage. Returns (new in target, delivered locally, dead)."""
-        items = [(r, Message.from_json(r.payload)) for r in rows]
-        new = delivered = 0
-        refused = []  # (row, error): made dead at the end, unless it is the table
-        work = _by_size(items, MAX_BATCH_BYTES)[::-1]  # a stack: the oldest chunk on top
-        while work:
+    def _prepare(self, exclude=()):
+        """Claim the oldest pending rows (but those still in flight) and encode them for the target.
+        A row that cannot be encoded at all carries its RowRejected instead."""
+        generation = self.outbox.generation
+        rows = self.outbox.claim_oldest(self.batch_size, exclude)
+        encoded = []
+        for r in rows:
+            try:
+                encoded.append(self.target.encode(r.id, Message.from_json(r.payload), r.received_at))
+            except RowRejected as e:
+                encoded.append(e)
+        return Batch(rows, encoded, generation)
+
+    def _take_prefetched(self):
+        prefetch, self._prefetch = self._prefetch, None
+        return prefetch.take() if prefetch is not None else None
+
+    def _drop_prefetched(self):
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            prefetch.join()
+
+    def _deliver(self, batch):
+        """Write the batch; split on a rejected row until it is alone, then make it dead. When every
+        row of a batch is refused for the same reason, it is the table, not the rows (a NOT NULL
+        column added without a default, a CHECK no message meets): nothing goes dead, the batch
+        waits as for an outage. Returns (new in target, delivered, dead, pruned)."""
+        items = list(zip(batch.rows, batch.encoded))
+        refused = [(r, e) for r, e in items if isinstance(e, RowRejected)]  # made dead at the end,
+        new = delivered = pruned = 0                                        # unless it is the table
+        work = _by_size([i for i in items if not isinstance(i[1], RowRejected)], MAX_BATCH_BYTES)[::-1]
+        while work:  # a stack: the oldest chunk on top
             chunk = work.pop()
             try:
-                new += self.target.write([(r.id, m, r.received_at) for r, m in chunk])
+                new += self.target.write_encoded([e for _, e in chunk])
             except RowRejected as e:
                 if len(chunk) == 1:
                     refused.append((chunk[0][0], e))
@@ -244,19 +296,20 @@ class Relay:
                     half = len(chunk) // 2
                     work.extend([chunk[half:], chunk[:half]])
                 continue
-            delivered += self.outbox.mark_delivered([r.id for r, _ in chunk])
-        self._refuse_the_table_or_the_rows(rows, refused)
-        return new, delivered, len(refused)
+            done = self.outbox.finish_batch([r.id for r, _ in chunk], batch.generation)
+            delivered, pruned = delivered + done[0], pruned + done[1]
+        self._refuse_the_table_or_the_rows(batch, refused)
+        return new, delivered, len(refused), pruned
 
-    def _refuse_the_table_or_the_rows(self, rows, refused):
+    def _refuse_the_table_or_the_rows(self, batch, refused):
         reasons = {_reason(e) for _, e in refused}
-        if len(refused) == len(rows) >= TABLE_SUSPECT_MIN and len(reasons) == 1:
-            raise TargetUnavailable(f"the target table refuses every message ({len(rows)} of {len(rows)} in a"
-                                    f" batch), so the table is wrong, not the rows: {refused[0][1]}",
+        if len(refused) == len(batch.rows) >= TABLE_SUSPECT_MIN and len(reasons) == 1:
+            raise TargetUnavailable(f"the target table refuses every message ({len(refused)} of {len(refused)}"
+                                    f" in a batch), so the table is wrong, not the rows: {refused[0][1]}",
                                     refused[0][1].sqlstate)
-        for row, e in refused:
+        for row, e in sorted(refused, key=lambda item: item[0].id):
             log.warning("message %s rejected by the target, now dead: %s", row.message_id, e)
-            self.outbox.mark_dead(row.id, e)
+            self.outbox.mark_dead(row.id, e, batch.generation)
 
     def _observe(self, result, seconds):
         for observer in self.observers:
@@ -323,6 +376,7 @@ class Relay:
             batches += 1
             if on_step:
                 on_step(result)
+        self._drop_prefetched()
         total["batches"] = batches
         return total
 
@@ -351,6 +405,7 @@ class Relay:
             self._wake.wait(idle)
             self._wake.clear()
             idle = min(idle * 2, IDLE_MAX)
+        self._drop_prefetched()
         self.write_heartbeat()
         log.info("relay stopped")
 

@@ -247,15 +247,15 @@ def test_a_crash_between_the_target_commit_and_mark_delivered_resends_without_a_
     with Outbox(tmp_outbox) as outbox:
         outbox.put_many([flat(i) for i in range(20)])
         relay = Relay(outbox, target, batch_size=8)
-        real = outbox.mark_delivered
+        real = outbox.finish_batch  # where the relay marks what the target committed
 
-        def crash(ids):
+        def crash(ids, generation):
             raise SystemExit("killed right after the target committed")
-        outbox.mark_delivered = crash
+        outbox.finish_batch = crash
         with pytest.raises(SystemExit):
             relay.step()
         assert row_stats(pg_url) == (8, 8) and outbox.counts()["pending"] == 20
-        outbox.mark_delivered = real
+        outbox.finish_batch = real
         totals = Relay(outbox, target, batch_size=8).drain()
         assert (totals["delivered"], totals["new"]) == (20, 12)
         assert outbox.counts()["delivered"] == 20
@@ -268,7 +268,7 @@ def test_rows_parked_by_another_writer_while_in_flight_end_delivered_exactly_onc
     target.init_db(trigram=False)
     with Outbox(tmp_outbox, max_pending=10) as outbox, Outbox(tmp_outbox, max_pending=10) as other:
         outbox.put_many([flat(i) for i in range(10)])
-        real = target.write
+        real = target.write_encoded  # the relay's write of a batch
         state = {}
 
         def write_then_overflow(rows):
@@ -277,7 +277,7 @@ def test_rows_parked_by_another_writer_while_in_flight_end_delivered_exactly_onc
                 state["parked"] = [r.state for r in other.put_many([flat(i) for i in range(10, 20)])]
                 state["in_flight"] = [outbox.get(flat(i)["message_id"])["state"] for i in range(10)]
             return n
-        target.write = write_then_overflow
+        target.write_encoded = write_then_overflow
         first = Relay(outbox, target).step()
         assert state["in_flight"] == ["parked"] * 10
         assert first.delivered == 10 and {r["state"] for r in map(outbox.get, (flat(i)["message_id"]

@@ -135,6 +135,11 @@ class Target:
         """Throw the current connection away (its state is in doubt)."""
         self.db.close()
 
+    def begin_sql(self, write):
+        """What opens a transaction (a server may set its per-transaction settings in the same
+        round trip: over a long link every round trip of a batch counts). `write`: a batch's."""
+        return "BEGIN"
+
     # -- DDL in this database's words (schema.py decides what the table is) ---------------------
 
     @classmethod
@@ -204,15 +209,16 @@ class Target:
                 self._discard()
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self, timeout=True, write=False):
         """A Tx inside BEGIN … COMMIT on a pooled connection; any failure classified, rolled back,
-        and the connection released (or thrown away when its state is in doubt)."""
+        and the connection released (or thrown away when its state is in doubt). timeout=False for
+        schema changes, which may rightly take longer than a statement of the relay's."""
         conn = self._checkout()
         tx = Tx(conn)
         # peewee keeps its connections in autocommit mode and opens transactions itself; we do the
         # same, explicitly, so a batch is exactly one transaction.
         try:
-            tx.execute("BEGIN")
+            tx.execute(self.begin_sql(write) if timeout else "BEGIN")
             yield tx
             tx.execute("COMMIT")
         except Exception as e:
@@ -248,17 +254,29 @@ class Target:
 
     def write(self, rows):
         """rows: [(outbox_id, Message, received_at_epoch_s)]. -> number of rows that were new."""
-        if not rows:
-            return 0
+        return self.write_encoded([self.encode(*row) for row in rows])
+
+    def encode(self, outbox_id, m, received_at):
+        """One row as this database's batch writer takes it (column values; PostgreSQL: a COPY
+        line), made ahead of the write: the relay encodes the next batch while this one is sent.
+        Raises RowRejected for a row that cannot be written at all."""
         try:
-            values = [self._values(outbox_id, m, received) for outbox_id, m, received in rows]
+            return self.encode_values(self._values(outbox_id, m, received_at))
         except (ValueError, OverflowError, OSError) as e:
             # A row we cannot even turn into column values (a date outside years 1-9999, stored
             # by an older release) is about the data: isolate it. Not the raw error, which the
             # relay would retry forever with every batch stuck behind that row.
             raise RowRejected(f"cannot be written to the target: {e}") from None
-        with self.transaction() as tx:
-            return self.insert_batch(tx, values)
+
+    def encode_values(self, values):
+        return values
+
+    def write_encoded(self, encoded):
+        """Rows from encode(), in one transaction. -> how many were new."""
+        if not encoded:
+            return 0
+        with self.transaction(write=True) as tx:
+            return self.insert_batch(tx, encoded)
 
     def _values(self, outbox_id, m, received_at):
         created = m.created_at if m.created_at is not None else int(received_at * 1000)
@@ -284,7 +302,7 @@ class Target:
     def init_db(self, trigram=True):
         """Apply the missing migrations; then the search index where permitted. -> report dict."""
         migrations = schema.target_migrations(type(self), self.table)
-        with self.transaction() as tx:
+        with self.transaction(timeout=False) as tx:
             # Two relays starting at once must not both run the DDL: the lock comes first, since
             # even CREATE TABLE IF NOT EXISTS fails (PostgreSQL: 23505 on pg_type) when two race.
             self.ddl_lock(tx)
@@ -303,7 +321,7 @@ class Target:
 
     def _try_search_index(self):
         try:
-            with self.transaction() as tx:
+            with self.transaction(timeout=False) as tx:
                 self.ddl_lock(tx)  # CREATE EXTENSION IF NOT EXISTS races the same way
                 with self._ddl_unlocked_after(tx):
                     for sql in self.search_index_statements(self.table):

@@ -150,6 +150,9 @@ class MySQLTarget(PooledTarget):
 
     # -- writing -------------------------------------------------------------------------------------
 
+    def encode_values(self, values):
+        return "(" + ", ".join(map(sql_literal, values)) + ")"
+
     def insert_batch(self, tx, values):
         head = f"INSERT INTO {self.quoted} ({', '.join(schema.TARGET_COLUMNS)}) VALUES "
         tail = (" ON DUPLICATE KEY UPDATE message_id ="
@@ -243,11 +246,11 @@ class MySQLTarget(PooledTarget):
 MAX_STATEMENT_CHARS = 256 * 1024
 
 
-def _statements(head, tail, values):
-    """Multi-row INSERTs of the rows' SQL literals, each at most MAX_STATEMENT_CHARS (or one row)."""
+def _statements(head, tail, items):
+    """Multi-row INSERTs of the rows' SQL literals (encode_values), each at most MAX_STATEMENT_CHARS
+    (or one row)."""
     chunk, size = [], 0
-    for row in values:
-        item = "(" + ", ".join(map(sql_literal, row)) + ")"
+    for item in items:
         if chunk and size + len(item) > MAX_STATEMENT_CHARS:
             yield head + ",".join(chunk) + tail
             chunk, size = [], 0

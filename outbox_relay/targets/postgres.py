@@ -88,22 +88,40 @@ class PostgresTarget(PooledTarget):
         return tuple(_without_nul(v, i in _JSON_AT) if isinstance(v, str) else v
                      for i, v in enumerate(super()._values(outbox_id, m, received_at)))
 
-    def insert_batch(self, tx, values):
+    def begin_sql(self, write):
+        # One round trip. The statement timeout is per transaction (PgBouncer refuses it as a
+        # startup parameter). The outbox marks rows delivered (and prunes them) once COMMIT returns,
+        # so the commit must be durable: with synchronous_commit = off on the server, role or
+        # database, a server crash right after would lose them. Only `off` is raised; the stronger
+        # settings (remote_write, remote_apply) are kept.
+        return (f"BEGIN; SET LOCAL statement_timeout = {int(self.statement_timeout * 1000)};"
+                + (" SAVEPOINT outbox_relay_direct;" if write else "")  # insert_batch's fast path
+                + " SELECT set_config('synchronous_commit', 'on', true)"
+                " WHERE current_setting('synchronous_commit') = 'off'")
+
+    def encode_values(self, values):
+        return "\t".join(copy_field(v) for v in values) + "\n"
+
+    def insert_batch(self, tx, lines):
+        """COPY straight into the table: re-sends are rare (a crash between the target's commit and
+        the outbox's mark), so the fast path is the plain COPY a DBA would run, in a savepoint. A
+        row already there (unique violation) rolls back to it and the batch goes through a
+        temporary table and INSERT … ON CONFLICT (message_id) DO NOTHING, which skips it. Nothing
+        outlives the transaction (ON COMMIT DROP), so this works through PgBouncer too."""
         cols = ", ".join(schema.TARGET_COLUMNS)
-        # The outbox marks these rows delivered (and prunes them) once COMMIT returns, so the commit
-        # must be durable: with synchronous_commit = off on the server, role or database, a server
-        # crash right after would lose them. Only `off` is raised; the stronger settings
-        # (remote_write, remote_apply) are kept. One round trip.
-        tx.execute("SET LOCAL statement_timeout = %s;"
-                   " SELECT set_config('synchronous_commit', 'on', true)"
-                   " WHERE current_setting('synchronous_commit') = 'off'",
-                   (self.statement_timeout * 1000,))
-        # Everything lives inside this one transaction (ON COMMIT DROP), so the path works through
-        # PgBouncer in transaction pooling mode.
+        data = "".join(lines)
+        try:  # the savepoint was set as the transaction began (begin_sql)
+            with tx.conn.cursor() as cur:
+                cur.copy_expert(f"COPY {self.quoted} ({cols}) FROM STDIN", io.StringIO(data))
+            return len(lines)
+        except Exception as e:
+            if getattr(e, "pgcode", None) != "23505":
+                raise
+        tx.execute("ROLLBACK TO SAVEPOINT outbox_relay_direct")
         tx.execute(f"CREATE TEMP TABLE outbox_relay_batch (LIKE {self.quoted} INCLUDING DEFAULTS)"
                    " ON COMMIT DROP")
         with tx.conn.cursor() as cur:
-            cur.copy_expert(f"COPY outbox_relay_batch ({cols}) FROM STDIN", CopyBuffer(values))
+            cur.copy_expert(f"COPY outbox_relay_batch ({cols}) FROM STDIN", io.StringIO(data))
         tx.execute(f"INSERT INTO {self.quoted} ({cols}) SELECT {cols} FROM outbox_relay_batch"
                    " ON CONFLICT (message_id) DO NOTHING")
         return tx.rowcount
@@ -169,35 +187,6 @@ def _without_nul(text, is_json):
 
 def like_escape(keyword):
     return keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-class CopyBuffer(io.TextIOBase):
-    """Streams rows to COPY … FROM STDIN in PostgreSQL's text format, one line per read."""
-
-    def __init__(self, values):
-        self._rows = iter(values)
-        self._pending = ""
-
-    def readable(self):
-        return True
-
-    def read(self, size=-1):
-        chunks = [self._pending]
-        length = len(self._pending)
-        for row in self._rows:
-            line = "\t".join(copy_field(v) for v in row) + "\n"
-            chunks.append(line)
-            length += len(line)
-            if 0 < size <= length:
-                break
-        data = "".join(chunks)
-        if size is None or size < 0:
-            self._pending = ""
-            return data
-        self._pending = data[size:]
-        return data[:size]
-
-    readline = read
 
 
 def copy_field(value):
