@@ -28,6 +28,8 @@ setup(
         "urllib3>=2,<3",
         # Progress bars and the live `top` view: no hand-written terminal escape codes.
         "rich>=13",
+        # JSON encoding 5-6x faster than the standard library's, on the put path and the relay's.
+        "orjson>=3.9",
         # backfill openclaw: OpenClaw stores transcript events as zstd frames (event_zstd) and may
         # compress archived transcripts (*.zst); Python's standard library has no zstd before 3.14.
         "zstandard>=0.22",

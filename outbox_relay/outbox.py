@@ -164,40 +164,57 @@ class Outbox:
                 if len(payloads) == 1:
                     raise
                 raise (type(e)(f"item {i}: {e}") if type(e) is InvalidMessage else e) from None
+        return self._commit(messages, each=False)
+
+    def put_each(self, messages):
+        """Commit Messages from many senders in one transaction (group commit): each gets its own
+        answer, a PutResult or the OutboxFull that refused it alone (overflow=reject). An error
+        of the transaction itself (OutboxUnavailable) is raised: then nothing was stored."""
+        return self._commit(messages, each=True)
+
+    def _commit(self, messages, each):
         if not messages:
             return []
         now = time.time()
-        rows = [_row_values(m, now) for m in messages]
         results = []
         added = 0
         with self._tx() as c:
-            if self.overflow == "reject":
-                pending = _count(c, "pending")
-            for m, values in zip(messages, rows):
+            pending = _count(c, "pending") if self.overflow == "reject" else None
+            for m in messages:
+                full = pending is not None and pending >= self.max_pending
+                if full and each and not self._stored(c, m.message_id):
+                    results.append(self._full(pending))
+                    continue
                 cur = c.execute(
                     "INSERT INTO outbox (message_id, chat_id, sender_id, msg_type, text, created_at,"
                     " received_at, updated_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (message_id) DO NOTHING", values)
+                    " ON CONFLICT (message_id) DO NOTHING", _row_values(m, now))
                 if cur.rowcount == 1:
-                    if self.overflow == "reject":
-                        if pending >= self.max_pending:
-                            raise OutboxFull(
-                                f"outbox is full: {pending} messages pending (max_pending "
-                                f"{self.max_pending}, overflow=reject); retry later")
-                        pending += 1
+                    if full:
+                        raise self._full(pending)  # put_many: all or nothing
+                    pending = None if pending is None else pending + 1
                     results.append(PutResult(m.message_id, False, cur.lastrowid, "pending"))
                     added += 1
                 else:
                     results.append(self._duplicate(c, m))
             if added and self.overflow == "park" and self._park_overflow(c):
                 # A batch bigger than the room parks some of its own rows: report their real state.
-                states = dict(c.execute(
-                    "SELECT id, state FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps([r.id for r in results]),)).fetchall())
-                results = [r._replace(state=states.get(r.id, r.state)) for r in results]
+                ids = [r.id for r in results if isinstance(r, PutResult)]
+                states = dict(c.execute("SELECT id, state FROM outbox WHERE id IN (SELECT value FROM json_each(?))",
+                                        (json.dumps(ids),)).fetchall())
+                results = [r._replace(state=states.get(r.id, r.state)) if isinstance(r, PutResult) else r
+                           for r in results]
         if added:
             self._notify()
         return results
+
+    def _full(self, pending):
+        return OutboxFull(f"outbox is full: {pending} messages pending (max_pending {self.max_pending},"
+                          " overflow=reject); retry later")
+
+    @staticmethod
+    def _stored(c, message_id):
+        return c.execute("SELECT 1 FROM outbox WHERE message_id = ?", (message_id,)).fetchone() is not None
 
     def _duplicate(self, c, m):
         """The row already stored for m.message_id. Feishu re-delivers the very same event; a
@@ -212,14 +229,14 @@ class Outbox:
         return PutResult(m.message_id, True, row_id, state, differs)
 
     def _park_overflow(self, c):
-        excess = _count(c, "pending") - self.max_pending
-        if excess > 0:
-            # Oldest first, as the design card says; the relay refills them oldest first.
-            c.execute(
-                "UPDATE outbox SET state = 'parked', updated_at = ? WHERE id IN"
-                " (SELECT id FROM outbox WHERE state = 'pending' ORDER BY id LIMIT ?)",
-                (time.time(), excess))
-        return max(excess, 0)
+        """Park the oldest pending rows beyond max_pending (the design card: oldest first; the relay
+        takes them oldest first too). One statement, the count read from outbox_counts inside it:
+        this runs on every put. Returns how many were parked."""
+        return c.execute(
+            "UPDATE outbox SET state = 'parked', updated_at = ? WHERE id IN"
+            " (SELECT id FROM outbox WHERE state = 'pending' ORDER BY id"
+            "  LIMIT max(0, (SELECT n FROM outbox_counts WHERE state = 'pending') - ?))",
+            (time.time(), self.max_pending)).rowcount
 
     def _notify(self):
         for callback in list(self._listeners):
@@ -395,7 +412,7 @@ class Outbox:
     def counts(self):
         """Rows per state, every state present (0 when none)."""
         counts = dict.fromkeys(STATES, 0)
-        counts.update(self._read("SELECT state, count(*) FROM outbox GROUP BY state"))
+        counts.update(self._read("SELECT state, n FROM outbox_counts"))
         return counts
 
     def has_pending(self):
@@ -403,7 +420,12 @@ class Outbox:
 
     def oldest_pending_age(self, now=None):
         """Seconds since the oldest undelivered (pending or parked) row was committed, or None."""
-        row = self._read("SELECT min(received_at) FROM outbox WHERE state IN ('pending', 'parked')")
+        # The first row of each state by id (the index), not min(received_at) over every row: ids
+        # follow arrival, and a scan of a million parked rows cost a status call a second.
+        row = self._read("SELECT min(received_at) FROM ("
+                         "SELECT * FROM (SELECT received_at FROM outbox WHERE state = 'pending' ORDER BY id LIMIT 1)"
+                         " UNION ALL"
+                         " SELECT * FROM (SELECT received_at FROM outbox WHERE state = 'parked' ORDER BY id LIMIT 1))")
         if row[0][0] is None:
             return None
         return max(0.0, (now or time.time()) - row[0][0])
@@ -484,6 +506,10 @@ class Outbox:
         """"ok", or raise OutboxCorrupt (and every later write refuses) when the file is damaged."""
         return self.db.quick_check()
 
+    def damaged_reason(self):
+        """Why the file is known to be damaged (a marker beside it), or None."""
+        return self.db.damaged_reason()
+
     def sizes(self):
         """Bytes of the file and its WAL, and free on the file system."""
         return self.db.sizes()
@@ -496,4 +522,5 @@ def _row_values(m, now):
 
 
 def _count(c, state):
-    return c.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0]
+    """Rows in one state, kept by triggers (schema v2): no scan of the index."""
+    return c.execute("SELECT n FROM outbox_counts WHERE state = ?", (state,)).fetchone()[0]

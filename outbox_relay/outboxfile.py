@@ -87,7 +87,7 @@ def recover(outbox_path, open_outbox):
     if not os.path.exists(path):
         raise OutboxError(f"outbox {path} does not exist")
     damaged = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".damaged"):
         if os.path.exists(path + suffix):
             os.replace(path + suffix, damaged + suffix)
     rows, unreadable = read_what_can_be_read(damaged)

@@ -46,6 +46,25 @@ OUTBOX_MIGRATIONS = [
         )""",
     ],
 ]
+OUTBOX_MIGRATIONS.append(
+    # 1 -> 2: rows per state kept by triggers, so counting costs the same with a million rows
+    # parked as with none (put's overflow check, status, /metrics).
+    [
+        "CREATE TABLE outbox_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO outbox_counts (state, n) SELECT s.value, (SELECT count(*) FROM outbox WHERE state = s.value)"
+        " FROM json_each('[\"pending\", \"delivered\", \"parked\", \"dead\"]') AS s",
+        """CREATE TRIGGER outbox_counts_insert AFTER INSERT ON outbox BEGIN
+            UPDATE outbox_counts SET n = n + 1 WHERE state = NEW.state;
+        END""",
+        """CREATE TRIGGER outbox_counts_delete AFTER DELETE ON outbox BEGIN
+            UPDATE outbox_counts SET n = n - 1 WHERE state = OLD.state;
+        END""",
+        """CREATE TRIGGER outbox_counts_update AFTER UPDATE OF state ON outbox
+           WHEN OLD.state <> NEW.state BEGIN
+            UPDATE outbox_counts SET n = n - 1 WHERE state = OLD.state;
+            UPDATE outbox_counts SET n = n + 1 WHERE state = NEW.state;
+        END""",
+    ])
 OUTBOX_VERSION = len(OUTBOX_MIGRATIONS)
 
 _TABLE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")

@@ -14,6 +14,7 @@ Written with the stdlib sqlite3 module so the pragmas and the transaction bounda
 what we say they are.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -246,10 +247,33 @@ class SqliteFile:
             raise self.translate(e) from None
         result = "; ".join(r[0] for r in rows[:5])
         if result != "ok":
-            self.broken = f"outbox {os.path.abspath(self.path)} is damaged (quick_check: {result[:300]}):" \
-                          " stop the service and run `outbox-relay recover`"
-            raise OutboxCorrupt(self.broken)
+            raise OutboxCorrupt(self._damaged(f"quick_check: {result[:300]}"))
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.damage_marker)  # the file at the path is intact now (recovered, restored)
         return result
+
+    @property
+    def damage_marker(self):
+        """A file beside the outbox that says it is damaged: a damaged SQLite file cannot be trusted
+        to carry that news itself, and `status`/`health` must not read the whole file to find out."""
+        return os.path.abspath(self.path) + ".damaged"
+
+    def damaged_reason(self):
+        try:
+            with open(self.damage_marker, encoding="utf-8") as f:
+                return f.read().strip() or f"outbox {os.path.abspath(self.path)} is damaged"
+        except OSError:
+            return None
+
+    def _damaged(self, why):
+        self.broken = (f"outbox {os.path.abspath(self.path)} is damaged ({why}): stop the service and run"
+                       " `outbox-relay recover`")
+        try:
+            with open(self.damage_marker, "w", encoding="utf-8") as f:
+                f.write(self.broken + "\n")
+        except OSError as e:  # a full disk: the in-process flag and the logs still say it
+            log.warning("cannot write %s: %s", self.damage_marker, e.strerror)
+        return self.broken
 
     def refuse_if_broken(self):
         if self.broken:
@@ -290,8 +314,7 @@ class SqliteFile:
         text = str(e)
         where = os.path.abspath(self.path)
         if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or "not a database" in text:
-            self.broken = f"outbox {where} is damaged ({text}): stop the service and run `outbox-relay recover`"
-            return OutboxCorrupt(self.broken)
+            return OutboxCorrupt(self._damaged(text))
         if "locked" in text or "busy" in text:
             return OutboxUnavailable(f"outbox {where} is locked by another writer past the busy timeout")
         if name == "SQLITE_FULL" or "disk is full" in text:

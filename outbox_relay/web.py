@@ -37,6 +37,7 @@ import falcon
 
 from . import feishu, health
 from .errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
+from .groupcommit import GroupCommit
 from .handoff import Spool, spool_warnings
 from .message import detect, normalize
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -84,6 +85,8 @@ class Webhook:
         self.auth_token = cfg.auth_token.encode("utf-8") if cfg.auth_token else None
         self.feishu_auth = bool(cfg.feishu_encrypt_key or cfg.feishu_verification_token)
         self.open = not (self.auth_token or self.feishu_auth)
+        # Concurrent requests share one transaction and one fsync; each is answered after it.
+        self.commits = GroupCommit(outbox)
 
     def on_post(self, req, resp):
         started = time.perf_counter()
@@ -133,7 +136,7 @@ class Webhook:
                 return source, "ignored", {"ok": True, "ignored": e.event_type}
             source = message.source
             try:
-                result = self.outbox.put(message)
+                result = self.commits.put(message)
             except OutboxFull as e:
                 raise Rejected(503, "unavailable", str(e),
                                {"Retry-After": str(RETRY_AFTER_FULL)}) from None

@@ -484,3 +484,41 @@ def test_search_undelivered_text(outbox):
     found = [m.message_id for _, m in outbox.search("开会")]
     assert found == ["om_000003", "om_000001"]  # newest first
     assert [m.message_id for _, m in outbox.search("%")] == ["om_000002"]  # literal, not a wildcard
+
+
+def test_counts_kept_by_triggers_match_the_rows_through_every_move(tmp_outbox):
+    """Counting is O(1) since schema v2 (triggers keep outbox_counts); they must never drift from
+    the rows, whatever moves them: put, park, claim + finish, dead, replay, refill, prune."""
+    def real(box):
+        actual = dict.fromkeys(("pending", "delivered", "parked", "dead"), 0)
+        actual.update(box._read("SELECT state, count(*) FROM outbox GROUP BY state"))
+        return actual
+
+    with Outbox(tmp_outbox, max_pending=50, keep_delivered=20) as box:
+        box.put_many([msg(i) for i in range(120)])
+        assert box.counts() == real(box) == {"pending": 50, "delivered": 0, "parked": 70, "dead": 0}
+        rows = box.claim_oldest(40)
+        box.finish_batch([r.id for r in rows[:30]])
+        box.mark_dead(rows[30].id, "refused")
+        assert box.counts() == real(box)
+        assert box.replay(states=("dead",)) == 1 and box.refill() >= 0 and box.prune(keep=5) >= 0
+        assert box.counts() == real(box)
+
+
+def test_an_outbox_of_schema_1_is_migrated_with_its_counts(tmp_outbox):
+    import sqlite3
+
+    from outbox_relay.schema import OUTBOX_MIGRATIONS
+    conn = sqlite3.connect(tmp_outbox, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    for sql in OUTBOX_MIGRATIONS[0]:
+        conn.execute(sql)
+    conn.execute("PRAGMA user_version = 1")
+    for i, state in enumerate(["pending"] * 3 + ["parked"] * 2 + ["dead"]):
+        conn.execute("INSERT INTO outbox (message_id, state, created_at, received_at, updated_at, payload)"
+                     " VALUES (?, ?, 0, 0, 0, ?)", (f"om_{i}", state, json.dumps({"message_id": f"om_{i}",
+                                                                                   "source": "api"})))
+    conn.close()
+    with Outbox(tmp_outbox) as box:
+        assert box.schema_version() == OUTBOX_VERSION
+        assert box.counts() == {"pending": 3, "delivered": 0, "parked": 2, "dead": 1}

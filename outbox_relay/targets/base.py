@@ -8,12 +8,11 @@ Driver errors are classified once, here (`classify`): the relay only ever sees T
 """
 
 import contextlib
-import json
 import logging
 import socket
 import time
 
-from .. import schema
+from .. import jsonio, schema
 from ..config import mask_url
 from ..errors import RowRejected, TargetError, TargetUnavailable
 from ..timeconv import ms_to_iso, s_to_iso
@@ -448,7 +447,7 @@ def unfilled_column(table, column, error=None):
 
 
 def _json(value):
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    return None if value is None else jsonio.dumps(value)
 
 
 def _unwrap(exc):
