@@ -9,7 +9,7 @@ with open("outbox_relay/__init__.py", encoding="utf-8") as f:
 setup(
     name="outbox-relay",
     version=version["__version__"],
-    description="Every Feishu message into PostgreSQL: a local SQLite outbox relayed in batches",
+    description="Every Feishu message into PostgreSQL or MySQL: a local SQLite outbox relayed in batches",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["outbox_relay", "outbox_relay.*"]),

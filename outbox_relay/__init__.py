@@ -1,4 +1,4 @@
-"""outbox-relay: every Feishu message into PostgreSQL via a local SQLite outbox."""
+"""outbox-relay: every Feishu message into a database (PostgreSQL, MySQL, SQLite) via a local SQLite outbox."""
 
 __version__ = "0.1.0"
 

@@ -140,7 +140,7 @@ def friendly_errors(fn):
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(log_json, verbose, quiet):
-    """outbox-relay: every Feishu message into PostgreSQL, nothing lost, nothing duplicated.
+    """outbox-relay: every Feishu message into your database, nothing lost, nothing duplicated.
 
     Messages are committed to a local SQLite outbox first; a relay moves them to
     the target database in batches through a small connection pool.

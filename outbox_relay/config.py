@@ -45,7 +45,8 @@ class Setting:
 SETTINGS = (
     Setting("outbox", "data/outbox.db", "str", "the local SQLite outbox"),
     Setting("target", "sqlite:///data/archive.db", "url",
-            "where messages go (postgresql://user:pass@host:5432/db?sslmode=require on RDS)"),
+            "where messages go: postgresql://user:pass@host:5432/db?sslmode=require,"
+            " mysql://user:pass@host:3306/db?ssl_mode=REQUIRED, or sqlite:///path"),
     Setting("table", "feishu_messages", "table", "target table"),
     Setting("http", "127.0.0.1:8080", "hostport", "where run/serve listen (HOST:PORT)"),
     Setting("batch_size", 500, "int", "rows per relay batch", minimum=1),

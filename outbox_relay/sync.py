@@ -12,6 +12,7 @@ next start; the target's ON CONFLICT (message_id) DO NOTHING makes that harmless
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import fcntl
 import logging
@@ -86,28 +87,6 @@ class Heartbeat:
 
 # A whole batch refused row by row for one reason, this many rows or more, is the table's fault.
 TABLE_SUSPECT_MIN = 10
-
-
-class _Prefetch(threading.Thread):
-    """The next batch, claimed and encoded while the current one is in the target."""
-
-    def __init__(self, prepare, exclude):
-        super().__init__(name="outbox-relay-prefetch", daemon=True)
-        self._prepare, self._exclude = prepare, exclude
-        self._result = self._error = None
-        self.start()
-
-    def run(self):
-        try:
-            self._result = self._prepare(self._exclude)
-        except BaseException as e:  # handed to the relay's own thread by take()
-            self._error = e
-
-    def take(self):
-        self.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
 
 
 def _reason(error):
@@ -202,7 +181,8 @@ class Relay:
         self.outbox_problem = None
         self.outbox_checked_at = None
         self._next_check = 0.0  # the first loop pass checks the file
-        self._prefetch = None
+        self._prefetch = None  # a Future: the next batch, claimed and encoded meanwhile
+        self._executor = None
         self.observers = []  # callables(StepResult, seconds) - metrics hook
         outbox.add_listener(self._wake.set)
 
@@ -231,7 +211,7 @@ class Relay:
         batch = self._take_prefetched() or self._prepare()
         if not batch.rows:
             return StepResult(pruned=self.outbox.prune())
-        self._prefetch = _Prefetch(self._prepare, [r.id for r in batch.rows])
+        self._prefetch = self._prefetcher().submit(self._prepare, [r.id for r in batch.rows])
         try:
             # Not only at start-up: a target that was down then must still get its table.
             self.target.ensure_schema()
@@ -267,14 +247,27 @@ class Relay:
                 encoded.append(e)
         return Batch(rows, encoded, generation)
 
+    def _prefetcher(self):
+        """One worker thread for the relay's life: a thread per batch would open an outbox
+        connection per batch (SQLite connections are per thread), each with its page cache."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-prefetch")
+        return self._executor
+
     def _take_prefetched(self):
         prefetch, self._prefetch = self._prefetch, None
-        return prefetch.take() if prefetch is not None else None
+        return prefetch.result() if prefetch is not None else None
 
     def _drop_prefetched(self):
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
-            prefetch.join()
+            concurrent.futures.wait([prefetch])
+
+    def _stop_prefetcher(self):
+        self._drop_prefetched()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown()
 
     def _deliver(self, batch):
         """Write the batch; split on a rejected row until it is alone, then make it dead. When every
@@ -376,7 +369,7 @@ class Relay:
             batches += 1
             if on_step:
                 on_step(result)
-        self._drop_prefetched()
+        self._stop_prefetcher()
         total["batches"] = batches
         return total
 
@@ -405,7 +398,7 @@ class Relay:
             self._wake.wait(idle)
             self._wake.clear()
             idle = min(idle * 2, IDLE_MAX)
-        self._drop_prefetched()
+        self._stop_prefetcher()
         self.write_heartbeat()
         log.info("relay stopped")
 
