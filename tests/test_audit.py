@@ -14,11 +14,9 @@ from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .relayutil import BASE_MS, flat, pg_query, row_stats, wait_until
-except ImportError:
-    from relayutil import BASE_MS, flat, pg_query, row_stats, wait_until
-
+from factories import BASE_MS, flat
+from relayutil import pg_query, row_stats
+from serverproc import wait_until
 
 NASTY = [
     "back\\slash",

@@ -8,9 +8,7 @@ environment nor an outbox-relay.toml can leak in.
 
 import json
 import os
-import pathlib
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -19,17 +17,14 @@ from outbox_relay import __version__
 from outbox_relay.cli import cli
 from outbox_relay.outbox import Outbox
 
-SAMPLES = pathlib.Path(__file__).parent / "samples"
-SCRIPT = pathlib.Path(sys.executable).parent / "outbox-relay"
+from cliutil import EXE, clean_env
+from factories import SAMPLES, sample_bytes
+
 EMPTY = {"pending": 0, "delivered": 0, "parked": 0, "dead": 0}
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_"):
-            monkeypatch.delenv(name)
+def workdir(hermetic, tmp_path):
     return tmp_path
 
 
@@ -66,7 +61,7 @@ def one_line_error(result):
 # -- put ------------------------------------------------------------------------------------------
 
 def test_put_one_object_from_stdin(run):
-    result = run("put", input=(SAMPLES / "v2_text.json").read_bytes())
+    result = run("put", input=sample_bytes("v2_text.json"))
     assert result.exit_code == 0, result.output
     assert result.stdout == "stored\tom_5ce6d572455d361153b7cb51da133945\tpending\n"
     assert counts(run.outbox) == {**EMPTY, "pending": 1}
@@ -274,12 +269,12 @@ def test_commands_that_use_the_outbox_take_the_settings_flags(run):
 
 @pytest.fixture
 def script(workdir):
-    assert SCRIPT.exists(), f"{SCRIPT} is not installed (pip install -e .)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    assert os.path.exists(EXE), f"{EXE} is not installed (pip install -e .)"
+    env = clean_env()
     outbox = str(workdir / "data" / "outbox.db")
 
     def call(*args, input=None, outbox_flag=True):
-        args = [str(SCRIPT), *args] + (["--outbox", outbox] if outbox_flag else [])
+        args = [EXE, *args] + (["--outbox", outbox] if outbox_flag else [])
         return subprocess.run(args, input=input, capture_output=True, env=env, cwd=workdir, timeout=60)
 
     call.outbox = outbox
@@ -287,7 +282,7 @@ def script(workdir):
 
 
 def test_script_put_from_stdin_and_file_then_status(script):
-    p = script("put", input=(SAMPLES / "v2_text.json").read_bytes())
+    p = script("put", input=sample_bytes("v2_text.json"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode() == "stored\tom_5ce6d572455d361153b7cb51da133945\tpending\n"
     p = script("put", str(SAMPLES / "flat_message.json"))

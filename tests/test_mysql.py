@@ -28,33 +28,14 @@ from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.mysql import MySQLTarget, sql_literal
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .cliutil import run_cli, run_exe
-    from .relayutil import flat, put_all, wait_until
-except ImportError:
-    import pgharness
-    from cliutil import run_cli, run_exe
-    from relayutil import flat, put_all, wait_until
+from cliutil import run_cli, run_exe
+from factories import flat, flats, rows_of, sample
+from relayutil import clean_env, put_all
+from serverproc import free_port, wait_until
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
 
 pytestmark = pytest.mark.usefixtures("hermetic")
-SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
-RECEIVED = 1_750_000_000.25
-
-
-def sample(name):
-    with open(os.path.join(SAMPLES, name), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def rows_of(messages, first_id=1):
-    return [(first_id + n, m, RECEIVED) for n, m in enumerate(messages)]
-
-
-def flats(n, prefix="om", **extra):
-    return [normalize(flat(i, prefix, **extra)) for i in range(n)]
 
 
 @pytest.fixture
@@ -108,7 +89,7 @@ def test_a_mysql_url_without_pymysql_is_one_line_and_exit_2(tmp_path):
     machine without it gets one line saying what to install."""
     blocked = "import sys; sys.modules['pymysql'] = None; "
     script = (blocked + "from outbox_relay.cli import main; sys.argv = ['outbox-relay'] + sys.argv[1:]; main()")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    env = clean_env()
     for command in (["check"], ["sync"], ["init-db"]):
         out = subprocess.run([sys.executable, "-c", script, *command, "--outbox", str(tmp_path / "o.db"),
                               "--target", "mysql://relay:hunter2@127.0.0.1:1/db"],
@@ -454,7 +435,7 @@ def test_check_reports_version_and_the_connection_budget(maria_server, maria_url
         assert info["max_connections"] >= 1 and info["pool_size"] == 2 and info["schema_version"] == 1
     finally:
         maria_server.drop_user(user)
-    port = pgharness.free_port()
+    port = free_port()
     down = run_cli("check", "--target", f"mysql://u:pw-secret@127.0.0.1:{port}/x", "--connect-timeout", "2")
     assert down.exit_code == 1 and "Can't connect" in down.output and "pw-secret" not in down.output
 

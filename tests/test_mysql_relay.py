@@ -19,29 +19,16 @@ import pytest
 from outbox_relay.outbox import Outbox
 from outbox_relay.timeconv import datetime_to_ms
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import run_cli
-    from .relayutil import BASE_MS, flat, put_all, wait_until
-    from .test_relay_faults import Writer, heartbeat, ids, outbox_left
-except ImportError:
-    from cliutil import run_cli
-    from relayutil import BASE_MS, flat, put_all, wait_until
-    from test_relay_faults import Writer, heartbeat, ids, outbox_left
+from cliutil import run_cli
+from factories import BASE_MS, flat, ids
+from relayutil import SEED, Writer, assert_exactly_once, heartbeat, outbox_left, put_all
+from serverproc import wait_until
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
-
-SEED = int(os.environ.get("OUTBOX_RELAY_TEST_SEED", "0")) or random.randrange(1, 1_000_000)
 
 
 def count(url):
     return mh.row_stats(url)[0]
-
-
-def assert_exactly_once(url, expected):
-    rows = mh.message_ids(url)
-    assert len(rows) == len(set(rows)), "duplicates in the target"
-    missing, extra = expected - set(rows), set(rows) - expected
-    assert not missing and not extra, (sorted(missing)[:10], sorted(extra)[:10])
 
 
 def as_user(url, user, password):
@@ -96,7 +83,7 @@ def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, 
     assert kills[-1] < n, kills
     final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=maria_url, batch_size=500)
     assert final.wait(120) == 0, final.output()
-    assert_exactly_once(maria_url, ids(n))
+    assert_exactly_once(mh.message_ids(maria_url), ids(n))
     assert outbox_left(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
 
 
@@ -124,7 +111,7 @@ def test_server_killed_and_restarted_while_puts_continue(spawn, tmp_path, privat
         expected = writer.stop()
         wait_until(lambda: count(url) >= len(expected), timeout=60, what="every message after the outage")
         assert writer.errors == []
-        assert_exactly_once(url, expected)
+        assert_exactly_once(mh.message_ids(url), expected)
         assert proc.alive(), proc.output()
         wait_until(lambda: heartbeat(outbox_path).get("unavailable_since") is None, timeout=10)
         assert "target unavailable" in proc.output() and "reachable again" in proc.output()
@@ -165,7 +152,7 @@ def test_poison_rows_are_dead_with_the_servers_words_and_replayed_after_the_fix(
     assert result.exit_code == 0 and "2 requeued" in result.output
     report = json.loads(run_cli("sync", *common, "--json").stdout)
     assert (report["delivered"], report["dead"]) == (2, 0)
-    assert_exactly_once(maria_url, ids(500))
+    assert_exactly_once(mh.message_ids(maria_url), ids(500))
     assert mh.query(maria_url, "SELECT msg_type, text FROM feishu_messages WHERE message_id IN"
                                " ('om_000100', 'om_000250') ORDER BY message_id") == [
         ("interactive", "[card]"), ("text", "emoji 😀 here")]
@@ -211,7 +198,7 @@ def test_eight_writers_and_a_relay_under_max_user_connections_2(spawn, tmp_path,
         expected = set().union(*(ids(per_writer, prefix=f"w{k}") for k in range(8)))
         wait_until(lambda: count(url) >= len(expected), timeout=60, what="all 4000 messages")
         assert errors == []
-        assert_exactly_once(url, expected)
+        assert_exactly_once(mh.message_ids(url), expected)
         assert heartbeat(outbox_path)["last_error"] is None      # nothing failed, not even once
         assert proc.alive()
         proc.signal(signal.SIGTERM)
@@ -240,6 +227,6 @@ def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, maria_url):
     reports = [json.loads(p.stdout()) for p in procs]
     assert [r["delivered"] for r in reports] == [6000, 6000]
     assert sum(r["new"] for r in reports) == 9000          # the overlap was written once
-    assert_exactly_once(maria_url, ids(9000))
+    assert_exactly_once(mh.message_ids(maria_url), ids(9000))
     newest = mh.query(maria_url, "SELECT max(relayed_at) FROM feishu_messages")[0][0]
     assert abs((dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - newest).total_seconds()) < 120

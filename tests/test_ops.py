@@ -19,10 +19,8 @@ from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
-except ImportError:
-    from cliutil import EXE, run_cli, run_exe  # noqa: F401
+from cliutil import run_cli, run_exe
+from serverproc import wait_until
 
 pytestmark = pytest.mark.usefixtures("hermetic")
 
@@ -305,11 +303,6 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
     import threading
 
     from outbox_relay.sync import RelayLock
-
-    try:
-        from .pgharness import wait_until
-    except ImportError:
-        from pgharness import wait_until
 
     url = private_pg.url()
     init_target(url)

@@ -8,7 +8,6 @@ test_relay_faults.py.
 
 import json
 import logging
-import os
 import re
 import signal
 import sqlite3
@@ -16,66 +15,16 @@ import threading
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from outbox_relay.cli import cli
 from outbox_relay.errors import RelayLocked
 from outbox_relay.message import Message
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .relayutil import (
-        BASE_MS,
-        flat,
-        pg_query,
-        pg_rows,
-        put_all,
-        relay_cmd,
-        row_stats,
-        wait_until,
-    )
-except ImportError:
-    import pgharness
-    from relayutil import (
-        BASE_MS,
-        flat,
-        pg_query,
-        pg_rows,
-        put_all,
-        relay_cmd,
-        row_stats,
-        wait_until,
-    )
-
-
-@pytest.fixture
-def invoke(monkeypatch, tmp_path):
-    """Run the CLI in-process (CliRunner) from an empty cwd with no OUTBOX_RELAY_* environment."""
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def run(*args):
-        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-        return result
-
-    yield run
-    # The CLI points the package logger at CliRunner's (now closed) stream: undo that.
-    root = logging.getLogger("outbox_relay")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    root.setLevel(logging.NOTSET)
-
-
-def heartbeat(outbox_path):
-    with Outbox(outbox_path) as outbox:
-        return outbox.get_meta("relay", {})
+from factories import BASE_MS, flat
+from relayutil import heartbeat, pg_query, pg_rows, put_all, relay_cmd, row_stats
+from serverproc import free_port, wait_until
 
 
 def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, pg_url):
@@ -297,7 +246,7 @@ def test_check_prints_version_latency_and_connections(invoke, pg_url):
     assert info["latency_ms"] > 0 and info["max_connections"] >= 1 and info["connections_in_use"] >= 1
     assert info["server_version"][0].isdigit() and info["pool_size"] == 2
 
-    port = pgharness.free_port()
+    port = free_port()
     down = invoke("check", "--target", f"postgresql://u:pw-secret@127.0.0.1:{port}/x")
     assert down.exit_code == 1 and "Error:" in down.output and "pw-secret" not in down.output
 
@@ -435,7 +384,7 @@ class _Delays(logging.Handler):
 
 
 def test_the_backoff_wait_ends_at_once_on_stop(tmp_outbox):
-    port = pgharness.free_port()                         # nothing listens: connection refused
+    port = free_port()                         # nothing listens: connection refused
     target = open_target(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=2)
     outbox = Outbox(tmp_outbox)
     outbox.put(flat(1))

@@ -19,28 +19,9 @@ from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.postgres import PostgresTarget
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .relayutil import flat, pg_query, put_all, row_stats, wait_until
-except ImportError:
-    import pgharness
-    from relayutil import flat, pg_query, put_all, row_stats, wait_until
-
-SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
-RECEIVED = 1_750_000_000.25  # epoch seconds, a fixed outbox commit time
-
-
-def sample(name):
-    with open(os.path.join(SAMPLES, name), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def rows_of(messages, first_id=1):
-    return [(first_id + n, m, RECEIVED) for n, m in enumerate(messages)]
-
-
-def flats(n, prefix="om", **extra):
-    return [normalize(flat(i, prefix, **extra)) for i in range(n)]
+from factories import RECEIVED, flat, flats, rows_of, sample
+from relayutil import pg_query, put_all, row_stats
+from serverproc import free_port, wait_until
 
 
 @pytest.fixture
@@ -154,7 +135,7 @@ def test_stopped_server_is_target_unavailable_and_the_pool_recovers(private_pg):
 
 
 def test_unreachable_target_error_never_shows_the_password():
-    port = pgharness.free_port()
+    port = free_port()
     t = open_target(f"postgresql://relay:s3cret-pw@127.0.0.1:{port}/db", connect_timeout=2)
     try:
         with pytest.raises(TargetUnavailable) as err:
