@@ -95,10 +95,13 @@ def _session_server(variable, external, sweep, new):
     server.destroy()
 
 
-def _database_name(request):
-    """t_<the test's name>_<random>: unique, and says whose it is when one is left behind."""
+def _fresh_database(server, request, **drop):
+    """A new database on server, t_<the test's name>_<random> (unique, and it says whose it is if one
+    is ever left behind); the generator body of a fixture yielding its URL, dropped afterwards."""
     slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
-    return f"t_{slug}_{uuid.uuid4().hex[:8]}"
+    name = server.create_database(f"t_{slug}_{uuid.uuid4().hex[:8]}")
+    yield server.url(name)
+    server.drop_database(name, **drop)
 
 
 @pytest.fixture(scope="session")
@@ -110,9 +113,7 @@ def pg_server():
 @pytest.fixture
 def pg_url(pg_server, request):
     """A fresh, empty database for this test; dropped (sessions terminated) afterwards."""
-    name = pg_server.create_database(_database_name(request))
-    yield pg_server.url(name)
-    pg_server.drop_database(name, force=True)
+    yield from _fresh_database(pg_server, request, force=True)
 
 
 @pytest.fixture
@@ -153,9 +154,7 @@ def maria_server():
 @pytest.fixture
 def maria_url(maria_server, request):
     """A fresh, empty database for this test; dropped afterwards."""
-    name = maria_server.create_database(_database_name(request))
-    yield maria_server.url(name)
-    maria_server.drop_database(name)
+    yield from _fresh_database(maria_server, request)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ import os
 import shutil
 import signal
 import threading
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 
@@ -46,8 +46,8 @@ from serverproc import (
     stop_process,
 )
 
-__all__ = ["MariaHarnessError", "MariaServer", "ExternalMariaServer", "find_mariadb", "sweep_stale_dirs", "query",
-           "row_stats", "message_ids"]
+__all__ = ["MariaHarnessError", "MariaServer", "ExternalMariaServer", "find_mariadb", "sweep_stale_dirs", "as_user",
+           "database_of", "query", "row_stats", "message_ids"]
 
 DIR_PREFIX = "ormy-"
 START_TIMEOUT = 30.0
@@ -281,6 +281,16 @@ class ExternalMariaServer(_ServerOps):
 
     def __repr__(self):
         return f"<ExternalMariaServer {self.host}:{self.port}>"
+
+
+def as_user(url, user, password):
+    """url with another user and password."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{parts.hostname}:{parts.port}").geturl()
+
+
+def database_of(url):
+    return unquote(urlsplit(url).path.lstrip("/"))
 
 
 def query(url, sql, params=None):

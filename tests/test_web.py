@@ -242,19 +242,17 @@ def _bad_head(port, head, body=b'{"message_id":"om_hdr"}'):
 
 
 # Requests a client library would refuse to send: waitress refuses them before the app runs.
+POST_LINE = b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
 HEADER_ATTACKS = [
-    ("bare CR splits a header", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nX-A: a\rSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
-    ("bare LF splits a header", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nX-A: a\nSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
-    ("NUL in a header", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nX-A: a\x00b\r\nContent-Length: {n}\r\n\r\n"),
-    ("two Content-Lengths", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nContent-Length: {n}\r\nContent-Length: 3\r\n\r\n"),
-    ("negative Content-Length", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nContent-Length: -{n}\r\n\r\n"),
-    ("space before the colon", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type : application/json\r\nContent-Length: {n}\r\n\r\n"),
+    ("bare CR splits a header",
+     POST_LINE + b"Content-Type: application/json\r\nX-A: a\rSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
+    ("bare LF splits a header",
+     POST_LINE + b"Content-Type: application/json\r\nX-A: a\nSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
+    ("NUL in a header", POST_LINE + b"Content-Type: application/json\r\nX-A: a\x00b\r\nContent-Length: {n}\r\n\r\n"),
+    ("two Content-Lengths",
+     POST_LINE + b"Content-Type: application/json\r\nContent-Length: {n}\r\nContent-Length: 3\r\n\r\n"),
+    ("negative Content-Length", POST_LINE + b"Content-Type: application/json\r\nContent-Length: -{n}\r\n\r\n"),
+    ("space before the colon", POST_LINE + b"Content-Type : application/json\r\nContent-Length: {n}\r\n\r\n"),
 ]
 
 
