@@ -20,7 +20,7 @@ from cliutil import clean_env
 from factories import BASE_MS, flat, ids
 from serverproc import wait_until
 
-__all__ = ["SEED", "put_all", "outbox_with", "outbox_left", "pending_rows", "undelivered_ids", "heartbeat", "Writer",
+__all__ = ["SEED", "put_all", "outbox_with", "outbox_counts", "pending_rows", "undelivered_ids", "heartbeat", "Writer",
            "relay_cmd", "relay_env", "RelayProcess", "pg_query", "row_stats", "pg_rows", "pg_count",
            "assert_exactly_once",
            # at home in factories.py and serverproc.py; still importable here for tests written before
@@ -50,7 +50,7 @@ def outbox_with(path, payloads):
     return str(path)
 
 
-def outbox_left(path):
+def outbox_counts(path):
     """The outbox's counts by state."""
     with Outbox(path) as outbox:
         return outbox.counts()

@@ -19,7 +19,7 @@ import time
 from outbox_relay.outbox import Outbox
 
 from factories import flat, flats, ids, rows_of
-from relayutil import SEED, Writer, heartbeat, outbox_left, outbox_with, put_all
+from relayutil import SEED, Writer, heartbeat, outbox_counts, outbox_with, put_all
 from serverproc import wait_until
 
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
@@ -138,7 +138,7 @@ def run_through_an_outage(spawn, outbox_path, url, count, stop, start):
         wait_until(lambda: (heartbeat(outbox_path).get("last_error_at") or 0) > stopped_at, timeout=20,
                    what="the relay to record the outage")
         wait_until(lambda: writer.put >= put_at_stop + 1500, timeout=30, what="1500 puts during the outage")
-        assert outbox_left(outbox_path)["parked"] > 0             # over max_pending: parked, kept
+        assert outbox_counts(outbox_path)["parked"] > 0             # over max_pending: parked, kept
         assert proc.alive(), proc.output()
         start()
         wait_until(lambda: count(url) > put_at_stop, timeout=60, what="deliveries after the restart")
@@ -152,7 +152,7 @@ def run_through_an_outage(spawn, outbox_path, url, count, stop, start):
         assert proc.wait(10) == 0, proc.output()
     finally:
         writer.halt.set()
-    left = outbox_left(outbox_path)
+    left = outbox_counts(outbox_path)
     assert left["pending"] == left["parked"] == left["dead"] == 0
     return expected
 

@@ -43,15 +43,11 @@ NASTY = [
 
 
 def pg_fetch(url, message_id):
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT message_id, chat_id, sender_id, msg_type, text, content::text, raw::text,"
-                        " mentions::text, extract(epoch from created_at) * 1000"
-                        " FROM feishu_messages WHERE message_id = %s", (message_id,))
-            return cur.fetchone()
-    finally:
-        conn.close()
+    """The row of message_id, its JSON columns as text; None if there is none."""
+    rows = pg_query(url, "SELECT message_id, chat_id, sender_id, msg_type, text, content::text, raw::text,"
+                         " mentions::text, extract(epoch from created_at) * 1000"
+                         " FROM feishu_messages WHERE message_id = %s", (message_id,))
+    return rows[0] if rows else None
 
 
 # -- COPY escaping: what is accepted is what lands in PostgreSQL -------------------------------------

@@ -19,6 +19,7 @@ from outbox_relay.outbox import Outbox
 
 from cliutil import EXE, clean_env
 from factories import SAMPLES, sample_bytes
+from relayutil import outbox_counts
 
 EMPTY = {"pending": 0, "delivered": 0, "parked": 0, "dead": 0}
 
@@ -43,11 +44,6 @@ def run(workdir):
     return invoke
 
 
-def counts(path):
-    with Outbox(path) as o:
-        return o.counts()
-
-
 def one_line_error(result):
     """Exit 1, and stderr is one line (no traceback) starting with 'Error: '."""
     assert result.exit_code == 1, result.output
@@ -64,7 +60,7 @@ def test_put_one_object_from_stdin(run):
     result = run("put", input=sample_bytes("v2_text.json"))
     assert result.exit_code == 0, result.output
     assert result.stdout == "stored\tom_5ce6d572455d361153b7cb51da133945\tpending\n"
-    assert counts(run.outbox) == {**EMPTY, "pending": 1}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 1}
 
 
 def test_put_one_object_from_a_file(run, workdir):
@@ -73,7 +69,7 @@ def test_put_one_object_from_a_file(run, workdir):
     assert result.stdout == "stored\tom_post_0001\tpending\n"
     again = run("put", str(SAMPLES / "v2_post.json"))
     assert again.stdout == "duplicate\tom_post_0001\tpending\n"
-    assert counts(run.outbox) == {**EMPTY, "pending": 1}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 1}
 
 
 def test_put_every_sample(run):
@@ -82,7 +78,7 @@ def test_put_every_sample(run):
     for path in messages:
         result = run("put", str(path))
         assert result.exit_code == 0, (path.name, result.output)
-    assert counts(run.outbox)["pending"] == len(messages)  # each sample has its own message_id
+    assert outbox_counts(run.outbox)["pending"] == len(messages)  # each sample has its own message_id
 
 
 def test_put_json_lines_from_a_file_and_stdin(run, workdir):
@@ -97,7 +93,7 @@ def test_put_json_lines_from_a_file_and_stdin(run, workdir):
     report = json.loads(result.stdout)
     assert [(r["message_id"], r["duplicate"]) for r in report] == [
         ("om_2", True), ("om_3", False), ("om_4", False)]
-    assert counts(run.outbox) == {**EMPTY, "pending": 5}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 5}
     with Outbox(run.outbox) as o:
         assert json.loads(o.get("om_4")["payload"])["text"] == "第 4 条 🎉"
 
@@ -105,7 +101,7 @@ def test_put_json_lines_from_a_file_and_stdin(run, workdir):
 def test_put_a_pretty_printed_object(run):
     result = run("put", input=json.dumps({"message_id": "om_pretty", "text": "hi"}, indent=2))
     assert result.exit_code == 0, result.output
-    assert counts(run.outbox)["pending"] == 1
+    assert outbox_counts(run.outbox)["pending"] == 1
 
 
 BAD_INPUT = [
@@ -130,13 +126,13 @@ BAD_INPUT = [
 def test_put_invalid_input_is_one_line_exit_1_and_stores_nothing(run, data, words):
     line = one_line_error(run("put", input=data))
     assert words in line
-    assert counts(run.outbox) == EMPTY  # not even the good first line of a batch
+    assert outbox_counts(run.outbox) == EMPTY  # not even the good first line of a batch
 
 
 def test_put_too_large_input(run):
     line = one_line_error(run("put", input='{"message_id": "om_1", "text": "' + "x" * 10_000_000 + '"}'))
     assert "too large" in line
-    assert counts(run.outbox) == EMPTY
+    assert outbox_counts(run.outbox) == EMPTY
 
 
 def test_put_invalid_utf8_is_one_line_exit_1(workdir):
@@ -144,7 +140,7 @@ def test_put_invalid_utf8_is_one_line_exit_1(workdir):
                                 input=b'{"message_id": "om_1", "text": "\xff"}')
     line = one_line_error(result)
     assert "UTF-8" in line
-    assert counts(str(workdir / "o.db")) == EMPTY
+    assert outbox_counts(str(workdir / "o.db")) == EMPTY
 
 
 def test_put_missing_file_is_a_usage_error(run):
@@ -158,7 +154,7 @@ def test_put_honours_the_outbox_environment_variable(workdir):
     result = CliRunner().invoke(cli, ["put"], input='{"message_id": "om_env"}',
                                 env={"OUTBOX_RELAY_OUTBOX": path})
     assert result.exit_code == 0, result.output
-    assert counts(path)["pending"] == 1
+    assert outbox_counts(path)["pending"] == 1
 
 
 def test_put_under_reject_when_full(run):
@@ -168,7 +164,7 @@ def test_put_under_reject_when_full(run):
     line = one_line_error(run("put", "--max-pending", "2", "--overflow", "reject",
                               input='{"message_id": "om_2"}'))
     assert "outbox is full" in line
-    assert counts(run.outbox) == {**EMPTY, "pending": 2}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 2}
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -309,7 +305,7 @@ def test_script_invalid_input_exit_1_one_line_nothing_stored(script):
     assert len(err) == 1 and err[0].startswith("Error: ") and "content is not valid JSON" in err[0]
     assert b"Traceback" not in p.stderr
     assert p.stdout == b""
-    assert counts(script.outbox) == EMPTY
+    assert outbox_counts(script.outbox) == EMPTY
 
 
 def test_script_version_and_help(script):

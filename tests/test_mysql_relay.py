@@ -16,7 +16,7 @@ from outbox_relay.timeconv import datetime_to_ms
 
 from cliutil import run_cli
 from factories import BASE_MS, flat, ids
-from relayutil import SEED, assert_exactly_once, outbox_left, outbox_with, put_all
+from relayutil import SEED, assert_exactly_once, outbox_counts, outbox_with, put_all
 from scenarios import count_on, eight_writers_and_a_relay, kill_9_repeatedly, run_through_an_outage, two_hosts_sync
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
@@ -57,7 +57,7 @@ def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, 
     final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=maria_url, batch_size=500)
     assert final.wait(120) == 0, final.output()
     assert_exactly_once(mh.message_ids(maria_url), ids(n))
-    assert outbox_left(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
 
 
 def test_server_killed_and_restarted_while_puts_continue(spawn, tmp_path, private_maria):

@@ -25,6 +25,7 @@ from outbox_relay.targets.postgres import PostgresTarget
 
 from cliutil import run_cli
 from factories import flat_message, sample
+from relayutil import pg_query
 from skiputil import unavailable
 
 HOUR, DAY = 3600 * 1000, 86400 * 1000
@@ -289,13 +290,7 @@ class RecordingTarget(PostgresTarget):
 
 
 def explain(url, sql, params):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("EXPLAIN (ANALYZE) " + sql, params)
-            return "\n".join(r[0] for r in cur.fetchall())
-    finally:
-        conn.close()
+    return "\n".join(r[0] for r in pg_query(url, "EXPLAIN (ANALYZE) " + sql, params))
 
 
 def timed_search(url, outbox_path, keyword):
@@ -418,11 +413,8 @@ def test_stats_match_independent_counts(pg_url, tmp_outbox):
     messages = [normalize(p) for p in payloads]
     target = open_target(pg_url)
     target.init_db()
-    conn = psycopg2.connect(pg_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:  # the target refuses this one message: a real dead row
-        cur.execute("ALTER TABLE feishu_messages ADD CONSTRAINT no_poison CHECK (text <> 'POISON')")
-    conn.close()
+    # the target refuses this one message: a real dead row
+    pg_query(pg_url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_poison CHECK (text <> 'POISON')")
     outbox = Outbox(tmp_outbox)
     outbox.put_many(payloads + [flat_message("poison", "POISON", "oc_x", "ou_x", NOW)])
     totals = Relay(outbox, target, batch_size=20).drain()

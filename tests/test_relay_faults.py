@@ -18,7 +18,7 @@ from relayutil import (
     SEED,
     assert_exactly_once,
     heartbeat,
-    outbox_left,
+    outbox_counts,
     outbox_with,
     pending_rows,
     pg_count,
@@ -43,7 +43,7 @@ def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, 
     final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=pg_url, batch_size=500)
     assert final.wait(120) == 0, final.output()
     assert_exactly_once(pg_rows(pg_url), ids(n))
-    assert outbox_left(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
     with Outbox(outbox_path) as outbox:
         assert outbox.integrity_check() == "ok"
 
@@ -89,7 +89,7 @@ def test_flaky_network_cutting_connections_mid_transaction(make_tcp_proxy, pg_ur
         outbox.close()
     assert proxy.cuts >= 5 and relay.stats["errors"] >= 3, (proxy.cuts, relay.stats)
     assert_exactly_once(pg_rows(pg_url), ids(n))
-    left = outbox_left(tmp_outbox)
+    left = outbox_counts(tmp_outbox)
     assert left["pending"] == left["parked"] == left["dead"] == 0
     # Some cuts hit an open transaction: the server rolled it back (and the rows came again later).
     wait_until(lambda: pg_query(pg_url, "SELECT xact_rollback FROM pg_stat_database"
@@ -202,7 +202,7 @@ def test_sigterm_while_the_target_is_down_exits_0_at_once(spawn, tmp_path):
     proc.signal(signal.SIGTERM)
     assert proc.wait(5) == 0, proc.output()
     assert time.monotonic() - started < 2
-    assert outbox_left(outbox_path)["pending"] == 10
+    assert outbox_counts(outbox_path)["pending"] == 10
 
 
 def test_pgbouncer_with_the_server_restarted_behind_it(tmp_outbox, private_pg, make_pgbouncer):
