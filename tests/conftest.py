@@ -2,8 +2,17 @@
 the CLI in-process, a relay subprocess, Node.
 
 The machinery lives in tests/pgharness.py, tests/mariaharness.py (both on tests/serverproc.py),
-tests/tcpproxy.py and tests/relayutil.py; this file only wires it into pytest. Helper modules are
-imported by their plain names: setup.cfg puts tests/ on pytest's path.
+tests/tcpproxy.py and tests/relayutil.py; this file only wires it into pytest.
+
+Helpers are plain modules in tests/, imported by their names (setup.cfg puts tests/ on pytest's
+path); a test module never imports another test module:
+  factories      the samples (sample(), sample_bytes()), flat(i), flat_message(id, ...), Feishu's vectors
+  cliutil        the CLI in-process (run_cli) or as the installed script (run_exe), clean_env()
+  relayutil      an outbox filled and read, relay subprocesses, the target read back, exactly-once
+  serviceutil    the HTTP service: a client, running_service (in-process), service_process (subprocess)
+  scenarios      load and faults the PostgreSQL and MariaDB tests share (kill -9, outage, pools)
+  skiputil       unavailable(reason): skip locally, fail in CI
+  serverproc     wait_until, free_port, in_ci, and the process plumbing of the two harnesses
 
 Fixtures
   pg_server          session  the shared server: a throwaway cluster started once,

@@ -23,7 +23,8 @@ from serverproc import wait_until
 __all__ = ["SEED", "put_all", "outbox_with", "outbox_counts", "pending_rows", "undelivered_ids", "heartbeat", "Writer",
            "relay_cmd", "relay_env", "RelayProcess", "pg_query", "row_stats", "pg_rows", "pg_count",
            "assert_exactly_once",
-           # at home in factories.py and serverproc.py; still importable here for tests written before
+           # at home in factories.py and serverproc.py; importable here too for test files on branches
+           # begun before the helpers moved (drop once those are merged)
            "BASE_MS", "flat", "wait_until"]
 
 # The seed of the run's random fault timings, named in their failure messages: rerun with
