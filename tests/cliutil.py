@@ -19,7 +19,14 @@ def run_cli(*args):
     return result
 
 
+def clean_env(**extra):
+    """The current environment without any OUTBOX_RELAY_* variable (the developer's shell must not
+    leak into a child process), plus extra."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    env.update(extra)
+    return env
+
+
 def run_exe(*args, timeout=60):
     """The installed `outbox-relay` script in a subprocess, with no OUTBOX_RELAY_* environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=clean_env())

@@ -1,7 +1,18 @@
-"""Shared pytest fixtures: real PostgreSQL and MariaDB servers, PgBouncer, a fault-injecting TCP proxy.
+"""Shared pytest fixtures: real PostgreSQL and MariaDB servers, PgBouncer, a fault-injecting TCP proxy,
+the CLI in-process, a relay subprocess, Node.
 
-The machinery lives in tests/pgharness.py and tests/tcpproxy.py; this file
-only wires it into pytest.
+The machinery lives in tests/pgharness.py, tests/mariaharness.py (both on tests/serverproc.py),
+tests/tcpproxy.py and tests/relayutil.py; this file only wires it into pytest.
+
+Helpers are plain modules in tests/, imported by their names (setup.cfg puts tests/ on pytest's
+path); a test module never imports another test module:
+  factories      the samples (sample(), sample_bytes()), flat(i), flat_message(id, ...), Feishu's vectors
+  cliutil        the CLI in-process (run_cli) or as the installed script (run_exe), clean_env()
+  relayutil      an outbox filled and read, relay subprocesses, the target read back, exactly-once
+  serviceutil    the HTTP service: a client, running_service (in-process), service_process (subprocess)
+  scenarios      load and faults the PostgreSQL and MariaDB tests share (kill -9, outage, pools)
+  skiputil       unavailable(reason): skip locally, fail in CI
+  serverproc     wait_until, free_port, in_ci, and the process plumbing of the two harnesses
 
 Fixtures
   pg_server          session  the shared server: a throwaway cluster started once,
@@ -17,29 +28,37 @@ Fixtures
   maria_url          function mysql:// URL of a fresh, empty database on maria_server (dropped after)
   private_maria      function a MariaServer of the test's own (stop/kill/restart welcome)
   make_maria         function factory: make_maria(tls=False, **settings) -> a started MariaServer
+  hermetic           function no OUTBOX_RELAY_* from the shell, cwd = tmp_path
+  invoke             function invoke(*args) -> click Result: the CLI in-process, hermetic
+  spawn              function spawn(name, args, **settings) -> a started relay subprocess
+  node               session  path of Node (>= 18) for the OpenClaw hook
 
 No PostgreSQL binaries / no pgbouncer / a server that will not start: the
 test is SKIPPED on a developer machine but FAILS when $CI is set (so CI can
 never go green by skipping the database tests). The same holds for MariaDB
-(mariadbd, mariadb-install-db and PyMySQL).
+(mariadbd, mariadb-install-db and PyMySQL), and for Node. skiputil.unavailable(reason) does it.
 
 Markers: ``pg`` (added automatically to every test using the fixtures
 above that need PostgreSQL; deselect with ``-m "not pg"``), ``mysql`` (the
 same for MariaDB) and ``slow``.
 """
 
+import logging
 import os
 import re
+import shutil
 import subprocess
 import uuid
 
 import pytest
+from click.testing import CliRunner
 
-try:  # tests/ as a package (tests/__init__.py) or as a rootdir on sys.path
-    from . import pgharness, tcpproxy
-except ImportError:
-    import pgharness
-    import tcpproxy
+from outbox_relay.cli import cli
+
+import pgharness
+import tcpproxy
+from relayutil import RelayProcess, relay_env
+from skiputil import unavailable
 
 PG_FIXTURES = {"pg_server", "pg_url", "private_pg", "make_pgbouncer"}
 MARIA_FIXTURES = {"maria_server", "maria_url", "private_maria", "make_maria"}
@@ -59,13 +78,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.mysql)
 
 
-def unavailable(reason):
-    """Skip locally, fail in CI ($CI set to anything but "", "0", "false")."""
-    if pgharness.in_ci():
-        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
-    pytest.skip(reason)
-
-
 def _new_cluster():
     """A started PgCluster, or skip/fail with the reason (including the server log)."""
     try:
@@ -74,31 +86,43 @@ def _new_cluster():
         unavailable(f"cannot start a PostgreSQL cluster: {exc}")
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    url = os.environ.get("OUTBOX_RELAY_TEST_PG_URL")
+def _session_server(variable, external, sweep, new):
+    """The server named by $variable (external(url), checked), else new() after sweep(); the
+    generator body of a session fixture."""
+    url = os.environ.get(variable)
     if url:
-        server = pgharness.ExternalServer(url)
+        server = external(url)
         try:
             server.execute("SELECT 1")
         except Exception as exc:  # noqa: BLE001
-            unavailable(f"OUTBOX_RELAY_TEST_PG_URL server not reachable: {exc}")
+            unavailable(f"{variable} server not reachable: {exc}")
         yield server
         return
-    pgharness.sweep_stale_dirs()  # leftovers of killed earlier runs
-    cluster = _new_cluster()
-    yield cluster
-    cluster.destroy()
+    sweep()  # leftovers of killed earlier runs
+    server = new()
+    yield server
+    server.destroy()
+
+
+def _fresh_database(server, request, **drop):
+    """A new database on server, t_<the test's name>_<random> (unique, and it says whose it is if one
+    is ever left behind); the generator body of a fixture yielding its URL, dropped afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
+    name = server.create_database(f"t_{slug}_{uuid.uuid4().hex[:8]}")
+    yield server.url(name)
+    server.drop_database(name, **drop)
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    yield from _session_server("OUTBOX_RELAY_TEST_PG_URL", pgharness.ExternalServer, pgharness.sweep_stale_dirs,
+                               _new_cluster)
 
 
 @pytest.fixture
 def pg_url(pg_server, request):
     """A fresh, empty database for this test; dropped (sessions terminated) afterwards."""
-    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
-    name = f"t_{slug}_{uuid.uuid4().hex[:8]}"
-    pg_server.create_database(name)
-    yield pg_server.url(name)
-    pg_server.drop_database(name, force=True)
+    yield from _fresh_database(pg_server, request, force=True)
 
 
 @pytest.fixture
@@ -117,10 +141,7 @@ def _mariaharness():
         import pymysql  # noqa: F401
     except ImportError:
         unavailable("PyMySQL is not installed: pip install -e '.[mysql]' (make test installs it)")
-    try:
-        from . import mariaharness
-    except ImportError:
-        import mariaharness
+    import mariaharness
     return mariaharness
 
 
@@ -135,29 +156,14 @@ def _new_maria(**kwargs):
 @pytest.fixture(scope="session")
 def maria_server():
     mh = _mariaharness()
-    url = os.environ.get("OUTBOX_RELAY_TEST_MYSQL_URL")
-    if url:
-        server = mh.ExternalMariaServer(url)
-        try:
-            server.execute("SELECT 1")
-        except Exception as exc:  # noqa: BLE001
-            unavailable(f"OUTBOX_RELAY_TEST_MYSQL_URL server not reachable: {exc}")
-        yield server
-        return
-    mh.sweep_stale_dirs()  # leftovers of killed earlier runs
-    server = _new_maria()
-    yield server
-    server.destroy()
+    yield from _session_server("OUTBOX_RELAY_TEST_MYSQL_URL", mh.ExternalMariaServer, mh.sweep_stale_dirs,
+                               _new_maria)
 
 
 @pytest.fixture
 def maria_url(maria_server, request):
     """A fresh, empty database for this test; dropped afterwards."""
-    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:40]
-    name = f"t_{slug}_{uuid.uuid4().hex[:8]}"
-    maria_server.create_database(name)
-    yield maria_server.url(name)
-    maria_server.drop_database(name)
+    yield from _fresh_database(maria_server, request)
 
 
 @pytest.fixture
@@ -227,13 +233,25 @@ def hermetic(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def invoke(hermetic):
+    """invoke(*args) -> click Result: the CLI in-process (CliRunner), hermetic; an exception that is
+    not a clean exit is raised, not swallowed."""
+
+    def run(*args):
+        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+    yield run
+    root = logging.getLogger("outbox_relay")  # the CLI pointed it at CliRunner's closed stream: undo that
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
+
+
+@pytest.fixture
 def spawn(tmp_path):
     """spawn(name, args, **settings) -> a started relay subprocess (relayutil.RelayProcess) in
     tmp_path, with settings as OUTBOX_RELAY_* environment; killed at teardown."""
-    try:
-        from .relayutil import RelayProcess, relay_env
-    except ImportError:
-        from relayutil import RelayProcess, relay_env
     procs = []
 
     def start(name, args, **settings):
@@ -244,3 +262,15 @@ def spawn(tmp_path):
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def node():
+    """Node, which runs the OpenClaw hook (integrations/openclaw/); it needs >= 18 (global fetch)."""
+    path = shutil.which("node")
+    if path is None:
+        unavailable("node is not installed: the OpenClaw hook cannot be run (apt-get install nodejs)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < 18:
+        pytest.fail(f"the hook needs Node >= 18 (global fetch); found {version}")
+    return path

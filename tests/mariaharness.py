@@ -1,6 +1,6 @@
 """Throwaway MariaDB servers for tests -- real servers, no mocks (pgharness.py does the same for
-PostgreSQL, and this module borrows its process plumbing: spawning, parent-death signal, clean-up
-at exit).
+PostgreSQL; the process plumbing both use -- spawning, parent-death signal, clean-up at exit, the
+start/stop lifecycle -- is serverproc.py).
 
 Plain library code: nothing here imports pytest (the fixtures live in tests/conftest.py)::
 
@@ -26,25 +26,28 @@ Design notes
 from __future__ import annotations
 
 import datetime as dt
-import glob
 import os
-import pwd
 import shutil
 import signal
-import subprocess
 import threading
-import time
 from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-except ImportError:
-    import pgharness
+from serverproc import (
+    ServerProcess,
+    make_basedir,
+    register,
+    run,
+    server_address,
+    server_url,
+    service_user,
+    stale_dirs,
+    stop_process,
+)
 
-__all__ = ["MariaHarnessError", "MariaServer", "ExternalMariaServer", "find_mariadb", "sweep_stale_dirs", "query",
-           "row_stats", "message_ids"]
+__all__ = ["MariaHarnessError", "MariaServer", "ExternalMariaServer", "find_mariadb", "sweep_stale_dirs", "as_user",
+           "database_of", "query", "row_stats", "message_ids"]
 
 DIR_PREFIX = "ormy-"
 START_TIMEOUT = 30.0
@@ -75,13 +78,9 @@ def find_mariadb():
 
 
 def _runas():
-    if os.geteuid() != 0:
-        return None
-    try:
-        pw = pwd.getpwnam("mysql")
-        return pw.pw_uid, pw.pw_gid, "mysql"
-    except KeyError:
-        return pgharness._service_user()
+    """The OS user mysql, else pgharness's choice (postgres / nobody); None when we are not root."""
+    return service_user(("mysql", os.environ.get("OUTBOX_RELAY_TEST_PG_OSUSER"), "postgres", "nobody"),
+                        MariaHarnessError)
 
 
 def _option(name, value):
@@ -90,8 +89,17 @@ def _option(name, value):
 
 
 def _url(host, port, dbname, user, password):
-    auth = quote(user, safe="") + (":" + quote(password, safe="") if password is not None else "")
-    return f"mysql://{auth}@{host}:{port}/{quote(dbname, safe='')}"
+    return server_url("mysql", host, port, dbname, user, password)
+
+
+def _rows(conn, sql, params):
+    """One statement on conn -> its rows (a list); conn is closed."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
 
 
 class _ServerOps:
@@ -102,13 +110,7 @@ class _ServerOps:
 
     def execute(self, sql, params=None, dbname=None, user=None, password=None):
         """One statement on a fresh autocommit connection -> its rows (a list)."""
-        conn = self.connect(dbname, user, password)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return list(cur.fetchall())
-        finally:
-            conn.close()
+        return _rows(self.connect(dbname, user, password), sql, params)
 
     def create_database(self, name):
         self.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
@@ -129,11 +131,15 @@ class _ServerOps:
         self.execute(f"DROP USER IF EXISTS '{name}'@'%'")
 
 
-class MariaServer(_ServerOps):
+class MariaServer(ServerProcess, _ServerOps):
     """A private MariaDB server in ``basedir`` (data/, socket, log). ``port=None`` picks a free port
     at the first start and keeps it across restarts, so URLs stay valid."""
 
-    host = "127.0.0.1"
+    name = "mariadbd"
+    error = MariaHarnessError
+    not_ready = pymysql.err.OperationalError
+    bind_error = "address already in use"
+    abort_signal = signal.SIGKILL
 
     def __init__(self, port=None, tls=False):
         found = find_mariadb()
@@ -142,53 +148,29 @@ class MariaServer(_ServerOps):
                                     " install the Debian package mariadb-server")
         self.mariadbd, self.install_db = found
         self._runas = _runas()
-        self.basedir = pgharness._make_basedir(self._runas, prefix=DIR_PREFIX)
+        self.basedir = make_basedir(self._runas, DIR_PREFIX)
         self.datadir = os.path.join(self.basedir, "data")
         self.socket = os.path.join(self.basedir, "mysqld.sock")
         self.log_path = os.path.join(self.basedir, "mariadbd.log")
         self.port = port
         self.settings = dict(FAST_SETTINGS)
         self.ca_path = self._make_certificates() if tls else None
-        self._proc = None
         self._lock = threading.RLock()
-        pgharness._register(self)
+        register(self)
 
     @classmethod
     def create(cls, port=None, tls=False, **settings):
         """init() + start(**settings); destroys itself if either fails."""
-        server = cls(port=port, tls=tls)
-        try:
-            server.init()
-            server.start(**settings)
-        except BaseException:
-            server.destroy()
-            raise
-        return server
+        return cls(port=port, tls=tls).init_and_start(**settings)
 
     def init(self):
         argv = [self.install_db, "--no-defaults", f"--datadir={self.datadir}", "--skip-test-db",
                 "--auth-root-authentication-method=normal",
                 f"--innodb-log-file-size={self.settings['innodb_log_file_size']}"]
-        res = subprocess.run(argv, cwd=self.basedir, capture_output=True, text=True, timeout=120,
-                             **self._user_kwargs())
-        if res.returncode != 0:
-            raise MariaHarnessError(f"mariadb-install-db failed (exit {res.returncode}):\n{res.stdout}\n{res.stderr}")
+        run(argv, runas=self._runas, cwd=self.basedir, error=MariaHarnessError)
         return self
 
-    def _user_kwargs(self):
-        if self._runas is None:
-            return {}
-        uid, gid, _ = self._runas
-        return {"user": uid, "group": gid, "extra_groups": []}
-
-    # -- lifecycle --------------------------------------------------------------------------------
-
-    def is_running(self):
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self):
-        return self._proc.pid if self.is_running() else None
+    # -- lifecycle (the rest in serverproc.ServerProcess) -----------------------------------------
 
     def start(self, timeout=START_TIMEOUT, **settings):
         """Start mariadbd (extra settings become --options) and wait until it accepts connections."""
@@ -196,16 +178,7 @@ class MariaServer(_ServerOps):
             if self.is_running():
                 raise MariaHarnessError("server is already running")
             self.settings.update(settings)
-            attempts = 1 if self.port else 5
-            for attempt in range(attempts):
-                self.port = self.port or pgharness.free_port()
-                try:
-                    return self._start_once(timeout)
-                except MariaHarnessError:
-                    if attempt + 1 < attempts and "address already in use" in pgharness._tail(self.log_path).lower():
-                        self.port = None
-                        continue
-                    raise
+            return self._start_on_a_free_port(timeout)
 
     def _argv(self):
         argv = [self.mariadbd, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
@@ -216,52 +189,13 @@ class MariaServer(_ServerOps):
                      f"--ssl-key={self.basedir}/server.key"]
         return argv + [_option(k, v) for k, v in sorted(self.settings.items())]
 
-    def _start_once(self, timeout):
-        offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
-        self._proc = pgharness._spawn(self._argv(), runas=self._runas, cwd=self.basedir,
-                                      log_path=self.log_path, pdeathsig=signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                code, self._proc = self._proc.returncode, None
-                raise MariaHarnessError(f"mariadbd exited with code {code} during start-up; log:\n"
-                                        f"{self._log_since(offset)}")
-            try:
-                self.connect().close()
-                return self
-            except pymysql.err.OperationalError as exc:
-                last = exc
-            if time.monotonic() >= deadline:
-                pgharness._stop_process(self._proc, signal.SIGKILL, 10)
-                self._proc = None
-                raise MariaHarnessError(f"mariadbd did not accept connections within {timeout:.0f}s ({last});"
-                                        f" log:\n{self._log_since(offset)}")
-            time.sleep(0.02)  # poll interval
-
-    def _log_since(self, offset):
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read()[-8000:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
-
-    def log_tail(self, lines=40):
-        return pgharness._tail(self.log_path, lines)
+    def _probe(self):
+        self.connect().close()
 
     def stop(self, timeout=STOP_TIMEOUT):
         """Clean shutdown (SIGTERM: clients are disconnected). No-op when not running."""
         with self._lock:
-            pgharness._stop_process(self._proc, signal.SIGTERM, timeout)
-            self._proc = None
-        return self
-
-    def kill(self):
-        """kill -9 the server: InnoDB recovers at the next start."""
-        with self._lock:
-            if self.is_running():
-                self._proc.kill()
-                self._proc.wait(timeout=STOP_TIMEOUT)
+            stop_process(self._proc, signal.SIGTERM, timeout)
             self._proc = None
         return self
 
@@ -269,23 +203,8 @@ class MariaServer(_ServerOps):
         self.stop()
         return self.start(**settings)
 
-    def destroy(self):
-        """Kill if running and remove the whole basedir. Idempotent."""
-        with self._lock:
-            try:
-                self.kill()
-            finally:
-                shutil.rmtree(self.basedir, ignore_errors=True)
-                pgharness._unregister(self)
-
-    def _atexit(self):
-        self.destroy()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.destroy()
+    def _halt(self):
+        self.kill()
 
     # -- clients ----------------------------------------------------------------------------------
 
@@ -345,13 +264,8 @@ class ExternalMariaServer(_ServerOps):
     """A server we did not start ($OUTBOX_RELAY_TEST_MYSQL_URL): same client API, no lifecycle."""
 
     def __init__(self, url):
-        parts = urlsplit(url)
-        if parts.scheme not in ("mysql", "mariadb"):
-            raise MariaHarnessError(f"not a mysql:// URL: {url!r}")
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 3306
-        self.user = unquote(parts.username) if parts.username else "root"
-        self.password = unquote(parts.password) if parts.password is not None else None
+        _, self.host, self.port, self.user, self.password = server_address(
+            url, ("mysql", "mariadb"), 3306, "root", MariaHarnessError)
 
     def url(self, dbname="mysql", user=None, password=None):
         if user is None:
@@ -369,18 +283,23 @@ class ExternalMariaServer(_ServerOps):
         return f"<ExternalMariaServer {self.host}:{self.port}>"
 
 
+def as_user(url, user, password):
+    """url with another user and password."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"{user}:{quote(password, safe='')}@{parts.hostname}:{parts.port}").geturl()
+
+
+def database_of(url):
+    return unquote(urlsplit(url).path.lstrip("/"))
+
+
 def query(url, sql, params=None):
     """One statement on a fresh autocommit connection to a mysql:// URL -> its rows (a list)."""
     parts = urlsplit(url)
     conn = pymysql.connect(host=parts.hostname, port=parts.port or 3306, user=unquote(parts.username or "root"),
                            password=unquote(parts.password or ""), database=unquote(parts.path.lstrip("/")),
                            autocommit=True, charset="utf8mb4", connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
+    return _rows(conn, sql, params)
 
 
 def row_stats(url, table="feishu_messages"):
@@ -398,14 +317,7 @@ def message_ids(url, table="feishu_messages"):
 
 def sweep_stale_dirs():
     """Remove /tmp/ormy-* dirs of test processes that no longer exist (killing a server left in one)."""
-    for d in glob.glob(os.path.join("/tmp", DIR_PREFIX + "*")):
-        try:
-            with open(os.path.join(d, "owner.pid")) as f:
-                owner = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if owner <= 0 or owner == os.getpid() or pgharness._pid_alive(owner):
-            continue
+    for d in stale_dirs([DIR_PREFIX]):
         try:
             with open(os.path.join(d, "mariadbd.pid")) as f:
                 pid = int(f.read().strip())

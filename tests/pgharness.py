@@ -28,38 +28,55 @@ Design notes
   Linux parent-death signal so that a SIGKILLed test run does not leave a
   postmaster behind.  Directories of dead test runs are swept by
   ``sweep_stale_dirs()``.
+* That process plumbing, and the start/stop lifecycle, live in serverproc.py:
+  mariaharness.py uses the same.
 """
 
 from __future__ import annotations
 
-import atexit
-import ctypes
 import glob
 import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
-import weakref
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote
 
 import psycopg2
 from psycopg2 import sql
+
+from serverproc import (
+    ServerProcess,
+    free_port,
+    in_ci,
+    make_basedir,
+    pid_alive,
+    port_open,
+    register,
+    run,
+    server_address,
+    server_url,
+    service_user,
+    spawn,
+    stale_dirs,
+    stop_process,
+    tail,
+    unregister,
+    wait_until,
+)
 
 __all__ = [
     "PgHarnessError",
     "find_pg_bindir",
     "find_pgbouncer",
-    "free_port",
-    "wait_until",
     "PgCluster",
     "PgBouncer",
     "ExternalServer",
     "sweep_stale_dirs",
+    # serverproc's, still reachable here for scripts written against pgharness alone
+    "free_port",
+    "wait_until",
     "in_ci",
 ]
 
@@ -103,48 +120,6 @@ class PgHarnessError(RuntimeError):
 
 # --------------------------------------------------------------------------- #
 # small helpers
-
-
-def wait_until(predicate, timeout=10.0, interval=0.02, what="condition"):
-    """Poll ``predicate()`` until it returns a truthy value; return that value.
-
-    Raises TimeoutError after ``timeout`` seconds.  Exceptions raised by the
-    predicate count as "not yet" (the last one is chained to the TimeoutError).
-    The poll interval grows gently up to 0.25 s.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - "not yet"
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}") from last_exc
-        time.sleep(interval)  # poll interval, not a wait for the condition itself
-        interval = min(interval * 1.5, 0.25)
-
-
-def in_ci():
-    """$CI set to anything but "", "0" or "false" (any case): missing servers are failures there."""
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false")
-
-
-def free_port(host="127.0.0.1"):
-    """A TCP port that was free a moment ago (callers retry on a collision)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port, host="127.0.0.1", timeout=0.5):
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _bin_ok(bindir):
@@ -213,125 +188,7 @@ def _pgbouncer_version(binary):
 
 def _service_user():
     """(uid, gid, name) to run server processes as; None when we are not root."""
-    if os.geteuid() != 0:
-        return None
-    for name in (os.environ.get("OUTBOX_RELAY_TEST_PG_OSUSER"), "postgres", "nobody"):
-        if not name:
-            continue
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            continue
-        return pw.pw_uid, pw.pw_gid, name
-    raise PgHarnessError("running as root but found no unprivileged OS user (postgres/nobody) to run PostgreSQL as")
-
-
-def _clean_env():
-    """Environment for server processes: no PG* variables, no systemd notify socket."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != "NOTIFY_SOCKET"}
-    env["LC_ALL"] = "C"
-    env.pop("LANG", None)
-    return env
-
-
-_libc = None
-_PR_SET_PDEATHSIG = 1
-
-
-def _pdeathsig_preexec(sig):
-    """preexec_fn asking the kernel to send ``sig`` to the child when we die.
-
-    Only used from the main thread: the kernel ties the signal to the *thread*
-    that forked, so a worker thread's exit would kill the server.  prctl is
-    resolved here, before the fork; the child only makes the C call.
-    """
-    global _libc
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        if _libc is None:
-            _libc = ctypes.CDLL(None, use_errno=True)
-        prctl = _libc.prctl
-    except (OSError, AttributeError):
-        return None
-
-    def preexec():  # runs in the child, after setuid (so the kernel keeps it)
-        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-
-    return preexec
-
-
-def _spawn(argv, *, runas, cwd, log_path, pdeathsig):
-    """Start a server process in its own session, output appended to log_path."""
-    kwargs = {}
-    if runas is not None:
-        uid, gid, _ = runas
-        kwargs.update(user=uid, group=gid, extra_groups=[])
-    preexec = _pdeathsig_preexec(pdeathsig)
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=_clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C on the terminal must not hit the server mid-teardown
-            preexec_fn=preexec,
-            close_fds=True,
-            **kwargs,
-        )
-
-
-def _run(argv, *, runas, cwd, timeout=120):
-    kwargs = {}
-    if runas is not None:
-        uid, gid, _ = runas
-        kwargs.update(user=uid, group=gid, extra_groups=[])
-    res = subprocess.run(
-        argv, cwd=cwd, env=_clean_env(), stdin=subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=timeout, **kwargs,
-    )
-    if res.returncode != 0:
-        raise PgHarnessError(
-            f"{os.path.basename(argv[0])} failed (exit {res.returncode}):\n{res.stdout}\n{res.stderr}".rstrip()
-        )
-    return res
-
-
-def _make_basedir(runas, prefix=DIR_PREFIX):
-    d = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short path for the unix socket
-    with open(os.path.join(d, "owner.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    if runas is not None:
-        os.chown(d, runas[0], runas[1])
-    return d
-
-
-def _tail(path, n=40):
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
-        return "\n".join(lines[-n:])
-    except OSError:
-        return "(no log)"
-
-
-def _stop_process(proc, sig, timeout):
-    """Signal a child and reap it; SIGKILL the whole session if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        proc.send_signal(sig)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # own session == own process group
-        except OSError:
-            proc.kill()
-        proc.wait(timeout=10)
-    except ProcessLookupError:
-        pass
+    return service_user((os.environ.get("OUTBOX_RELAY_TEST_PG_OSUSER"), "postgres", "nobody"), PgHarnessError)
 
 
 def _conf_value(value):
@@ -350,41 +207,18 @@ def sweep_stale_dirs(prefixes=(DIR_PREFIX, BOUNCER_DIR_PREFIX)):
     parent-death signal) is sent SIGQUIT first.  Best effort, never raises.
     """
     removed = []
-    dirs = [d for prefix in prefixes for d in glob.glob(os.path.join("/tmp", prefix + "*"))]
-    for d in dirs:
-        try:
-            with open(os.path.join(d, "owner.pid")) as f:
-                owner = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if owner <= 0 or owner == os.getpid() or _pid_alive(owner):
-            continue
+    for d in stale_dirs(prefixes):
         try:
             with open(os.path.join(d, "data", "postmaster.pid")) as f:
                 pm = int(f.readline().strip())
-            if _pid_alive(pm) and _is_postgres(pm):
+            if pid_alive(pm) and _is_postgres(pm):
                 os.kill(pm, signal.SIGQUIT)
-                wait_until(lambda pm=pm: not _pid_alive(pm), timeout=10, what="stale postmaster exit")
+                wait_until(lambda pm=pm: not pid_alive(pm), timeout=10, what="stale postmaster exit")
         except (OSError, ValueError, TimeoutError):
             pass
         shutil.rmtree(d, ignore_errors=True)
         removed.append(d)
     return removed
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie counts as dead
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def _is_postgres(pid):
@@ -393,35 +227,6 @@ def _is_postgres(pid):
             return f.read().strip() in ("postgres", "postmaster")
     except OSError:
         return False
-
-
-# --------------------------------------------------------------------------- #
-# registry of live processes, stopped at interpreter exit (backstop)
-
-_live = weakref.WeakSet()
-_live_lock = threading.Lock()
-
-
-def _register(obj):
-    with _live_lock:
-        _live.add(obj)
-
-
-def _unregister(obj):
-    with _live_lock:
-        _live.discard(obj)
-
-
-@atexit.register
-def _stop_everything():
-    with _live_lock:
-        objs = list(_live)
-    # bouncers first (they sit in front of clusters)
-    for obj in sorted(objs, key=lambda o: 0 if isinstance(o, PgBouncer) else 1):
-        try:
-            obj._atexit()
-        except Exception:  # noqa: BLE001 - best effort at exit
-            pass
 
 
 # --------------------------------------------------------------------------- #
@@ -503,16 +308,13 @@ class _ServerOps:
 
 
 def _make_url(host, port, dbname, user, password):
-    auth = quote(user, safe="")
-    if password is not None:
-        auth += ":" + quote(password, safe="")
-    return f"postgresql://{auth}@{host}:{port}/{quote(dbname, safe='')}"
+    return server_url("postgresql", host, port, dbname, user, password)
 
 
 # --------------------------------------------------------------------------- #
 
 
-class PgCluster(_ServerOps):
+class PgCluster(ServerProcess, _ServerOps):
     """A private PostgreSQL cluster in ``basedir`` (``data/`` + unix socket dir).
 
     ``basedir=None`` creates a short /tmp/orpg-XXXX directory owned by the
@@ -520,7 +322,11 @@ class PgCluster(_ServerOps):
     start and keeps it across restarts, so URLs stay valid.
     """
 
-    host = "127.0.0.1"
+    name = "postgres"
+    error = PgHarnessError
+    not_ready = psycopg2.OperationalError  # refused / "the database system is starting up"
+    bind_error = "could not bind"
+    abort_signal = signal.SIGQUIT
 
     def __init__(self, basedir=None, port=None, bindir=None):
         self.bindir = bindir or find_pg_bindir()
@@ -531,7 +337,7 @@ class PgCluster(_ServerOps):
             )
         self._runas = _service_user()
         if basedir is None:
-            basedir = _make_basedir(self._runas)
+            basedir = make_basedir(self._runas, DIR_PREFIX)
         else:
             os.makedirs(basedir, exist_ok=True)
             if self._runas is not None:
@@ -543,25 +349,16 @@ class PgCluster(_ServerOps):
         if len(os.path.join(self.socket_dir, ".s.PGSQL.65535")) > 100:
             raise PgHarnessError(f"basedir too long for a unix socket path: {self.basedir}")
         self.port = port
-        self._fixed_port = port is not None
         self.settings = dict(FAST_SETTINGS)
-        self._proc = None
         self._lock = threading.RLock()
-        _register(self)
+        register(self)
 
     # -- construction ----------------------------------------------------- #
 
     @classmethod
     def create(cls, basedir=None, port=None, **settings):
         """init() + start(**settings); destroys itself if either fails."""
-        pg = cls(basedir, port=port)
-        try:
-            pg.init()
-            pg.start(**settings)
-        except BaseException:
-            pg.destroy()
-            raise
-        return pg
+        return cls(basedir, port=port).init_and_start(**settings)
 
     @property
     def runas_user(self):
@@ -575,13 +372,14 @@ class PgCluster(_ServerOps):
         """initdb into ``basedir/data``: trust auth, superuser ``postgres``, UTF8, C locale (~0.5 s)."""
         if os.path.exists(os.path.join(self.datadir, "PG_VERSION")):
             raise PgHarnessError(f"{self.datadir} is already initialised")
-        _run(
+        run(
             [
                 self._bin("initdb"), "-D", self.datadir, "-U", "postgres", "-A", "trust",
                 "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
             ],
             runas=self._runas,
             cwd=self.basedir,
+            error=PgHarnessError,
         )
         conf = os.path.join(self.datadir, "postgresql.conf")
         with open(conf, "r+", encoding="utf-8") as f:
@@ -625,15 +423,7 @@ class PgCluster(_ServerOps):
                 raise PgHarnessError("cluster is not running")
             self._proc.send_signal(signal.SIGHUP)
 
-    # -- lifecycle -------------------------------------------------------- #
-
-    def is_running(self):
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self):
-        """Postmaster pid while running, else None."""
-        return self._proc.pid if self.is_running() else None
+    # -- lifecycle (the rest in serverproc.ServerProcess) ------------------ #
 
     def start(self, timeout=START_TIMEOUT, **settings):
         """Start the server (settings as in configure()) and wait until it accepts connections."""
@@ -646,64 +436,17 @@ class PgCluster(_ServerOps):
                 self.configure(**settings)
             else:
                 self._write_conf()
-            attempts = 1 if (self._fixed_port or self.port) else 5
-            for attempt in range(attempts):
-                if self.port is None:
-                    self.port = free_port()
-                try:
-                    self._start_once(timeout)
-                    return self
-                except PgHarnessError:
-                    # a port taken between free_port() and bind(): pick another one
-                    if attempt + 1 < attempts and "could not bind" in _tail(self.log_path, 20).lower():
-                        self.port = None
-                        continue
-                    raise
+            return self._start_on_a_free_port(timeout)
 
-    def _start_once(self, timeout):
-        log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
-        argv = [
+    def _argv(self):
+        return [
             self._bin("postgres"), "-D", self.datadir, "-p", str(self.port),
             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.socket_dir}",
         ]
-        self._proc = _spawn(argv, runas=self._runas, cwd=self.basedir, log_path=self.log_path,
-                            pdeathsig=signal.SIGQUIT)
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise PgHarnessError(
-                    f"postgres exited with code {code} during start-up; log:\n{self._log_since(log_offset)}"
-                )
-            try:
-                conn = psycopg2.connect(host=self.host, port=self.port, dbname="postgres", user="postgres",
-                                        connect_timeout=2)
-                conn.close()
-                return
-            except psycopg2.OperationalError as exc:  # refused / "the database system is starting up"
-                last = exc
-            if time.monotonic() >= deadline:
-                _stop_process(self._proc, signal.SIGQUIT, 10)
-                self._proc = None
-                raise PgHarnessError(
-                    f"postgres did not accept connections within {timeout:.0f}s ({last}); log:\n"
-                    f"{self._log_since(log_offset)}"
-                )
-            time.sleep(0.02)  # poll interval
 
-    def _log_since(self, offset):
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(offset)
-                return f.read()[-8000:].decode("utf-8", "replace")
-        except OSError:
-            return "(no log)"
-
-    def log_tail(self, lines=40):
-        """Last lines of the server log (for assertion messages)."""
-        return _tail(self.log_path, lines)
+    def _probe(self):
+        psycopg2.connect(host=self.host, port=self.port, dbname="postgres", user="postgres",
+                         connect_timeout=2).close()
 
     _STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 
@@ -714,40 +457,17 @@ class PgCluster(_ServerOps):
         if mode not in self._STOP_SIGNALS:
             raise ValueError(f"mode must be one of {sorted(self._STOP_SIGNALS)}")
         with self._lock:
-            _stop_process(self._proc, self._STOP_SIGNALS[mode], timeout)
+            stop_process(self._proc, self._STOP_SIGNALS[mode], timeout)
             self._proc = None
         return self
 
-    def kill(self):
-        """SIGKILL the postmaster only (its backends notice and exit by themselves)."""
-        with self._lock:
-            if self.is_running():
-                self._proc.kill()
-                self._proc.wait(timeout=STOP_TIMEOUT)
-            self._proc = None
+    def _halt(self):
+        self.stop("immediate")
 
     def restart(self, mode="fast", **settings):
         """stop(mode) + start(**settings), on the same port."""
         self.stop(mode)
         return self.start(**settings)
-
-    def destroy(self):
-        """Stop immediately if running and remove the whole basedir.  Idempotent."""
-        with self._lock:
-            try:
-                self.stop("immediate")
-            finally:
-                shutil.rmtree(self.basedir, ignore_errors=True)
-                _unregister(self)
-
-    def _atexit(self):
-        self.destroy()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.destroy()
 
     # -- clients ---------------------------------------------------------- #
 
@@ -780,14 +500,8 @@ class ExternalServer(_ServerOps):
     """A server we did not start (``OUTBOX_RELAY_TEST_PG_URL``): same client API, no lifecycle."""
 
     def __init__(self, url):
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgres", "postgresql"):
-            raise PgHarnessError(f"not a postgresql:// URL: {url!r}")
-        self._base = url
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 5432
-        self.user = unquote(parts.username) if parts.username else "postgres"
-        self.password = unquote(parts.password) if parts.password is not None else None
+        parts, self.host, self.port, self.user, self.password = server_address(
+            url, ("postgresql", "postgres"), 5432, "postgres", PgHarnessError)
         self.default_db = unquote(parts.path.lstrip("/")) or "postgres"
         self._query = parts.query
 
@@ -824,6 +538,7 @@ class PgBouncer:
     """
 
     host = "127.0.0.1"
+    stop_first = True  # at exit, before the cluster behind it
 
     def __init__(self, cluster, pool_mode="transaction", users=("postgres",), binary=None, **options):
         self.binary = binary or find_pgbouncer()
@@ -833,7 +548,7 @@ class PgBouncer:
             )
         self.cluster = cluster
         self._runas = _service_user()
-        self.basedir = _make_basedir(self._runas, prefix=BOUNCER_DIR_PREFIX)
+        self.basedir = make_basedir(self._runas, BOUNCER_DIR_PREFIX)
         self.ini_path = os.path.join(self.basedir, "pgbouncer.ini")
         self.userlist_path = os.path.join(self.basedir, "userlist.txt")
         self.log_path = os.path.join(self.basedir, "pgbouncer.log")
@@ -851,7 +566,7 @@ class PgBouncer:
         self.options.update(options)
         self._proc = None
         self.version = _pgbouncer_version(self.binary)
-        _register(self)
+        register(self)
 
     @property
     def _immediate_signal(self):
@@ -911,10 +626,10 @@ class PgBouncer:
         for attempt in range(5):
             self.port = self.port or free_port()
             self._write_files()
-            self._proc = _spawn([self.binary, self.ini_path], runas=self._runas, cwd=self.basedir,
+            self._proc = spawn([self.binary, self.ini_path], runas=self._runas, cwd=self.basedir,
                                 log_path=os.path.join(self.basedir, "stdout.log"), pdeathsig=signal.SIGKILL)
             deadline = time.monotonic() + timeout
-            while self._proc.poll() is None and not _port_open(self.port):
+            while self._proc.poll() is None and not port_open(self.port):
                 if time.monotonic() >= deadline:
                     self.stop()
                     raise PgHarnessError(f"pgbouncer did not listen within {timeout:.0f}s:\n{self._logs()}")
@@ -930,20 +645,20 @@ class PgBouncer:
         raise PgHarnessError("pgbouncer: no free port")  # pragma: no cover
 
     def _logs(self):
-        return _tail(os.path.join(self.basedir, "stdout.log")) + "\n" + _tail(self.log_path)
+        return tail(os.path.join(self.basedir, "stdout.log")) + "\n" + tail(self.log_path)
 
-    def log_tail(self, lines=40):
-        return _tail(self.log_path, lines)
+    def logtail(self, lines=40):
+        return tail(self.log_path, lines)
 
     def stop(self, timeout=10):
         """Immediate shutdown (clients are disconnected), SIGKILL after timeout; removes its files."""
-        _stop_process(self._proc, self._immediate_signal, timeout)
+        stop_process(self._proc, self._immediate_signal, timeout)
         self._proc = None
         shutil.rmtree(self.basedir, ignore_errors=True)
-        _unregister(self)
+        unregister(self)
 
     def _atexit(self):
-        _stop_process(self._proc, signal.SIGKILL, 5)
+        stop_process(self._proc, signal.SIGKILL, 5)
         self._proc = None
         shutil.rmtree(self.basedir, ignore_errors=True)
 

@@ -14,11 +14,9 @@ from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .relayutil import BASE_MS, flat, pg_query, row_stats, wait_until
-except ImportError:
-    from relayutil import BASE_MS, flat, pg_query, row_stats, wait_until
-
+from factories import BASE_MS, flat
+from relayutil import pg_query, row_stats
+from serverproc import wait_until
 
 NASTY = [
     "back\\slash",
@@ -45,15 +43,11 @@ NASTY = [
 
 
 def pg_fetch(url, message_id):
-    conn = psycopg2.connect(url, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT message_id, chat_id, sender_id, msg_type, text, content::text, raw::text,"
-                        " mentions::text, extract(epoch from created_at) * 1000"
-                        " FROM feishu_messages WHERE message_id = %s", (message_id,))
-            return cur.fetchone()
-    finally:
-        conn.close()
+    """The row of message_id, its JSON columns as text; None if there is none."""
+    rows = pg_query(url, "SELECT message_id, chat_id, sender_id, msg_type, text, content::text, raw::text,"
+                         " mentions::text, extract(epoch from created_at) * 1000"
+                         " FROM feishu_messages WHERE message_id = %s", (message_id,))
+    return rows[0] if rows else None
 
 
 # -- COPY escaping: what is accepted is what lands in PostgreSQL -------------------------------------

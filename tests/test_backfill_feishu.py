@@ -2,7 +2,6 @@
 server (tests/fakefeishu.py: real HTTP on 127.0.0.1) and a real PostgreSQL target."""
 
 import json
-import logging
 import os
 import random
 import re
@@ -10,27 +9,20 @@ import signal
 import threading
 
 import pytest
-from click.testing import CliRunner
 
 from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge
 from outbox_relay.backfill.feishu_api import FeishuClient, RateLimiter
-from outbox_relay.cli import cli
 from outbox_relay.errors import FeishuUnavailable
 from outbox_relay.message import RECALLED_TEXT, normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import fakefeishu
-    from .cliutil import run_exe
-    from .fakefeishu import FakeFeishu, history
-    from .relayutil import pg_query, row_stats, wait_until
-except ImportError:
-    import fakefeishu
-    from cliutil import run_exe
-    from fakefeishu import FakeFeishu, history
-    from relayutil import pg_query, row_stats, wait_until
+import fakefeishu
+from cliutil import run_exe
+from fakefeishu import FakeFeishu, history
+from relayutil import pg_query, row_stats
+from serverproc import wait_until
 
 START = 1_790_000_000  # 2026-09-21, epoch seconds
 DAYS_30 = 30 * 86400
@@ -40,25 +32,6 @@ FIELDS = ("message_id", "chat_id", "chat_type", "thread_id", "root_id", "parent_
           "sender_type", "msg_type", "content", "text", "created_at")
 PG_COLUMNS = ("message_id, chat_id, chat_type, thread_id, root_id, parent_id, sender_id, sender_type, msg_type,"
               " content, text, (extract(epoch FROM created_at) * 1000)::bigint, source")
-
-
-@pytest.fixture
-def invoke(monkeypatch, tmp_path):
-    """The CLI in-process, from an empty cwd, with no OUTBOX_RELAY_* from the developer's shell."""
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_") and not name.startswith("OUTBOX_RELAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-
-    def run(*args):
-        return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-    yield run
-    root = logging.getLogger("outbox_relay")  # the CLI pointed it at CliRunner's closed stream
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    root.setLevel(logging.NOTSET)
 
 
 def feishu_flags(fake, outbox, target, rate=40):

@@ -14,18 +14,14 @@ import time
 
 import pytest
 
-try:
-    from . import openclawfixtures as ocf
-    from .cliutil import run_cli
-    from .relayutil import pg_query, row_stats, wait_until
-except ImportError:
-    import openclawfixtures as ocf
-    from cliutil import run_cli
-    from relayutil import pg_query, row_stats, wait_until
-
 from outbox_relay.backfill.openclaw import SKIP_REASONS, backfill_openclaw
 from outbox_relay.outbox import Outbox
 from outbox_relay.targets import open_target
+
+import openclawfixtures as ocf
+from cliutil import run_cli
+from relayutil import pg_query, row_stats
+from serverproc import wait_until
 
 FIELDS = ("message_id", "chat_id", "chat_type", "thread_id", "root_id", "parent_id", "sender_id", "sender_type",
           "msg_type", "text", "mentions", "created_at", "source")

@@ -8,9 +8,7 @@ environment nor an outbox-relay.toml can leak in.
 
 import json
 import os
-import pathlib
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -19,17 +17,15 @@ from outbox_relay import __version__
 from outbox_relay.cli import cli
 from outbox_relay.outbox import Outbox
 
-SAMPLES = pathlib.Path(__file__).parent / "samples"
-SCRIPT = pathlib.Path(sys.executable).parent / "outbox-relay"
+from cliutil import EXE, clean_env
+from factories import SAMPLES, sample_bytes
+from relayutil import outbox_counts
+
 EMPTY = {"pending": 0, "delivered": 0, "parked": 0, "dead": 0}
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_"):
-            monkeypatch.delenv(name)
+def workdir(hermetic, tmp_path):
     return tmp_path
 
 
@@ -48,11 +44,6 @@ def run(workdir):
     return invoke
 
 
-def counts(path):
-    with Outbox(path) as o:
-        return o.counts()
-
-
 def one_line_error(result):
     """Exit 1, and stderr is one line (no traceback) starting with 'Error: '."""
     assert result.exit_code == 1, result.output
@@ -66,10 +57,10 @@ def one_line_error(result):
 # -- put ------------------------------------------------------------------------------------------
 
 def test_put_one_object_from_stdin(run):
-    result = run("put", input=(SAMPLES / "v2_text.json").read_bytes())
+    result = run("put", input=sample_bytes("v2_text.json"))
     assert result.exit_code == 0, result.output
     assert result.stdout == "stored\tom_5ce6d572455d361153b7cb51da133945\tpending\n"
-    assert counts(run.outbox) == {**EMPTY, "pending": 1}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 1}
 
 
 def test_put_one_object_from_a_file(run, workdir):
@@ -78,7 +69,7 @@ def test_put_one_object_from_a_file(run, workdir):
     assert result.stdout == "stored\tom_post_0001\tpending\n"
     again = run("put", str(SAMPLES / "v2_post.json"))
     assert again.stdout == "duplicate\tom_post_0001\tpending\n"
-    assert counts(run.outbox) == {**EMPTY, "pending": 1}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 1}
 
 
 def test_put_every_sample(run):
@@ -87,7 +78,7 @@ def test_put_every_sample(run):
     for path in messages:
         result = run("put", str(path))
         assert result.exit_code == 0, (path.name, result.output)
-    assert counts(run.outbox)["pending"] == len(messages)  # each sample has its own message_id
+    assert outbox_counts(run.outbox)["pending"] == len(messages)  # each sample has its own message_id
 
 
 def test_put_json_lines_from_a_file_and_stdin(run, workdir):
@@ -102,7 +93,7 @@ def test_put_json_lines_from_a_file_and_stdin(run, workdir):
     report = json.loads(result.stdout)
     assert [(r["message_id"], r["duplicate"]) for r in report] == [
         ("om_2", True), ("om_3", False), ("om_4", False)]
-    assert counts(run.outbox) == {**EMPTY, "pending": 5}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 5}
     with Outbox(run.outbox) as o:
         assert json.loads(o.get("om_4")["payload"])["text"] == "第 4 条 🎉"
 
@@ -110,7 +101,7 @@ def test_put_json_lines_from_a_file_and_stdin(run, workdir):
 def test_put_a_pretty_printed_object(run):
     result = run("put", input=json.dumps({"message_id": "om_pretty", "text": "hi"}, indent=2))
     assert result.exit_code == 0, result.output
-    assert counts(run.outbox)["pending"] == 1
+    assert outbox_counts(run.outbox)["pending"] == 1
 
 
 BAD_INPUT = [
@@ -135,13 +126,13 @@ BAD_INPUT = [
 def test_put_invalid_input_is_one_line_exit_1_and_stores_nothing(run, data, words):
     line = one_line_error(run("put", input=data))
     assert words in line
-    assert counts(run.outbox) == EMPTY  # not even the good first line of a batch
+    assert outbox_counts(run.outbox) == EMPTY  # not even the good first line of a batch
 
 
 def test_put_too_large_input(run):
     line = one_line_error(run("put", input='{"message_id": "om_1", "text": "' + "x" * 10_000_000 + '"}'))
     assert "too large" in line
-    assert counts(run.outbox) == EMPTY
+    assert outbox_counts(run.outbox) == EMPTY
 
 
 def test_put_invalid_utf8_is_one_line_exit_1(workdir):
@@ -149,7 +140,7 @@ def test_put_invalid_utf8_is_one_line_exit_1(workdir):
                                 input=b'{"message_id": "om_1", "text": "\xff"}')
     line = one_line_error(result)
     assert "UTF-8" in line
-    assert counts(str(workdir / "o.db")) == EMPTY
+    assert outbox_counts(str(workdir / "o.db")) == EMPTY
 
 
 def test_put_missing_file_is_a_usage_error(run):
@@ -163,7 +154,7 @@ def test_put_honours_the_outbox_environment_variable(workdir):
     result = CliRunner().invoke(cli, ["put"], input='{"message_id": "om_env"}',
                                 env={"OUTBOX_RELAY_OUTBOX": path})
     assert result.exit_code == 0, result.output
-    assert counts(path)["pending"] == 1
+    assert outbox_counts(path)["pending"] == 1
 
 
 def test_put_under_reject_when_full(run):
@@ -173,7 +164,7 @@ def test_put_under_reject_when_full(run):
     line = one_line_error(run("put", "--max-pending", "2", "--overflow", "reject",
                               input='{"message_id": "om_2"}'))
     assert "outbox is full" in line
-    assert counts(run.outbox) == {**EMPTY, "pending": 2}
+    assert outbox_counts(run.outbox) == {**EMPTY, "pending": 2}
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -274,12 +265,12 @@ def test_commands_that_use_the_outbox_take_the_settings_flags(run):
 
 @pytest.fixture
 def script(workdir):
-    assert SCRIPT.exists(), f"{SCRIPT} is not installed (pip install -e .)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    assert os.path.exists(EXE), f"{EXE} is not installed (pip install -e .)"
+    env = clean_env()
     outbox = str(workdir / "data" / "outbox.db")
 
     def call(*args, input=None, outbox_flag=True):
-        args = [str(SCRIPT), *args] + (["--outbox", outbox] if outbox_flag else [])
+        args = [EXE, *args] + (["--outbox", outbox] if outbox_flag else [])
         return subprocess.run(args, input=input, capture_output=True, env=env, cwd=workdir, timeout=60)
 
     call.outbox = outbox
@@ -287,7 +278,7 @@ def script(workdir):
 
 
 def test_script_put_from_stdin_and_file_then_status(script):
-    p = script("put", input=(SAMPLES / "v2_text.json").read_bytes())
+    p = script("put", input=sample_bytes("v2_text.json"))
     assert p.returncode == 0, p.stderr
     assert p.stdout.decode() == "stored\tom_5ce6d572455d361153b7cb51da133945\tpending\n"
     p = script("put", str(SAMPLES / "flat_message.json"))
@@ -314,7 +305,7 @@ def test_script_invalid_input_exit_1_one_line_nothing_stored(script):
     assert len(err) == 1 and err[0].startswith("Error: ") and "content is not valid JSON" in err[0]
     assert b"Traceback" not in p.stderr
     assert p.stdout == b""
-    assert counts(script.outbox) == EMPTY
+    assert outbox_counts(script.outbox) == EMPTY
 
 
 def test_script_version_and_help(script):

@@ -5,27 +5,21 @@ a real PostgreSQL after `outbox-relay sync`.
 """
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-try:
-    from .cliutil import run_cli
-    from .relayutil import pg_query
-except ImportError:
-    from cliutil import run_cli
-    from relayutil import pg_query
-
 from outbox_relay.compat import FeishuMessageSync
 from outbox_relay.errors import InvalidMessage
 from outbox_relay.outbox import Outbox
 
-SAMPLES = pathlib.Path(__file__).parent / "samples"
-FLAT = json.loads((SAMPLES / "flat_message.json").read_text(encoding="utf-8"))
+from cliutil import clean_env, run_cli
+from factories import sample
+from relayutil import pg_query
+
+FLAT = sample("flat_message.json")
 
 
 def stored(path):
@@ -59,8 +53,7 @@ def test_one_import_line_is_all_that_changes(tmp_path):
         ok = sync.process_inbound_message(json.loads(sys.argv[1]))
         print("saved" if ok else "failed")
     """))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-    env["OUTBOX_RELAY_OUTBOX"] = str(tmp_path / "svc" / "outbox.db")
+    env = clean_env(OUTBOX_RELAY_OUTBOX=str(tmp_path / "svc" / "outbox.db"))
     proc = subprocess.run([sys.executable, str(script), json.dumps(FLAT)], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=60)
     assert (proc.returncode, proc.stdout.strip()) == (0, "saved"), proc.stderr
@@ -104,7 +97,7 @@ def test_the_seeds_other_shapes(tmp_path):
 def test_an_open_outbox_can_be_passed_in(tmp_path):
     with Outbox(tmp_path / "o.db") as outbox:
         sync = FeishuMessageSync(outbox=outbox)
-        assert sync.process_inbound_message(json.loads((SAMPLES / "hook_group.json").read_text()))
+        assert sync.process_inbound_message(sample("hook_group.json"))
         sync.close()  # not ours: stays open
         assert outbox.counts()["pending"] == 1
 

@@ -6,10 +6,8 @@ origin of each value from the table), the way a user would check it.
 """
 
 import json
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -17,14 +15,9 @@ from click.testing import CliRunner
 from outbox_relay.cli import cli
 from outbox_relay.config import SETTINGS, Config, mask_url
 
+from cliutil import EXE, clean_env
+
 LAYERS = ("file", "env", "flag")
-
-
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
-except ImportError:
-    from cliutil import EXE, run_cli, run_exe  # noqa: F401
-
 pytestmark = pytest.mark.usefixtures("hermetic")
 
 
@@ -215,10 +208,8 @@ def test_every_command_takes_the_setting_flags_and_config_errors_exit_2():
 
 
 def test_subprocess_bad_env_value_is_one_line_exit_2(tmp_path):
-    exe = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-    env["OUTBOX_RELAY_POOL_SIZE"] = "many"
-    result = subprocess.run([exe, "config"], capture_output=True, text=True, env=env, cwd=tmp_path,
+    env = clean_env(OUTBOX_RELAY_POOL_SIZE="many")
+    result = subprocess.run([EXE, "config"], capture_output=True, text=True, env=env, cwd=tmp_path,
                             timeout=30)
     assert result.returncode == 2
     assert result.stdout == ""

@@ -22,20 +22,16 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from outbox_relay.service import SHUTDOWN_GRACE
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-except ImportError:
-    import pgharness
+from cliutil import EXE
+from skiputil import unavailable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT = os.path.join(ROOT, "deploy", "outbox-relay.service")
-ENTRY_POINT = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
 
 
 def read_unit(path):
@@ -117,16 +113,18 @@ def test_unit_file_structure():
             (workdir, writable)
 
 
-def test_systemd_analyze_verify(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        reason = "systemd-analyze not installed (make test installs it via scripts/ensure-system-deps.sh)"
-        if pgharness.in_ci():
-            pytest.fail(reason + "; CI is set, so this is a failure", pytrace=False)
-        pytest.skip(reason)
-    assert os.access(ENTRY_POINT, os.X_OK), ENTRY_POINT
+@pytest.fixture(scope="module")
+def analyze():
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        unavailable("systemd-analyze not installed (make test installs it via scripts/ensure-system-deps.sh)")
+    return path
+
+
+def test_systemd_analyze_verify(tmp_path, analyze):
+    assert os.access(EXE, os.X_OK), EXE
     text = open(UNIT, encoding="utf-8").read()
-    text, n = re.subn(r"^(ExecStart=[-@:+!]*)(\S+)", lambda m: m.group(1) + ENTRY_POINT, text, flags=re.M)
+    text, n = re.subn(r"^(ExecStart=[-@:+!]*)(\S+)", lambda m: m.group(1) + EXE, text, flags=re.M)
     assert n == 1
     copy = tmp_path / "outbox-relay.service"
     copy.write_text(text, encoding="utf-8")
@@ -138,15 +136,10 @@ def test_systemd_analyze_verify(tmp_path):
     assert ours == [], ours  # warnings (unknown key, bad value) do not change the exit code
 
 
-def test_systemd_analyze_verify_catches_mistakes(tmp_path):
+def test_systemd_analyze_verify_catches_mistakes(tmp_path, analyze):
     """The check above can fail: a misspelt key and a bad value in a copy are reported."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        if pgharness.in_ci():
-            pytest.fail("systemd-analyze not installed; CI is set, so this is a failure", pytrace=False)
-        pytest.skip("systemd-analyze not installed")
     text = open(UNIT, encoding="utf-8").read()
-    text = re.sub(r"^ExecStart=[-@:+!]*\S+", "ExecStart=" + ENTRY_POINT, text, flags=re.M)
+    text = re.sub(r"^ExecStart=[-@:+!]*\S+", "ExecStart=" + EXE, text, flags=re.M)
     text = text.replace("[Service]", "[Service]\nRestartt=always\nTimeoutStopSec=soon", 1)
     copy = tmp_path / "outbox-relay.service"
     copy.write_text(text, encoding="utf-8")

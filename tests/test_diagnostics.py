@@ -6,12 +6,12 @@ import json
 import logging
 import socket
 
-from cliutil import run_exe
-from relayutil import flat
-from test_service import post, running_service, scrape
-
 from outbox_relay.outbox import Outbox
 from outbox_relay.web import WEBHOOK_PATH
+
+from cliutil import run_exe
+from factories import flat
+from serviceutil import post, running_service, scrape
 
 
 def test_sync_says_it_timed_out(tmp_path):

@@ -2,7 +2,6 @@
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,20 +15,14 @@ from outbox_relay.errors import (
     SignatureError,
 )
 
-SAMPLES = Path(__file__).parent / "samples"
-
-# Vectors from Feishu's "event subscription" documentation.
-KEY = "test key"
-ENCRYPTED = "P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="
-TS, NONCE = "1608725989", "abc123"
-BODY = b'{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="}'
-SIG = "cc7196ad09cc004519c0b09df52f212c9026c37f2f8383b846bf55394cdbbeee"
-
-TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"
-
-
-def sample(name):
-    return json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+from factories import FEISHU_BODY as BODY  # the vectors of Feishu's documentation
+from factories import FEISHU_ENCRYPTED as ENCRYPTED
+from factories import FEISHU_KEY as KEY
+from factories import FEISHU_NONCE as NONCE
+from factories import FEISHU_SIGNATURE as SIG
+from factories import FEISHU_TIMESTAMP as TS
+from factories import FEISHU_TOKEN as TOKEN
+from factories import SAMPLES, sample, sample_bytes
 
 
 def sealed(event, key=KEY, ts=TS, nonce=NONCE):
@@ -37,11 +30,12 @@ def sealed(event, key=KEY, ts=TS, nonce=NONCE):
     body = json.dumps(
         {"encrypt": feishu.encrypt(json.dumps(event, ensure_ascii=False), key)}
     ).encode()
-    return body, {
-        "timestamp": ts,
-        "nonce": nonce,
-        "signature": feishu.signature(ts, nonce, key, body),
-    }
+    return body, signed(body, key, ts, nonce)
+
+
+def signed(body, key=KEY, ts=TS, nonce=NONCE):
+    """The headers (as open_envelope's kwargs) of body signed with key."""
+    return {"timestamp": ts, "nonce": nonce, "signature": feishu.signature(ts, nonce, key, body)}
 
 
 # --- vectors -----------------------------------------------------------------
@@ -213,7 +207,7 @@ def test_token_absent(event):
 
 
 def test_open_plain_event():
-    body = (SAMPLES / "v2_text.json").read_bytes()
+    body = sample_bytes("v2_text.json")
     assert feishu.open_envelope(body, verification_token=TOKEN) == sample(
         "v2_text.json"
     )
@@ -272,7 +266,7 @@ def test_open_encrypted_unsigned_url_verification_allowed():
 
 
 def test_open_plain_unsigned_allowed_with_key_but_token_applies():
-    body = (SAMPLES / "openclaw_message_received.json").read_bytes()
+    body = sample_bytes("openclaw_message_received.json")
     assert feishu.open_envelope(body, encrypt_key=KEY)["type"] == "message"
     with pytest.raises(SignatureError, match="no verification token"):
         feishu.open_envelope(body, encrypt_key=KEY, verification_token=TOKEN)
@@ -280,22 +274,14 @@ def test_open_plain_unsigned_allowed_with_key_but_token_applies():
 
 def test_open_wrong_key():
     body, _ = sealed(sample("v2_text.json"), key="feishu side key")
-    headers = {
-        "timestamp": TS,
-        "nonce": NONCE,
-        "signature": feishu.signature(TS, NONCE, "our key", body),
-    }
+    headers = signed(body, key="our key")
     with pytest.raises(DecryptError):
         feishu.open_envelope(body, encrypt_key="our key", **headers)
 
 
 def test_open_garbage_encrypt_field():
     body = b'{"encrypt":"@@@"}'
-    headers = {
-        "timestamp": TS,
-        "nonce": NONCE,
-        "signature": feishu.signature(TS, NONCE, KEY, body),
-    }
+    headers = signed(body)
     with pytest.raises(DecryptError, match="base64"):
         feishu.open_envelope(body, encrypt_key=KEY, **headers)
 
@@ -310,17 +296,13 @@ def test_open_encrypted_without_key():
 def test_open_wrong_token():
     with pytest.raises(SignatureError):
         feishu.open_envelope(
-            (SAMPLES / "v2_text.json").read_bytes(), verification_token="nope"
+            sample_bytes("v2_text.json"), verification_token="nope"
         )
 
 
 def test_open_decrypted_non_object():
     body = json.dumps({"encrypt": feishu.encrypt("[1, 2]", KEY)}).encode()
-    headers = {
-        "timestamp": TS,
-        "nonce": NONCE,
-        "signature": feishu.signature(TS, NONCE, KEY, body),
-    }
+    headers = signed(body)
     with pytest.raises(DecryptError, match="must be a JSON object, got list"):
         feishu.open_envelope(body, encrypt_key=KEY, **headers)
 
@@ -370,7 +352,7 @@ _config = st.fixed_dictionaries(
 
 def _event_bodies():
     """Bodies that get past the JSON parser often: objects, encrypt fields, real samples."""
-    samples = [(SAMPLES / p.name).read_bytes() for p in sorted(SAMPLES.glob("*.json"))]
+    samples = [p.read_bytes() for p in sorted(SAMPLES.glob("*.json"))]
     jsonish = st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(),
         lambda inner: (

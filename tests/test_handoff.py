@@ -16,24 +16,19 @@ import time
 
 import pytest
 
-try:
-    from .cliutil import run_cli
-    from .relayutil import wait_until
-except ImportError:
-    from cliutil import run_cli
-    from relayutil import wait_until
-
 from outbox_relay.errors import InvalidMessage, SpoolError
 from outbox_relay.handoff import STALE_TMP, Spool, SpoolIngester, item_name
 from outbox_relay.message import MAX_MESSAGE_BYTES
 from outbox_relay.outbox import Outbox
 
-SAMPLES = pathlib.Path(__file__).parent / "samples"
+from cliutil import run_cli
+from factories import BASE_MS, flat_message
+from serverproc import wait_until
 
 
-def flat(i, text="hello"):
-    return {"message_id": f"om_spool_{i:05d}", "chat_id": "oc_c", "sender_id": "ou_s", "msg_type": "text",
-            "content": json.dumps({"text": f"{text} {i}"}), "create_time": str(1700000000000 + i)}
+def spooled(i, text="hello"):
+    """Message i of this file's series: om_spool_{i:05d}, "{text} {i}"."""
+    return flat_message(f"om_spool_{i:05d}", f"{text} {i}", chat_id="oc_c", sender_id="ou_s", at=BASE_MS + i)
 
 
 def drop(spool, name, data):
@@ -43,7 +38,7 @@ def drop(spool, name, data):
     return path
 
 
-def ids(outbox):
+def stored_ids(outbox):
     return {r["message_id"] for s in ("pending", "parked", "delivered") for r in outbox.rows(s, 100000)}
 
 
@@ -59,13 +54,13 @@ def box(tmp_path):
 
 
 def test_write_hands_over_and_ingest_commits_then_removes(spool, box):
-    names = [spool.write(flat(i)) for i in range(3)]
+    names = [spool.write(spooled(i)) for i in range(3)]
     assert sorted(os.listdir(spool.new)) == sorted(names) and os.listdir(spool.tmp) == []
     assert spool.status()["waiting"] == 3
     report = spool.ingest(box)
     assert (report.stored, report.duplicates, report.rejected, report.error) == (3, 0, 0, None)
     assert os.listdir(spool.new) == []
-    assert ids(box) == {f"om_spool_{i:05d}" for i in range(3)}
+    assert stored_ids(box) == {f"om_spool_{i:05d}" for i in range(3)}
     assert box.get("om_spool_00001")["payload"]  # the message itself, not only its id
     assert spool.ingest(box).seen == 0
 
@@ -73,8 +68,8 @@ def test_write_hands_over_and_ingest_commits_then_removes(spool, box):
 def test_oldest_first_by_name(spool, box):
     # Names start with the epoch milliseconds: a later hand-over sorts after an earlier one.
     early, late = item_name(now=1_700_000_000.000), item_name(now=1_700_000_000.001)
-    drop(spool, late, json.dumps(flat(2)))
-    drop(spool, early, json.dumps(flat(1)))
+    drop(spool, late, json.dumps(spooled(2)))
+    drop(spool, early, json.dumps(spooled(1)))
     assert spool.waiting() == [early, late]
     spool.ingest(box)
     assert [r["message_id"] for r in box.rows("pending")] == ["om_spool_00001", "om_spool_00002"]
@@ -93,23 +88,23 @@ def test_ensure_gives_the_subdirectories_the_spools_own_mode(tmp_path):
     os.chmod(root, 0o2770)  # group-writable for the gateway's user, as the README sets it up
     spool = Spool(root).ensure()
     assert [stat.S_IMODE(os.stat(d).st_mode) for d in (spool.tmp, spool.new, spool.rejected)] == [0o2770] * 3
-    name = spool.write(flat(1))
+    name = spool.write(spooled(1))
     assert stat.S_IMODE(os.stat(os.path.join(spool.new, name)).st_mode) == 0o640
 
 
 def test_write_to_a_spool_that_is_not_there_is_a_clear_error(tmp_path):
     with pytest.raises(SpoolError, match="cannot hand message om_spool_00000 over to the spool"):
-        Spool(tmp_path / "missing").write(flat(0))
+        Spool(tmp_path / "missing").write(spooled(0))
     assert not (tmp_path / "missing").exists()  # a mistyped path is not quietly created
     (tmp_path / "bare").mkdir()
     spool = Spool(tmp_path / "bare")
-    assert spool.write(flat(0)) in spool.waiting()  # an existing spool gets its tmp/ new/ rejected/
+    assert spool.write(spooled(0)) in spool.waiting()  # an existing spool gets its tmp/ new/ rejected/
 
 
 def test_writers_in_many_threads_never_collide(spool, box):
     def writer(k):
         for i in range(50):
-            spool.write(flat(k * 1000 + i))
+            spool.write(spooled(k * 1000 + i))
     threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
@@ -122,13 +117,13 @@ def test_writers_in_many_threads_never_collide(spool, box):
 def test_what_is_not_a_message_is_set_aside_with_its_reason_and_the_rest_flows(spool, box, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("password=hunter2")
-    good = [drop(spool, item_name(now=1_700_000_000 + i), json.dumps(flat(i))) for i in range(5)]
-    half = json.dumps(flat(99))[:30]
+    good = [drop(spool, item_name(now=1_700_000_000 + i), json.dumps(spooled(i))) for i in range(5)]
+    half = json.dumps(spooled(99))[:30]
     bad = {
         "garbage.bin": (b"\x00\xff\xfe garbage \x81", "not valid UTF-8"),
         "half-written.json": (half, "not valid JSON"),
         "notes.txt": ("this is not JSON at all", "not valid JSON"),
-        "huge.json": (json.dumps(flat(7, text="x" * (10 * 1024 * 1024))), "too large: 10485"),
+        "huge.json": (json.dumps(spooled(7, text="x" * (10 * 1024 * 1024))), "too large: 10485"),
         "sent-event.json": (json.dumps({"type": "message", "action": "sent", "context": {"messageId": "x"}}),
                             "not a chat message: event type 'message:sent'"),
         "bot-added.json": (json.dumps({"schema": "2.0", "header": {"event_type": "im.chat.member.bot.added_v1"},
@@ -142,16 +137,16 @@ def test_what_is_not_a_message_is_set_aside_with_its_reason_and_the_rest_flows(s
         originals[name] = drop(spool, name, data).read_bytes()
     os.symlink(secret, os.path.join(spool.new, "link.json"))
     os.mkdir(os.path.join(spool.new, "a-directory"))
-    bom = drop(spool, "bom.json", b"\xef\xbb\xbf" + json.dumps(flat(50)).encode())  # an editor's BOM is fine
+    bom = drop(spool, "bom.json", b"\xef\xbb\xbf" + json.dumps(spooled(50)).encode())  # an editor's BOM is fine
     stale = pathlib.Path(spool.tmp) / item_name()
-    stale.write_text(json.dumps(flat(60))[:20])
+    stale.write_text(json.dumps(spooled(60))[:20])
     os.utime(stale, (time.time() - STALE_TMP - 60,) * 2)
     fresh = pathlib.Path(spool.tmp) / item_name()
     fresh.write_text("{")  # a writer at work right now: not touched
 
     report = spool.ingest(box)
     assert report.stored == 6 and report.error is None
-    assert ids(box) == {f"om_spool_{i:05d}" for i in (0, 1, 2, 3, 4, 50)}
+    assert stored_ids(box) == {f"om_spool_{i:05d}" for i in (0, 1, 2, 3, 4, 50)}
     assert not any(p.exists() for p in good) and not bom.exists()
     assert os.listdir(spool.new) == []
     assert os.listdir(spool.tmp) == [fresh.name]
@@ -175,7 +170,7 @@ def test_what_is_not_a_message_is_set_aside_with_its_reason_and_the_rest_flows(s
 
 
 def test_a_crash_between_commit_and_unlink_puts_it_again_as_a_duplicate(spool, box, tmp_path):
-    name = spool.write(flat(1))
+    name = spool.write(spooled(1))
     saved = (pathlib.Path(spool.new) / name).read_bytes()
     assert spool.ingest(box).stored == 1
     # The unlink never happened (the process died right after the commit): the file is back.
@@ -189,7 +184,7 @@ def test_a_crash_between_commit_and_unlink_puts_it_again_as_a_duplicate(spool, b
 def test_a_full_outbox_leaves_the_rest_waiting(spool, tmp_path):
     with Outbox(tmp_path / "strict.db", overflow="reject", max_pending=3) as strict:
         for i in range(5):
-            spool.write(flat(i))
+            spool.write(spooled(i))
         report = spool.ingest(strict)
         assert report.stored == 3 and report.rejected == 0
         assert "outbox is full" in report.error
@@ -204,10 +199,10 @@ def test_retry_moves_an_item_back_once_it_can_be_read(spool, box):
     assert [i["reason"] for i in spool.rejected_items()] == ["missing context.messageId"]
     assert spool.retry(["nope", "../etc", "later.json.reason"]) == []
     # The cause fixed (here: the operator repairs the item), it goes back and flows.
-    (pathlib.Path(spool.rejected) / "later.json").write_text(json.dumps(flat(5)))
+    (pathlib.Path(spool.rejected) / "later.json").write_text(json.dumps(spooled(5)))
     assert spool.retry(["later.json"]) == ["later.json"]
     assert os.listdir(spool.rejected) == []
-    assert spool.ingest(box).stored == 1 and "om_spool_00005" in ids(box)
+    assert spool.ingest(box).stored == 1 and "om_spool_00005" in stored_ids(box)
 
 
 def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
@@ -226,9 +221,9 @@ def test_ingester_thread_ingests_within_a_second(spool, box):
     ingester = SpoolIngester(spool, box).start()
     try:
         started = time.monotonic()
-        spool.write(flat(1))
+        spool.write(spooled(1))
         deadline = started + 5
-        while "om_spool_00001" not in ids(box):
+        while "om_spool_00001" not in stored_ids(box):
             assert time.monotonic() < deadline, "not ingested"
             time.sleep(0.01)
         assert time.monotonic() - started < 1.0
@@ -241,7 +236,7 @@ def test_ingester_waits_out_a_full_outbox_and_resumes(spool, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="outbox_relay.handoff")
     with Outbox(tmp_path / "strict.db", overflow="reject", max_pending=2) as strict:
         for i in range(4):
-            spool.write(flat(i))
+            spool.write(spooled(i))
         ingester = SpoolIngester(spool, strict).start()
         try:
             wait_until(lambda: strict.counts()["pending"] == 2, timeout=5, what="the first two ingested")
@@ -264,7 +259,7 @@ def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
     assert not (tmp_path / "data").exists()
     spool.ensure()
     drop(spool, "notes.txt", "hello")
-    spool.write(flat(1))
+    spool.write(spooled(1))
     Outbox("data/outbox.db").close()
     status = json.loads(run_cli("status", "--no-target", "--json").stdout)
     assert status["spool"]["waiting"] == 2 and status["spool"]["rejected"] == 0

@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import random
-import shutil
 import signal
 import stat
 import subprocess
@@ -19,36 +18,23 @@ import time
 
 import pytest
 
-try:
-    from .conftest import unavailable
-    from .relayutil import pg_query, row_stats, wait_until
-    from .test_service import outbox_ids, relay_process
-except ImportError:
-    from conftest import unavailable
-    from relayutil import pg_query, row_stats, wait_until
-    from test_service import outbox_ids, relay_process
-
 from outbox_relay.handoff import Spool, item_name
+
+from cliutil import clean_env
+from factories import sample
+from relayutil import SEED, pg_count, pg_query, row_stats
+from serverproc import wait_until
+from serviceutil import outbox_ids, service_process
+from skiputil import unavailable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 RUN_HOOK = ROOT / "integrations" / "openclaw" / "run-hook.mjs"
-SAMPLES = pathlib.Path(__file__).parent / "samples"
 TOKEN = "hook-token-5a4b3c"
-SEED = int(os.environ.get("OUTBOX_RELAY_TEST_SEED", "0")) or random.randrange(1, 1_000_000)
-
-
-@pytest.fixture(scope="module")
-def node():
-    path = shutil.which("node")
-    if path is None:
-        unavailable("node is not installed: the OpenClaw hook cannot be run (apt-get install nodejs)")
-    return path
 
 
 def gateway_events(n, prefix="om_hook"):
     """n events in the gateway's shape (the two samples, alternating group and direct chat)."""
-    samples = [json.loads((SAMPLES / name).read_text(encoding="utf-8"))
-               for name in ("hook_group.json", "hook_direct.json")]
+    samples = [sample(name) for name in ("hook_group.json", "hook_direct.json")]
     for i in range(n):
         event = copy.deepcopy(samples[i % 2])
         event["context"].update(messageId=f"{prefix}_{i:05d}", content=f"第 {i} 条 message",
@@ -57,21 +43,14 @@ def gateway_events(n, prefix="om_hook"):
 
 
 def run_hook(node, tmp_path, events, **env_extra):
-    """The hook over JSON lines in one Node process -> (exit code, [result per event], stderr)."""
+    """The hook over JSON lines in one Node process -> (exit code, [result per event], stderr)
+    (the `node` fixture is conftest's)."""
     source = tmp_path / f"events-{time.monotonic_ns()}.jsonl"
     source.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in events), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-    env.update(OUTBOX_RELAY_TIMEOUT_MS="5000", OUTBOX_RELAY_MAX_TRIES="1", **env_extra)
+    env = clean_env(OUTBOX_RELAY_TIMEOUT_MS="5000", OUTBOX_RELAY_MAX_TRIES="1", **env_extra)
     proc = subprocess.run([node, str(RUN_HOOK), "--jsonl", str(source)], env=env, capture_output=True,
                           text=True, timeout=120)
     return proc.returncode, [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
-
-
-def pg_count(url):
-    try:
-        return row_stats(url)[0]
-    except Exception:  # noqa: BLE001 - the table does not exist yet
-        return 0
 
 
 def percentile(values, p):
@@ -202,7 +181,7 @@ def test_a_full_or_read_only_spool_logs_one_line_and_falls_back_to_http(node, tm
     spool = Spool(small_fs / "spool").ensure()
     fill(small_fs)
     event = next(gateway_events(1, prefix="om_full"))
-    with relay_process(tmp_path, auth_token=TOKEN, spool=spool.path) as p:
+    with service_process(tmp_path, auth_token=TOKEN, spool=spool.path) as p:
         code, (result,), stderr = run_hook(node, tmp_path, [event], OUTBOX_RELAY_SPOOL=spool.path,
                                            OUTBOX_RELAY_URL=p.url, OUTBOX_RELAY_AUTH_TOKEN=TOKEN)
         assert code == 0 and result["ok"] and result["via"] == "http" and result["status"] == 200

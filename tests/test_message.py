@@ -5,7 +5,6 @@ The samples are the Feishu / OpenClaw payloads copied into tests/samples/.
 
 import copy
 import json
-import pathlib
 import re
 
 import pytest
@@ -24,11 +23,7 @@ from outbox_relay.message import (
 )
 from outbox_relay.outbox import Outbox
 
-SAMPLES = pathlib.Path(__file__).parent / "samples"
-
-
-def sample(name):
-    return json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+from factories import SAMPLES, sample, sample_bytes
 
 
 def v2_event(message_fields=None, *, sender=None, header=None):
@@ -111,7 +106,7 @@ def test_sample_normalizes_to_expected_fields(name):
         assert getattr(m, field) == value, field
     assert m.raw == payload
     # The same bytes off the wire give the same Message.
-    assert normalize((SAMPLES / name).read_bytes()) == m
+    assert normalize(sample_bytes(name)) == m
     # And a Message survives its JSON form (the outbox stores it that way).
     assert Message.from_json(m.to_json()) == m
 
@@ -629,7 +624,7 @@ def test_parse_timestamp_never_raises_anything_else(value):
 # -- the Open API's message item (backfill feishu) ----------------------------------------------------
 
 def open_api_page():
-    return json.loads((SAMPLES / "openapi" / "api_list_messages.json").read_text(encoding="utf-8"))
+    return sample("openapi/api_list_messages.json")
 
 
 def test_open_api_items_normalize_like_the_event():

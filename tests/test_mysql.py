@@ -28,33 +28,15 @@ from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.mysql import MySQLTarget, sql_literal
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .cliutil import run_cli, run_exe
-    from .relayutil import flat, put_all, wait_until
-except ImportError:
-    import pgharness
-    from cliutil import run_cli, run_exe
-    from relayutil import flat, put_all, wait_until
+from cliutil import run_cli, run_exe
+from factories import flat, flats, rows_of, sample
+from relayutil import clean_env, put_all
+from scenarios import count_on, in_threads, write_through_one_pool
+from serverproc import free_port, wait_until
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
 
 pytestmark = pytest.mark.usefixtures("hermetic")
-SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
-RECEIVED = 1_750_000_000.25
-
-
-def sample(name):
-    with open(os.path.join(SAMPLES, name), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def rows_of(messages, first_id=1):
-    return [(first_id + n, m, RECEIVED) for n, m in enumerate(messages)]
-
-
-def flats(n, prefix="om", **extra):
-    return [normalize(flat(i, prefix, **extra)) for i in range(n)]
 
 
 @pytest.fixture
@@ -63,16 +45,6 @@ def target(maria_url):
     t.init_db()
     yield t
     t.close()
-
-
-def as_user(url, user, password):
-    parts = urllib.parse.urlsplit(url)
-    return parts._replace(netloc=f"{user}:{urllib.parse.quote(password, safe='')}@{parts.hostname}:{parts.port}"
-                          ).geturl()
-
-
-def dbname(url):
-    return urllib.parse.urlsplit(url).path.lstrip("/")
 
 
 # -- the URL and the driver ----------------------------------------------------------------------
@@ -108,7 +80,7 @@ def test_a_mysql_url_without_pymysql_is_one_line_and_exit_2(tmp_path):
     machine without it gets one line saying what to install."""
     blocked = "import sys; sys.modules['pymysql'] = None; "
     script = (blocked + "from outbox_relay.cli import main; sys.argv = ['outbox-relay'] + sys.argv[1:]; main()")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
+    env = clean_env()
     for command in (["check"], ["sync"], ["init-db"]):
         out = subprocess.run([sys.executable, "-c", script, *command, "--outbox", str(tmp_path / "o.db"),
                               "--target", "mysql://relay:hunter2@127.0.0.1:1/db"],
@@ -235,7 +207,7 @@ def test_every_session_is_strict_and_utc_whatever_the_servers_defaults(make_mari
 
 
 def test_schema_and_lock_problems_are_transient(target, maria_server, maria_url):
-    conn = maria_server.connect(dbname(maria_url))
+    conn = maria_server.connect(mh.database_of(maria_url))
     t = open_target(maria_url, statement_timeout=1)
     try:
         assert target.write(rows_of(flats(1))) == 1
@@ -281,43 +253,18 @@ def test_pool_never_holds_more_than_pool_size_under_max_user_connections_2(maria
     for the pool instead of opening connections; nothing fails."""
     user = f"pool_{os.getpid()}"
     maria_server.drop_user(user)
-    maria_server.create_user(user, "pool-pw", database=dbname(maria_url), max_user_connections=2)
-    t = open_target(as_user(maria_url, user, "pool-pw"), pool_size=2)
-    counts, errors, done = [], [], threading.Event()
+    maria_server.create_user(user, "pool-pw", database=mh.database_of(maria_url), max_user_connections=2)
+    t = open_target(mh.as_user(maria_url, user, "pool-pw"), pool_size=2)
     sampler = maria_server.connect()
-
-    def sample_loop():
-        with sampler.cursor() as cur:
-            while not done.is_set():
-                cur.execute("SELECT count(*) FROM information_schema.processlist WHERE user = %s", (user,))
-                counts.append(cur.fetchone()[0])
-                done.wait(0.005)
-
-    def writer(k):
-        try:
-            for b in range(10):
-                t.write(rows_of(flats(50, prefix=f"w{k}_{b}"), first_id=k * 1000 + b * 50))
-                t.count()
-        except Exception as e:  # noqa: BLE001 - collected and asserted below
-            errors.append(e)
-
     try:
         t.init_db()
-        threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
-        watch = threading.Thread(target=sample_loop)
-        watch.start()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
-        done.set()
-        watch.join(5)
+        errors, counts = write_through_one_pool(t, lambda: count_on(
+            sampler, "SELECT count(*) FROM information_schema.processlist WHERE user = %s", (user,)))
         assert errors == []
         assert t.count() == 8 * 10 * 50
         assert len(counts) > 10 and 1 <= max(counts) <= 2, counts
         assert t.check()["role_connection_limit"] == 2
     finally:
-        done.set()
         sampler.close()
         t.close()
         maria_server.drop_user(user)
@@ -328,20 +275,13 @@ def test_pool_never_holds_more_than_pool_size_under_max_user_connections_2(maria
 
 def test_concurrent_init_db_and_a_later_migration(maria_url, monkeypatch):
     targets = [open_target(maria_url) for _ in range(4)]
-    barrier, results, errors = threading.Barrier(4), [], []
+    barrier = threading.Barrier(4)
 
     def init(t):
-        try:
-            barrier.wait(10)
-            results.append(t.init_db())
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        barrier.wait(10)
+        return t.init_db()
 
-    threads = [threading.Thread(target=init, args=(t,)) for t in targets]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    results, errors = in_threads(init, targets)
     assert errors == [] and sorted(r["from_version"] for r in results) == [0, 1, 1, 1]
     from outbox_relay import schema
     original = schema.target_migrations
@@ -367,10 +307,10 @@ def test_the_ddl_printed_for_the_dba_runs_in_the_mariadb_client(maria_server, ma
     client = shutil.which("mariadb") or shutil.which("mysql")
     if not client:
         pytest.fail("the mariadb client is missing (scripts/ensure-system-deps.sh installs mariadb-client)")
-    user, db = f"app_{os.getpid()}", dbname(maria_url)
+    user, db = f"app_{os.getpid()}", mh.database_of(maria_url)
     maria_server.drop_user(user)
     maria_server.create_user(user, "app-pw")
-    url = as_user(maria_url, user, "app-pw")
+    url = mh.as_user(maria_url, user, "app-pw")
     try:
         early = open_target(url)
         assert early.ensure_schema() is False             # 42000 on CREATE: warned, not raised
@@ -436,8 +376,8 @@ def test_tls_modes_against_a_server_with_a_certificate(make_maria, maria_url):
 def test_check_reports_version_and_the_connection_budget(maria_server, maria_url):
     user = f"chk_{os.getpid()}"
     maria_server.drop_user(user)
-    maria_server.create_user(user, "chk-pw", database=dbname(maria_url), max_user_connections=3)
-    url = as_user(maria_url, user, "chk-pw")
+    maria_server.create_user(user, "chk-pw", database=mh.database_of(maria_url), max_user_connections=3)
+    url = mh.as_user(maria_url, user, "chk-pw")
     try:
         assert run_cli("init-db", "--target", url).exit_code == 0
         result = run_cli("check", "--target", url)
@@ -454,7 +394,7 @@ def test_check_reports_version_and_the_connection_budget(maria_server, maria_url
         assert info["max_connections"] >= 1 and info["pool_size"] == 2 and info["schema_version"] == 1
     finally:
         maria_server.drop_user(user)
-    port = pgharness.free_port()
+    port = free_port()
     down = run_cli("check", "--target", f"mysql://u:pw-secret@127.0.0.1:{port}/x", "--connect-timeout", "2")
     assert down.exit_code == 1 and "Can't connect" in down.output and "pw-secret" not in down.output
 

@@ -8,45 +8,22 @@ message_ids in the table with the set that was put."""
 import datetime as dt
 import json
 import os
-import random
-import signal
-import threading
-import time
-import urllib.parse
 
 import pytest
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.timeconv import datetime_to_ms
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import run_cli
-    from .relayutil import BASE_MS, flat, put_all, wait_until
-    from .test_relay_faults import Writer, heartbeat, ids, outbox_left
-except ImportError:
-    from cliutil import run_cli
-    from relayutil import BASE_MS, flat, put_all, wait_until
-    from test_relay_faults import Writer, heartbeat, ids, outbox_left
+from cliutil import run_cli
+from factories import BASE_MS, flat, ids
+from relayutil import SEED, assert_exactly_once, outbox_counts, outbox_with, put_all
+from scenarios import count_on, eight_writers_and_a_relay, kill_9_repeatedly, run_through_an_outage, two_hosts_sync
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
-
-SEED = int(os.environ.get("OUTBOX_RELAY_TEST_SEED", "0")) or random.randrange(1, 1_000_000)
 
 
 def count(url):
     return mh.row_stats(url)[0]
-
-
-def assert_exactly_once(url, expected):
-    rows = mh.message_ids(url)
-    assert len(rows) == len(set(rows)), "duplicates in the target"
-    missing, extra = expected - set(rows), set(rows) - expected
-    assert not missing and not extra, (sorted(missing)[:10], sorted(extra)[:10])
-
-
-def as_user(url, user, password):
-    parts = urllib.parse.urlsplit(url)
-    return parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port}").geturl()
 
 
 def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, maria_url):
@@ -73,31 +50,14 @@ def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, mari
 
 def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, maria_url):
     n = 20_000
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(n)])
-    rng = random.Random(SEED)
-    kills, seen = [], 0
-    for round_ in range(8):
-        proc = spawn(f"run-{round_}", ["run", "--no-http"], outbox=outbox_path, target=maria_url, batch_size=50)
-        # This incarnation has made progress (so the kill lands mid-drain, not during start-up) ...
-        seen = wait_until(lambda before=seen: (lambda c: c if c > before else 0)(count(maria_url)), timeout=30,
-                          what=f"progress in round {round_} (seed {SEED})")
-        if seen >= n:
-            break
-        time.sleep(rng.uniform(0, 0.3))  # ... then a random moment: inside a batch, between, marking
-        assert proc.alive(), proc.output()
-        assert proc.kill9() == -signal.SIGKILL
-        kills.append(count(maria_url))
-        seen = kills[-1]
-        if len(kills) >= 6:
-            break
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
+    kills = kill_9_repeatedly(spawn, outbox_path, maria_url, count, n)
     assert len(kills) >= 5, f"only {len(kills)} kills landed before the drain ended: {kills} (seed {SEED})"
     assert kills[-1] < n, kills
     final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=maria_url, batch_size=500)
     assert final.wait(120) == 0, final.output()
-    assert_exactly_once(maria_url, ids(n))
-    assert outbox_left(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+    assert_exactly_once(mh.message_ids(maria_url), ids(n))
+    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
 
 
 def test_server_killed_and_restarted_while_puts_continue(spawn, tmp_path, private_maria):
@@ -105,35 +65,9 @@ def test_server_killed_and_restarted_while_puts_continue(spawn, tmp_path, privat
     relay is never restarted, the writers never notice, and every message arrives once."""
     private_maria.create_database("relay")
     url = private_maria.url("relay")
-    outbox_path = str(tmp_path / "outbox.db")
-    Outbox(outbox_path).close()
-    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url, batch_size=100)
-    writer = Writer(outbox_path)
-    writer.start()
-    try:
-        wait_until(lambda: count(url) >= 200, timeout=30, what="the relay to deliver before the outage")
-        private_maria.kill()
-        stopped_at, put_at_stop = time.time(), writer.put
-        wait_until(lambda: (heartbeat(outbox_path).get("last_error_at") or 0) > stopped_at, timeout=20,
-                   what="the relay to record the outage")
-        wait_until(lambda: writer.put >= put_at_stop + 1500, timeout=30, what="1500 puts during the outage")
-        assert outbox_left(outbox_path)["parked"] > 0             # over max_pending: parked, kept
-        assert proc.alive(), proc.output()
-        private_maria.start()
-        wait_until(lambda: count(url) > put_at_stop, timeout=60, what="deliveries after the restart")
-        expected = writer.stop()
-        wait_until(lambda: count(url) >= len(expected), timeout=60, what="every message after the outage")
-        assert writer.errors == []
-        assert_exactly_once(url, expected)
-        assert proc.alive(), proc.output()
-        wait_until(lambda: heartbeat(outbox_path).get("unavailable_since") is None, timeout=10)
-        assert "target unavailable" in proc.output() and "reachable again" in proc.output()
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, proc.output()
-    finally:
-        writer.halt.set()
-    left = outbox_left(outbox_path)
-    assert left["pending"] == left["parked"] == left["dead"] == 0
+    expected = run_through_an_outage(spawn, tmp_path / "outbox.db", url, count,
+                                     stop=private_maria.kill, start=private_maria.start)
+    assert_exactly_once(mh.message_ids(url), expected)
 
 
 @pytest.mark.usefixtures("hermetic")
@@ -165,7 +99,7 @@ def test_poison_rows_are_dead_with_the_servers_words_and_replayed_after_the_fix(
     assert result.exit_code == 0 and "2 requeued" in result.output
     report = json.loads(run_cli("sync", *common, "--json").stdout)
     assert (report["delivered"], report["dead"]) == (2, 0)
-    assert_exactly_once(maria_url, ids(500))
+    assert_exactly_once(mh.message_ids(maria_url), ids(500))
     assert mh.query(maria_url, "SELECT msg_type, text FROM feishu_messages WHERE message_id IN"
                                " ('om_000100', 'om_000250') ORDER BY message_id") == [
         ("interactive", "[card]"), ("text", "emoji 😀 here")]
@@ -174,72 +108,28 @@ def test_poison_rows_are_dead_with_the_servers_words_and_replayed_after_the_fix(
 def test_eight_writers_and_a_relay_under_max_user_connections_2(spawn, tmp_path, maria_server, maria_url):
     user = f"relay_{os.getpid()}"
     maria_server.drop_user(user)
-    maria_server.create_user(user, "relay-pw", database=urllib.parse.urlsplit(maria_url).path.lstrip("/"),
-                             max_user_connections=2)
-    url = as_user(maria_url, user, "relay-pw")
-    outbox_path = str(tmp_path / "outbox.db")
-    Outbox(outbox_path).close()
-    samples, stop_sampling = [], threading.Event()
+    maria_server.create_user(user, "relay-pw", database=mh.database_of(maria_url), max_user_connections=2)
+    url = mh.as_user(maria_url, user, "relay-pw")
     sampler = maria_server.connect()
-
-    def sample():
-        with sampler.cursor() as cur:
-            while not stop_sampling.is_set():
-                cur.execute("SELECT count(*) FROM information_schema.processlist WHERE user = %s", (user,))
-                samples.append(cur.fetchone()[0])
-                stop_sampling.wait(0.005)
-
-    per_writer, errors = 500, []
-
-    def write(k):
-        try:
-            with Outbox(outbox_path) as outbox:
-                for i in range(per_writer):
-                    outbox.put(flat(i, prefix=f"w{k}"))
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    sampler_thread = threading.Thread(target=sample, daemon=True)
-    sampler_thread.start()
-    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url, pool_size=2, batch_size=100)
-    writers = [threading.Thread(target=write, args=(k,)) for k in range(8)]
     try:
-        for w in writers:
-            w.start()
-        for w in writers:
-            w.join(120)
-        expected = set().union(*(ids(per_writer, prefix=f"w{k}") for k in range(8)))
-        wait_until(lambda: count(url) >= len(expected), timeout=60, what="all 4000 messages")
-        assert errors == []
-        assert_exactly_once(url, expected)
-        assert heartbeat(outbox_path)["last_error"] is None      # nothing failed, not even once
-        assert proc.alive()
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        expected, samples, log = eight_writers_and_a_relay(
+            spawn, tmp_path / "outbox.db", url, count,
+            connections=lambda: count_on(sampler, "SELECT count(*) FROM information_schema.processlist"
+                                                  " WHERE user = %s", (user,)))
     finally:
-        stop_sampling.set()
-        sampler_thread.join(5)
         sampler.close()
         maria_server.drop_user(user)
+    assert_exactly_once(mh.message_ids(maria_url), expected)  # the same database, read as root
     assert len(samples) > 20 and 1 <= max(samples) <= 2, samples
-    log = proc.output()
     assert "Too many" not in log and "target unavailable" not in log and "ERROR" not in log, log
 
 
 def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, maria_url):
     """Two relays at once, against a database with no table yet, with 3,000 ids in common: one row
     per message_id (a deadlock between their ON DUPLICATE KEY inserts is retried, not fatal)."""
-    paths = [str(tmp_path / "host-a.db"), str(tmp_path / "host-b.db")]
-    for path, span in zip(paths, (range(0, 6000), range(3000, 9000))):
-        with Outbox(path) as outbox:
-            put_all(outbox, [flat(i) for i in span])
-    procs = [spawn(f"sync-{n}", ["sync", "--json"], outbox=path, target=maria_url, batch_size=size)
-             for n, (path, size) in enumerate(zip(paths, (250, 400)))]
-    for p in procs:
-        assert p.wait(120) == 0, p.output()
-    reports = [json.loads(p.stdout()) for p in procs]
+    _, reports = two_hosts_sync(spawn, tmp_path, maria_url)
     assert [r["delivered"] for r in reports] == [6000, 6000]
     assert sum(r["new"] for r in reports) == 9000          # the overlap was written once
-    assert_exactly_once(maria_url, ids(9000))
+    assert_exactly_once(mh.message_ids(maria_url), ids(9000))
     newest = mh.query(maria_url, "SELECT max(relayed_at) FROM feishu_messages")[0][0]
     assert abs((dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - newest).total_seconds()) < 120

@@ -5,43 +5,23 @@ Node is not a Python dependency: without it these tests are skipped on a laptop,
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 
-import pytest
-
-try:
-    from . import pgharness
-    from .test_service import flat, outbox_ids, post, received, relay_process, scrape, wait_until, write_lock
-except ImportError:
-    import pgharness
-    from test_service import flat, outbox_ids, post, received, relay_process, scrape, wait_until, write_lock
+from cliutil import clean_env
+from factories import FEISHU_TOKEN, SAMPLES, flat_message
+from serverproc import free_port, wait_until
+from serviceutil import outbox_ids, post, received, scrape, service_process, write_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_HOOK = os.path.join(ROOT, "integrations", "openclaw", "run-hook.mjs")
-SAMPLE = os.path.join(ROOT, "tests", "samples", "openclaw_message_received.json")
+SAMPLE = str(SAMPLES / "openclaw_message_received.json")
 TOKEN = "hook-token-9f8e7d"
-FEISHU_TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"
-
-
-@pytest.fixture(scope="module")
-def node():
-    path = shutil.which("node")
-    if path is None:
-        reason = "node is not installed: the OpenClaw hook cannot be run (apt-get install nodejs)"
-        if pgharness.in_ci():
-            pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)", pytrace=False)
-        pytest.skip(reason)
-    version = subprocess.run([path, "--version"], capture_output=True, text=True).stdout.strip()
-    if int(version.lstrip("v").split(".")[0]) < 18:
-        pytest.fail(f"the hook needs Node >= 18 (global fetch); found {version}")
-    return path
 
 
 def run_hook(node, url, event_file, token=None, timeout=30, **env_extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-    env.update({"OUTBOX_RELAY_URL": url, "OUTBOX_RELAY_TIMEOUT_MS": "5000"})
+    """The hook on one event file, posting to url (the `node` fixture is conftest's)."""
+    env = clean_env(OUTBOX_RELAY_URL=url, OUTBOX_RELAY_TIMEOUT_MS="5000")
     if token is not None:
         env["OUTBOX_RELAY_AUTH_TOKEN"] = token
     env.update(env_extra)
@@ -54,7 +34,7 @@ def run_hook(node, url, event_file, token=None, timeout=30, **env_extra):
 
 def test_hook_delivers_to_a_relay_that_also_takes_feishu(node, tmp_path):
     # The realistic set-up: Feishu's push verified by its token, OpenClaw by the bearer token.
-    with relay_process(tmp_path, auth_token=TOKEN, feishu_verification_token=FEISHU_TOKEN) as p:
+    with service_process(tmp_path, auth_token=TOKEN, feishu_verification_token=FEISHU_TOKEN) as p:
         code, result, stderr = run_hook(node, p.url, SAMPLE, token=TOKEN)
         assert (code, result) == (0, {"ok": True, "status": 200, "attempts": 1}), stderr
         rows = outbox_ids(p.outbox)
@@ -72,7 +52,7 @@ def test_hook_delivers_to_a_relay_that_also_takes_feishu(node, tmp_path):
 
 
 def test_hook_with_a_wrong_token_is_refused_once_and_says_so(node, tmp_path):
-    with relay_process(tmp_path, auth_token=TOKEN) as p:
+    with service_process(tmp_path, auth_token=TOKEN) as p:
         code, result, stderr = run_hook(node, p.url, SAMPLE, token="not-the-token",
                                         OUTBOX_RELAY_MAX_TRIES="3")
         assert code == 1
@@ -87,7 +67,7 @@ def test_hook_with_a_wrong_token_is_refused_once_and_says_so(node, tmp_path):
 
 
 def test_hook_retries_a_503_after_retry_after_and_lands(node, tmp_path):
-    with relay_process(tmp_path, busy_timeout=0.2) as p:
+    with service_process(tmp_path, busy_timeout=0.2) as p:
         done = {}
         with write_lock(p.outbox):
             t = threading.Thread(target=lambda: done.update(zip(
@@ -105,7 +85,7 @@ def test_hook_retries_a_503_after_retry_after_and_lands(node, tmp_path):
 def test_hook_skips_other_events_and_survives_a_relay_that_is_down(node, tmp_path):
     other = tmp_path / "sent.json"
     other.write_text(json.dumps({"type": "message", "action": "sent", "context": {"messageId": "om_x"}}))
-    port = pgharness.free_port()  # nothing listens here
+    port = free_port()  # nothing listens here
     code, result, _ = run_hook(node, f"http://127.0.0.1:{port}", str(other))
     assert code == 1 and result == {"ok": False, "skipped": True, "status": None, "attempts": 0}
     code, result, stderr = run_hook(node, f"http://127.0.0.1:{port}", SAMPLE, OUTBOX_RELAY_MAX_TRIES="2")
@@ -115,8 +95,8 @@ def test_hook_skips_other_events_and_survives_a_relay_that_is_down(node, tmp_pat
 
 def test_a_flat_post_next_to_the_hook(node, tmp_path):
     """Other senders share the endpoint and the bearer token (a script posting the flat shape)."""
-    with relay_process(tmp_path, auth_token=TOKEN) as p:
-        assert post(p.url, flat("om_script"), {"Authorization": f"Bearer {TOKEN}"}).status == 200
+    with service_process(tmp_path, auth_token=TOKEN) as p:
+        assert post(p.url, flat_message("om_script"), {"Authorization": f"Bearer {TOKEN}"}).status == 200
         code, result, _ = run_hook(node, p.url, SAMPLE, token=TOKEN)
         assert code == 0
         assert sorted(outbox_ids(p.outbox)) == ["om_openclaw_0001", "om_script"]

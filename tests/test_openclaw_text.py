@@ -2,7 +2,6 @@
 transcript user line (openclaw@2026.9.6, @openclaw/feishu@2026.9.5), taken apart without I/O."""
 
 import json
-import pathlib
 
 import pytest
 
@@ -17,7 +16,8 @@ from outbox_relay.openclaw_text import (
     strip_inbound,
 )
 
-SAMPLES = pathlib.Path(__file__).parent / "samples"
+from factories import SAMPLES
+
 GROUP = "oc_5ce6d572455d361153b7cb51da133945"
 HINT_MENTIONS = ("[System: The content may include mention tags in the form <at user_id=\"...\">name</at>. "
                  "Treat these as real mentions of Feishu entities (users or bots).]")

@@ -12,17 +12,15 @@ import os
 import sqlite3
 import time
 
-import psycopg2
 import pytest
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
-except ImportError:
-    from cliutil import EXE, run_cli, run_exe  # noqa: F401
+from cliutil import run_cli, run_exe
+from relayutil import pg_query
+from serverproc import wait_until
 
 pytestmark = pytest.mark.usefixtures("hermetic")
 
@@ -37,11 +35,7 @@ def init_target(url, poison=False):
     target.init_db()
     target.close()
     if poison:  # the target refuses exactly the rows whose text is POISON: they become dead, for real
-        conn = psycopg2.connect(url)
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("ALTER TABLE feishu_messages ADD CONSTRAINT no_poison CHECK (text <> 'POISON')")
-        conn.close()
+        pg_query(url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_poison CHECK (text <> 'POISON')")
 
 
 def deliver(url, outbox_path, payloads):
@@ -56,13 +50,7 @@ def deliver(url, outbox_path, payloads):
 
 
 def target_count(url, where="true", params=()):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM feishu_messages WHERE {where}", params)
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    return pg_query(url, f"SELECT count(*) FROM feishu_messages WHERE {where}", params)[0][0]
 
 
 def one_line(text):
@@ -305,11 +293,6 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
     import threading
 
     from outbox_relay.sync import RelayLock
-
-    try:
-        from .pgharness import wait_until
-    except ImportError:
-        from pgharness import wait_until
 
     url = private_pg.url()
     init_target(url)

@@ -13,15 +13,17 @@ import sqlite3
 import subprocess
 
 import pytest
-from cliutil import EXE, run_exe
-from conftest import unavailable
-from pgharness import wait_until
-from relayutil import flat, pg_query, put_all, row_stats
-from test_service import health, post, relay_process, scrape
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
+
+from cliutil import EXE, clean_env, run_exe
+from factories import flat
+from relayutil import pg_query, put_all, row_stats
+from serverproc import wait_until
+from serviceutil import health, post, scrape, service_process
+from skiputil import unavailable
 
 
 def archive_ids(tmp_path):
@@ -60,7 +62,7 @@ def remove_outbox(path):
 
 
 def test_outbox_deleted_under_run_loses_no_acknowledged_message(tmp_path):
-    with relay_process(tmp_path) as p:
+    with service_process(tmp_path) as p:
         before, _ = post_all(p.url, "before", 30)
         wait_until(lambda: len(archive_ids(tmp_path)) == 30, timeout=20, what="the first 30 delivered")
         more, _ = post_all(p.url, "pending", 20)
@@ -87,7 +89,7 @@ def test_outbox_replaced_by_another_outbox_under_run_keeps_both(tmp_path, privat
     other = str(tmp_path / "restored.db")
     with Outbox(other) as box:
         put_all(box, [flat(i, prefix="restored") for i in range(10)])
-    with relay_process(tmp_path, target=url, connect_timeout=2) as p:
+    with service_process(tmp_path, target=url, connect_timeout=2) as p:
         wait_until(lambda: health(p.url).status == 200, timeout=20, what="healthy")
         private_pg.stop(mode="immediate")
         waiting, _ = post_all(p.url, "waiting", 40)
@@ -102,7 +104,7 @@ def test_outbox_replaced_by_another_outbox_under_run_keeps_both(tmp_path, privat
 
 
 def test_outbox_replaced_by_a_file_that_is_not_an_outbox_refuses_and_keeps_everything(tmp_path):
-    with relay_process(tmp_path, target="postgresql://u@127.0.0.1:1/x", connect_timeout=1) as p:
+    with service_process(tmp_path, target="postgresql://u@127.0.0.1:1/x", connect_timeout=1) as p:
         acked, _ = post_all(p.url, "acked", 20)  # the target never answers: all stay pending
         stranger = sqlite3.connect(tmp_path / "stranger.db")
         stranger.execute("CREATE TABLE notes (body text)")
@@ -152,7 +154,7 @@ def test_space_is_given_back_after_a_backlog_drains(tmp_path):
 
 
 def test_status_and_metrics_show_the_file_and_wal_sizes(tmp_path):
-    with relay_process(tmp_path) as p:
+    with service_process(tmp_path) as p:
         post_all(p.url, "size", 5)
         samples = scrape(p.url)
         assert samples[("outbox_relay_outbox_bytes", (("file", "db"),))] > 0
@@ -178,7 +180,7 @@ def overwrite_pages(path, first, count, page=4096):
 def test_a_damaged_outbox_is_reported_down_and_recover_keeps_every_readable_row(tmp_path, private_pg):
     url = private_pg.url()
     private_pg.stop(mode="immediate")  # everything stays in the outbox
-    with relay_process(tmp_path, target=url, connect_timeout=1, check_interval=1) as p:
+    with service_process(tmp_path, target=url, connect_timeout=1, check_interval=1) as p:
         acked, _ = post_all(p.url, "msg", 400)
         assert len(acked) == 400
         checkpoint = sqlite3.connect(p.outbox)
@@ -267,9 +269,8 @@ def without_dac_override(*args):
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         unavailable("setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
     return subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", EXE, *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=60)
+                          capture_output=True, text=True, env=clean_env(), timeout=60)
 
 
 def test_a_read_only_directory_and_a_read_only_file_are_named_as_such(tmp_path):
@@ -331,10 +332,9 @@ def test_run_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
         result = subprocess.run([EXE, "run", "--http", f"127.0.0.1:{port}", "--outbox", tmp_path / "o.db",
                                  "--target", f"sqlite:///{tmp_path / 'a.db'}"], capture_output=True, text=True,
-                                timeout=30, env=env)
+                                timeout=30, env=clean_env())
     assert result.returncode == 2, result
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert errors == [f"Error: cannot listen on 127.0.0.1:{port} (--http / OUTBOX_RELAY_HTTP): Address already"

@@ -23,20 +23,13 @@ from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.postgres import PostgresTarget
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-except ImportError:
-    import pgharness
+from cliutil import run_cli
+from factories import flat_message, sample
+from relayutil import pg_query
+from skiputil import unavailable
 
-SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
 HOUR, DAY = 3600 * 1000, 86400 * 1000
 NOW = int(time.time() * 1000)
-
-
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import EXE, run_cli, run_exe  # noqa: F401
-except ImportError:
-    from cliutil import EXE, run_cli, run_exe  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("hermetic")
 
@@ -47,11 +40,6 @@ def iso_ms(ms):
 
 # -- the search corpus ------------------------------------------------------------------------
 
-def flat(mid, text, chat, sender, at, msg_type="text"):
-    return {"message_id": mid, "chat_id": chat, "sender_id": sender, "msg_type": msg_type,
-            "content": json.dumps({"text": text}, ensure_ascii=False), "create_time": str(at)}
-
-
 def post(mid, title, body, chat, sender, at, locale="zh_cn"):
     content = {locale: {"title": title, "content": [
         [{"tag": "text", "text": body}, {"tag": "at", "user_id": "@_user_1", "user_name": "Tom"}],
@@ -60,37 +48,32 @@ def post(mid, title, body, chat, sender, at, locale="zh_cn"):
             "content": json.dumps(content, ensure_ascii=False), "create_time": str(at)}
 
 
-def sample(name):
-    with open(os.path.join(SAMPLES, name), encoding="utf-8") as f:
-        return json.load(f)
-
-
 # (payload, delivered?) -- created times are distinct and hours away from any filter boundary.
 CORPUS = [
-    (flat("d_zh", "今天测试一下系统", "oc_a", "ou_1", NOW - 1 * HOUR), True),
-    (flat("d_one", "测", "oc_b", "ou_2", NOW - 2 * DAY), True),
+    (flat_message("d_zh", "今天测试一下系统", "oc_a", "ou_1", NOW - 1 * HOUR), True),
+    (flat_message("d_one", "测", "oc_b", "ou_2", NOW - 2 * DAY), True),
     (post("d_post", "周报", "本周测试进展", "oc_a", "ou_2", NOW - 3 * DAY), True),
     (sample("v2_post.json"), True),  # om_post_0001: 周报 / 第一行 超链接 @Tom, 2023-11-14, oc_group_1, ou_aaa
-    (flat("d_pct", "完成 100% 测试", "oc_b", "ou_1", NOW - 8 * DAY), True),
-    (flat("d_nopct", "完成 100 测试", "oc_b", "ou_1", NOW - 9 * DAY), True),
-    (flat("d_us", "file_name 已上传", "oc_c", "ou_3", NOW - 4 * DAY), True),
-    (flat("d_nous", "filexname 已上传", "oc_c", "ou_3", NOW - 5 * DAY), True),
-    (flat("d_quote", "it's 测试", "oc_a", "ou_3", NOW - 6 * DAY), True),
-    (flat("d_noquote", "its 测", "oc_a", "ou_3", NOW - 6 * DAY - 2 * HOUR), True),
-    (flat("d_bs", "路径 C:\\temp\\测试", "oc_c", "ou_1", 1704873600000), True),  # 2024-01-10T08:00Z
-    (flat("d_nobs", "路径 C:temp", "oc_c", "ou_1", 1704960000000), True),        # 2024-01-11T08:00Z
-    (flat("d_emoji", "好的👍 mixed English 测试", "oc_b", "ou_2", NOW - HOUR // 2), True),
+    (flat_message("d_pct", "完成 100% 测试", "oc_b", "ou_1", NOW - 8 * DAY), True),
+    (flat_message("d_nopct", "完成 100 测试", "oc_b", "ou_1", NOW - 9 * DAY), True),
+    (flat_message("d_us", "file_name 已上传", "oc_c", "ou_3", NOW - 4 * DAY), True),
+    (flat_message("d_nous", "filexname 已上传", "oc_c", "ou_3", NOW - 5 * DAY), True),
+    (flat_message("d_quote", "it's 测试", "oc_a", "ou_3", NOW - 6 * DAY), True),
+    (flat_message("d_noquote", "its 测", "oc_a", "ou_3", NOW - 6 * DAY - 2 * HOUR), True),
+    (flat_message("d_bs", "路径 C:\\temp\\测试", "oc_c", "ou_1", 1704873600000), True),  # 2024-01-10T08:00Z
+    (flat_message("d_nobs", "路径 C:temp", "oc_c", "ou_1", 1704960000000), True),        # 2024-01-11T08:00Z
+    (flat_message("d_emoji", "好的👍 mixed English 测试", "oc_b", "ou_2", NOW - HOUR // 2), True),
     (sample("v2_image.json"), True),  # om_image_0001: "[image]"
-    (flat("p_zh", "待发送的测试消息", "oc_a", "ou_1", NOW - 10 * 60 * 1000), False),
+    (flat_message("p_zh", "待发送的测试消息", "oc_a", "ou_1", NOW - 10 * 60 * 1000), False),
     (post("p_post", "草稿", "测试计划", "oc_c", "ou_2", NOW - DAY - 3 * HOUR, locale="en_us"), False),
-    (flat("p_pct", "打折 50% off", "oc_b", "ou_2", NOW - 2 * DAY - HOUR), False),
-    (flat("p_nopct", "打折 50 off", "oc_b", "ou_2", NOW - 2 * DAY - 2 * HOUR), False),
-    (flat("p_us", "a_b 待定", "oc_a", "ou_3", NOW - 3 * DAY - HOUR), False),
-    (flat("p_nous", "axb 待定", "oc_a", "ou_3", NOW - 3 * DAY - 2 * HOUR), False),
-    (flat("p_quote", "don't 测", "oc_c", "ou_1", NOW - 20 * DAY), False),
-    (flat("p_noquote", "dont", "oc_c", "ou_1", NOW - 21 * DAY), False),
-    (flat("p_bs", "D:\\dir 测", "oc_b", "ou_3", NOW - HOUR - 30 * 60 * 1000), False),
-    (flat("p_nobs", "D:dir", "oc_b", "ou_3", NOW - HOUR - 40 * 60 * 1000), False),
+    (flat_message("p_pct", "打折 50% off", "oc_b", "ou_2", NOW - 2 * DAY - HOUR), False),
+    (flat_message("p_nopct", "打折 50 off", "oc_b", "ou_2", NOW - 2 * DAY - 2 * HOUR), False),
+    (flat_message("p_us", "a_b 待定", "oc_a", "ou_3", NOW - 3 * DAY - HOUR), False),
+    (flat_message("p_nous", "axb 待定", "oc_a", "ou_3", NOW - 3 * DAY - 2 * HOUR), False),
+    (flat_message("p_quote", "don't 测", "oc_c", "ou_1", NOW - 20 * DAY), False),
+    (flat_message("p_noquote", "dont", "oc_c", "ou_1", NOW - 21 * DAY), False),
+    (flat_message("p_bs", "D:\\dir 测", "oc_b", "ou_3", NOW - HOUR - 30 * 60 * 1000), False),
+    (flat_message("p_nobs", "D:dir", "oc_b", "ou_3", NOW - HOUR - 40 * 60 * 1000), False),
 ]
 MESSAGES = [(normalize(p), delivered) for p, delivered in CORPUS]
 
@@ -249,9 +232,9 @@ def test_search_gives_the_same_answer_before_and_after_delivery(pg_url, tmp_outb
     target.init_db()
     outbox = Outbox(tmp_outbox)
     try:
-        outbox.put(flat("delivered", "Deploy DONE 测试", "oc_a", "ou_1", NOW - HOUR))
+        outbox.put(flat_message("delivered", "Deploy DONE 测试", "oc_a", "ou_1", NOW - HOUR))
         Relay(outbox, target).drain()
-        outbox.put(flat("pending", "Deploy DONE 测试", "oc_a", "ou_1", NOW - 2 * HOUR))
+        outbox.put(flat_message("pending", "Deploy DONE 测试", "oc_a", "ou_1", NOW - 2 * HOUR))
         for keyword in ("deploy done", "DEPLOY", "Done 测试"):
             result = search_messages(outbox, target, keyword)
             assert [r["message_id"] for r in result["results"]] == ["delivered", "pending"], keyword
@@ -307,13 +290,7 @@ class RecordingTarget(PostgresTarget):
 
 
 def explain(url, sql, params):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("EXPLAIN (ANALYZE) " + sql, params)
-            return "\n".join(r[0] for r in cur.fetchall())
-    finally:
-        conn.close()
+    return "\n".join(r[0] for r in pg_query(url, "EXPLAIN (ANALYZE) " + sql, params))
 
 
 def timed_search(url, outbox_path, keyword):
@@ -390,9 +367,7 @@ def utf8_ctype_url(pg_server):
         except psycopg2.Error:
             continue
     else:
-        if pgharness.in_ci():
-            pytest.fail("the test server has no C.UTF-8 locale (CI is set, so this is a failure)", pytrace=False)
-        pytest.skip("the server has no C.UTF-8 locale")
+        unavailable("the test server has no C.UTF-8 locale")
     yield pg_server.url(name)
     pg_server.drop_database(name, force=True)
 
@@ -419,10 +394,10 @@ def stats_corpus():
                         "content": json.dumps({"file_key": "k", "file_name": f"f{i}.pdf"}),
                         "create_time": str(at)})
         else:
-            out.append(flat(f"s{i}", f"消息 {i}", chat, sender, at, msg_type))
-    out.append(flat("s_old1", "旧", "oc_9", "ou_9", NOW - 400 * DAY))
-    out.append(flat("s_old2", "旧", "oc_9", "ou_9", NOW - 401 * DAY))
-    out.append(flat("s_future", "时钟快了", "oc_0", "ou_0", NOW + DAY))  # a sender with a fast clock
+            out.append(flat_message(f"s{i}", f"消息 {i}", chat, sender, at, msg_type))
+    out.append(flat_message("s_old1", "旧", "oc_9", "ou_9", NOW - 400 * DAY))
+    out.append(flat_message("s_old2", "旧", "oc_9", "ou_9", NOW - 401 * DAY))
+    out.append(flat_message("s_future", "时钟快了", "oc_0", "ou_0", NOW + DAY))  # a sender with a fast clock
     return out
 
 
@@ -438,19 +413,16 @@ def test_stats_match_independent_counts(pg_url, tmp_outbox):
     messages = [normalize(p) for p in payloads]
     target = open_target(pg_url)
     target.init_db()
-    conn = psycopg2.connect(pg_url)
-    conn.autocommit = True
-    with conn.cursor() as cur:  # the target refuses this one message: a real dead row
-        cur.execute("ALTER TABLE feishu_messages ADD CONSTRAINT no_poison CHECK (text <> 'POISON')")
-    conn.close()
+    # the target refuses this one message: a real dead row
+    pg_query(pg_url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_poison CHECK (text <> 'POISON')")
     outbox = Outbox(tmp_outbox)
-    outbox.put_many(payloads + [flat("poison", "POISON", "oc_x", "ou_x", NOW)])
+    outbox.put_many(payloads + [flat_message("poison", "POISON", "oc_x", "ou_x", NOW)])
     totals = Relay(outbox, target, batch_size=20).drain()
     assert (totals["delivered"], totals["dead"]) == (len(payloads), 1)
     outbox.close()
     target.close()
     small = Outbox(tmp_outbox, max_pending=2)  # 5 more with room for 2: 2 pending + 3 parked
-    small.put_many([flat(f"late{i}", "后来的", "oc_0", "ou_0", NOW) for i in range(5)])
+    small.put_many([flat_message(f"late{i}", "后来的", "oc_0", "ou_0", NOW) for i in range(5)])
     small.close()
 
     days, n_top = 12, 3

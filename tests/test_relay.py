@@ -8,7 +8,6 @@ test_relay_faults.py.
 
 import json
 import logging
-import os
 import re
 import signal
 import sqlite3
@@ -16,66 +15,17 @@ import threading
 import time
 
 import pytest
-from click.testing import CliRunner
 
-from outbox_relay.cli import cli
 from outbox_relay.errors import RelayLocked
 from outbox_relay.message import Message
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .relayutil import (
-        BASE_MS,
-        flat,
-        pg_query,
-        pg_rows,
-        put_all,
-        relay_cmd,
-        row_stats,
-        wait_until,
-    )
-except ImportError:
-    import pgharness
-    from relayutil import (
-        BASE_MS,
-        flat,
-        pg_query,
-        pg_rows,
-        put_all,
-        relay_cmd,
-        row_stats,
-        wait_until,
-    )
-
-
-@pytest.fixture
-def invoke(monkeypatch, tmp_path):
-    """Run the CLI in-process (CliRunner) from an empty cwd with no OUTBOX_RELAY_* environment."""
-    for name in list(os.environ):
-        if name.startswith("OUTBOX_RELAY_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    runner = CliRunner()
-
-    def run(*args):
-        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
-        return result
-
-    yield run
-    # The CLI points the package logger at CliRunner's (now closed) stream: undo that.
-    root = logging.getLogger("outbox_relay")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    root.setLevel(logging.NOTSET)
-
-
-def heartbeat(outbox_path):
-    with Outbox(outbox_path) as outbox:
-        return outbox.get_meta("relay", {})
+from factories import BASE_MS, flat
+from relayutil import heartbeat, outbox_with, pg_query, pg_rows, put_all, relay_cmd, row_stats
+from scenarios import two_hosts_sync
+from serverproc import free_port, wait_until
 
 
 def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, pg_url):
@@ -192,16 +142,7 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
 def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, pg_url):
     """Two gateway hosts got some of the same messages; their relays run at once, against a
     database with no table yet: one row per message_id, both outboxes fully delivered."""
-    paths = [str(tmp_path / "host-a.db"), str(tmp_path / "host-b.db")]
-    ranges = [range(0, 6000), range(3000, 9000)]
-    for path, ids in zip(paths, ranges):
-        with Outbox(path) as outbox:
-            put_all(outbox, [flat(i) for i in ids])
-    procs = [spawn(f"sync-{n}", ["sync", "--json"], outbox=path, target=pg_url, batch_size=size)
-             for n, (path, size) in enumerate(zip(paths, (250, 400)))]
-    for p in procs:
-        assert p.wait(120) == 0, p.output()
-    reports = [json.loads(p.stdout()) for p in procs]
+    paths, reports = two_hosts_sync(spawn, tmp_path, pg_url)
     assert [r["delivered"] for r in reports] == [6000, 6000]
     assert sum(r["new"] for r in reports) == 9000          # the overlap was written once
     assert row_stats(pg_url) == (9000, 9000)
@@ -257,8 +198,7 @@ def test_embedded_default_sync_and_run_write_the_local_sqlite_archive(spawn, tmp
 
 
 def test_a_second_relay_on_the_same_outbox_exits_non_zero(spawn, tmp_path, pg_url):
-    outbox_path = str(tmp_path / "outbox.db")
-    Outbox(outbox_path).close()
+    outbox_path = outbox_with(tmp_path / "outbox.db", [])
     first = spawn("first", ["run", "--no-http"], outbox=outbox_path, target=pg_url)
     try:
         def held():
@@ -297,7 +237,7 @@ def test_check_prints_version_latency_and_connections(invoke, pg_url):
     assert info["latency_ms"] > 0 and info["max_connections"] >= 1 and info["connections_in_use"] >= 1
     assert info["server_version"][0].isdigit() and info["pool_size"] == 2
 
-    port = pgharness.free_port()
+    port = free_port()
     down = invoke("check", "--target", f"postgresql://u:pw-secret@127.0.0.1:{port}/x")
     assert down.exit_code == 1 and "Error:" in down.output and "pw-secret" not in down.output
 
@@ -332,9 +272,7 @@ def status_json(invoke, outbox_path, url):
 def test_status_shows_the_heartbeat_and_target_reachability(spawn, invoke, tmp_path, private_pg):
     private_pg.execute("CREATE DATABASE relay")
     url = private_pg.url("relay")
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(100)])
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(100)])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url)
     try:
         wait_until(lambda: row_stats(url)[0] == 100, timeout=30, what="100 rows")
@@ -371,8 +309,7 @@ def test_status_shows_the_heartbeat_and_target_reachability(spawn, invoke, tmp_p
 
 
 def test_a_put_while_run_idles_arrives_within_about_a_second(spawn, tmp_path, pg_url):
-    outbox_path = str(tmp_path / "outbox.db")
-    Outbox(outbox_path).close()
+    outbox_path = outbox_with(tmp_path / "outbox.db", [])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=pg_url)
     try:
         with Outbox(outbox_path) as outbox:                # another process, as the webhook would be
@@ -435,7 +372,7 @@ class _Delays(logging.Handler):
 
 
 def test_the_backoff_wait_ends_at_once_on_stop(tmp_outbox):
-    port = pgharness.free_port()                         # nothing listens: connection refused
+    port = free_port()                         # nothing listens: connection refused
     target = open_target(f"postgresql://postgres@127.0.0.1:{port}/x", connect_timeout=2)
     outbox = Outbox(tmp_outbox)
     outbox.put(flat(1))
@@ -473,9 +410,7 @@ def test_run_started_while_the_server_is_down_creates_the_table_when_it_comes_up
     private_pg.execute("CREATE DATABASE relay")
     url = private_pg.url("relay")
     private_pg.stop(mode="fast")
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(300)])
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(300)])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url)
     try:
         wait_until(lambda: heartbeat(outbox_path).get("last_error"), timeout=20,

@@ -4,8 +4,6 @@ PgBouncer in transaction mode, and SIGTERM. Every test ends by comparing the set
 in PostgreSQL with the set that was put: each exactly once."""
 
 import json
-import os
-import random
 import signal
 import threading
 import time
@@ -15,82 +13,37 @@ from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .relayutil import flat, pg_query, pg_rows, put_all, row_stats, wait_until
-except ImportError:
-    import pgharness
-    from relayutil import flat, pg_query, pg_rows, put_all, row_stats, wait_until
-
-SEED = int(os.environ.get("OUTBOX_RELAY_TEST_SEED", "0")) or random.randrange(1, 1_000_000)
-
-
-def ids(n, start=0, prefix="om"):
-    return {f"{prefix}_{i:06d}" for i in range(start, start + n)}
-
-
-def assert_exactly_once(url, expected):
-    rows = pg_rows(url)
-    assert len(rows) == len(set(rows)), "duplicates in the target"
-    missing, extra = expected - set(rows), set(rows) - expected
-    assert not missing and not extra, (sorted(missing)[:10], sorted(extra)[:10])
-    assert row_stats(url) == (len(expected), len(expected))
-
-
-def outbox_left(path):
-    with Outbox(path) as outbox:
-        return outbox.counts()
-
-
-def pending_rows(path):
-    with Outbox(path) as outbox:
-        return outbox.rows("pending", limit=1_000_000)
-
-
-def undelivered_ids(path):
-    with Outbox(path) as outbox:
-        return {r["message_id"] for state in ("pending", "parked", "dead")
-                for r in outbox.rows(state, limit=1_000_000)}
-
-
-def count(url):
-    try:
-        return row_stats(url)[0]
-    except Exception:  # noqa: BLE001 - the table does not exist yet
-        return 0
-
+from factories import flat, ids
+from relayutil import (
+    SEED,
+    assert_exactly_once,
+    heartbeat,
+    outbox_counts,
+    outbox_with,
+    pending_rows,
+    pg_count,
+    pg_query,
+    pg_rows,
+    put_all,
+    undelivered_ids,
+)
+from scenarios import count_on, eight_writers_and_a_relay, kill_9_repeatedly, run_through_an_outage
+from serverproc import free_port, wait_until
 
 # -- kill -9 -------------------------------------------------------------------------------------
 
 
 def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, pg_url):
     n = 20_000
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(n)])
-    rng = random.Random(SEED)
-    kills, seen = [], 0
-    for round_ in range(8):
-        proc = spawn(f"run-{round_}", ["run", "--no-http"], outbox=outbox_path, target=pg_url, batch_size=50)
-        # This incarnation has made progress (so the kill lands mid-drain, not during start-up) ...
-        seen = wait_until(lambda before=seen: (lambda c: c if c > before else 0)(count(pg_url)), timeout=30,
-                          what=f"progress in round {round_} (seed {SEED})")
-        if seen >= n:
-            break
-        time.sleep(rng.uniform(0, 0.3))  # ... then a random moment: inside a batch, between, marking
-        assert proc.alive(), proc.output()
-        assert proc.kill9() == -signal.SIGKILL
-        kills.append(count(pg_url))
-        seen = kills[-1]
-        if len(kills) >= 6:
-            break
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
+    kills = kill_9_repeatedly(spawn, outbox_path, pg_url, pg_count, n)
     assert len(kills) >= 5, f"only {len(kills)} kills landed before the drain ended: {kills} (seed {SEED})"
     assert kills[-1] < n, kills
 
     final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=pg_url, batch_size=500)
     assert final.wait(120) == 0, final.output()
-    assert_exactly_once(pg_url, ids(n))
-    assert outbox_left(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+    assert_exactly_once(pg_rows(pg_url), ids(n))
+    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
     with Outbox(outbox_path) as outbox:
         assert outbox.integrity_check() == "ok"
 
@@ -98,73 +51,12 @@ def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, 
 # -- outage ------------------------------------------------------------------------------------------
 
 
-class Writer(threading.Thread):
-    """Puts flat messages one at a time (each its own commit) until stopped; remembers the ids."""
-
-    def __init__(self, outbox_path, prefix="om"):
-        super().__init__(daemon=True)
-        self.outbox_path = outbox_path
-        self.prefix = prefix
-        self.put = 0
-        self.errors = []
-        self.halt = threading.Event()
-
-    def run(self):
-        with Outbox(self.outbox_path) as outbox:
-            while not self.halt.is_set():
-                try:
-                    outbox.put(flat(self.put, self.prefix))
-                    self.put += 1
-                except Exception as e:  # noqa: BLE001 - asserted by the test
-                    self.errors.append(e)
-                    return
-                self.halt.wait(0.001)
-
-    def stop(self):
-        self.halt.set()
-        self.join(30)
-        assert not self.is_alive()
-        return ids(self.put, prefix=self.prefix)
-
-
-def heartbeat(path):
-    with Outbox(path) as outbox:
-        return outbox.get_meta("relay", {})
-
-
 def test_outage_server_stopped_while_messages_keep_coming(spawn, tmp_path, private_pg):
     private_pg.execute("CREATE DATABASE relay")
     url = private_pg.url("relay")
-    outbox_path = str(tmp_path / "outbox.db")
-    Outbox(outbox_path).close()
-    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url, batch_size=100)
-    writer = Writer(outbox_path)
-    writer.start()
-    try:
-        wait_until(lambda: count(url) >= 200, timeout=30, what="the relay to deliver before the outage")
-        private_pg.stop(mode="immediate")
-        stopped_at, put_at_stop = time.time(), writer.put
-        # The relay notices, and the writers are not slowed down by it.
-        wait_until(lambda: (heartbeat(outbox_path).get("last_error_at") or 0) > stopped_at, timeout=20,
-                   what="the relay to record the outage")
-        wait_until(lambda: writer.put >= put_at_stop + 1500, timeout=30, what="1500 puts during the outage")
-        assert outbox_left(outbox_path)["parked"] > 0             # over max_pending: parked, kept
-        assert proc.alive(), proc.output()
-        private_pg.start()
-        wait_until(lambda: count(url) > put_at_stop, timeout=60, what="deliveries after the restart")
-        expected = writer.stop()
-        wait_until(lambda: count(url) >= len(expected), timeout=60, what="every message after the outage")
-        assert writer.errors == []
-        assert_exactly_once(url, expected)
-        assert proc.alive(), proc.output()                     # it never crashed or exited
-        wait_until(lambda: heartbeat(outbox_path).get("unavailable_since") is None, timeout=10)
-        assert "target unavailable" in proc.output() and "reachable again" in proc.output()
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(10) == 0, proc.output()
-    finally:
-        writer.halt.set()
-    left = outbox_left(outbox_path)
-    assert left["pending"] == left["parked"] == left["dead"] == 0
+    expected = run_through_an_outage(spawn, tmp_path / "outbox.db", url, pg_count,
+                                     stop=lambda: private_pg.stop(mode="immediate"), start=private_pg.start)
+    assert_exactly_once(pg_rows(url), expected)
 
 
 # -- flaky network ---------------------------------------------------------------------------------
@@ -196,8 +88,8 @@ def test_flaky_network_cutting_connections_mid_transaction(make_tcp_proxy, pg_ur
         target.close()
         outbox.close()
     assert proxy.cuts >= 5 and relay.stats["errors"] >= 3, (proxy.cuts, relay.stats)
-    assert_exactly_once(pg_url, ids(n))
-    left = outbox_left(tmp_outbox)
+    assert_exactly_once(pg_rows(pg_url), ids(n))
+    left = outbox_counts(tmp_outbox)
     assert left["pending"] == left["parked"] == left["dead"] == 0
     # Some cuts hit an open transaction: the server rolled it back (and the rows came again later).
     wait_until(lambda: pg_query(pg_url, "SELECT xact_rollback FROM pg_stat_database"
@@ -217,52 +109,16 @@ def test_connection_limit_near_max_connections_with_eight_writers(spawn, tmp_pat
     fillers = [private_pg.connect("relay", user="filler") for _ in range(6)]
     sampler = private_pg.connect("relay")
     url = private_pg.url("relay", user="relay")
-    outbox_path = str(tmp_path / "outbox.db")
-    Outbox(outbox_path).close()
-    samples, stop_sampling = [], threading.Event()
-
-    def sample():
-        with sampler.cursor() as cur:
-            while not stop_sampling.is_set():
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay'")
-                samples.append(cur.fetchone()[0])
-                stop_sampling.wait(0.005)
-
-    per_writer, errors = 500, []
-
-    def write(k):
-        try:
-            with Outbox(outbox_path) as outbox:
-                for i in range(per_writer):
-                    outbox.put(flat(i, prefix=f"w{k}"))
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
-
-    sampler_thread = threading.Thread(target=sample, daemon=True)
-    sampler_thread.start()
-    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url, pool_size=2, batch_size=100)
-    writers = [threading.Thread(target=write, args=(k,)) for k in range(8)]
     try:
-        for w in writers:
-            w.start()
-        for w in writers:
-            w.join(120)
-        expected = set().union(*(ids(per_writer, prefix=f"w{k}") for k in range(8)))
-        wait_until(lambda: count(url) >= len(expected), timeout=60, what="all 4000 messages")
-        assert errors == []
-        assert_exactly_once(url, expected)
-        info = heartbeat(outbox_path)
-        assert info["last_error"] is None, info                # nothing failed, not even once
-        assert proc.alive()
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        expected, samples, log = eight_writers_and_a_relay(
+            spawn, tmp_path / "outbox.db", url, pg_count,
+            connections=lambda: count_on(sampler, "SELECT count(*) FROM pg_stat_activity"
+                                                  " WHERE application_name = 'outbox-relay'"))
     finally:
-        stop_sampling.set()
-        sampler_thread.join(5)
         for c in fillers + [sampler]:
             c.close()
+    assert_exactly_once(pg_rows(url), expected)
     assert len(samples) > 20 and 1 <= max(samples) <= 2, samples
-    log = proc.output()
     assert "too many" not in log and "target unavailable" not in log and "ERROR" not in log, log
 
 
@@ -288,7 +144,7 @@ def test_pgbouncer_transaction_mode_drain(spawn, tmp_path, private_pg, make_pgbo
         report = json.loads(p.stdout())
         assert (report["delivered"], report["new"], report["dead"]) == (4000, 4000, 0)
         assert "WARNING" not in p.output() and "ERROR" not in p.output(), p.output()
-    assert_exactly_once(private_pg.url("relay"), expected)
+    assert_exactly_once(pg_rows(private_pg.url("relay")), expected)
     check = spawn("check", ["check", "--json"], target=url)
     assert check.wait(30) == 0, check.output()
     assert json.loads(check.stdout())["schema_version"] == 1
@@ -299,11 +155,9 @@ def test_pgbouncer_transaction_mode_drain(spawn, tmp_path, private_pg, make_pgbo
 
 def test_sigterm_during_a_drain_exits_0_within_5_s_and_loses_nothing(spawn, tmp_path, pg_url):
     n = 10_000
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(n)])
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=pg_url, batch_size=100)
-    wait_until(lambda: count(pg_url) >= 1000, timeout=30, what="the drain to be under way")
+    wait_until(lambda: pg_count(pg_url) >= 1000, timeout=30, what="the drain to be under way")
     started = time.monotonic()
     proc.signal(signal.SIGTERM)
     assert proc.wait(5) == 0, proc.output()
@@ -318,30 +172,26 @@ def test_sigterm_during_a_drain_exits_0_within_5_s_and_loses_nothing(spawn, tmp_
 
     final = spawn("final", ["sync"], outbox=outbox_path, target=pg_url)
     assert final.wait(120) == 0, final.output()
-    assert_exactly_once(pg_url, ids(n))
+    assert_exactly_once(pg_rows(pg_url), ids(n))
 
 
 def test_a_second_signal_exits_at_once_and_is_still_safe(spawn, tmp_path, pg_url):
     n = 10_000
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(n)])
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=pg_url, batch_size=100)
-    wait_until(lambda: count(pg_url) >= 1000, timeout=30, what="the drain to be under way")
+    wait_until(lambda: pg_count(pg_url) >= 1000, timeout=30, what="the drain to be under way")
     proc.signal(signal.SIGTERM)
     proc.signal(signal.SIGINT)
     assert proc.wait(5) in (0, 128 + signal.SIGINT, 128 + signal.SIGTERM)
     final = spawn("final", ["sync"], outbox=outbox_path, target=pg_url)
     assert final.wait(120) == 0, final.output()
-    assert_exactly_once(pg_url, ids(n))
+    assert_exactly_once(pg_rows(pg_url), ids(n))
 
 
 def test_sigterm_while_the_target_is_down_exits_0_at_once(spawn, tmp_path):
     """The relay is waiting out an unreachable target (backoff): a stop ends the wait."""
-    port = pgharness.free_port()                         # nothing listens there
-    outbox_path = str(tmp_path / "outbox.db")
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i) for i in range(10)])
+    port = free_port()                         # nothing listens there
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(10)])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path,
                  target=f"postgresql://postgres@127.0.0.1:{port}/x")
     wait_until(lambda: (heartbeat(outbox_path).get("last_error") or "").count("refused"), timeout=20,
@@ -352,7 +202,7 @@ def test_sigterm_while_the_target_is_down_exits_0_at_once(spawn, tmp_path):
     proc.signal(signal.SIGTERM)
     assert proc.wait(5) == 0, proc.output()
     assert time.monotonic() - started < 2
-    assert outbox_left(outbox_path)["pending"] == 10
+    assert outbox_counts(outbox_path)["pending"] == 10
 
 
 def test_pgbouncer_with_the_server_restarted_behind_it(tmp_outbox, private_pg, make_pgbouncer):
@@ -382,7 +232,7 @@ def test_pgbouncer_with_the_server_restarted_behind_it(tmp_outbox, private_pg, m
         thread.join(10)
         target.close()
         outbox.close()
-    assert_exactly_once(private_pg.url("relay"), ids(2000))
+    assert_exactly_once(pg_rows(private_pg.url("relay")), ids(2000))
 
 
 def clients_waiting(bouncer, dbname):

@@ -5,13 +5,14 @@ the rows, the rows stay pending (none goes dead), the error names the real table
 import json
 
 import pytest
-from cliutil import run_exe
-from relayutil import flat, pg_query, put_all, row_stats
 
 from outbox_relay.errors import TargetUnavailable
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
+
+from cliutil import run_exe
+from relayutil import flat, pg_query, put_all, row_stats
 
 
 @pytest.fixture

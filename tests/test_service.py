@@ -1,200 +1,25 @@
 """The HTTP server as it runs: `outbox-relay run` in a subprocess, or the Service in this process on
 a real local port. Shutdown, load, a locked outbox, and /healthz against real faults.
 
-Also home of the helpers test_web.py and test_openclaw.py share (HTTP client, server runners).
+The helpers (HTTP client, the two ways to run the service) are in serviceutil.py.
 """
 
-import contextlib
 import http.client
 import json
-import os
 import signal
 import socket
-import sqlite3
 import subprocess
-import sys
 import threading
 import time
 
-try:
-    from . import pgharness
-except ImportError:
-    import pgharness
-
-from outbox_relay.config import Config
 from outbox_relay.outbox import Outbox
-from outbox_relay.service import Service, create_http_server
 from outbox_relay.sync import RelayLock
-from outbox_relay.web import WEBHOOK_PATH, create_app
+from outbox_relay.web import WEBHOOK_PATH
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CLI = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
-
-wait_until = pgharness.wait_until
-
-
-# -- helpers shared with test_web.py / test_openclaw.py -------------------------------------------
-
-
-class Response:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return f"<Response {self.status} {self.body[:200]!r}>"
-
-
-def request(url, method="GET", path="/", body=None, headers=None, timeout=15.0):
-    """One request on a fresh connection (http.client: what we send is exactly what goes out)."""
-    host, port = url.split("//", 1)[1].split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body, ensure_ascii=False)
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        conn.request(method, path, body, headers or {})
-        r = conn.getresponse()
-        return Response(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
-    finally:
-        conn.close()
-
-
-def post(url, body, headers=None, content_type="application/json", **kw):
-    headers = dict(headers or {})
-    if content_type is not None:
-        headers.setdefault("Content-Type", content_type)
-    return request(url, "POST", WEBHOOK_PATH, body, headers, **kw)
-
-
-def health(url):
-    return request(url, "GET", "/healthz")
-
-
-def scrape(url):
-    """/metrics parsed by prometheus-client's own parser -> {(sample name, frozen labels): value}."""
-    from prometheus_client.parser import text_string_to_metric_families
-    r = request(url, "GET", "/metrics")
-    assert r.status == 200, r
-    assert r.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(r.body.decode("utf-8")):
-        for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-def metric(samples, name, **labels):
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def received(samples, source, outcome):
-    return metric(samples, "outbox_relay_messages_received_total", source=source, outcome=outcome)
-
-
-def outbox_ids(path):
-    """message_id -> state, read with plain sqlite3 (no Outbox object, no side effects)."""
-    conn = sqlite3.connect(path)
-    try:
-        return dict(conn.execute("SELECT message_id, state FROM outbox"))
-    finally:
-        conn.close()
-
-
-def flat(message_id, text="hello"):
-    return {"message_id": message_id, "chat_id": "oc_test", "sender_id": "ou_test", "msg_type": "text",
-            "content": json.dumps({"text": text}), "create_time": "1700000000000"}
-
-
-class Running:
-    def __init__(self, service, url, cfg):
-        self.service = service
-        self.url = url
-        self.cfg = cfg
-
-    @property
-    def relay(self):
-        return self.service.relay_thread.relay
-
-
-@contextlib.contextmanager
-def running_service(tmp_path, relay=True, **settings):
-    """The Service (relay thread + waitress) in this process, on a free port chosen by the kernel.
-
-    Built from the same pieces Service._bind_http uses (create_app, create_http_server); only the
-    port differs, because the configuration refuses port 0.
-    """
-    settings.setdefault("outbox", str(tmp_path / "outbox.db"))
-    settings.setdefault("target", f"sqlite:///{tmp_path / 'archive.db'}")
-    cfg = Config(**settings)
-    service = Service(cfg, http=False, relay=relay).start()
-    try:
-        app = create_app(cfg, service.outbox, relay_thread=service.relay_thread)
-        server = create_http_server(app, cfg, "127.0.0.1", 0)
-        service.http_server = server
-        service.http_thread = threading.Thread(target=server.run, name="test-http", daemon=True)
-        service.http_thread.start()
-        yield Running(service, f"http://127.0.0.1:{server.effective_port}", cfg)
-    finally:
-        service.shutdown()
-
-
-class RelayProcess:
-    """`outbox-relay run` (or `serve`) in a subprocess, configured through OUTBOX_RELAY_* variables."""
-
-    def __init__(self, tmp_path, command="run", **settings):
-        self.outbox = str(tmp_path / "outbox.db")
-        self.port = pgharness.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
-        env.update({"OUTBOX_RELAY_OUTBOX": self.outbox,
-                    "OUTBOX_RELAY_TARGET": f"sqlite:///{tmp_path / 'archive.db'}",
-                    "OUTBOX_RELAY_HTTP": f"127.0.0.1:{self.port}"})
-        env.update({"OUTBOX_RELAY_" + k.upper(): str(v) for k, v in settings.items()})
-        self.log_path = tmp_path / f"{command}-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([CLI, command], cwd=str(tmp_path), env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        try:
-            wait_until(self._ready, timeout=20, what=f"outbox-relay {command} to listen")
-        except TimeoutError:
-            self.close()
-            raise AssertionError(f"outbox-relay {command} did not start:\n{self.log()}") from None
-
-    def _ready(self):
-        if self.proc.poll() is not None:
-            raise AssertionError(f"outbox-relay exited with {self.proc.returncode}:\n{self.log()}")
-        return health(self.url).status in (200, 503)
-
-    def log(self):
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout=30):
-        """SIGTERM, then the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-@contextlib.contextmanager
-def relay_process(tmp_path, command="run", **settings):
-    p = RelayProcess(tmp_path, command, **settings)
-    try:
-        yield p
-    finally:
-        p.close()
+from cliutil import EXE
+from factories import flat_message
+from serverproc import wait_until
+from serviceutil import health, metric, outbox_ids, post, received, running_service, scrape, service_process, write_lock
 
 
 def port_refuses(port):
@@ -205,31 +30,17 @@ def port_refuses(port):
         return True
 
 
-@contextlib.contextmanager
-def write_lock(path):
-    """Hold the outbox's SQLite write lock from another connection, as a stuck writer would.
-    (We run as root, so chmod would not stop writes; a held lock does, after busy_timeout.)"""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("BEGIN EXCLUSIVE")
-    try:
-        yield conn
-    finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
-
-
 # -- the process: signals, load, a locked outbox ----------------------------------------------------
 
 
 def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path):
-    with relay_process(tmp_path, busy_timeout=15, http_threads=8) as p:
+    with service_process(tmp_path, busy_timeout=15, http_threads=8) as p:
         assert wait_until(lambda: health(p.url).status == 200, timeout=10, what="healthy")
         results = {}
         with write_lock(p.outbox) as lock:
             # Requests wait on the lock: they are in flight when the signal comes.
             threads = [threading.Thread(target=lambda i=i: results.__setitem__(
-                i, post(p.url, flat(f"om_term_{i}"), timeout=30))) for i in range(4)]
+                i, post(p.url, flat_message(f"om_term_{i}"), timeout=30))) for i in range(4)]
             for t in threads:
                 t.start()
             wait_until(lambda: metric(scrape(p.url), "outbox_relay_http_requests_in_flight") == 4,
@@ -250,14 +61,14 @@ def test_sigterm_finishes_requests_in_flight_then_exits_0(tmp_path):
 
 
 def test_a_second_signal_exits_at_once(tmp_path):
-    with relay_process(tmp_path, busy_timeout=15) as p:
+    with service_process(tmp_path, busy_timeout=15) as p:
         assert wait_until(lambda: health(p.url).status == 200, timeout=10, what="healthy")
         with write_lock(p.outbox):
             outcome = []
 
             def stuck():
                 try:
-                    outcome.append(post(p.url, flat("om_stuck"), timeout=30))
+                    outcome.append(post(p.url, flat_message("om_stuck"), timeout=30))
                 except (http.client.HTTPException, OSError) as e:
                     outcome.append(e)
 
@@ -280,14 +91,14 @@ def test_a_second_signal_exits_at_once(tmp_path):
 
 def test_16_clients_x_500_posts_every_200_has_its_row(tmp_path):
     clients, per_client = 16, 500
-    with relay_process(tmp_path, http_threads=16, keep_delivered=100000) as p:
+    with service_process(tmp_path, http_threads=16, keep_delivered=100000) as p:
         statuses = [[] for _ in range(clients)]
 
         def client(n):
             conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=30)  # keep-alive
             try:
                 for i in range(per_client):
-                    conn.request("POST", WEBHOOK_PATH, json.dumps(flat(f"om_load_{n}_{i}")),
+                    conn.request("POST", WEBHOOK_PATH, json.dumps(flat_message(f"om_load_{n}_{i}")),
                                  {"Content-Type": "application/json"})
                     r = conn.getresponse()
                     answer = json.loads(r.read())
@@ -321,14 +132,14 @@ def test_16_clients_x_500_posts_every_200_has_its_row(tmp_path):
 
 
 def test_outbox_locked_mid_run_gives_503_then_200_again(tmp_path):
-    with relay_process(tmp_path, busy_timeout=0.2) as p:
+    with service_process(tmp_path, busy_timeout=0.2) as p:
         results = []
         stop = threading.Event()
 
         def sender():
             i = 0
             while not stop.is_set():
-                r = post(p.url, flat(f"om_lock_{i}"))
+                r = post(p.url, flat_message(f"om_lock_{i}"))
                 results.append((f"om_lock_{i}", r))
                 i += 1
 
@@ -363,13 +174,13 @@ def test_outbox_locked_mid_run_gives_503_then_200_again(tmp_path):
 
 
 def test_serve_alone_judges_the_relay_by_its_heartbeat(tmp_path):
-    with relay_process(tmp_path, command="serve") as serve:
+    with service_process(tmp_path, command="serve") as serve:
         assert serve.proc.poll() is None
         h = health(serve.url)
         assert h.status == 503 and "no relay is running" in h.json()["reasons"][0]
-        assert post(serve.url, flat("om_serve_1")).status == 200  # storing does not need a relay
+        assert post(serve.url, flat_message("om_serve_1")).status == 200  # storing does not need a relay
         # A separate relay on the same outbox (no HTTP) writes its heartbeat and drains.
-        relay = subprocess.Popen([CLI, "run", "--no-http", "--outbox", serve.outbox,
+        relay = subprocess.Popen([EXE, "run", "--no-http", "--outbox", serve.outbox,
                                   "--target", f"sqlite:///{tmp_path / 'archive.db'}"],
                                  cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
@@ -419,7 +230,7 @@ def test_healthz_503_when_the_relay_thread_died(tmp_path):
         assert h.json()["reasons"] == ["relay thread is not running: SystemExit: simulated relay crash"]
         assert h.json()["checks"]["relay"]["ok"] is False and h.json()["checks"]["outbox"]["ok"] is True
         # The webhook still commits: the outbox does not need the relay.
-        assert post(s.url, flat("om_after_crash")).json()["ok"] is True
+        assert post(s.url, flat_message("om_after_crash")).json()["ok"] is True
     # Recovery is a restart (systemd does it on the 503 / the log line): the row goes out then.
     with running_service(tmp_path) as s:
         assert wait_until(lambda: health(s.url).status == 200, timeout=10, what="healthy after restart")
@@ -455,12 +266,12 @@ def test_healthz_503_when_the_relay_loop_is_stuck(tmp_path):
 def test_healthz_503_while_target_unreachable_past_threshold_then_200(tmp_path, private_pg):
     with running_service(tmp_path, target=private_pg.url(), unhealthy_after=1) as s:
         assert wait_until(lambda: health(s.url).status == 200, timeout=15, what="healthy")
-        assert post(s.url, flat("om_pg_1")).status == 200
+        assert post(s.url, flat_message("om_pg_1")).status == 200
         wait_until(lambda: outbox_ids(s.cfg.outbox)["om_pg_1"] == "delivered", timeout=10,
                    what="first row delivered")
         private_pg.stop(mode="immediate")
         # Still a 200 for the sender: the outbox commits without the target.
-        r = post(s.url, flat("om_pg_2"))
+        r = post(s.url, flat_message("om_pg_2"))
         assert r.status == 200 and r.json()["duplicate"] is False
         h = wait_until(lambda: (lambda h: h.status == 503 and h)(health(s.url)), timeout=15,
                        what="503 once the target has been down past unhealthy_after")
@@ -486,7 +297,7 @@ def test_commit_wakes_the_in_process_relay(tmp_path):
         assert s.relay._wake.set in s.service.outbox._listeners
         ran_on = []
         s.service.outbox.add_listener(lambda: ran_on.append(threading.current_thread().name))
-        assert post(s.url, flat("om_wake")).status == 200
+        assert post(s.url, flat_message("om_wake")).status == 200
         # ...and the listeners ran on the request's own thread, right after the commit, before the
         # answer went out: no poll interval between a 200 and the relay starting on it.
         assert len(ran_on) == 1 and ran_on[0].startswith("waitress")

@@ -19,28 +19,10 @@ from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.postgres import PostgresTarget
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .relayutil import flat, pg_query, put_all, row_stats, wait_until
-except ImportError:
-    import pgharness
-    from relayutil import flat, pg_query, put_all, row_stats, wait_until
-
-SAMPLES = os.path.join(os.path.dirname(__file__), "samples")
-RECEIVED = 1_750_000_000.25  # epoch seconds, a fixed outbox commit time
-
-
-def sample(name):
-    with open(os.path.join(SAMPLES, name), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def rows_of(messages, first_id=1):
-    return [(first_id + n, m, RECEIVED) for n, m in enumerate(messages)]
-
-
-def flats(n, prefix="om", **extra):
-    return [normalize(flat(i, prefix, **extra)) for i in range(n)]
+from factories import RECEIVED, flat, flats, rows_of, sample
+from relayutil import pg_query, put_all, row_stats
+from scenarios import count_on, in_threads, write_through_one_pool
+from serverproc import free_port, wait_until
 
 
 @pytest.fixture
@@ -51,12 +33,14 @@ def target(pg_url):
     t.close()
 
 
+RELAY_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay'"
+
+
 def relay_backends(cluster_or_url):
     """Client backends that say they are the relay (application_name)."""
-    sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay'"
     if isinstance(cluster_or_url, str):
-        return pg_query(cluster_or_url, sql)[0][0]
-    return cluster_or_url.execute(sql)[0][0]
+        return pg_query(cluster_or_url, RELAY_BACKENDS)[0][0]
+    return cluster_or_url.execute(RELAY_BACKENDS)[0][0]
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -154,7 +138,7 @@ def test_stopped_server_is_target_unavailable_and_the_pool_recovers(private_pg):
 
 
 def test_unreachable_target_error_never_shows_the_password():
-    port = pgharness.free_port()
+    port = free_port()
     t = open_target(f"postgresql://relay:s3cret-pw@127.0.0.1:{port}/db", connect_timeout=2)
     try:
         with pytest.raises(TargetUnavailable) as err:
@@ -241,33 +225,8 @@ def test_pool_never_holds_more_than_pool_size_connections(private_pg):
     private_pg.execute("GRANT ALL ON SCHEMA public TO relay", dbname="relay")
     t = open_target(private_pg.url("relay", user="relay"), pool_size=2)
     t.init_db(trigram=False)
-    counts, errors, done = [], [], threading.Event()
     sampler = private_pg.connect()
-
-    def sample_loop():
-        with sampler.cursor() as cur:
-            while not done.is_set():
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay'")
-                counts.append(cur.fetchone()[0])
-                done.wait(0.005)
-
-    def writer(k):
-        try:
-            for b in range(10):
-                t.write(rows_of(flats(50, prefix=f"w{k}_{b}"), first_id=k * 1000 + b * 50))
-                t.count()
-        except Exception as e:  # noqa: BLE001 - collected and asserted below
-            errors.append(e)
-
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
-    watch = threading.Thread(target=sample_loop)
-    watch.start()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
-    done.set()
-    watch.join(5)
+    errors, counts = write_through_one_pool(t, lambda: count_on(sampler, RELAY_BACKENDS))
     sampler.close()
     try:
         assert errors == []
@@ -330,20 +289,12 @@ def test_concurrent_init_db_from_many_relays(pg_url):
     """Relays on several hosts start at once against an empty database: all succeed."""
     targets = [open_target(pg_url) for _ in range(4)]
     barrier = threading.Barrier(len(targets))
-    results, errors = [], []
 
     def init(t):
-        try:
-            barrier.wait(10)
-            results.append(t.init_db())
-        except Exception as e:  # noqa: BLE001
-            errors.append(e)
+        barrier.wait(10)
+        return t.init_db()
 
-    threads = [threading.Thread(target=init, args=(t,)) for t in targets]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(60)
+    results, errors = in_threads(init, targets)
     for t in targets:
         t.close()
     assert errors == []

@@ -5,12 +5,13 @@ end to end through a real archive and the CLI's search."""
 import json
 
 import pytest
-from cliutil import run_cli
 
 from outbox_relay import timeconv
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
+
+from cliutil import run_cli
 
 LAST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z, the largest created_at a message may carry
 

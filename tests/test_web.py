@@ -1,7 +1,7 @@
 """The webhook, /healthz and /metrics through a real waitress server on a local port.
 
-Each test runs the Service (relay thread + HTTP) in this process on a port the kernel picks; see
-test_service.py for the helpers and for the tests that need a separate process.
+Each test runs the Service (relay thread + HTTP) in this process on a port the kernel picks
+(serviceutil.running_service); test_service.py has the tests that need a separate process.
 """
 
 import json
@@ -12,33 +12,6 @@ import sqlite3
 import falcon.testing
 import pytest
 
-try:
-    from .test_service import (
-        flat,
-        health,
-        metric,
-        outbox_ids,
-        post,
-        received,
-        request,
-        running_service,
-        scrape,
-        wait_until,
-    )
-except ImportError:
-    from test_service import (
-        flat,
-        health,
-        metric,
-        outbox_ids,
-        post,
-        received,
-        request,
-        running_service,
-        scrape,
-        wait_until,
-    )
-
 from outbox_relay import feishu
 from outbox_relay.config import Config
 from outbox_relay.errors import OutboxUnavailable
@@ -46,19 +19,20 @@ from outbox_relay.outbox import Outbox
 from outbox_relay.sqlitefile import SqliteFile
 from outbox_relay.web import WEBHOOK_PATH, create_app
 
-SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
-FEISHU_TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"  # header.token of the v2 samples
-KEY = "test key"  # the crypto vectors' encrypt key
-
-
-def sample(name):
-    with open(os.path.join(SAMPLES, name + ".json"), encoding="utf-8") as f:
-        return json.load(f)
-
-
-def sample_bytes(name):
-    with open(os.path.join(SAMPLES, name + ".json"), "rb") as f:
-        return f.read()
+from factories import (
+    FEISHU_BODY,
+    FEISHU_ENCRYPTED,
+    FEISHU_KEY,
+    FEISHU_NONCE,
+    FEISHU_SIGNATURE,
+    FEISHU_TIMESTAMP,
+    FEISHU_TOKEN,
+    flat_message,
+    sample,
+    sample_bytes,
+)
+from serverproc import wait_until
+from serviceutil import health, metric, outbox_ids, post, received, request, running_service, scrape
 
 
 def stored(running, message_id):
@@ -74,13 +48,13 @@ def stored(running, message_id):
     return json.loads(payload)
 
 
-def signed(body, key=KEY, timestamp="1608725989", nonce="abc123"):
+def signed(body, key=FEISHU_KEY, timestamp=FEISHU_TIMESTAMP, nonce=FEISHU_NONCE):
     """Headers Feishu would send with `body` (bytes)."""
     return {feishu.HEADER_TIMESTAMP: timestamp, feishu.HEADER_NONCE: nonce,
             feishu.HEADER_SIGNATURE: feishu.signature(timestamp, nonce, key, body)}
 
 
-def encrypted(event, key=KEY):
+def encrypted(event, key=FEISHU_KEY):
     return json.dumps({"encrypt": feishu.encrypt(json.dumps(event, ensure_ascii=False), key)}).encode()
 
 
@@ -108,12 +82,12 @@ def port_of(running):
 # -- the samples ------------------------------------------------------------------------------------
 
 EXPECTED = {
-    "flat_message": ("om_flat_0001", "api", "测试消息"),
-    "openclaw_message_received": ("om_openclaw_0001", "openclaw", "明天的会议改到下午三点"),
-    "v1_text": ("om_36686ee62209da697d8775375d0c8e88", "feishu.v1", "@小助手 消息内容"),
-    "v2_image": ("om_image_0001", "feishu.v2", "[image]"),
-    "v2_post": ("om_post_0001", "feishu.v2", "周报\n第一行 超链接@Tom\n[image]\n[SMILE]\nfunc main() {}"),
-    "v2_text": ("om_5ce6d572455d361153b7cb51da133945", "feishu.v2", "@Tom hello"),
+    "flat_message.json": ("om_flat_0001", "api", "测试消息"),
+    "openclaw_message_received.json": ("om_openclaw_0001", "openclaw", "明天的会议改到下午三点"),
+    "v1_text.json": ("om_36686ee62209da697d8775375d0c8e88", "feishu.v1", "@小助手 消息内容"),
+    "v2_image.json": ("om_image_0001", "feishu.v2", "[image]"),
+    "v2_post.json": ("om_post_0001", "feishu.v2", "周报\n第一行 超链接@Tom\n[image]\n[SMILE]\nfunc main() {}"),
+    "v2_text.json": ("om_5ce6d572455d361153b7cb51da133945", "feishu.v2", "@Tom hello"),
 }
 
 
@@ -131,66 +105,65 @@ def test_each_sample_is_stored_once_and_a_repeat_is_a_duplicate(tmp_path):
             assert r.status == 200 and r.json() == {"ok": True, "message_id": message_id, "duplicate": True}
         assert sorted(outbox_ids(s.cfg.outbox)) == sorted(m for m, _, _ in EXPECTED.values())
 
-        r = post(s.url, sample_bytes("url_verification"))
+        r = post(s.url, sample_bytes("url_verification.json"))
         assert r.status == 200 and r.json() == {"challenge": "ajls384kdjx98XX"}
         assert len(outbox_ids(s.cfg.outbox)) == len(EXPECTED)
 
 
 # -- Feishu crypto and tokens ----------------------------------------------------------------------------
 
-VECTOR_BODY = b'{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="}'
-VECTOR_HEADERS = {feishu.HEADER_TIMESTAMP: "1608725989", feishu.HEADER_NONCE: "abc123",
-                  feishu.HEADER_SIGNATURE: "cc7196ad09cc004519c0b09df52f212c9026c37f2f8383b846bf55394cdbbeee"}
+VECTOR_HEADERS = {feishu.HEADER_TIMESTAMP: FEISHU_TIMESTAMP, feishu.HEADER_NONCE: FEISHU_NONCE,
+                  feishu.HEADER_SIGNATURE: FEISHU_SIGNATURE}
 
 
 def test_feishu_vectors_and_tampering_through_the_server(tmp_path):
-    assert feishu.decrypt("P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk=", KEY) == "hello world"
+    assert feishu.decrypt(FEISHU_ENCRYPTED, FEISHU_KEY) == "hello world"
     expected = VECTOR_HEADERS[feishu.HEADER_SIGNATURE]
-    assert feishu.signature("1608725989", "abc123", KEY, VECTOR_BODY) == expected
-    with running_service(tmp_path, feishu_encrypt_key=KEY) as s:
+    assert feishu.signature(FEISHU_TIMESTAMP, FEISHU_NONCE, FEISHU_KEY, FEISHU_BODY) == expected
+    with running_service(tmp_path, feishu_encrypt_key=FEISHU_KEY) as s:
         # The vector's signature is accepted and its body decrypts, to "hello world": not an event.
-        r = post(s.url, VECTOR_BODY, VECTOR_HEADERS)
+        r = post(s.url, FEISHU_BODY, VECTOR_HEADERS)
         assert r.status == 400, r
         assert r.json()["error"] == "decrypted event is not valid JSON: Expecting value"
         # One byte changed after signing, a wrong signature, no signature: 401.
-        tampered = VECTOR_BODY.replace(b"P37w", b"P38w")
+        tampered = FEISHU_BODY.replace(b"P37w", b"P38w")
         assert post(s.url, tampered, VECTOR_HEADERS).status == 401
         wrong = dict(VECTOR_HEADERS, **{feishu.HEADER_SIGNATURE: "0" * 64})
-        assert post(s.url, VECTOR_BODY, wrong).status == 401
+        assert post(s.url, FEISHU_BODY, wrong).status == 401
         latin1 = dict(VECTOR_HEADERS, **{feishu.HEADER_SIGNATURE: "\u00e9" * 64})
-        assert post(s.url, VECTOR_BODY, latin1).status == 401
+        assert post(s.url, FEISHU_BODY, latin1).status == 401
 
         # A real encrypted, signed event is stored.
-        body = encrypted(sample("v2_text"))
+        body = encrypted(sample("v2_text.json"))
         r = post(s.url, body, signed(body))
         assert r.status == 200 and r.json()["message_id"] == "om_5ce6d572455d361153b7cb51da133945"
         # Tampered / wrongly signed / unsigned encrypted events: 401, nothing stored.
-        other = encrypted(sample("v2_image"))
+        other = encrypted(sample("v2_image.json"))
         for headers, body_sent in ((signed(body), other),                 # someone else's signature
                                    (signed(other, key="wrong key"), other),
                                    ({}, other)):                          # Feishu always signs these
             r = post(s.url, body_sent, headers)
             assert r.status == 401 and r.json()["ok"] is False, r
         # Plain unsigned JSON is not a Feishu credential either.
-        assert post(s.url, sample_bytes("v2_image")).status == 401
+        assert post(s.url, sample_bytes("v2_image.json")).status == 401
         assert "om_image_0001" not in outbox_ids(s.cfg.outbox)
         # url_verification arrives encrypted and unsigned (Feishu's design): decrypting proves it.
-        r = post(s.url, encrypted(sample("url_verification")))
+        r = post(s.url, encrypted(sample("url_verification.json")))
         assert r.status == 200 and r.json() == {"challenge": "ajls384kdjx98XX"}
         assert list(outbox_ids(s.cfg.outbox)) == ["om_5ce6d572455d361153b7cb51da133945"]
 
 
 def test_verification_token(tmp_path):
     with running_service(tmp_path, feishu_verification_token=FEISHU_TOKEN) as s:
-        assert post(s.url, sample_bytes("v2_text")).status == 200
-        forged = sample("v2_image")
+        assert post(s.url, sample_bytes("v2_text.json")).status == 200
+        forged = sample("v2_image.json")
         forged["header"]["token"] = "not-the-token"
         r = post(s.url, forged)
         assert r.status == 401 and r.json()["error"] == "verification token does not match"
         assert "www-authenticate" not in r.headers  # no bearer token configured: none to ask for
-        assert post(s.url, sample_bytes("v1_text")).status == 401  # its token is another app's
-        assert post(s.url, sample_bytes("flat_message")).status == 401  # no token at all
-        assert post(s.url, sample_bytes("url_verification")).json() == {"challenge": "ajls384kdjx98XX"}
+        assert post(s.url, sample_bytes("v1_text.json")).status == 401  # its token is another app's
+        assert post(s.url, sample_bytes("flat_message.json")).status == 401  # no token at all
+        assert post(s.url, sample_bytes("url_verification.json")).json() == {"challenge": "ajls384kdjx98XX"}
         assert list(outbox_ids(s.cfg.outbox)) == ["om_5ce6d572455d361153b7cb51da133945"]
 
 
@@ -200,14 +173,14 @@ def test_bearer_senders_and_feishu_senders_coexist(tmp_path, caplog):
     with running_service(tmp_path, auth_token=secret, feishu_verification_token=FEISHU_TOKEN) as s:
         bearer = {"Authorization": f"Bearer {secret}"}
         # OpenClaw: bearer token, no Feishu token in the event -> stored.
-        assert post(s.url, sample_bytes("openclaw_message_received"), bearer).status == 200
+        assert post(s.url, sample_bytes("openclaw_message_received.json"), bearer).status == 200
         # Feishu: no bearer (it cannot send one), its verification token -> stored.
-        assert post(s.url, sample_bytes("v2_text")).status == 200
+        assert post(s.url, sample_bytes("v2_text.json")).status == 200
         answers = [
-            post(s.url, flat("om_no_auth")),                                          # nothing
-            post(s.url, flat("om_wrong"), {"Authorization": "Bearer nope"}),          # wrong token
-            post(s.url, flat("om_basic"), {"Authorization": f"Basic {secret}"}),      # wrong scheme
-            post(s.url, sample_bytes("v2_image"), {"Authorization": "Bearer nope"}),  # wrong, token or not
+            post(s.url, flat_message("om_no_auth")),                                          # nothing
+            post(s.url, flat_message("om_wrong"), {"Authorization": "Bearer nope"}),          # wrong token
+            post(s.url, flat_message("om_basic"), {"Authorization": f"Basic {secret}"}),      # wrong scheme
+            post(s.url, sample_bytes("v2_image.json"), {"Authorization": "Bearer nope"}),  # wrong, token or not
         ]
         for r in answers:
             assert r.status == 401 and r.json()["ok"] is False, r
@@ -221,16 +194,16 @@ def test_bearer_senders_and_feishu_senders_coexist(tmp_path, caplog):
 
     # Only a bearer token configured: Feishu's unsigned events cannot prove themselves.
     with running_service(tmp_path / "b", auth_token=secret) as s:
-        r = post(s.url, sample_bytes("v2_text"))
+        r = post(s.url, sample_bytes("v2_text.json"))
         assert r.status == 401 and "not authenticated" in r.json()["error"]
-        assert post(s.url, sample_bytes("v2_text"), {"Authorization": f"bearer {secret}"}).status == 200
+        assert post(s.url, sample_bytes("v2_text.json"), {"Authorization": f"bearer {secret}"}).status == 200
 
 
 # -- bad requests ------------------------------------------------------------------------------------------
 
-V2_CONTENT_NOT_JSON = sample("v2_text")
+V2_CONTENT_NOT_JSON = sample("v2_text.json")
 V2_CONTENT_NOT_JSON["event"]["message"]["content"] = "hello, not json"
-V2_NO_MESSAGE_ID = sample("v2_text")
+V2_NO_MESSAGE_ID = sample("v2_text.json")
 del V2_NO_MESSAGE_ID["event"]["message"]["message_id"]
 
 BAD_BODIES = [
@@ -249,11 +222,11 @@ BAD_BODIES = [
      "missing event.message.message_id"),
     ("content not JSON", json.dumps(V2_CONTENT_NOT_JSON).encode(), None, 400,
      "event.message.content is not valid JSON"),
-    ("flat content not JSON", json.dumps(dict(flat("om_1"), content="{oops")).encode(), None, 400,
+    ("flat content not JSON", json.dumps(dict(flat_message("om_1"), content="{oops")).encode(), None, 400,
      "content is not valid JSON"),
     ("nested too deeply", b'{"message_id": "om_1", "x": ' + b"[" * 100 + b"]" * 100 + b"}", None, 400,
      "nested too deeply"),
-    ("encrypted, no key configured", VECTOR_BODY, None, 400, "no encrypt key is configured"),
+    ("encrypted, no key configured", FEISHU_BODY, None, 400, "no encrypt key is configured"),
     ("message_id an object", b'{"message_id": {"a": 1}}', None, 400, "message_id must be a string"),
     ("wrong content type", b'{"message_id": "om_1"}', {"Content-Type": "text/plain"}, 415,
      "application/json"),
@@ -269,19 +242,17 @@ def _bad_head(port, head, body=b'{"message_id":"om_hdr"}'):
 
 
 # Requests a client library would refuse to send: waitress refuses them before the app runs.
+POST_LINE = b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
 HEADER_ATTACKS = [
-    ("bare CR splits a header", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nX-A: a\rSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
-    ("bare LF splits a header", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nX-A: a\nSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
-    ("NUL in a header", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nX-A: a\x00b\r\nContent-Length: {n}\r\n\r\n"),
-    ("two Content-Lengths", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nContent-Length: {n}\r\nContent-Length: 3\r\n\r\n"),
-    ("negative Content-Length", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type: application/json\r\nContent-Length: -{n}\r\n\r\n"),
-    ("space before the colon", b"POST " + WEBHOOK_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-     b"Content-Type : application/json\r\nContent-Length: {n}\r\n\r\n"),
+    ("bare CR splits a header",
+     POST_LINE + b"Content-Type: application/json\r\nX-A: a\rSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
+    ("bare LF splits a header",
+     POST_LINE + b"Content-Type: application/json\r\nX-A: a\nSet-Cookie: x=1\r\nContent-Length: {n}\r\n\r\n"),
+    ("NUL in a header", POST_LINE + b"Content-Type: application/json\r\nX-A: a\x00b\r\nContent-Length: {n}\r\n\r\n"),
+    ("two Content-Lengths",
+     POST_LINE + b"Content-Type: application/json\r\nContent-Length: {n}\r\nContent-Length: 3\r\n\r\n"),
+    ("negative Content-Length", POST_LINE + b"Content-Type: application/json\r\nContent-Length: -{n}\r\n\r\n"),
+    ("space before the colon", POST_LINE + b"Content-Type : application/json\r\nContent-Length: {n}\r\n\r\n"),
 ]
 
 
@@ -310,14 +281,14 @@ def test_bad_requests_get_the_right_4xx_and_store_nothing(tmp_path):
         assert received(samples, "unknown", "invalid") >= 8
         assert received(samples, "unknown", "unsupported_media_type") == 3
         # And it still takes good messages.
-        assert post(s.url, flat("om_after_the_battery")).status == 200
+        assert post(s.url, flat_message("om_after_the_battery")).status == 200
 
 
 def test_content_type_is_lenient_where_it_is_safe(tmp_path):
     with running_service(tmp_path) as s:
-        assert post(s.url, flat("om_ct_1"), content_type="application/json; charset=UTF-8").status == 200
-        assert post(s.url, flat("om_ct_2"), content_type="Application/JSON").status == 200
-        assert post(s.url, flat("om_ct_3"), content_type=None).status == 200  # urllib and curl -T omit it
+        assert post(s.url, flat_message("om_ct_1"), content_type="application/json; charset=UTF-8").status == 200
+        assert post(s.url, flat_message("om_ct_2"), content_type="Application/JSON").status == 200
+        assert post(s.url, flat_message("om_ct_3"), content_type=None).status == 200  # urllib and curl -T omit it
 
 
 def test_oversized_bodies_are_refused_without_being_read(tmp_path):
@@ -351,8 +322,8 @@ def test_oversized_bodies_are_refused_without_being_read(tmp_path):
     # The limit is max_body: exactly max_body bytes pass, one more does not.
     with running_service(tmp_path / "small", max_body=4096) as s:
         def sized(message_id, size):
-            pad = size - len(json.dumps(dict(flat(message_id), pad="")).encode())
-            return json.dumps(dict(flat(message_id), pad="p" * pad)).encode()
+            pad = size - len(json.dumps(dict(flat_message(message_id), pad="")).encode())
+            return json.dumps(dict(flat_message(message_id), pad="p" * pad)).encode()
 
         exact, over = sized("om_exact", 4096), sized("om_over", 4097)
         assert (len(exact), len(over)) == (4096, 4097)
@@ -408,11 +379,11 @@ def test_404_and_405_are_json(tmp_path):
 
 
 def test_other_events_are_acknowledged_counted_and_not_stored(tmp_path):
-    bot_added = sample("v2_text")
+    bot_added = sample("v2_text.json")
     bot_added["header"]["event_type"] = "im.chat.member.bot.added_v1"
     bot_added["event"] = {"chat_id": "oc_1"}
     v1_other = {"type": "event_callback", "token": "t", "event": {"type": "add_bot", "open_chat_id": "oc_1"}}
-    sent = dict(sample("openclaw_message_received"), action="sent")
+    sent = dict(sample("openclaw_message_received.json"), action="sent")
     with running_service(tmp_path) as s:
         for event, expected in ((bot_added, "im.chat.member.bot.added_v1"),
                                 (bot_added, "im.chat.member.bot.added_v1"),
@@ -431,13 +402,13 @@ def test_other_events_are_acknowledged_counted_and_not_stored(tmp_path):
 
 def test_outbox_full_under_overflow_reject_is_503_with_retry_after(tmp_path):
     with running_service(tmp_path, relay=False, overflow="reject", max_pending=2) as s:
-        assert post(s.url, flat("om_full_1")).status == 200
-        assert post(s.url, flat("om_full_2")).status == 200
-        r = post(s.url, flat("om_full_3"))
+        assert post(s.url, flat_message("om_full_1")).status == 200
+        assert post(s.url, flat_message("om_full_2")).status == 200
+        r = post(s.url, flat_message("om_full_3"))
         assert r.status == 503 and r.headers["retry-after"] == "30"
         assert "outbox is full" in r.json()["error"]
         # A duplicate is not a new row: it is still acknowledged.
-        r = post(s.url, flat("om_full_1"))
+        r = post(s.url, flat_message("om_full_1"))
         assert r.status == 200 and r.json()["duplicate"] is True
         assert sorted(outbox_ids(s.cfg.outbox)) == ["om_full_1", "om_full_2"]
 
@@ -448,12 +419,12 @@ def test_outbox_full_under_overflow_reject_is_503_with_retry_after(tmp_path):
 def test_metrics_parse_and_match_what_was_sent(tmp_path):
     with running_service(tmp_path) as s:
         for i in range(3):
-            assert post(s.url, flat(f"om_m_{i}")).status == 200
-        assert post(s.url, flat("om_m_0")).json()["duplicate"] is True
-        assert post(s.url, sample_bytes("v2_text")).status == 200
-        assert post(s.url, sample_bytes("v2_post")).status == 200
-        assert post(s.url, sample_bytes("openclaw_message_received")).status == 200
-        assert post(s.url, sample_bytes("url_verification")).status == 200
+            assert post(s.url, flat_message(f"om_m_{i}")).status == 200
+        assert post(s.url, flat_message("om_m_0")).json()["duplicate"] is True
+        assert post(s.url, sample_bytes("v2_text.json")).status == 200
+        assert post(s.url, sample_bytes("v2_post.json")).status == 200
+        assert post(s.url, sample_bytes("openclaw_message_received.json")).status == 200
+        assert post(s.url, sample_bytes("url_verification.json")).status == 200
         assert post(s.url, b"[]").status == 400
         assert post(s.url, b"{}", content_type="text/plain").status == 415
         wait_until(lambda: set(outbox_ids(s.cfg.outbox).values()) == {"delivered"}, timeout=10,
@@ -491,7 +462,7 @@ def test_metrics_parse_and_match_what_was_sent(tmp_path):
         # Something pending shows its age.
         s.relay.stop()
         s.service.relay_thread.thread.join(10)
-        assert post(s.url, flat("om_m_late")).status == 200
+        assert post(s.url, flat_message("om_m_late")).status == 200
         samples = scrape(s.url)
         assert metric(samples, "outbox_relay_outbox_rows", state="pending") == 1
         assert metric(samples, "outbox_relay_outbox_oldest_pending_age_seconds") > 0
@@ -500,7 +471,7 @@ def test_metrics_parse_and_match_what_was_sent(tmp_path):
 def test_metrics_registries_are_per_app(tmp_path):
     """Two apps in one process do not share (or clash over) metrics."""
     with running_service(tmp_path / "a") as a, running_service(tmp_path / "b") as b:
-        assert post(a.url, flat("om_a")).status == 200
+        assert post(a.url, flat_message("om_a")).status == 200
         assert received(scrape(a.url), "api", "stored") == 1
         assert received(scrape(b.url), "api", "stored") == 0
 
@@ -523,7 +494,7 @@ def test_the_writability_probe_writes_nothing_and_creates_nothing(tmp_path):
         probe_writable(path, 0.1)  # missing: an error, not a new empty outbox
     assert not os.path.exists(path)
     with Outbox(path) as box:
-        box.put(flat("om_probe"))
+        box.put(flat_message("om_probe"))
         before = os.path.getsize(path), outbox_ids(path)
         probe_writable(path, 0.1)
         assert (os.path.getsize(path), outbox_ids(path)) == before

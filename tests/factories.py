@@ -1,0 +1,70 @@
+"""Test data: the sample files in tests/samples/, and the flat messages the tests build.
+
+The flat shape is the old in-process call's (message_id, chat_id, sender_id, msg_type, content,
+create_time); message.py reads it like every other input shape. Two builders, for two needs:
+``flat(i)`` is message i of a numbered series (thousands of them, predictable fields), and
+``flat_message(message_id, text, ...)`` is one message with the fields a test names.
+"""
+
+import json
+import pathlib
+
+from outbox_relay.message import normalize
+
+__all__ = ["SAMPLES", "BASE_MS", "RECEIVED", "FEISHU_TOKEN", "FEISHU_KEY", "FEISHU_ENCRYPTED", "FEISHU_TIMESTAMP",
+           "FEISHU_NONCE", "FEISHU_BODY", "FEISHU_SIGNATURE", "sample", "sample_bytes", "flat_message", "flat", "ids",
+           "flats", "rows_of"]
+
+SAMPLES = pathlib.Path(__file__).parent / "samples"
+BASE_MS = 1_700_000_000_000  # create_time of flat(0), epoch milliseconds
+RECEIVED = 1_750_000_000.25  # epoch seconds, a fixed outbox commit time (rows_of)
+
+FEISHU_TOKEN = "rvaYgkND1GOiu5MM0E1rncYC6PLtF7JV"  # header.token of the v2 samples
+
+# The vectors of Feishu's "event subscription" documentation: FEISHU_ENCRYPTED is "hello world"
+# encrypted with FEISHU_KEY; FEISHU_SIGNATURE signs FEISHU_BODY at that timestamp and nonce.
+FEISHU_KEY = "test key"
+FEISHU_ENCRYPTED = "P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="
+FEISHU_TIMESTAMP, FEISHU_NONCE = "1608725989", "abc123"
+FEISHU_BODY = b'{"encrypt":"P37w+VZImNgPEO1RBhJ6RtKl7n6zymIbEG1pReEzghk="}'
+FEISHU_SIGNATURE = "cc7196ad09cc004519c0b09df52f212c9026c37f2f8383b846bf55394cdbbeee"
+
+
+def sample(name):
+    """tests/samples/<name>, parsed ("v2_text.json", "openapi/api_list_messages.json")."""
+    return json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+
+
+def sample_bytes(name):
+    """tests/samples/<name> as it is on disk: the exact bytes a sender would post."""
+    return (SAMPLES / name).read_bytes()
+
+
+def flat_message(message_id, text="hello", chat_id="oc_test", sender_id="ou_test", at=BASE_MS, msg_type="text"):
+    """One flat message; ``at`` is its create_time in epoch milliseconds."""
+    return {"message_id": message_id, "chat_id": chat_id, "sender_id": sender_id, "msg_type": msg_type,
+            "content": json.dumps({"text": text}, ensure_ascii=False), "create_time": str(at)}
+
+
+def flat(i, prefix="om", **extra):
+    """Message i of a numbered series: id ``{prefix}_{i:06d}``, text "message {i} 测试", chat
+    oc_chat_{i % 7}, sender ou_user_{i % 11}, created BASE_MS + i; ``extra`` fields replace or add."""
+    payload = flat_message(f"{prefix}_{i:06d}", f"message {i} 测试", f"oc_chat_{i % 7}", f"ou_user_{i % 11}",
+                           BASE_MS + i)
+    payload.update(extra)
+    return payload
+
+
+def ids(n, start=0, prefix="om"):
+    """The message_ids of flat(start, prefix) ... flat(start + n - 1, prefix), as a set."""
+    return {f"{prefix}_{i:06d}" for i in range(start, start + n)}
+
+
+def flats(n, prefix="om", **extra):
+    """flat(0) ... flat(n - 1), normalized: the Message objects a target is given."""
+    return [normalize(flat(i, prefix, **extra)) for i in range(n)]
+
+
+def rows_of(messages, first_id=1):
+    """Target.write's rows for messages: (outbox id from first_id on, Message, RECEIVED)."""
+    return [(first_id + n, m, RECEIVED) for n, m in enumerate(messages)]

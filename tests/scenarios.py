@@ -1,0 +1,201 @@
+"""Load and faults that the PostgreSQL and the MariaDB tests both put on their target, written once:
+each test says which server, how to count its rows and how to stop it; the scenario is the same.
+
+    in_threads(fn, args)            fn(a) for each a, in threads of their own, all at once
+    Sampler(read)                   read() every 5 ms until stop(), e.g. the connections held
+    write_through_one_pool(...)     eight threads writing through one Target's pool
+    kill_9_repeatedly(...)          `run` killed -9 at random moments of a drain
+    run_through_an_outage(...)      the server stopped and started while puts continue
+    eight_writers_and_a_relay(...)  eight writers and a `run` relay under a connection limit
+    two_hosts_sync(...)             two hosts' outboxes, overlapping, synced into one table at once
+"""
+
+import json
+import random
+import signal
+import threading
+import time
+
+from outbox_relay.outbox import Outbox
+
+from factories import flat, flats, ids, rows_of
+from relayutil import SEED, Writer, heartbeat, outbox_counts, outbox_with, put_all
+from serverproc import wait_until
+
+__all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
+           "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync"]
+
+
+def in_threads(fn, args, timeout=60):
+    """fn(a) for each a in args, each in a thread of its own, all at once; -> (results, errors):
+    what the calls returned and what they raised, each in the order they finished."""
+    results, errors = [], []
+
+    def call(a):
+        try:
+            results.append(fn(a))
+        except Exception as e:  # noqa: BLE001 - returned, and asserted by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=call, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results, errors
+
+
+class Sampler(threading.Thread):
+    """read() every 5 ms, from start() until stop(), which returns the values read."""
+
+    def __init__(self, read):
+        super().__init__(daemon=True)
+        self.read = read
+        self.values = []
+        self._done = threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            self.values.append(self.read())
+            self._done.wait(0.005)
+
+    def stop(self):
+        self._done.set()
+        self.join(5)
+        return self.values
+
+
+def count_on(conn, sql, params=None):
+    """The count sql returns, on an open connection (a sampler's: no connection of its own each time)."""
+    with conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchone()[0]
+
+
+# -- the target layer ------------------------------------------------------------------------------
+
+
+def write_through_one_pool(target, connections):
+    """Eight threads write 10 batches of 50 each through target (and count after each), while
+    connections() -- the connections target holds on its server -- is sampled.
+    -> (what the writers raised, the samples)"""
+
+    def writer(k):
+        for b in range(10):
+            target.write(rows_of(flats(50, prefix=f"w{k}_{b}"), first_id=k * 1000 + b * 50))
+            target.count()
+
+    sampler = Sampler(connections)
+    sampler.start()
+    try:
+        _, errors = in_threads(writer, range(8))
+    finally:
+        samples = sampler.stop()
+    return errors, samples
+
+
+# -- the relay ---------------------------------------------------------------------------------------
+
+
+def kill_9_repeatedly(spawn, outbox_path, url, count, n):
+    """`run` (batch_size=50) on an outbox of n messages, killed -9 at a random moment (SEED) once it
+    has made progress, again and again: at most 6 kills in 8 rounds, fewer if the drain ends first.
+    -> count(url) at each kill."""
+    rng = random.Random(SEED)
+    kills, seen = [], 0
+    for round_ in range(8):
+        proc = spawn(f"run-{round_}", ["run", "--no-http"], outbox=outbox_path, target=url, batch_size=50)
+        # This incarnation has made progress (so the kill lands mid-drain, not during start-up) ...
+        seen = wait_until(lambda before=seen: (lambda c: c if c > before else 0)(count(url)), timeout=30,
+                          what=f"progress in round {round_} (seed {SEED})")
+        if seen >= n:
+            break
+        time.sleep(rng.uniform(0, 0.3))  # ... then a random moment: inside a batch, between, marking
+        assert proc.alive(), proc.output()
+        assert proc.kill9() == -signal.SIGKILL
+        kills.append(count(url))
+        seen = kills[-1]
+        if len(kills) >= 6:
+            break
+    return kills
+
+
+def run_through_an_outage(spawn, outbox_path, url, count, stop, start):
+    """A relay `run`s into url while a Writer puts, and the server is stopped (stop()) and started
+    again (start()) behind the same address. Checked on the way: the relay records the outage and
+    never exits, the writer is not slowed down (1500 puts while the server is down), the overflow is
+    parked, not lost; after it every message arrives, the relay's log says the target was
+    unavailable and reachable again, SIGTERM stops it with 0 and the outbox is left empty.
+    -> the ids put (for the test's exactly-once check)."""
+    outbox_path = outbox_with(outbox_path, [])
+    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url, batch_size=100)
+    writer = Writer(outbox_path)
+    writer.start()
+    try:
+        wait_until(lambda: count(url) >= 200, timeout=30, what="the relay to deliver before the outage")
+        stop()
+        stopped_at, put_at_stop = time.time(), writer.put
+        wait_until(lambda: (heartbeat(outbox_path).get("last_error_at") or 0) > stopped_at, timeout=20,
+                   what="the relay to record the outage")
+        wait_until(lambda: writer.put >= put_at_stop + 1500, timeout=30, what="1500 puts during the outage")
+        assert outbox_counts(outbox_path)["parked"] > 0             # over max_pending: parked, kept
+        assert proc.alive(), proc.output()
+        start()
+        wait_until(lambda: count(url) > put_at_stop, timeout=60, what="deliveries after the restart")
+        expected = writer.stop()
+        wait_until(lambda: count(url) >= len(expected), timeout=60, what="every message after the outage")
+        assert writer.errors == []
+        assert proc.alive(), proc.output()                     # it never crashed or exited
+        wait_until(lambda: heartbeat(outbox_path).get("unavailable_since") is None, timeout=10)
+        assert "target unavailable" in proc.output() and "reachable again" in proc.output()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, proc.output()
+    finally:
+        writer.halt.set()
+    left = outbox_counts(outbox_path)
+    assert left["pending"] == left["parked"] == left["dead"] == 0
+    return expected
+
+
+def eight_writers_and_a_relay(spawn, outbox_path, url, count, connections):
+    """Eight threads put 500 messages each while a relay (`run`, pool_size=2, batch_size=100)
+    delivers them into url, and connections() -- the relay's connections on the server -- is
+    sampled. Checked: every message arrives, nothing failed, not even once (the writers, the
+    relay's heartbeat), SIGTERM stops the relay with 0. -> (the ids put, the samples, the relay's log)"""
+    outbox_path = outbox_with(outbox_path, [])
+
+    def write(k):
+        with Outbox(outbox_path) as outbox:
+            for i in range(500):
+                outbox.put(flat(i, prefix=f"w{k}"))
+
+    sampler = Sampler(connections)
+    sampler.start()
+    try:
+        proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url, pool_size=2, batch_size=100)
+        _, errors = in_threads(write, range(8), timeout=120)
+        expected = set().union(*(ids(500, prefix=f"w{k}") for k in range(8)))
+        wait_until(lambda: count(url) >= len(expected), timeout=60, what="all 4000 messages")
+        assert errors == []
+        info = heartbeat(outbox_path)
+        assert info["last_error"] is None, info                # nothing failed, not even once
+        assert proc.alive()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        samples = sampler.stop()
+    return expected, samples, proc.output()
+
+
+def two_hosts_sync(spawn, tmp_path, url):
+    """Two hosts' outboxes -- messages 0-5999 and 3000-8999 -- `sync`ed into url at the same time
+    (batch sizes 250 and 400). -> (the two outbox paths, the two `sync --json` reports)"""
+    paths = [str(tmp_path / "host-a.db"), str(tmp_path / "host-b.db")]
+    for path, span in zip(paths, (range(0, 6000), range(3000, 9000))):
+        with Outbox(path) as outbox:
+            put_all(outbox, [flat(i) for i in span])
+    procs = [spawn(f"sync-{n}", ["sync", "--json"], outbox=path, target=url, batch_size=size)
+             for n, (path, size) in enumerate(zip(paths, (250, 400)))]
+    for p in procs:
+        assert p.wait(120) == 0, p.output()
+    return paths, [json.loads(p.stdout()) for p in procs]
