@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 STATES = ("pending", "delivered", "parked", "dead")
 # Pruned rows between two reclaims while the relay is busy (and at once when it idles): giving
 # space back after every batch cost more than the batch's own bookkeeping.
-RECLAIM_EVERY = 20_000
+RECLAIM_EVERY = 200_000
 OVERFLOW_POLICIES = ("park", "reject")
 SYNCHRONOUS = ("full", "normal")
 

@@ -16,6 +16,10 @@ from .base import PooledTarget, unfilled_column
 # 22 data exception (bad value, NUL byte, too long), 23 integrity constraint,
 # 54 program limit exceeded (e.g. an index row too large for a huge text).
 ROW_ERROR_CLASSES = ("22", "23", "54")
+# COPY reads its input in chunks of this many characters; psycopg2's default (8 KiB) meant ~100
+# calls back into Python a batch, each waiting for the GIL while the relay's other thread encodes
+# the next batch.
+COPY_CHUNK = 1 << 20
 
 
 class PostgresTarget(PooledTarget):
@@ -112,7 +116,7 @@ class PostgresTarget(PooledTarget):
         data = "".join(lines)
         try:  # the savepoint was set as the transaction began (begin_sql)
             with tx.conn.cursor() as cur:
-                cur.copy_expert(f"COPY {self.quoted} ({cols}) FROM STDIN", io.StringIO(data))
+                cur.copy_expert(f"COPY {self.quoted} ({cols}) FROM STDIN", io.StringIO(data), size=COPY_CHUNK)
             return len(lines)
         except Exception as e:
             if getattr(e, "pgcode", None) != "23505":
@@ -121,7 +125,7 @@ class PostgresTarget(PooledTarget):
         tx.execute(f"CREATE TEMP TABLE outbox_relay_batch (LIKE {self.quoted} INCLUDING DEFAULTS)"
                    " ON COMMIT DROP")
         with tx.conn.cursor() as cur:
-            cur.copy_expert(f"COPY outbox_relay_batch ({cols}) FROM STDIN", io.StringIO(data))
+            cur.copy_expert(f"COPY outbox_relay_batch ({cols}) FROM STDIN", io.StringIO(data), size=COPY_CHUNK)
         tx.execute(f"INSERT INTO {self.quoted} ({cols}) SELECT {cols} FROM outbox_relay_batch"
                    " ON CONFLICT (message_id) DO NOTHING")
         return tx.rowcount
