@@ -407,16 +407,17 @@ def top(cfg, url, interval, once, as_json):
     interval (--json: one JSON object per line). Without --url it reads the outbox (counts, the
     relay's heartbeat, the spool) and needs no running service.
     """
-    from . import top as top_view
+    from .top import run as show
+    from .topdata import MetricsSource, OutboxSource
     if url is not None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise click.BadParameter("give the service's address, e.g. http://127.0.0.1:8080", param_hint="--url")
     outbox = _open_outbox(cfg, create=False, readonly=True) if url is None or os.path.exists(cfg.outbox) else None
     try:
-        local = top_view.OutboxSource(cfg, outbox) if outbox is not None else None
-        source = top_view.MetricsSource(url, fallback=local) if url is not None else local
-        sys.exit(top_view.run(source, interval=interval, once=once, as_json=as_json))
+        local = OutboxSource(cfg, outbox, expect_relay=url is not None) if outbox is not None else None
+        source = MetricsSource(url, fallback=local) if url is not None else local
+        sys.exit(show(source, interval=interval, once=once, as_json=as_json))
     finally:
         if outbox is not None:
             outbox.close()

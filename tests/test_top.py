@@ -24,7 +24,7 @@ except ImportError:
     from relayutil import wait_until
     from test_service import CLI, flat, health, metric, post, received, relay_process, running_service, scrape
 
-from outbox_relay import top
+from outbox_relay import top, topdata
 from outbox_relay.config import Config
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Heartbeat, RelayLock
@@ -172,7 +172,7 @@ def test_outbox_source_counts_what_came_in_by_source_and_the_heartbeat_delivered
     cfg = _cfg(tmp_path)
     with Outbox(cfg.outbox) as writer, Outbox(cfg.outbox, readonly=True) as reader:
         writer.put(flat("om_before"))  # there before top looked: not counted as coming in
-        source = top.OutboxSource(cfg, reader)
+        source = topdata.OutboxSource(cfg, reader)
         with RelayLock(cfg.outbox):  # a relay "runs": it holds the lock and writes its heartbeat
             Heartbeat(pid=os.getpid(), started_at=1.0, beat_at=time.time(), delivered=100).write(writer)
             first = source.snapshot()
@@ -192,7 +192,7 @@ def test_outbox_source_counts_what_came_in_by_source_and_the_heartbeat_delivered
 def test_outbox_source_relay_backing_off_and_stopped(tmp_path):
     cfg = _cfg(tmp_path)
     with Outbox(cfg.outbox) as writer, Outbox(cfg.outbox, readonly=True) as reader:
-        source = top.OutboxSource(cfg, reader)
+        source = topdata.OutboxSource(cfg, reader)
         now = time.time()
         Heartbeat(pid=os.getpid(), started_at=now - 60, beat_at=now, unavailable_since=now - 42,
                   last_error="connection refused (SQLSTATE 08001)").write(writer)
@@ -206,7 +206,7 @@ def test_outbox_source_relay_backing_off_and_stopped(tmp_path):
 def test_metrics_source_rates_are_the_counters_over_the_interval(tmp_path):
     with running_service(tmp_path) as s:
         wait_until(lambda: health(s.url).status == 200, timeout=10, what="healthy")
-        source = top.MetricsSource(s.url)
+        source = topdata.MetricsSource(s.url)
         first = source.snapshot()
         for i in range(5):
             assert post(s.url, flat(f"om_rate_{i}")).status == 200
@@ -230,7 +230,7 @@ def test_with_url_a_service_that_is_down_is_said_and_the_outbox_shown(tmp_path, 
     out = result.stdout.strip()
     assert len(out.splitlines()) == 1
     assert f'service="down: {closed} does not answer (connection refused)"' in out
-    assert "pending=4" in out and "relay=stopped" in out and "health=degraded" in out
+    assert "pending=4" in out and "relay=stopped" in out and "health=down" in out
 
 
 def test_once_json_line_and_the_plain_line_on_a_pipe(tmp_path, hermetic):
@@ -253,8 +253,8 @@ def test_top_on_a_missing_outbox_is_one_line_and_creates_nothing(tmp_path, herme
 
 def test_the_plain_line_quotes_values_with_spaces_and_masks_a_password():
     assert top._quoted("backing off") == '"backing off"' and top._quoted("running") == "running"
-    assert top.mask_url("http://ops:s3cret@host:8080") == "http://ops:***@host:8080"
-    assert "s3cret" not in top.MetricsSource("http://ops:s3cret@127.0.0.1:1").name
+    assert topdata.mask_url("http://ops:s3cret@host:8080") == "http://ops:***@host:8080"
+    assert "s3cret" not in topdata.MetricsSource("http://ops:s3cret@127.0.0.1:1").name
 
 
 def _closed_port():
@@ -272,5 +272,5 @@ def test_a_duplicate_is_not_a_message_in(tmp_path):
         post(s.url, flat("om_dup"))
         samples = scrape(s.url)
         assert received(samples, "api", "stored") == 1 and received(samples, "api", "duplicate") == 1
-        snap = top.from_metrics(samples, health(s.url).json())
+        snap = topdata.from_metrics(samples, health(s.url).json())
         assert snap.intake[("webhook", "api")] == 1
