@@ -21,18 +21,25 @@ import urllib.request
 
 import pytest
 
+from outbox_relay import health
+from outbox_relay.config import Config
+from outbox_relay.handoff import Spool, SpoolIngester
+from outbox_relay.metrics import Metrics
+from outbox_relay.outbox import Outbox
+from outbox_relay.topdata import parse_metrics
+
 try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
     from . import pgharness
     from .cliutil import run_cli
     from .conftest import unavailable
-    from .loadutil import Load
+    from .loadutil import Load, hook_event
     from .relayutil import pg_query, wait_until
     from .test_service import flat, metric, outbox_ids, post, relay_process, scrape
 except ImportError:
     import pgharness
     from cliutil import run_cli
     from conftest import unavailable
-    from loadutil import Load
+    from loadutil import Load, hook_event
     from relayutil import pg_query, wait_until
     from test_service import flat, metric, outbox_ids, post, relay_process, scrape
 
@@ -144,6 +151,32 @@ def test_promtool_check_rules_passes():
     # The windows, in the shipped file.
     assert re.search(r"alert: OutboxRelayBacklogGrowing\n(?:.*\n)*?\s+for: 10m\n", text)
     assert shortened_rules(text)[1] == len(ALERTS)
+
+
+# -- the metrics they read -------------------------------------------------------------------------
+
+
+def test_spool_ingestion_and_the_alert_thresholds_are_in_metrics(tmp_path):
+    cfg = Config(outbox=str(tmp_path / "outbox.db"), spool=str(tmp_path / "spool"), unhealthy_after=42)
+    with Outbox(cfg.outbox) as outbox:
+        spool = Spool(cfg.spool).ensure()
+        ingester = SpoolIngester(spool, outbox)
+        metrics = Metrics(outbox, cfg=cfg, spool=ingester)
+        for payload in (hook_event("om_s1"), hook_event("om_s2"), flat("om_s3"), hook_event("om_s1")):
+            spool.write(payload)
+        (tmp_path / "spool" / "new" / "0000000000000.1_bad.json").write_text("not a message")
+        before = parse_metrics(metrics.render().decode())
+        ingester.step()
+        after = parse_metrics(metrics.render().decode())
+    spooled = {(dict(labels)["source"], dict(labels)["outcome"]): v for (name, labels), v in after.items()
+               if name == "outbox_relay_spool_ingested_total" and v}
+    assert spooled == {("openclaw", "stored"): 2, ("api", "stored"): 1, ("openclaw", "duplicate"): 1,
+                       ("unknown", "rejected"): 1}
+    # Zero series exist before anything happened, so rate() and the dashboard see 0, not nothing.
+    assert before["outbox_relay_spool_ingested_total", (("outcome", "rejected"), ("source", "unknown"))] == 0
+    assert before["outbox_relay_messages_received_total", (("outcome", "invalid"), ("source", "unknown"))] == 0
+    assert after["outbox_relay_unhealthy_after_seconds", ()] == 42
+    assert after["outbox_relay_relay_stuck_after_seconds", ()] == health.stuck_after(cfg) == 80
 
 
 # -- a real Prometheus --------------------------------------------------------------------------
