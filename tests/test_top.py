@@ -45,7 +45,8 @@ class TmuxPane:
         self.stty = (tmp_path / "stty.before", tmp_path / "stty.after")
         script = (f"stty -g > {self.stty[0]}; {' '.join(map(_sh, argv))} 2> {tmp_path / 'pane.stderr'};"
                   f" echo $? > {self.status}.tmp; stty -g > {self.stty[1]}; mv {self.status}.tmp {self.status}")
-        self._tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), script)
+        started = self._tmux("new-session", "-d", "-s", "top", "-x", str(width), "-y", str(height), script)
+        assert started.returncode == 0, f"tmux new-session failed: {started.stderr}"
 
     def _tmux(self, *args):
         return subprocess.run([self.binary, "-u", "-L", self.socket, "-f", "/dev/null", *args],
