@@ -111,7 +111,10 @@ class OutboxSource:
     def _count_arrivals(self, snap):
         # Rows that came and were pruned between two looks are not seen: only delivered rows past
         # the newest keep_delivered are pruned, so that takes keep_delivered messages a second.
-        arrived, self._last_id = self.outbox.arrivals(self._last_id)
+        arrived, last = self.outbox.arrivals(self._last_id)
+        if not arrived and self._last_id is not None:
+            last = min(last, self.outbox.arrivals()[1])  # a new file at the path (recover): lower ids
+        self._last_id = last
         for source, n in arrived.items():
             self._intake["any", source] += n
         snap.intake = dict(self._intake)

@@ -190,6 +190,18 @@ def test_outbox_source_counts_what_came_in_by_source_and_the_heartbeat_delivered
     assert v["files"]["db"] > 0 and v["service"] is None
 
 
+def test_outbox_source_counts_on_in_a_new_file_whose_ids_start_lower(tmp_path):
+    cfg = _cfg(tmp_path)
+    with Outbox(cfg.outbox) as old, Outbox(tmp_path / "recovered.db") as new:
+        old.put_many([flat(f"om_{i}") for i in range(5)])
+        source = topdata.OutboxSource(cfg, old)
+        source.snapshot()  # the baseline: id 5
+        source.outbox = new  # what the path holds after `recover` rebuilt it
+        source.snapshot()
+        new.put_many([flat("om_x"), flat("om_y")])  # ids 1 and 2
+        assert source.snapshot().intake == {("any", "api"): 2}
+
+
 def test_outbox_source_relay_backing_off_and_stopped(tmp_path):
     cfg = _cfg(tmp_path)
     with Outbox(cfg.outbox) as writer, Outbox(cfg.outbox, readonly=True) as reader:
