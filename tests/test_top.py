@@ -75,6 +75,8 @@ def shown(screen):
     out = {}
     clock = re.search(r"outbox-relay top .*?(\d\d:\d\d:\d\d)", screen)
     out["frame"] = clock.group(1) if clock else None
+    relay = re.search(r"^relay\s+(running|backing off|stuck|stopped)", screen, re.M)
+    out["relay"] = relay.group(1) if relay else None
     for key in ("in", "delivered"):
         m = re.search(rf"^{key}\s+([\d,.]+)/s", screen, re.M)
         if m:
@@ -129,7 +131,7 @@ def test_top_under_tmux_rates_match_metrics_then_backing_off_then_recovery_and_q
                 assert _close_to(f["webhook", "api"], webhook), (f, webhook)
                 assert _close_to(f["in"], webhook + spooled), (f, webhook + spooled)
                 assert _close_to(f["delivered"], delivered), (f, delivered)
-                assert f["spool", "openclaw"] > 0, f
+                assert f["spool", "openclaw"] > 0 and f["relay"] == "running", f
 
             # The database goes away: the relay backs off, and the screen says why.
             private_pg.stop(mode="immediate")
@@ -146,8 +148,9 @@ def test_top_under_tmux_rates_match_metrics_then_backing_off_then_recovery_and_q
             def recovered():
                 screen = pane.screen()
                 m = re.search(r"pending ([\d,]+)", screen)
-                return (re.search(r"^relay\s+running\s*$", screen, re.M) and m
-                        and int(m.group(1).replace(",", "")) < 40 and shown(screen).get("delivered", 0) > 0)
+                now = shown(screen)
+                return (now["relay"] == "running" and m and int(m.group(1).replace(",", "")) < 40
+                        and now.get("delivered", 0) > 0)
             wait_until(recovered, timeout=40, interval=0.25, what="top to show the recovery")
             assert load.errors == []
 
