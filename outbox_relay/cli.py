@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import urllib.parse
 
 import click
 
@@ -389,6 +390,39 @@ def health(cfg, as_json):
     sys.exit(code)
 
 
+@cli.command()
+@settings_options
+@click.option("--url", metavar="URL",
+              help="Read a running service's /metrics and /healthz (e.g. http://127.0.0.1:8080) instead of "
+                   "the outbox file; the outbox is still shown while the service does not answer.")
+@click.option("--interval", type=click.FloatRange(min=0.2, max=3600), default=1.0, show_default=True,
+              help="Seconds between refreshes (rates are over this interval).")
+@click.option("--once", is_flag=True, help="Show one refresh (rates over one interval), then exit.")
+@json_option
+@friendly_errors
+def top(cfg, url, interval, once, as_json):
+    """Live view: messages in per second by source, delivered per second, backlog, relay state.
+
+    On a terminal it refreshes in place until q or Ctrl-C; on a pipe it prints one line per
+    interval (--json: one JSON object per line). Without --url it reads the outbox (counts, the
+    relay's heartbeat, the spool) and needs no running service.
+    """
+    from .top import run as show
+    from .topdata import MetricsSource, OutboxSource
+    if url is not None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise click.BadParameter("give the service's address, e.g. http://127.0.0.1:8080", param_hint="--url")
+    outbox = _open_outbox(cfg, create=False, readonly=True) if url is None or os.path.exists(cfg.outbox) else None
+    try:
+        local = OutboxSource(cfg, outbox, expect_relay=url is not None) if outbox is not None else None
+        source = MetricsSource(url, fallback=local) if url is not None else local
+        sys.exit(show(source, interval=interval, once=once, as_json=as_json))
+    finally:
+        if outbox is not None:
+            outbox.close()
+
+
 # -- relay ------------------------------------------------------------------------------------
 
 @cli.command()
@@ -584,19 +618,58 @@ def _intact(cfg):
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_rows", is_flag=True, help="Requeue every dead (or parked) row.")
 @click.option("--parked", is_flag=True, help="Requeue parked rows instead of dead ones.")
+@click.option("--wait", is_flag=True,
+              help="Then follow the rows until the running relay has delivered them (a bar on a terminal); "
+                   "exit 1 if any is refused again.")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+              help="With --wait: stop waiting after this many seconds (the rows stay requeued).")
 @friendly_errors
-def replay(cfg, ids, all_rows, parked):
-    """Requeue dead (or parked) rows as pending, by outbox id or message_id, or --all."""
+def replay(cfg, ids, all_rows, parked, wait, timeout):
+    """Requeue dead (or parked) rows as pending, by outbox id or message_id, or --all.
+
+    With --wait it then shows their delivery by the running relay (exit 0 once every one is
+    delivered, 1 if one is refused again or the wait ends first).
+    """
     if not ids and not all_rows:
         raise click.UsageError("give row ids / message_ids, or --all")
     if ids and all_rows:
         raise click.UsageError("give either ids or --all, not both")
-    with _opened(cfg, target=False, create=False) as (outbox, _):
-        n = outbox.replay(None if all_rows else list(ids), states=("parked",) if parked else ("dead",))
-    click.echo(f"{n} requeued")
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
+    state = "parked" if parked else "dead"
+    if wait:
+        n = _replay_and_wait(cfg, None if all_rows else list(ids), state, timeout)
+    else:
+        with _opened(cfg, target=False, create=False) as (outbox, _):
+            n = outbox.replay(None if all_rows else list(ids), states=(state,))
+        click.echo(f"{n} requeued")
     if ids and n < len(ids):
-        state = "parked" if parked else "dead"
         raise click.ClickException(f"{len(ids) - n} of the {len(ids)} given ids matched no {state} row")
+
+
+def _replay_and_wait(cfg, keys, state, timeout):
+    from .health import relay_running
+    from .requeue import replay_and_wait
+    from .service import two_signal_shutdown
+    with _opened(cfg, target=False, create=False) as (outbox, _):
+        if not relay_running(cfg.outbox):  # checked before anything changes
+            raise click.ClickException("no relay is running for this outbox, so nothing would deliver the rows: "
+                                       "start `outbox-relay run`, or replay without --wait and run `outbox-relay sync`")
+        stop = threading.Event()
+        restore = two_signal_shutdown(stop.set)
+        try:
+            with progress_for() as progress:
+                report = replay_and_wait(outbox, keys, state, progress=progress, stop=stop, timeout=timeout)
+        finally:
+            restore()
+    click.echo(f"{report['requeued']} requeued; {report['delivered']} delivered, {report['dead']} refused again, "
+               f"{report['waiting']} still waiting")
+    if report["dead"]:
+        raise click.ClickException(f"{report['dead']} row(s) refused again by the target: see `outbox-relay dead`")
+    if report["waiting"]:
+        raise click.ClickException(f"{report['waiting']} row(s) still waiting ({report['why']}); they stay pending "
+                                   "and the relay delivers them")
+    return report["requeued"]
 
 
 @cli.command("spool")

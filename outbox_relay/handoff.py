@@ -16,6 +16,7 @@ and the unlink re-puts the file next time: the outbox calls it a duplicate. The 
 fsynced for the same reason: one undone by a power cut is a harmless duplicate.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -49,6 +50,8 @@ class IngestReport:
     duplicates: int = 0
     rejected: int = 0
     error: str | None = None
+    # {(message source, "stored" | "duplicate" | "rejected"): n}, for /metrics.
+    by_source: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     @property
     def seen(self):
@@ -59,6 +62,7 @@ class IngestReport:
         self.duplicates += other.duplicates
         self.rejected += other.rejected
         self.error = other.error or self.error
+        self.by_source.update(other.by_source)
 
 
 def item_name(now=None):
@@ -141,7 +145,9 @@ class Spool:
             try:
                 good.append((name, normalize(self._read(name))))
             except InvalidMessage as e:
-                report.rejected += self._reject(self.new, name, str(e))
+                moved = self._reject(self.new, name, str(e))
+                report.rejected += moved
+                report.by_source["unknown", "rejected"] += moved
             except FileNotFoundError:
                 continue  # gone since the listing (an operator moved it)
         if not good:
@@ -151,12 +157,13 @@ class Spool:
         except OutboxError as e:  # full (overflow=reject), locked, disk full: all stay in new/
             report.error = str(e)
             return report
-        for (name, _), result in zip(good, results):
+        for (name, message), result in zip(good, results):
             self._remove(name)  # only now: the commit is done
             if result.duplicate:
                 report.duplicates += 1
             else:
                 report.stored += 1
+            report.by_source[message.source, "duplicate" if result.duplicate else "stored"] += 1
         return report
 
     def _read(self, name):
@@ -296,6 +303,7 @@ class SpoolIngester:
         self.outbox = outbox
         self.poll = poll
         self.totals = IngestReport()
+        self.observers = []  # callables(IngestReport) after every pass that moved something: metrics
         self._stop = threading.Event()
         self._said = None
         self.thread = threading.Thread(target=self._main, name="outbox-relay-spool", daemon=True)
@@ -307,7 +315,8 @@ class SpoolIngester:
 
     def stop(self, timeout=10.0):
         self._stop.set()
-        self.thread.join(timeout)
+        if self.thread.ident is not None:  # started at all (start-up may fail before)
+            self.thread.join(timeout)
         return not self.thread.is_alive()
 
     def _main(self):
@@ -328,6 +337,8 @@ class SpoolIngester:
         be more), POLL when idle, ERROR_PAUSE when the outbox cannot take more (full, locked)."""
         report = self.spool.ingest(self.outbox, limit=CHUNK)
         self.totals.add(report)
+        if report.seen:
+            self._observe(report)
         if report.error:
             # Each failed pass reads and normalizes a chunk again: not ten times a second.
             self._say(f"spool items wait in {self.spool.new}: {report.error}")
@@ -337,6 +348,13 @@ class SpoolIngester:
             self._said = None
         # Duplicates alone mean an item that cannot be unlinked: no reason to spin on it.
         return 0 if report.stored + report.rejected else self.poll
+
+    def _observe(self, report):
+        for observer in self.observers:
+            try:
+                observer(report)
+            except Exception:  # counting must never stop ingestion
+                log.exception("spool observer failed")
 
     def _say(self, text, exc=False):
         """Log a problem once, not every POLL."""

@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from . import health
 from .errors import OutboxError
 from .message import SOURCES
 from .sync import Heartbeat
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 SOURCE_LABELS = SOURCES + ("feishu", "unknown")
 OUTCOMES = ("stored", "duplicate", "duplicate_changed", "ignored", "verification", "invalid", "unauthorized",
             "too_large", "unsupported_media_type", "unavailable", "error")
+# Refusals, pre-created (as source "unknown") so the dashboard's "errors by kind" reads 0, not nothing.
+REFUSALS = ("invalid", "unauthorized", "too_large", "unsupported_media_type", "unavailable", "error")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -48,7 +51,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class Metrics:
     """The registry of one app and the instruments the webhook and the relay update."""
 
-    def __init__(self, outbox, relay=None):
+    def __init__(self, outbox, relay=None, *, cfg=None, spool=None):
+        """`relay`: the in-process Relay; `spool`: the in-process handoff.SpoolIngester; `cfg`: the
+        Config whose thresholds the alert rules compare against (deploy/prometheus/alerts.yml)."""
         self.registry = registry = CollectorRegistry()
         self.received = Counter(
             "outbox_relay_messages_received", "Webhook requests, by message source and outcome",
@@ -57,6 +62,11 @@ class Metrics:
         for source in SOURCES:
             for outcome in ("stored", "duplicate"):
                 self.received.labels(source, outcome)
+        for outcome in REFUSALS:
+            self.received.labels("unknown", outcome)
+        self._spool_instruments(registry, spool)
+        if cfg is not None:
+            self._thresholds(registry, cfg)
         self.ignored = Counter(
             "outbox_relay_events_ignored", "Feishu/OpenClaw events acknowledged but not stored, by type",
             ("event_type",), registry=registry)
@@ -87,6 +97,31 @@ class Metrics:
         self.batch_seconds = Histogram("outbox_relay_relay_batch_seconds",
                                        "Time for one relay batch, claim to local mark",
                                        buckets=BATCH_BUCKETS, registry=registry)
+
+    def _spool_instruments(self, registry, spool):
+        # The hook's spool path is a way in of its own: "messages in by source" must include it.
+        self.spooled = Counter(
+            "outbox_relay_spool_ingested", "Handoff spool items ingested, by message source and outcome",
+            ("source", "outcome"), registry=registry)
+        for source in SOURCES:
+            self.spooled.labels(source, "stored")
+        self.spooled.labels("unknown", "rejected")
+        if spool is not None:
+            spool.observers.append(self.observe_spool)
+
+    def _thresholds(self, registry, cfg):
+        # The alert rules compare against these, so they follow the service's own settings (and
+        # mean what `health` means) instead of numbers copied into the rules file.
+        Gauge("outbox_relay_unhealthy_after_seconds",
+              "The unhealthy_after setting: the target unreachable this long is down to health; the alert"
+              " rules hold the oldest pending message to it too", registry=registry).set(cfg.unhealthy_after)
+        Gauge("outbox_relay_relay_stuck_after_seconds", "Heartbeat age past which health calls the relay stuck",
+              registry=registry).set(health.stuck_after(cfg))
+
+    def observe_spool(self, report):
+        """SpoolIngester observer (on the ingester's thread, after every pass that moved items)."""
+        for (source, outcome), n in report.by_source.items():
+            self.spooled.labels(source if source in SOURCE_LABELS else "unknown", outcome).inc(n)
 
     def count(self, source, outcome):
         self.received.labels(source if source in SOURCE_LABELS else "unknown", outcome).inc()

@@ -434,6 +434,21 @@ class Outbox:
         return self._read("SELECT count(*) FROM outbox WHERE state = 'delivered' AND delivered_at >= ?",
                           (since,))[0][0]
 
+    def arrivals(self, after_id=None):
+        """Rows committed after row `after_id`, by message source: ({source: n}, highest id seen).
+        Ids only grow and writers are serialized, so nothing committed later can have a lower id.
+        None: only the highest id now (a baseline). For `top`'s intake rates."""
+        if after_id is None:
+            return {}, self._read("SELECT coalesce(max(id), 0) FROM outbox")[0][0]
+        rows = self._read("SELECT json_extract(payload, '$.source'), count(*), max(id) FROM outbox"
+                          " WHERE id > ? GROUP BY 1", (after_id,))
+        return {source or "unknown": n for source, n, _ in rows}, max([after_id] + [r[2] for r in rows])
+
+    def states_of(self, ids):
+        """{state: rows} among these outbox ids; ids no longer present were delivered and pruned."""
+        return dict(self._read("SELECT state, count(*) FROM outbox WHERE id IN (SELECT value FROM json_each(?))"
+                               " GROUP BY state", (json.dumps(list(ids)),)))
+
     def get(self, message_id):
         """The outbox row for a message_id as a dict, or None."""
         rows = self._read(

@@ -80,12 +80,14 @@ class Service:
             announce_target(cfg, self.target)
             relay = Relay(self.outbox, self.target, batch_size=cfg.batch_size, check_interval=cfg.check_interval)
             self.relay_thread = RelayThread(relay)
+            # The handoff spool is ingested where the relay runs: one ingester per outbox. Made
+            # before the app, whose /metrics counts it; started with the relay.
+            self.spool_ingester = SpoolIngester(Spool(cfg.spool), self.outbox)
         if self.want_http:
             self._bind_http()  # before anything runs: a port in use is one line, nothing started
         if self.relay_thread is not None:
             self.relay_thread.start()
-            # The handoff spool is ingested where the relay runs: one ingester per outbox.
-            self.spool_ingester = SpoolIngester(Spool(cfg.spool), self.outbox).start()
+            self.spool_ingester.start()
         if self.http_server is not None:
             self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
             self.http_thread.start()
@@ -93,7 +95,7 @@ class Service:
 
     def _bind_http(self):
         from .web import create_app
-        app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread)
+        app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread, spool_ingester=self.spool_ingester)
         host, port = self.cfg.http_address
         try:
             self.http_server = create_http_server(app, self.cfg, host, port)

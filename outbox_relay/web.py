@@ -52,11 +52,12 @@ PROBE_TIMEOUT = 1.0       # most seconds /healthz waits for the outbox write loc
 MIN_FREE_BYTES = 16 * 1024 * 1024
 
 
-def create_app(cfg, outbox, relay_thread=None):
+def create_app(cfg, outbox, relay_thread=None, spool_ingester=None):
     """The WSGI app. `relay_thread` (service.RelayThread) when the relay runs in this process;
-    without it (`serve`), /healthz judges the relay by the heartbeat it writes into the outbox."""
+    without it (`serve`), /healthz judges the relay by the heartbeat it writes into the outbox.
+    `spool_ingester` (handoff.SpoolIngester): counted in /metrics when it runs in this process."""
     relay = relay_thread.relay if relay_thread is not None else None
-    metrics = Metrics(outbox, relay)
+    metrics = Metrics(outbox, relay, cfg=cfg, spool=spool_ingester)
     app = falcon.App(media_type=falcon.MEDIA_JSON)
     app.set_error_serializer(_serialize_error)
     app.add_error_handler(Exception, _unexpected_error)

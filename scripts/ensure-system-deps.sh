@@ -15,6 +15,10 @@ command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the webhook benchmark's load generator
+# The dashboard and alert rules are evaluated by a real Prometheus (promtool comes with it);
+# `outbox-relay top` is driven on a real terminal under tmux.
+{ command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing for the tests: ${need[*]}"
