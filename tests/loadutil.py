@@ -12,12 +12,10 @@ import pathlib
 import threading
 import time
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .test_service import flat, post
-except ImportError:
-    from test_service import flat, post
-
 from outbox_relay.handoff import Spool
+
+from factories import flat_message
+from serviceutil import post
 
 HOOK_EVENT = json.loads((pathlib.Path(__file__).parent / "samples" / "hook_group.json").read_text("utf-8"))
 
@@ -44,7 +42,7 @@ class Load:
             self._threads.append(threading.Thread(target=self._paced, args=(spool_rate, self._hand_over), daemon=True))
 
     def _post(self, i):
-        r = post(self.url, flat(f"{self.prefix}_{i:07d}"), timeout=5)
+        r = post(self.url, flat_message(f"{self.prefix}_{i:07d}"), timeout=5)
         if r.status != 200:
             self.errors.append(r)
             return

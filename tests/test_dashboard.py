@@ -22,6 +22,7 @@ import urllib.request
 
 import pytest
 
+from loadutil import Load, hook_event
 from outbox_relay import health
 from outbox_relay.config import Config
 from outbox_relay.handoff import Spool, SpoolIngester
@@ -29,20 +30,12 @@ from outbox_relay.metrics import Metrics
 from outbox_relay.outbox import Outbox
 from outbox_relay.topdata import parse_metrics
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from . import pgharness
-    from .cliutil import run_cli
-    from .conftest import unavailable
-    from .loadutil import Load, hook_event
-    from .relayutil import pg_query, wait_until
-    from .test_service import flat, metric, outbox_ids, post, relay_process, scrape
-except ImportError:
-    import pgharness
-    from cliutil import run_cli
-    from conftest import unavailable
-    from loadutil import Load, hook_event
-    from relayutil import pg_query, wait_until
-    from test_service import flat, metric, outbox_ids, post, relay_process, scrape
+import pgharness
+from cliutil import run_cli
+from factories import flat_message
+from relayutil import pg_query, wait_until
+from serviceutil import metric, outbox_ids, post, scrape, service_process
+from skiputil import unavailable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "outbox-relay.json"
@@ -163,7 +156,7 @@ def test_spool_ingestion_and_the_alert_thresholds_are_in_metrics(tmp_path):
         spool = Spool(cfg.spool).ensure()
         ingester = SpoolIngester(spool, outbox)
         metrics = Metrics(outbox, cfg=cfg, spool=ingester)
-        for payload in (hook_event("om_s1"), hook_event("om_s2"), flat("om_s3"), hook_event("om_s1")):
+        for payload in (hook_event("om_s1"), hook_event("om_s2"), flat_message("om_s3"), hook_event("om_s1")):
             spool.write(payload)
         (tmp_path / "spool" / "new" / "0000000000000.1_bad.json").write_text("not a message")
         before = parse_metrics(metrics.render().decode())
@@ -301,7 +294,7 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_alerts_fire(t
     assert run_cli("init-db", "--target", url, "--outbox", tmp_path / "unused.db").exit_code == 0
     pg_query(url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
     spool = tmp_path / "spool"
-    with relay_process(tmp_path, target=url, spool=spool, unhealthy_after=UNHEALTHY_AFTER) as svc:
+    with service_process(tmp_path, target=url, spool=spool, unhealthy_after=UNHEALTHY_AFTER) as svc:
         prom = Prometheus(tmp_path, svc.port, rules_path)
         try:
             with Load(svc.url, rate=40, spool=spool, spool_rate=5):
@@ -358,7 +351,7 @@ def _target_stopped(prom, pg):
 
 def _dead_row(prom, svc):
     sent = time.time()
-    assert post(svc.url, flat("om_banned") | {"chat_id": "oc_banned"}).status == 200
+    assert post(svc.url, flat_message("om_banned") | {"chat_id": "oc_banned"}).status == 200
     wait_until(lambda: outbox_ids(svc.outbox).get("om_banned") == "dead", timeout=15, what="the row dead")
     assert metric(scrape(svc.url), "outbox_relay_outbox_rows", state="dead") == 1
     active, firing = _wait_firing(prom, {"OutboxRelayDeadRows"}, sent, timeout=30)["OutboxRelayDeadRows"]

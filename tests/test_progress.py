@@ -8,16 +8,12 @@ import select
 import sqlite3
 import subprocess
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import EXE, run_cli, run_exe
-    from .relayutil import wait_until
-    from .test_service import flat, outbox_ids, post, running_service
-except ImportError:
-    from cliutil import EXE, run_cli, run_exe
-    from relayutil import wait_until
-    from test_service import flat, outbox_ids, post, running_service
-
 from outbox_relay.outbox import Outbox
+
+from cliutil import EXE, run_cli, run_exe
+from factories import flat_message
+from relayutil import wait_until
+from serviceutil import outbox_ids, post, running_service
 
 REFUSE_BANNED = ("CREATE TRIGGER refuse_banned BEFORE INSERT ON feishu_messages WHEN NEW.chat_id = 'oc_banned'"
                  " BEGIN SELECT RAISE(ABORT, 'chat oc_banned is refused'); END")
@@ -52,7 +48,7 @@ def _dead_rows(s, archive, n):
     with sqlite3.connect(archive) as db:
         db.execute(REFUSE_BANNED)
     for i in range(n):
-        assert post(s.url, flat(f"om_banned_{i}") | {"chat_id": "oc_banned"}).status == 200
+        assert post(s.url, flat_message(f"om_banned_{i}") | {"chat_id": "oc_banned"}).status == 200
     wait_until(lambda: list(outbox_ids(s.cfg.outbox).values()).count("dead") == n, timeout=15, what="dead rows")
 
 
@@ -60,7 +56,7 @@ def test_replay_wait_follows_the_rows_until_delivered_or_refused_again(tmp_path)
     archive = tmp_path / "archive.db"
     with running_service(tmp_path) as s:
         wait_until(lambda: archive.exists() and outbox_ids(s.cfg.outbox) is not None, timeout=10, what="started")
-        assert post(s.url, flat("om_first")).status == 200  # the table exists once one row went in
+        assert post(s.url, flat_message("om_first")).status == 200  # the table exists once one row went in
         wait_until(lambda: outbox_ids(s.cfg.outbox).get("om_first") == "delivered", timeout=10, what="delivered")
         _dead_rows(s, archive, 3)
         common = ["--outbox", s.cfg.outbox, "--target", s.cfg.target]
@@ -83,7 +79,7 @@ def test_replay_wait_follows_the_rows_until_delivered_or_refused_again(tmp_path)
 
 def test_replay_wait_without_a_relay_says_so_and_changes_nothing(tmp_path, hermetic):
     with Outbox(tmp_path / "outbox.db") as outbox:
-        row = outbox.put(flat("om_dead"))
+        row = outbox.put(flat_message("om_dead"))
         outbox.mark_dead(row.id, "refused")
     result = run_cli("replay", "--all", "--wait", "--outbox", tmp_path / "outbox.db")
     assert result.exit_code == 1 and "no relay is running for this outbox" in result.output
@@ -94,7 +90,7 @@ def test_replay_wait_without_a_relay_says_so_and_changes_nothing(tmp_path, herme
 def test_replay_wait_draws_a_bar_on_a_terminal_and_nothing_on_a_pipe(tmp_path):
     archive = tmp_path / "archive.db"
     with running_service(tmp_path) as s:
-        assert post(s.url, flat("om_first")).status == 200
+        assert post(s.url, flat_message("om_first")).status == 200
         wait_until(lambda: outbox_ids(s.cfg.outbox).get("om_first") == "delivered", timeout=10, what="delivered")
         _dead_rows(s, archive, 4)
         with sqlite3.connect(archive) as db:
@@ -113,11 +109,11 @@ def test_sync_draws_a_bar_with_rate_on_a_terminal_and_nothing_on_a_pipe(tmp_path
     outbox = tmp_path / "outbox.db"
     common = ["--outbox", outbox, "--target", f"sqlite:///{tmp_path / 'archive.db'}", "--batch-size", "100"]
     with Outbox(outbox) as box:
-        box.put_many([flat(f"om_{i}") for i in range(500)])
+        box.put_many([flat_message(f"om_{i}") for i in range(500)])
     code, drawn = on_a_terminal("sync", *common)
     assert code == 0, drawn
     assert "syncing" in drawn and "500/500" in drawn and "/s" in drawn
     with Outbox(outbox) as box:
-        box.put_many([flat(f"om_more_{i}") for i in range(300)])
+        box.put_many([flat_message(f"om_more_{i}") for i in range(300)])
     piped = run_exe("sync", *common)
     assert piped.returncode == 0 and "syncing" not in piped.stderr and "\x1b[" not in piped.stderr

@@ -11,23 +11,17 @@ import uuid
 
 import pytest
 
-try:  # tests/ as a package or as a rootdir on sys.path (see conftest.py)
-    from .cliutil import run_cli
-    from .conftest import unavailable
-    from .loadutil import Load, hook_event
-    from .relayutil import wait_until
-    from .test_service import CLI, flat, health, metric, post, received, relay_process, running_service, scrape
-except ImportError:
-    from cliutil import run_cli
-    from conftest import unavailable
-    from loadutil import Load, hook_event
-    from relayutil import wait_until
-    from test_service import CLI, flat, health, metric, post, received, relay_process, running_service, scrape
-
+from loadutil import Load, hook_event
 from outbox_relay import top, topdata
 from outbox_relay.config import Config
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Heartbeat, RelayLock
+
+from cliutil import EXE, run_cli
+from factories import flat_message
+from relayutil import wait_until
+from serviceutil import health, metric, post, received, running_service, scrape, service_process
+from skiputil import unavailable
 
 # -- on a real terminal ---------------------------------------------------------------------------
 
@@ -111,9 +105,9 @@ def _close_to(value, reference, tolerance=0.10):
 @pytest.mark.slow
 def test_top_under_tmux_rates_match_metrics_then_backing_off_then_recovery_and_q_exits_0(tmp_path, private_pg):
     spool = tmp_path / "spool"
-    with relay_process(tmp_path, target=private_pg.url(), spool=spool) as svc, \
+    with service_process(tmp_path, target=private_pg.url(), spool=spool) as svc, \
             Load(svc.url, rate=40, spool=spool, spool_rate=5) as load:
-        pane = TmuxPane(tmp_path, [CLI, "top", "--url", svc.url, "--outbox", svc.outbox, "--spool", spool])
+        pane = TmuxPane(tmp_path, [EXE, "top", "--url", svc.url, "--outbox", svc.outbox, "--spool", spool])
         try:
             wait_until(lambda: shown(pane.screen()).get("in", 0) > 0, timeout=20, what="top to show messages in")
             # Rates: the screen against /metrics over the same seconds.
@@ -175,13 +169,14 @@ def _cfg(tmp_path, **settings):
 def test_outbox_source_counts_what_came_in_by_source_and_the_heartbeat_delivered(tmp_path):
     cfg = _cfg(tmp_path)
     with Outbox(cfg.outbox) as writer, Outbox(cfg.outbox, readonly=True) as reader:
-        writer.put(flat("om_before"))  # there before top looked: not counted as coming in
+        writer.put(flat_message("om_before"))  # there before top looked: not counted as coming in
         source = topdata.OutboxSource(cfg, reader)
         with RelayLock(cfg.outbox):  # a relay "runs": it holds the lock and writes its heartbeat
             Heartbeat(pid=os.getpid(), started_at=1.0, beat_at=time.time(), delivered=100).write(writer)
             first = source.snapshot()
-            writer.put_many([flat(f"om_{i}") for i in range(3)] + [hook_event("om_hook_1"), hook_event("om_hook_2")])
-            writer.put(flat("om_0"))  # a duplicate: not a new message
+            writer.put_many([flat_message(f"om_{i}") for i in range(3)]
+                            + [hook_event("om_hook_1"), hook_event("om_hook_2")])
+            writer.put(flat_message("om_0"))  # a duplicate: not a new message
             Heartbeat(pid=os.getpid(), started_at=1.0, beat_at=time.time(), delivered=150).write(writer)
             second = source.snapshot()
         v = top.view(first, second, source=source.name, interval=1.0)
@@ -196,12 +191,12 @@ def test_outbox_source_counts_what_came_in_by_source_and_the_heartbeat_delivered
 def test_outbox_source_counts_on_in_a_new_file_whose_ids_start_lower(tmp_path):
     cfg = _cfg(tmp_path)
     with Outbox(cfg.outbox) as old, Outbox(tmp_path / "recovered.db") as new:
-        old.put_many([flat(f"om_{i}") for i in range(5)])
+        old.put_many([flat_message(f"om_{i}") for i in range(5)])
         source = topdata.OutboxSource(cfg, old)
         source.snapshot()  # the baseline: id 5
         source.outbox = new  # what the path holds after `recover` rebuilt it
         source.snapshot()
-        new.put_many([flat("om_x"), flat("om_y")])  # ids 1 and 2
+        new.put_many([flat_message("om_x"), flat_message("om_y")])  # ids 1 and 2
         assert source.snapshot().intake == {("any", "api"): 2}
 
 
@@ -225,7 +220,7 @@ def test_metrics_source_rates_are_the_counters_over_the_interval(tmp_path):
         source = topdata.MetricsSource(s.url)
         first = source.snapshot()
         for i in range(5):
-            assert post(s.url, flat(f"om_rate_{i}")).status == 200
+            assert post(s.url, flat_message(f"om_rate_{i}")).status == 200
         wait_until(lambda: metric(scrape(s.url), "outbox_relay_relay_rows_total", outcome="delivered") == 5,
                    timeout=10, what="delivered")
         second = source.snapshot()
@@ -239,7 +234,7 @@ def test_metrics_source_rates_are_the_counters_over_the_interval(tmp_path):
 
 def test_with_url_a_service_that_is_down_is_said_and_the_outbox_shown(tmp_path, hermetic):
     with Outbox(tmp_path / "outbox.db") as outbox:
-        outbox.put_many([flat(f"om_{i}") for i in range(4)])
+        outbox.put_many([flat_message(f"om_{i}") for i in range(4)])
     closed = f"http://127.0.0.1:{_closed_port()}"
     result = run_cli("top", "--once", "--interval", "0.2", "--url", closed, "--outbox", tmp_path / "outbox.db")
     assert result.exit_code == 0, result.output
@@ -251,7 +246,7 @@ def test_with_url_a_service_that_is_down_is_said_and_the_outbox_shown(tmp_path, 
 
 def test_once_json_line_and_the_plain_line_on_a_pipe(tmp_path, hermetic):
     with Outbox(tmp_path / "outbox.db") as outbox:
-        outbox.put(flat("om_1"))
+        outbox.put(flat_message("om_1"))
     result = run_cli("top", "--once", "--json", "--interval", "0.2", "--outbox", tmp_path / "outbox.db")
     assert result.exit_code == 0, result.output
     v = json.loads(result.stdout)
@@ -284,8 +279,8 @@ def _closed_port():
 def test_a_duplicate_is_not_a_message_in(tmp_path):
     # top's intake from /metrics is outcome="stored" only: a duplicate is not a message in.
     with running_service(tmp_path) as s:
-        post(s.url, flat("om_dup"))
-        post(s.url, flat("om_dup"))
+        post(s.url, flat_message("om_dup"))
+        post(s.url, flat_message("om_dup"))
         samples = scrape(s.url)
         assert received(samples, "api", "stored") == 1 and received(samples, "api", "duplicate") == 1
         snap = topdata.from_metrics(samples, health(s.url).json())
