@@ -40,6 +40,7 @@ IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_M
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 BACKOFF_MAX = 30.0
 HEARTBEAT_KEY = "relay"
+HEARTBEAT_EVERY = 1.0  # seconds: the most often a heartbeat is written while batches flow
 PROBE_INTERVAL = 15.0  # seconds between idle round trips to the target
 CHECK_INTERVAL = 600.0  # seconds between quick_checks of the outbox file (damage shows up early)
 
@@ -182,6 +183,8 @@ class Relay:
         self.outbox_checked_at = None
         self._next_check = 0.0  # the first loop pass checks the file
         self._prefetch = None  # a Future: the next batch, claimed and encoded meanwhile
+        self._finishing = None  # (rows, Future): the previous batch's outbox marks (overlap)
+        self._beat_at = -HEARTBEAT_EVERY  # monotonic time of the last heartbeat written
         self._executor = None
         self.observers = []  # callables(StepResult, seconds) - metrics hook
         outbox.add_listener(self._wake.set)
@@ -203,21 +206,28 @@ class Relay:
     # -- one batch ----------------------------------------------------------------------
 
     def step(self):
-        """Move at most one batch. Returns StepResult; raises TargetUnavailable when nothing could move.
+        """Move at most one batch, marked delivered in the outbox before it returns. Returns
+        StepResult; raises TargetUnavailable when nothing could move."""
+        return self._step(overlap=False)
 
-        While a batch is in the target, the next one is claimed and encoded on a thread of its own
-        (the drain's Python work overlaps the database's, which releases the GIL)."""
+    def _step(self, overlap):
+        """One batch through the pipeline. While it is in the target, the worker thread claims and
+        encodes the next one; with `overlap` (run, drain) the worker also marks it delivered while
+        the next one is in the target, so the relay's own thread only ever waits for the database.
+        The order that makes re-sends harmless holds either way: the target commits, then the mark."""
         started = time.perf_counter()
-        batch = self._take_prefetched() or self._prepare()
+        batch = self._take_prefetched() or self._prepare(self._finishing_ids())
         if not batch.rows:
-            return StepResult(pruned=self.outbox.prune())
-        self._prefetch = self._prefetcher().submit(self._prepare, [r.id for r in batch.rows])
+            return StepResult(pruned=self._settle() + self.outbox.prune())
+        in_flight = [r.id for r in batch.rows] + self._finishing_ids()
+        self._prefetch = self._worker().submit(self._prepare, in_flight)
         try:
             # Not only at start-up: a target that was down then must still get its table.
             self.target.ensure_schema()
-            new, delivered, dead, pruned = self._deliver(batch)
+            new, written, refused = self._write(batch)
         except TargetUnavailable as e:
             self._drop_prefetched()  # the batch that failed goes first next time
+            self._settle(quietly=True)
             self._note_error(e)
             self.outbox.record_error([r.id for r in batch.rows], e, batch.generation)
             self.stats["errors"] += 1
@@ -226,11 +236,18 @@ class Relay:
         except BaseException:
             self._drop_prefetched()
             raise
-        result = StepResult(len(batch.rows), delivered, new, dead, 0, pruned, None)
+        pruned = self._settle()
+        if overlap:
+            self._finishing = (batch.rows, self._worker().submit(self._finish, batch, written, refused))
+            delivered = len(written)
+        else:
+            delivered, just_pruned = self._finish(batch, written, refused)
+            pruned += just_pruned
+        result = StepResult(len(batch.rows), delivered, new, len(refused), 0, pruned, None)
         self.stats["batches"] += 1
         self.stats["delivered"] += delivered
-        self.stats["dead"] += dead
-        self._note_success()  # after the counters: the heartbeat carries them
+        self.stats["dead"] += len(refused)
+        self._note_success(every_time=not overlap)  # after the counters: the heartbeat carries them
         self._observe(result, time.perf_counter() - started)
         return result
 
@@ -247,36 +264,14 @@ class Relay:
                 encoded.append(e)
         return Batch(rows, encoded, generation)
 
-    def _prefetcher(self):
-        """One worker thread for the relay's life: a thread per batch would open an outbox
-        connection per batch (SQLite connections are per thread), each with its page cache."""
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-prefetch")
-        return self._executor
-
-    def _take_prefetched(self):
-        prefetch, self._prefetch = self._prefetch, None
-        return prefetch.result() if prefetch is not None else None
-
-    def _drop_prefetched(self):
-        prefetch, self._prefetch = self._prefetch, None
-        if prefetch is not None:
-            concurrent.futures.wait([prefetch])
-
-    def _stop_prefetcher(self):
-        self._drop_prefetched()
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown()
-
-    def _deliver(self, batch):
-        """Write the batch; split on a rejected row until it is alone, then make it dead. When every
-        row of a batch is refused for the same reason, it is the table, not the rows (a NOT NULL
-        column added without a default, a CHECK no message meets): nothing goes dead, the batch
-        waits as for an outage. Returns (new in target, delivered, dead, pruned)."""
+    def _write(self, batch):
+        """Write the batch; split on a rejected row until it is alone. When every row of a batch is
+        refused for the same reason, it is the table, not the rows (a NOT NULL column added without
+        a default, a CHECK no message meets): TargetUnavailable, nothing goes dead, the batch waits
+        as for an outage. Returns (new in target, the rows written, [(row, RowRejected)])."""
         items = list(zip(batch.rows, batch.encoded))
-        refused = [(r, e) for r, e in items if isinstance(e, RowRejected)]  # made dead at the end,
-        new = delivered = pruned = 0                                        # unless it is the table
+        refused = [(r, e) for r, e in items if isinstance(e, RowRejected)]
+        new, written = 0, []
         work = _by_size([i for i in items if not isinstance(i[1], RowRejected)], MAX_BATCH_BYTES)[::-1]
         while work:  # a stack: the oldest chunk on top
             chunk = work.pop()
@@ -289,20 +284,66 @@ class Relay:
                     half = len(chunk) // 2
                     work.extend([chunk[half:], chunk[:half]])
                 continue
-            done = self.outbox.finish_batch([r.id for r, _ in chunk], batch.generation)
-            delivered, pruned = delivered + done[0], pruned + done[1]
-        self._refuse_the_table_or_the_rows(batch, refused)
-        return new, delivered, len(refused), pruned
+            written.extend(r for r, _ in chunk)
+        self._refuse_the_table(batch, refused)
+        return new, written, refused
 
-    def _refuse_the_table_or_the_rows(self, batch, refused):
+    def _finish(self, batch, written, refused):
+        """The outbox's side of a batch the target committed: delivered (and pruned), dead."""
+        delivered, pruned = self.outbox.finish_batch([r.id for r in written], batch.generation)
+        for row, e in sorted(refused, key=lambda item: item[0].id):
+            log.warning("message %s rejected by the target, now dead: %s", row.message_id, e)
+            self.outbox.mark_dead(row.id, e, batch.generation)
+        return delivered, pruned
+
+    def _finishing_ids(self):
+        return [r.id for r in self._finishing[0]] if self._finishing else []
+
+    def _settle(self, quietly=False):
+        """Wait for the outbox marks of the previous batch (overlap). -> rows pruned by them. An
+        outbox error surfaces here; its rows stay pending and are sent again (harmless)."""
+        finishing, self._finishing = self._finishing, None
+        if finishing is None:
+            return 0
+        try:
+            return finishing[1].result()[1]
+        except OutboxError as e:
+            if not quietly:
+                raise
+            log.warning("the outbox did not take the marks of a delivered batch (sent again later): %s", e)
+            return 0
+
+    def _worker(self):
+        """One worker thread for the relay's life: a thread per batch would open an outbox
+        connection per batch (SQLite connections are per thread), each with its page cache."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-worker")
+        return self._executor
+
+    def _take_prefetched(self):
+        prefetch, self._prefetch = self._prefetch, None
+        return prefetch.result() if prefetch is not None else None
+
+    def _drop_prefetched(self):
+        prefetch, self._prefetch = self._prefetch, None
+        if prefetch is not None:
+            concurrent.futures.wait([prefetch])
+
+    def _stop_worker(self):
+        """At the end of run() and drain(): the marks in flight finish, the thread ends."""
+        self._drop_prefetched()
+        pruned = self._settle(quietly=True)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown()
+        return pruned
+
+    def _refuse_the_table(self, batch, refused):
         reasons = {_reason(e) for _, e in refused}
         if len(refused) == len(batch.rows) >= TABLE_SUSPECT_MIN and len(reasons) == 1:
             raise TargetUnavailable(f"the target table refuses every message ({len(refused)} of {len(refused)}"
                                     f" in a batch), so the table is wrong, not the rows: {refused[0][1]}",
                                     refused[0][1].sqlstate)
-        for row, e in sorted(refused, key=lambda item: item[0].id):
-            log.warning("message %s rejected by the target, now dead: %s", row.message_id, e)
-            self.outbox.mark_dead(row.id, e, batch.generation)
 
     def _observe(self, result, seconds):
         for observer in self.observers:
@@ -313,14 +354,18 @@ class Relay:
 
     # -- heartbeat ---------------------------------------------------------------------------
 
-    def _note_success(self):
+    def _note_success(self, every_time=True):
         self.last_success = time.time()
+        recovered = self.unavailable_since is not None or self.outbox_problem is not None
         self.outbox_problem = None
         if self.unavailable_since is not None:
             log.info("target reachable again after %.1f s", self.last_success - self.unavailable_since)
         self.unavailable_since = None
         self._backoff = None
-        self.write_heartbeat()
+        # A heartbeat is a commit (an fsync): in the loops at most one a second while batches flow,
+        # at once on a recovery. Once per batch it was a tenth of a drain.
+        if every_time or recovered or time.monotonic() - self._beat_at >= HEARTBEAT_EVERY:
+            self.write_heartbeat()
 
     def _note_error(self, error):
         now = time.time()
@@ -344,6 +389,7 @@ class Relay:
                          outbox_checked_at=self.outbox_checked_at)
 
     def write_heartbeat(self):
+        self._beat_at = time.monotonic()
         try:
             self.heartbeat().write(self.outbox)
         except Exception as e:  # a busy outbox must not stop the relay; the next beat will do
@@ -357,7 +403,7 @@ class Relay:
         total = collections.Counter()
         batches = 0
         while not self._stop.is_set() and (max_batches is None or batches < max_batches):
-            result = self._step_with_backoff()
+            result = self._step_with_backoff(overlap=True)
             if result is None:
                 break
             for field in ("claimed", "delivered", "new", "dead", "refilled", "pruned"):
@@ -369,8 +415,10 @@ class Relay:
             batches += 1
             if on_step:
                 on_step(result)
-        self._stop_prefetcher()
+        total["pruned"] += self._stop_worker()
         total["batches"] = batches
+        if batches:
+            self.write_heartbeat()  # the loop writes it at most once a second: the last word is exact
         return total
 
     def run(self):
@@ -381,7 +429,7 @@ class Relay:
         next_probe = time.monotonic() + self.probe_interval
         while not self._stop.is_set():
             self.last_loop_at = time.time()
-            result = self._step_with_backoff()
+            result = self._step_with_backoff(overlap=True)
             if result is None:
                 break
             if result.claimed:
@@ -398,7 +446,7 @@ class Relay:
             self._wake.wait(idle)
             self._wake.clear()
             idle = min(idle * 2, IDLE_MAX)
-        self._stop_prefetcher()
+        self._stop_worker()
         self.write_heartbeat()
         log.info("relay stopped")
 
@@ -424,15 +472,15 @@ class Relay:
             self.outbox.quick_check()
             self.outbox_checked_at = time.time()
 
-    def _step_with_backoff(self):
-        """step(), retried with capped exponential delay + full jitter (backoff's generators) while
+    def _step_with_backoff(self, overlap=False):
+        """One step, retried with capped exponential delay + full jitter (backoff's generators) while
         the target or the outbox is unavailable. Returns None once stopped."""
         delays = None
         while not self._stop.is_set():
             self.last_loop_at = time.time()
             try:
                 self.check_outbox_file()
-                return self.step()
+                return self._step(overlap)
             except (TargetUnavailable, OutboxError) as e:
                 if isinstance(e, OutboxError):
                     self._note_error(e)

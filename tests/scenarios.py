@@ -110,7 +110,7 @@ def kill_9_repeatedly(spawn, outbox_path, url, count, n):
                           what=f"progress in round {round_} (seed {SEED})")
         if seen >= n:
             break
-        time.sleep(rng.uniform(0, 0.3))  # ... then a random moment: inside a batch, between, marking
+        time.sleep(rng.uniform(0, 0.12))  # ... then a random moment: inside a batch, between, marking
         assert proc.alive(), proc.output()
         assert proc.kill9() == -signal.SIGKILL
         kills.append(count(url))

@@ -74,9 +74,11 @@ def test_flaky_network_cutting_connections_mid_transaction(make_tcp_proxy, pg_ur
     outbox = Outbox(tmp_outbox)
     put_all(outbox, [flat(i) for i in range(n)])
     target = open_target(proxy.url_for(pg_url), connect_timeout=5)
-    relay = Relay(outbox, target, batch_size=100, backoff_max=0.5)
+    # Small batches and frequent cuts: the drain must take long enough for the chaos to hit it
+    # (at 100 a batch it finished before five cuts once the relay got faster).
+    relay = Relay(outbox, target, batch_size=25, backoff_max=0.5)
     thread = threading.Thread(target=relay.drain)
-    proxy.start_chaos(0.05, seed=SEED)
+    proxy.start_chaos(0.03, seed=SEED)
     thread.start()
     try:
         thread.join(120)

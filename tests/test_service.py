@@ -222,7 +222,7 @@ def test_healthz_503_when_the_relay_thread_died(tmp_path):
             # What cannot be made real from outside: the relay thread dying of a BaseException.
             raise SystemExit("simulated relay crash")
 
-        s.relay.step = crash
+        s.relay._step = lambda overlap: crash()  # what the relay loop calls for each batch
         s.relay.wake()
         wait_until(lambda: not s.service.relay_thread.alive(), timeout=10, what="the relay thread to die")
         h = health(s.url)
@@ -242,14 +242,14 @@ def test_healthz_503_when_the_relay_loop_is_stuck(tmp_path):
     with running_service(tmp_path) as s:
         assert wait_until(lambda: health(s.url).status == 200, timeout=10, what="healthy")
         entered, release = threading.Event(), threading.Event()
-        real_step = s.relay.step
+        real_step = s.relay._step  # what the relay loop calls for each batch
 
-        def hung_step():
+        def hung_step(overlap):
             entered.set()
             release.wait(30)  # a target call that never returns
-            return real_step()
+            return real_step(overlap)
 
-        s.relay.step = hung_step
+        s.relay._step = hung_step
         try:
             s.relay.wake()
             assert entered.wait(5), "the loop never called step()"
@@ -258,7 +258,7 @@ def test_healthz_503_when_the_relay_loop_is_stuck(tmp_path):
             h = health(s.url)
             assert h.status == 503 and h.json()["reasons"][0].startswith("relay loop stuck"), h
         finally:
-            s.relay.step = real_step
+            s.relay._step = real_step
             release.set()
         wait_until(lambda: health(s.url).status == 200, timeout=10, what="healthy once the loop moves")
 
