@@ -197,7 +197,7 @@ def _from_feishu_v1(p):
         content=content,
         text=text,
         mentions=[],
-        created_at=parse_timestamp(ts, "ts") if ts is not None else None,
+        created_at=_optional_time(ts, "ts"),
         raw=p,
     )
 
@@ -227,7 +227,7 @@ def _from_openclaw(p):
         content={"text": body},
         text=body,
         mentions=[],
-        created_at=parse_timestamp(created, "context.timestamp") if created is not None else None,
+        created_at=_optional_time(created, "context.timestamp"),
         raw=p,
     )
 
@@ -278,7 +278,7 @@ def _from_open_api(p):
         content=content,
         text=RECALLED_TEXT if deleted else extract_text(msg_type, content, mentions),
         mentions=mentions,
-        created_at=parse_timestamp(created, "create_time") if created is not None else None,
+        created_at=_optional_time(created, "create_time"),
         raw=p,
     )
 
@@ -318,7 +318,7 @@ def _from_flat(p):
         content=content,
         text=text,
         mentions=mentions,
-        created_at=parse_timestamp(created, "create_time") if created is not None else None,
+        created_at=_optional_time(created, "create_time"),
         raw=p,
     )
 
@@ -355,7 +355,7 @@ def _from_openclaw_transcript(p):
         content={"text": fields["text"]},
         text=fields["text"],
         mentions=fields["mentions"],
-        created_at=parse_timestamp(created, "message.timestamp") if created is not None else None,
+        created_at=_optional_time(created, "message.timestamp"),
         raw=p,
     )
 
@@ -495,6 +495,11 @@ def _run_text(run):
 
 
 # -- field helpers -----------------------------------------------------------------
+
+
+def _optional_time(value, field):
+    """created_at of a shape whose time may be absent (the outbox then uses its commit time)."""
+    return None if value is None else parse_timestamp(value, field)
 
 
 def parse_timestamp(value, field):
