@@ -30,6 +30,7 @@ class PostgresTarget(PooledTarget):
              "json": "jsonb", "text": "text", "time": "timestamptz", "bigint": "bigint",
              "now": "now()", "empty": " DEFAULT ''"}
     search_index_note = "needs the pg_trgm extension"
+    begin_with_first_statement = True
 
     @classmethod
     def connect_args(cls, url):
@@ -116,7 +117,8 @@ class PostgresTarget(PooledTarget):
         data = "".join(lines)
         try:  # the savepoint was set as the transaction began (begin_sql)
             with tx.conn.cursor() as cur:
-                cur.copy_expert(f"COPY {self.quoted} ({cols}) FROM STDIN", io.StringIO(data), size=COPY_CHUNK)
+                cur.copy_expert(tx.with_prefix(f"COPY {self.quoted} ({cols}) FROM STDIN"), io.StringIO(data),
+                                size=COPY_CHUNK)
             return len(lines)
         except Exception as e:
             if getattr(e, "pgcode", None) != "23505":
