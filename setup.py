@@ -37,7 +37,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout>=2"],
-        "bench": ["persist-queue>=1.0,<2"],
+        "bench": ["persist-queue>=1.0,<2", "matplotlib>=3.5"],
         "lint": ["ruff>=0.4"],
         # MySQL / MariaDB targets (mysql://, mariadb://): pure Python, no compiler. 1.2 refuses a
         # server without TLS when TLS is required and gives every error its SQLSTATE.
