@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import platform
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -128,6 +129,20 @@ def wait_for(predicate, timeout, interval=0.01, what="condition"):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
 
 
 def remove_sqlite(path):

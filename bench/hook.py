@@ -15,12 +15,11 @@ import copy
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import psycopg2
-from common import ROOT, TESTS, Line, na_line, percentile, wait_for
+from common import ROOT, TESTS, Line, free_port, na_line, percentile, port_open, wait_for
 
 RUN_HOOK = os.path.join(ROOT, "integrations", "openclaw", "run-hook.mjs")
 STOPPED = "hook: per message, service stopped (spool), p99"
@@ -57,7 +56,7 @@ def run_hook(node, workdir, prefix, count, **env_extra):
 
 
 def start_service(workdir, url, spool):
-    port = _free_port()
+    port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_RELAY_")}
     log = open(os.path.join(workdir, "hook-service.log"), "wb")
@@ -65,7 +64,7 @@ def start_service(workdir, url, spool):
                              "--target", url, "--spool", spool, "--http", f"127.0.0.1:{port}"],
                             env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=log)
     log.close()
-    wait_for(lambda: proc.poll() is not None or _port_open(port), 30, what="outbox-relay run")
+    wait_for(lambda: proc.poll() is not None or port_open(port), 30, what="outbox-relay run")
     if proc.poll() is not None:
         raise RuntimeError("outbox-relay run exited at start; see hook-service.log")
     return proc, f"http://127.0.0.1:{port}"
@@ -119,15 +118,3 @@ def lines(stopped, running, http, count):
     ]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False

@@ -13,12 +13,10 @@ import sys
 import time
 
 import backlog
-import psycopg2
 import relay as relay_bench
 from common import BENCH, TESTS, ratio_line
 
 from outbox_relay.outbox import Outbox
-from outbox_relay.schema import TARGET_COLUMNS
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
@@ -98,23 +96,6 @@ def drain_over(link, db, path, n):
     return n / seconds
 
 
-def old_way_over(link, db, rows):
-    """connect (TCP + TLS + startup), INSERT, COMMIT, close per message, through the link -> msgs/s."""
-    cols = ", ".join(TARGET_COLUMNS)
-    sql = (f"INSERT INTO feishu_messages ({cols}) VALUES ({', '.join(['%s'] * len(TARGET_COLUMNS))})"
-           " ON CONFLICT (message_id) DO NOTHING")
-    start = time.perf_counter()
-    for row in rows:
-        conn = psycopg2.connect(link.url(db), application_name="bench-old-way")
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, row)
-            conn.commit()
-        finally:
-            conn.close()
-    return len(rows) / (time.perf_counter() - start)
-
-
 def bench_link(workdir, n, old_counts):
     """-> (lines, {rtt: (ours rows/s, old way msgs/s)}) for the chart."""
     pg = start_tls_pg()
@@ -132,7 +113,7 @@ def bench_link(workdir, n, old_counts):
                 old_db = f"old_{rtt}"
                 pg.create_database(old_db)
                 relay_bench.make_table(pg.url(old_db), "feishu_messages")
-                old = old_way_over(link, old_db, rows)
+                old = relay_bench.old_way(link.url(old_db), rows, table="feishu_messages")
             finally:
                 link.close()
             rates[rtt] = (ours, old)

@@ -59,11 +59,11 @@ def copy_ceiling(url, rows):
         conn.close()
 
 
-def old_way(url, rows):
-    """What the old system did per message: connect, INSERT, COMMIT, disconnect."""
+def old_way(url, rows, table="old_way"):
+    """What the old system did per message: connect, INSERT, COMMIT, disconnect. -> msgs/s."""
     cols = ", ".join(TARGET_COLUMNS)
     marks = ", ".join(["%s"] * len(TARGET_COLUMNS))
-    sql = f"INSERT INTO old_way ({cols}) VALUES ({marks}) ON CONFLICT (message_id) DO NOTHING"
+    sql = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT (message_id) DO NOTHING"
     start = time.perf_counter()
     for row in rows:
         conn = psycopg2.connect(url, application_name="bench-old-way")

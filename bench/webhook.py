@@ -9,13 +9,12 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 
 import payloads
-from common import BENCH, Line, na_line, ratio_line, remove_sqlite, wait_for
+from common import BENCH, Line, free_port, na_line, port_open, ratio_line, remove_sqlite, wait_for
 
 from outbox_relay.config import Config
 
@@ -31,18 +30,6 @@ def write_bodies(path, count=300):
             f.write(payloads.body(ev) + b"\n")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class Server:
@@ -66,7 +53,7 @@ class Server:
             self.proc = subprocess.Popen(argv, env=env, cwd=os.path.dirname(db), stdout=subprocess.DEVNULL,
                                          stderr=log)
         try:
-            wait_for(lambda: self.proc.poll() is not None or _port_open(self.port), 30, what=f"{kind} server")
+            wait_for(lambda: self.proc.poll() is not None or port_open(self.port), 30, what=f"{kind} server")
         except TimeoutError:
             self.stop()
             raise
