@@ -40,9 +40,9 @@ def _setting_option(s):
     # Values stay strings here: Config validates them, so a wrong value is one line naming the
     # setting (exit 2), whether it came from a flag, the environment or the file.
     hint = f" ({'|'.join(s.choices)})" if s.choices else ""
-    metavar = {"url": "URL", "http_url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N",
-               "float": "SECONDS", "choice": "|".join(s.choices)}.get(
-                   s.kind, "PATH" if s.name in ("outbox", "spool") else "TEXT")
+    metavar = s.unit or {"url": "URL", "http_url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N",
+                         "float": "N", "choice": "|".join(s.choices)}.get(
+                             s.kind, "PATH" if s.name in ("outbox", "spool") else "TEXT")
     return click.option(s.flag, s.name, default=None, metavar=metavar,
                         help=f"{s.help}{hint} [env {s.env}; default {s.default!r}]")
 
@@ -260,6 +260,8 @@ def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
     from .query import parse_when
     try:
         since_ms, until_ms = parse_when(since, "--since"), parse_when(until, "--until")
+        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+            raise ValueError("--since must be before --until")
         root = os.path.expanduser(directory or "~/.openclaw")
         check_root(root)  # before the outbox is opened: a wrong DIR changes nothing
     except (ValueError, TranscriptsUnreadable) as e:
@@ -587,13 +589,19 @@ def recover(cfg, force, as_json):
     the same path, in the state it had; ids that could not be read are listed.
     """
     from .outbox import Outbox
+    from .outboxfile import check_recoverable
     from .outboxfile import recover as rebuild
     from .sync import RelayLock
+    path = os.path.abspath(cfg.outbox)
+    if not os.path.exists(path):
+        raise click.ClickException(f"outbox {path} does not exist: give --outbox / OUTBOX_RELAY_OUTBOX")
+    check_recoverable(path)  # never move aside a file that was not an outbox
     with RelayLock(cfg.outbox):  # no relay may be writing the file while it is rebuilt
         if not force and _intact(cfg):
-            click.echo(f"outbox {os.path.abspath(cfg.outbox)} is intact (quick_check ok): nothing to recover")
+            _report({"outbox": path, "intact": True}, as_json,
+                    lambda r: f"outbox {path} is intact (quick_check ok): nothing to recover")
             return
-        report = rebuild(cfg.outbox, lambda path: Outbox(path, **cfg.outbox_kwargs()))
+        report = rebuild(cfg.outbox, lambda p: Outbox(p, **cfg.outbox_kwargs()))
     if as_json:
         _emit_json(report)
     else:

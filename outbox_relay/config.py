@@ -32,6 +32,7 @@ class Setting:
     choices: tuple = ()
     minimum: float | None = None
     secret: bool = False
+    unit: str | None = None  # what the number counts, for --help (SECONDS, BYTES, N)
 
     @property
     def flag(self):
@@ -59,15 +60,17 @@ SETTINGS = (
     Setting("feishu_verification_token", None, "str", "check the Feishu event token", secret=True),
     Setting("auth_token", None, "str", "bearer token for non-Feishu senders", secret=True),
     # Beyond the design card's table: tuning a production deployment needs these.
-    Setting("busy_timeout", 30.0, "float", "seconds a writer waits for the outbox lock", minimum=0),
-    Setting("connect_timeout", 10, "int", "seconds to wait for a target connection", minimum=1),
-    Setting("statement_timeout", 30, "int", "seconds a target statement may run", minimum=1),
-    Setting("max_body", 1048576, "int", "largest webhook body accepted, bytes", minimum=1024),
+    Setting("busy_timeout", 30.0, "float", "seconds a writer waits for the outbox lock", minimum=0,
+            unit="SECONDS"),
+    Setting("connect_timeout", 10, "int", "seconds to wait for a target connection", minimum=1, unit="SECONDS"),
+    Setting("statement_timeout", 30, "int", "seconds a target statement may run", minimum=1, unit="SECONDS"),
+    Setting("max_body", 1048576, "int", "largest webhook body accepted, bytes", minimum=1024, unit="BYTES"),
     Setting("unhealthy_after", 300, "float",
-            "seconds the target may be unreachable before health reports down", minimum=1),
+            "seconds the target may be unreachable before health reports down", minimum=1, unit="SECONDS"),
     Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
     Setting("check_interval", 600.0, "float",
-            "seconds between integrity checks (quick_check) of the outbox file by the relay", minimum=1),
+            "seconds between integrity checks (quick_check) of the outbox file by the relay", minimum=1,
+            unit="SECONDS"),
     Setting("spool", "data/spool", "str",
             "the handoff spool directory (tmp/, new/, rejected/) that run and sync ingest"),
     # `backfill feishu` (issue 11): the app whose bot reads the history back, and how hard it may ask.

@@ -9,7 +9,7 @@ process writes into the outbox; the outbox file; a round trip to the target) and
 import dataclasses
 import time
 
-from .errors import OutboxError, RelayLocked
+from .errors import OutboxError
 from .outboxfile import replaced_warning
 from .sync import BACKOFF_MAX, Heartbeat, RelayLock
 
@@ -26,15 +26,9 @@ def stuck_after(cfg):
 
 
 def relay_running(outbox_path):
-    """True when some process holds the relay lock on this outbox (a relay is running)."""
-    try:
-        lock = RelayLock(outbox_path).acquire(grace=0)
-    except RelayLocked:
-        return True
-    except OSError:
-        return False
-    lock.release()
-    return False
+    """True when some process holds the relay lock on this outbox (a relay is running). Looks only:
+    no lock file is created where none is, and nothing is written into one."""
+    return RelayLock(outbox_path).held_elsewhere()
 
 
 @dataclasses.dataclass

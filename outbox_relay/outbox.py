@@ -124,6 +124,8 @@ class Outbox:
 
     def _check_version(self):
         version = self._version()
+        if version == 0:
+            self._refuse_foreign(self.db.conn(), version)
         if version != OUTBOX_VERSION:
             raise OutboxError(f"{self.path} has outbox schema version {version}, this release reads"
                               f" {OUTBOX_VERSION}: run `outbox-relay run` (or `sync`) once to migrate it")

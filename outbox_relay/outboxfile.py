@@ -79,6 +79,28 @@ def replaced_warning(outbox):
 # -- a damaged file ------------------------------------------------------------------------------
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_recoverable(path):
+    """Raise OutboxError unless `path` looks like an outbox (damaged or not): a SQLite file whose
+    schema, where it can be read, has the outbox table. `recover` moves the file aside and puts an
+    outbox in its place: pointed at an archive or a text file by mistake, it must refuse."""
+    with open(path, "rb") as f:
+        if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+            raise OutboxError(f"{path} is not a SQLite database (its first page is not SQLite's): not an"
+                              " outbox, or one damaged beyond what can be read; nothing was changed")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError:
+        return  # the schema itself is damaged: what recover is for
+    finally:
+        conn.close()
+    if "outbox" not in tables:
+        raise OutboxError(f"{path} is a SQLite database but not an outbox; nothing was changed")
+
+
 def recover(outbox_path, open_outbox):
     """Move the damaged file aside (with its WAL: committed data lives there too), read what can
     be read, write it into a new outbox at the path. `open_outbox(path)` makes the new Outbox.

@@ -313,7 +313,12 @@ class SqliteFile:
         name = getattr(e, "sqlite_errorname", "")  # Python >= 3.11
         text = str(e)
         where = os.path.abspath(self.path)
-        if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") or "malformed" in text or "not a database" in text:
+        if name == "SQLITE_NOTADB" or "not a database" in text:
+            # Not a SQLite file at all: a wrong --outbox as likely as damage; no marker, no advice to
+            # `recover` (which refuses such a file).
+            return OutboxUnavailable(f"outbox {where} is not a database (not a SQLite file: a wrong path, or"
+                                     " its first page is overwritten)")
+        if name == "SQLITE_CORRUPT" or "malformed" in text:
             return OutboxCorrupt(self._damaged(text))
         if "locked" in text or "busy" in text:
             return OutboxUnavailable(f"outbox {where} is locked by another writer past the busy timeout")

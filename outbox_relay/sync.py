@@ -145,6 +145,23 @@ class RelayLock:
         self._fd = fd
         return self
 
+    def held_elsewhere(self):
+        """Is the lock held by a relay (status, health, top)? Without creating the lock file
+        (no relay ever ran here: no) or writing our pid into it."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)  # closing drops a lock we took
+        return False
+
     def release(self):
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)

@@ -341,3 +341,31 @@ def test_run_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path):
                       " in use — is another outbox-relay running there?"]
     assert "Traceback" not in result.stderr and "relay started" not in result.stderr
 
+
+
+def test_recover_refuses_what_is_not_an_outbox_and_changes_nothing(tmp_path, hermetic):
+    text, archive = tmp_path / "notes.db", tmp_path / "archive.db"
+    text.write_text("not a database at all\n")
+    conn = sqlite3.connect(archive)
+    conn.execute("CREATE TABLE feishu_messages (message_id text)")
+    conn.commit()
+    conn.close()
+    for path, why in ((text, "is not a SQLite database"), (archive, "is a SQLite database but not an outbox")):
+        before = sorted(os.listdir(tmp_path))
+        result = run_exe("recover", "--outbox", path, "--force")
+        assert result.returncode == 1 and why in result.stderr and "Traceback" not in result.stderr, result
+        assert sorted(os.listdir(tmp_path)) == before  # nothing moved aside, nothing created
+    missing = run_exe("recover", "--outbox", tmp_path / "nowhere" / "outbox.db")
+    assert missing.returncode == 1 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    status = run_exe("status", "--no-target", "--outbox", archive)
+    assert status.returncode == 1 and "is a SQLite database but not an outbox" in status.stderr, status
+
+
+def test_reading_commands_create_no_lock_file(tmp_path):
+    path = str(tmp_path / "outbox.db")
+    with Outbox(path) as box:
+        box.put(flat(1))
+    for command in (["status", "--no-target"], ["health", "--target", f"sqlite:///{tmp_path}/a.db"],
+                    ["top", "--once"]):
+        run_exe(*command, "--outbox", path)
+    assert not os.path.exists(path + ".lock")
