@@ -15,6 +15,7 @@ import sqlite3
 import time
 
 from .errors import OutboxError, OutboxUnavailable
+from .sqlitefile import file_uri
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def check_recoverable(path):
         if f.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
             raise OutboxError(f"{path} is not a SQLite database (its first page is not SQLite's): not an"
                               " outbox, or one damaged beyond what can be read; nothing was changed")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError:
@@ -130,7 +131,7 @@ def recover(outbox_path, open_outbox):
 def read_what_can_be_read(path):
     """Every outbox row SQLite can still read -> (rows in COLUMNS order, [(first id, last id)] of
     the id ranges it could not)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
     try:
         top = _highest_id(conn)
         rows, unreadable = [], []
@@ -189,7 +190,7 @@ def _ranges(spans):
 
 
 def _read_meta(path):
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
     try:
         return conn.execute("SELECT key, value FROM outbox_meta").fetchall()
     except sqlite3.DatabaseError:

@@ -84,7 +84,7 @@ class SqliteFile:
             elif self.identity is not None:
                 # Once the file exists it is never created again by a plain open: an outbox deleted
                 # or moved under us is noticed (identity), not silently replaced by an empty file.
-                conn = sqlite3.connect(self._uri("rw"), uri=True, **self._connect_args())
+                conn = sqlite3.connect(file_uri(self.path, "rw"), uri=True, **self._connect_args())
             else:
                 conn = sqlite3.connect(self.path, **self._connect_args())
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
@@ -105,7 +105,7 @@ class SqliteFile:
         complete and is read as immutable."""
         if not os.path.exists(self.path):
             raise OutboxUnavailable(f"outbox {os.path.abspath(self.path)} does not exist")
-        conn = sqlite3.connect(self._uri("ro"), uri=True, **self._connect_args())
+        conn = sqlite3.connect(file_uri(self.path, "ro"), uri=True, **self._connect_args())
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchall()
             return conn
@@ -116,10 +116,7 @@ class SqliteFile:
                 raise
             log.debug("outbox opened as immutable (%s)", e)
             self._immutable = True
-            return sqlite3.connect(self._uri("ro") + "&immutable=1", uri=True, **self._connect_args())
-
-    def _uri(self, mode):
-        return "file:" + urllib.parse.quote(os.path.abspath(self.path)) + f"?mode={mode}"
+            return sqlite3.connect(file_uri(self.path, "ro", immutable=True), uri=True, **self._connect_args())
 
     def _forget(self, conn):
         with self._conns_lock:
@@ -223,7 +220,7 @@ class SqliteFile:
         now, writes nothing. A missing file is an error here, never silently created."""
         self.refuse_if_broken()
         try:
-            conn = sqlite3.connect(self._uri("rw"), uri=True, timeout=timeout, isolation_level=None,
+            conn = sqlite3.connect(file_uri(self.path, "rw"), uri=True, timeout=timeout, isolation_level=None,
                                    check_same_thread=False)
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -237,7 +234,7 @@ class SqliteFile:
         """SQLite's quick_check (the b-trees, not the indexes' contents): "ok", or raise OutboxCorrupt.
         On a connection of its own: a long-lived one may hold the damaged pages in its cache."""
         try:
-            conn = sqlite3.connect(self._uri("ro") + ("&immutable=1" if self._immutable else ""), uri=True,
+            conn = sqlite3.connect(file_uri(self.path, "ro", immutable=self._immutable), uri=True,
                                    **self._connect_args())
             try:
                 rows = conn.execute("PRAGMA quick_check").fetchall()
@@ -335,6 +332,13 @@ class SqliteFile:
         if isinstance(e, sqlite3.OperationalError) or "disk" in text:
             return OutboxUnavailable(f"outbox {where} cannot be written: {text}")
         return OutboxError(f"outbox {where}: {text}")
+
+
+def file_uri(path, mode, immutable=False):
+    """The SQLite URI that opens `path` in `mode` (ro, rw, rwc). The path is percent-encoded whole:
+    a '#', '?' or '%' in a directory name is part of the name, not URI syntax."""
+    return (f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={mode}"
+            + ("&immutable=1" if immutable else ""))
 
 
 def _identity(path):

@@ -221,6 +221,22 @@ def test_recover_leaves_an_intact_outbox_alone(tmp_path):
     assert not glob.glob(path + ".damaged-*")
 
 
+
+def test_recover_reads_an_outbox_whose_directory_name_looks_like_uri_syntax(tmp_path):
+    # SQLite opens these files by URI: '#', '?' and '%' in a directory name are names, not syntax.
+    folder = tmp_path / "a#b?c%41 d"
+    folder.mkdir()
+    path = str(folder / "outbox.db")
+    with Outbox(path) as box:
+        box.put_many([flat(i) for i in range(3)])
+    result = run_exe("recover", "--outbox", path, "--force", "--json")
+    assert result.returncode == 0, result
+    report = json.loads(result.stdout)
+    assert (report["recovered"], report["unreadable_ids"]) == (3, [])
+    assert report["damaged_copy"].startswith(str(folder))
+    with Outbox(path) as box:
+        assert box.counts()["pending"] == 3
+
 # -- 4. a full disk, a read-only directory ---------------------------------------------------------
 
 

@@ -23,6 +23,7 @@ import sqlite3
 
 from ..errors import OutboxRelayError
 from ..openclaw_text import split_session_key
+from ..sqlitefile import file_uri
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,7 @@ def _maybe_zstd(raw):
 def connect_readonly(path):
     """A read-only connection: `mode=ro` can neither write nor take the write lock; busy_timeout
     covers the moments a WAL reader must wait (the gateway restarting a checkpoint)."""
-    uri = "file:" + os.path.abspath(path).replace("?", "%3f").replace("#", "%23") + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=READ_BUSY_TIMEOUT_S, isolation_level=None,
+    conn = sqlite3.connect(file_uri(path, "ro"), uri=True, timeout=READ_BUSY_TIMEOUT_S, isolation_level=None,
                            check_same_thread=False)
     conn.execute("PRAGMA query_only = 1")
     return conn
