@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import urllib.parse
 
 import click
@@ -24,6 +23,7 @@ from .handoff import Spool, format_spool, ingest_for_sync
 from .logs import setup_logging
 from .progress import progress_for
 from .targets import DIALECTS
+from .timeconv import now_ms, parse_when
 
 log = logging.getLogger(__name__)
 
@@ -257,14 +257,11 @@ def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
     """
     from .backfill.openclaw import backfill_openclaw, format_report
     from .backfill.openclaw_sources import TranscriptsUnreadable, check_root
-    from .query import parse_when
+    since_ms, until_ms = _time_range(since, until)
+    root = os.path.expanduser(directory or "~/.openclaw")
     try:
-        since_ms, until_ms = parse_when(since, "--since"), parse_when(until, "--until")
-        if since_ms is not None and until_ms is not None and since_ms >= until_ms:
-            raise ValueError("--since must be before --until")
-        root = os.path.expanduser(directory or "~/.openclaw")
         check_root(root)  # before the outbox is opened: a wrong DIR changes nothing
-    except (ValueError, TranscriptsUnreadable) as e:
+    except TranscriptsUnreadable as e:
         raise BadSetting(str(e)) from None
     with _opened(cfg, target=False) as (outbox, _):
         target = _target_or_none(cfg)
@@ -311,7 +308,7 @@ def backfill_feishu(cfg, chats, since, until, dry_run, recheck, as_json):
     from .backfill.feishu import backfill_feishu as run_backfill
     from .backfill.feishu import format_report
     from .service import ensure_schema_or_warn, two_signal_shutdown
-    since_ms, until_ms = _backfill_range(since, until)
+    since_ms, until_ms = _time_range(since, until, until_default=now_ms())
     stop = threading.Event()
     client = _feishu_client(cfg, stop)
     with _opened(cfg, outbox=not dry_run or os.path.exists(cfg.outbox), create=not dry_run) as (outbox, target):
@@ -332,15 +329,16 @@ def backfill_feishu(cfg, chats, since, until, dry_run, recheck, as_json):
         raise click.ClickException(f"backfill incomplete: {why}; run it again to continue")
 
 
-def _backfill_range(since, until):
-    from .query import parse_when
+def _time_range(since, until, until_default=None):
+    """--since/--until of a backfill -> epoch ms (None where not given): one line, exit 2, when a
+    value is not a time or the range is empty."""
     try:
         since_ms = parse_when(since, "--since")
-        until_ms = parse_when(until, "--until") if until else int(time.time() * 1000)
+        until_ms = parse_when(until, "--until") if until else until_default
     except ValueError as e:
-        raise click.UsageError(str(e)) from None
-    if since_ms >= until_ms:
-        raise click.UsageError("--since must be before --until")
+        raise BadSetting(str(e)) from None
+    if since_ms is not None and until_ms is not None and since_ms >= until_ms:
+        raise BadSetting("--since must be before --until")
     return since_ms, until_ms
 
 
@@ -738,7 +736,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
     The keyword is matched literally (% and _ are not wildcards); Chinese works
     without word boundaries.
     """
-    from .query import parse_when, search_messages
+    from .query import search_messages
     if not keyword:
         raise click.UsageError("the keyword must not be empty")
     try:

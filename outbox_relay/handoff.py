@@ -28,6 +28,7 @@ import time
 
 from .errors import InvalidMessage, OutboxError, SpoolError
 from .message import MAX_MESSAGE_BYTES, Message, normalize
+from .timeconv import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ class IngestReport:
 def item_name(now=None):
     """`<epoch ms, 13 digits>.<pid>_<random>.json`: sorting names sorts by hand-over time (to the
     millisecond); pid and 64 random bits keep concurrent writers apart. The hook uses the same form."""
-    ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:013d}.{os.getpid()}_{secrets.token_hex(8)}.json"
+    return f"{now_ms(now):013d}.{os.getpid()}_{secrets.token_hex(8)}.json"
 
 
 class Spool:

@@ -12,7 +12,7 @@ import re
 
 from . import jsonio, openclaw_text
 from .errors import InvalidMessage, NotAMessage
-from .timeconv import iso_to_ms
+from .timeconv import iso_to_ms, s_to_ms
 
 # One message's payload, encoded as UTF-8 JSON. Matches the webhook's default
 # body limit: anything bigger is not a chat message.
@@ -65,6 +65,10 @@ class Message:
     @classmethod
     def from_json(cls, text):
         return cls.from_dict(json.loads(text))
+
+    def created_or(self, received_at):
+        """created_at in epoch ms, or (a sender that gave none) when the outbox received it."""
+        return self.created_at if self.created_at is not None else s_to_ms(received_at)
 
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Message))

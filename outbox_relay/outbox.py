@@ -533,8 +533,7 @@ class Outbox:
 
 
 def _row_values(m, now):
-    created = m.created_at if m.created_at is not None else int(now * 1000)
-    return (m.message_id, m.chat_id, m.sender_id, m.msg_type, m.text or "", created, now, now,
+    return (m.message_id, m.chat_id, m.sender_id, m.msg_type, m.text or "", m.created_or(now), now, now,
             m.to_json())
 
 

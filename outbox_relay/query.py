@@ -8,7 +8,7 @@ creates where it may; without it the database scans, which is slower but gives t
 import time
 
 from .errors import TargetError
-from .timeconv import day_start_ms, ms_to_iso, parse_when, to_ms
+from .timeconv import day_start_ms, ms_to_iso, now_ms, parse_when, to_ms
 
 __all__ = ["parse_when", "search_messages", "search_target", "target_stats", "collect_stats"]
 
@@ -64,8 +64,8 @@ def search_messages(outbox, target, keyword, *, limit=20, **filters):
 
 def target_stats(target, *, days=7, top=10, now=None):
     t, p = target.quoted, target.param
-    now_ms = int((time.time() if now is None else now) * 1000)
-    start_ms = day_start_ms(now_ms) - (days - 1) * 86_400_000
+    now = now_ms(now)
+    start_ms = day_start_ms(now) - (days - 1) * 86_400_000
     with target.transaction() as tx:
         out = {}
         (total, first, last), = tx.execute(f"SELECT count(*), min(created_at), max(created_at) FROM {t}")
@@ -84,7 +84,7 @@ def target_stats(target, *, days=7, top=10, now=None):
         rows = tx.execute(f"SELECT msg_type, count(*) AS n FROM {t} GROUP BY msg_type ORDER BY n DESC, msg_type")
         out["by_type"] = [{"msg_type": k, "count": n} for k, n in rows]
         out["relayed_last_hour"] = tx.value(f"SELECT count(*) FROM {t} WHERE relayed_at >= {p}",
-                                            (target.created_value(now_ms - 3_600_000),))
+                                            (target.created_value(now - 3_600_000),))
     return out
 
 

@@ -28,9 +28,19 @@ def ms_to_iso(ms):
     return ms_to_datetime(ms).isoformat(timespec="milliseconds")
 
 
+def s_to_datetime(seconds):
+    """Epoch seconds (a float, as time.time() gives) -> an aware UTC datetime."""
+    return dt.datetime.fromtimestamp(seconds, UTC)
+
+
 def s_to_iso(seconds):
-    """Epoch seconds (a float, as time.time() gives) -> ISO with microseconds, UTC."""
-    return dt.datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
+    """Epoch seconds -> ISO with microseconds, UTC."""
+    return s_to_datetime(seconds).isoformat(timespec="microseconds")
+
+
+def s_to_ms(seconds):
+    """Epoch seconds (a float) -> integer epoch ms, as the outbox's received_at becomes a created_at."""
+    return int(seconds * 1000)
 
 
 def datetime_to_ms(value):
@@ -66,8 +76,9 @@ def day_start_ms(ms):
     return datetime_to_ms(dt.datetime.combine(ms_to_datetime(ms).date(), dt.time(), UTC))
 
 
-def now_ms():
-    return time.time_ns() // 1_000_000
+def now_ms(now=None):
+    """Epoch ms of `now` (epoch seconds, for a caller that fixes the moment), by default the clock's."""
+    return time.time_ns() // 1_000_000 if now is None else s_to_ms(now)
 
 
 def parse_when(value, option="--since", now=None):
@@ -77,8 +88,7 @@ def parse_when(value, option="--since", now=None):
         return None
     m = _RELATIVE.match(value)
     if m:
-        now = now_ms() if now is None else int(now * 1000)
-        return now - int(m.group(1)) * _UNITS[m.group(2).lower()] * 1000
+        return now_ms(now) - int(m.group(1)) * _UNITS[m.group(2).lower()] * 1000
     ms = iso_to_ms(value)
     if ms is None:
         raise ValueError(f"{option} {value!r}: use a date (2026-11-01), a date-time "

@@ -16,13 +16,13 @@ checkpoint fell in. `recheck=True` reads the whole range again.
 """
 
 import dataclasses
-import datetime as dt
 import logging
 import time
 
 from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, OutboxFull
 from ..message import normalize
 from ..progress import NO_PROGRESS
+from ..timeconv import now_ms, s_to_datetime
 from .feishu_api import Stopped
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
     reported and the others go on; Feishu unavailable past the retries ends the run (every chat
     would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
-    end = min(until_ms, int(time.time() * 1000) - SETTLE_MS) // 1000
+    end = min(until_ms, now_ms() - SETTLE_MS) // 1000
     run = _Run(client, outbox, target, since_ms // 1000, end, dry_run, progress)
     try:
         client.authenticate()
@@ -341,7 +341,7 @@ def _report(run, chats, errors, stopped, elapsed):
 
 
 def _iso(seconds):
-    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return s_to_datetime(seconds).isoformat().replace("+00:00", "Z")
 
 
 def format_report(report):

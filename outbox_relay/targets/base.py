@@ -291,10 +291,9 @@ class Target:
             return self.insert_batch(tx, encoded)
 
     def _values(self, outbox_id, m, received_at):
-        created = m.created_at if m.created_at is not None else int(received_at * 1000)
         return (m.message_id, m.chat_id, m.chat_type, m.thread_id, m.root_id, m.parent_id,
                 m.sender_id, m.sender_type, m.msg_type or "text", _json(m.content), m.text or "",
-                _json(m.mentions), self.created_value(created), m.source, _json(m.raw),
+                _json(m.mentions), self.created_value(m.created_or(received_at)), m.source, _json(m.raw),
                 self.received_value(received_at), self.host_name, outbox_id)
 
     # -- schema -------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ in `utf8mb4_bin`: literal, with ASCII (and other) case ignored, as on PostgreSQL
 collation would also equate accents and, in utf8mb4_general_ci/unicode_ci, every emoji.
 """
 
-import datetime as dt
 import hashlib
 import os
 import ssl
@@ -31,7 +30,7 @@ import urllib.parse
 from .. import schema
 from ..config import mask_url
 from ..errors import ConfigError, RowRejected, TargetUnavailable
-from ..timeconv import UTC, ms_to_datetime
+from ..timeconv import ms_to_datetime, s_to_datetime
 from .base import PooledTarget, unfilled_column
 
 SQL_MODE = "STRICT_ALL_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION"
@@ -120,11 +119,10 @@ class MySQLTarget(PooledTarget):
         return f"MySQL {self.display_url} (table {self.table})"
 
     def created_value(self, ms):
-        # DATETIME has no zone: naive UTC text (the session's time_zone is UTC too).
-        return ms_to_datetime(ms).replace(tzinfo=None).isoformat(" ", "milliseconds")
+        return _datetime_text(ms_to_datetime(ms))
 
     def received_value(self, seconds):
-        return dt.datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None).isoformat(" ", "milliseconds")
+        return _datetime_text(s_to_datetime(seconds))
 
     # -- errors ------------------------------------------------------------------------------------
 
@@ -272,6 +270,12 @@ def sql_literal(value):
         return str(value)
     text = str(value).replace("\\", "\\\\").replace("'", "\\'").replace('"', '\\"').replace("\n", "\\n")
     return "'" + text.replace("\r", "\\r").replace("\0", "\\0").replace("\x1a", "\\Z") + "'"
+
+
+def _datetime_text(value):
+    """An aware UTC datetime -> DATETIME(3) text. DATETIME has no zone: naive UTC (the session's
+    time_zone is UTC too)."""
+    return value.replace(tzinfo=None).isoformat(" ", "milliseconds")
 
 
 def like_escape(keyword):
