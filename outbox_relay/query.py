@@ -96,7 +96,7 @@ def collect_stats(outbox, target, *, days=7, top=10):
     except TargetError as e:
         result["target_error"] = str(e)
     try:
-        info = target.check()
+        info = target.connections()
         result["connections"] = {k: info.get(k) for k in (
             "connections_in_use", "max_connections", "role_connection_limit", "role_connections_in_use",
             "relay_connections", "pool_size")} if "max_connections" in info else None

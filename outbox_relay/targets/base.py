@@ -53,7 +53,8 @@ class Tx:
 class Target:
     """One target database. Thread-safe; holds at most `pool_size` connections."""
 
-    name = None              # "postgresql", "sqlite" …: shown to people and in `check`
+    name = None              # "postgresql", "sqlite" …: the dialect, in `check` and `status`
+    title = None             # the database as people name it, in the log and `init-db`
     param = "?"              # the driver's placeholder
     quote_char = '"'
     # Our column types (schema.COLUMNS) in this database's SQL; "now" is its clock as a column
@@ -88,7 +89,7 @@ class Target:
         raise NotImplementedError
 
     def describe(self):
-        return f"{self.name} {self.display_url} (table {self.table})"
+        return f"{self.title} {self.display_url} (table {self.table})"
 
     def classify_driver_error(self, exc, text):
         """A TargetError for what this driver's error means, or None for "transient"."""
@@ -304,11 +305,11 @@ class Target:
     def schema_version(self):
         """The applied version of our table, 0 when absent. Raises TargetUnavailable."""
         with self.transaction() as tx:
-            if not self.table_exists(tx, schema.VERSION_TABLE):
-                return 0
-            version = tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
-                               (self.table,))
-            return version or 0
+            return self._version(tx) if self.table_exists(tx, schema.VERSION_TABLE) else 0
+
+    def _version(self, tx):
+        return tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
+                        (self.table,)) or 0
 
     def init_db(self, trigram=True):
         """Apply the missing migrations; then the search index where permitted. -> report dict."""
@@ -319,8 +320,7 @@ class Target:
             self.ddl_lock(tx)
             with self._ddl_unlocked_after(tx):
                 tx.execute(self.version_table_sql())
-                current = tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
-                                   (self.table,)) or 0
+                current = self._version(tx)
                 for stmts in migrations[current:]:
                     for sql in stmts:
                         tx.execute(sql)
@@ -390,8 +390,7 @@ class Target:
     def check(self):
         """Reachability, server version, latency, connections in use vs the server's and the role's limit."""
         latency = min(self.ping() for _ in range(3))
-        with self.transaction() as tx:
-            result = {"dialect": self.name, "latency_ms": round(latency * 1000, 2), **self.server_info(tx)}
+        result = {"dialect": self.name, "latency_ms": round(latency * 1000, 2), **self.connections()}
         try:
             result["schema_version"] = self.schema_version()
             result["table_problems"] = self.table_problems()
@@ -399,6 +398,11 @@ class Target:
             result["schema_version"] = f"unknown: {e}"
         result["table"] = self.table
         return result
+
+    def connections(self):
+        """server_info() in a transaction of its own: what `stats` shows of the connections."""
+        with self.transaction() as tx:
+            return self.server_info(tx)
 
     def table_problems(self):
         """What stops the relay writing into the table as it is now (a DBA's change, a table made by

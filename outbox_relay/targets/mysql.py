@@ -60,7 +60,7 @@ ROW_ERRNOS = {
 
 class MySQLTarget(PooledTarget):
     name = "mysql"
-    schemes = ("mysql", "mariadb")
+    title = "MySQL"
     param = "%s"
     quote_char = "`"
     # `json` is MySQL's native JSON and MariaDB's alias for LONGTEXT with a JSON_VALID check: the
@@ -114,9 +114,6 @@ class MySQLTarget(PooledTarget):
         return PooledMySQLDatabase(
             database, max_connections=self.pool_size, stale_timeout=300, timeout=self.connect_timeout,
             autoconnect=False, autorollback=False, **kwargs)
-
-    def describe(self):
-        return f"MySQL {self.display_url} (table {self.table})"
 
     def created_value(self, ms):
         return _datetime_text(ms_to_datetime(ms))

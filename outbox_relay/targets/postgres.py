@@ -24,7 +24,7 @@ COPY_CHUNK = 1 << 20
 
 class PostgresTarget(PooledTarget):
     name = "postgresql"
-    schemes = ("postgresql", "postgres")
+    title = "PostgreSQL"
     param = "%s"
     types = {"id": "varchar(128)", "kind": "varchar(64)", "source": "varchar(32)", "host": "varchar(255)",
              "json": "jsonb", "text": "text", "time": "timestamptz", "bigint": "bigint",
@@ -67,9 +67,6 @@ class PostgresTarget(PooledTarget):
         return PooledPostgresqlDatabase(
             database, max_connections=self.pool_size, stale_timeout=300, timeout=self.connect_timeout,
             autoconnect=False, autorollback=False, **kwargs)
-
-    def describe(self):
-        return f"PostgreSQL {self.display_url} (table {self.table})"
 
     def classify_driver_error(self, exc, text):
         sqlstate = getattr(exc, "pgcode", None)

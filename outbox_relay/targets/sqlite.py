@@ -13,7 +13,7 @@ _NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
 
 class SqliteTarget(Target):
     name = "sqlite"
-    schemes = ("sqlite",)
+    title = "SQLite archive"
     param = "?"
     types = {"id": "TEXT", "kind": "TEXT", "source": "TEXT", "host": "TEXT", "json": "TEXT", "text": "TEXT",
              "time": "TEXT", "bigint": "INTEGER", "now": _NOW, "empty": " DEFAULT ''"}
@@ -47,7 +47,7 @@ class SqliteTarget(Target):
         return os.path.abspath(self.db.database)
 
     def describe(self):
-        return f"SQLite archive {self.path} (table {self.table})"
+        return f"{self.title} {self.path} (table {self.table})"  # the file itself, not the URL
 
     def _checkout(self):
         if self._must_exist and not os.path.exists(self._must_exist):
