@@ -27,11 +27,11 @@ from .message import Message
 
 log = logging.getLogger(__name__)
 
-StepResult = collections.namedtuple("StepResult", "claimed delivered new dead refilled pruned error")
+StepResult = collections.namedtuple("StepResult", "claimed delivered new dead pruned error")
 # Claimed rows, each one's encoded form for the target (or the RowRejected that stops it from
 # being written at all), and the outbox file generation they were claimed from.
 Batch = collections.namedtuple("Batch", "rows encoded generation")
-StepResult.__new__.__defaults__ = (0, 0, 0, 0, 0, 0, None)
+StepResult.__new__.__defaults__ = (0, 0, 0, 0, 0, None)
 
 IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_MAX
 # Most payload bytes in one target transaction. 500 messages near the 1 MB limit would be a
@@ -187,7 +187,6 @@ class Relay:
         self.probe_interval = probe_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._backoff = None
         self.started_at = time.time()
         self.last_success = None
         self.last_error = None
@@ -260,7 +259,7 @@ class Relay:
         else:
             delivered, just_pruned = self._finish(batch, written, refused)
             pruned += just_pruned
-        result = StepResult(len(batch.rows), delivered, new, len(refused), 0, pruned, None)
+        result = StepResult(len(batch.rows), delivered, new, len(refused), pruned, None)
         self.stats["batches"] += 1
         self.stats["delivered"] += delivered
         self.stats["dead"] += len(refused)
@@ -373,16 +372,20 @@ class Relay:
 
     def _note_success(self, every_time=True):
         self.last_success = time.time()
-        recovered = self.unavailable_since is not None or self.outbox_problem is not None
+        recovered = self._target_back(self.last_success) or self.outbox_problem is not None
         self.outbox_problem = None
-        if self.unavailable_since is not None:
-            log.info("target reachable again after %.1f s", self.last_success - self.unavailable_since)
-        self.unavailable_since = None
-        self._backoff = None
         # A heartbeat is a commit (an fsync): in the loops at most one a second while batches flow,
         # at once on a recovery. Once per batch it was a tenth of a drain.
         if every_time or recovered or time.monotonic() - self._beat_at >= HEARTBEAT_EVERY:
             self.write_heartbeat()
+
+    def _target_back(self, now):
+        """The target answered: end the outage on record, if any. -> whether there was one."""
+        if self.unavailable_since is None:
+            return False
+        log.info("target reachable again after %.1f s", now - self.unavailable_since)
+        self.unavailable_since = None
+        return True
 
     def _note_error(self, error):
         now = time.time()
@@ -423,12 +426,12 @@ class Relay:
             result = self._step_with_backoff(overlap=True)
             if result is None:
                 break
-            for field in ("claimed", "delivered", "new", "dead", "refilled", "pruned"):
+            for field in ("claimed", "delivered", "new", "dead", "pruned"):
                 total[field] += getattr(result, field)
             if result.claimed == 0:
                 if not self.outbox.has_pending():
                     break
-                continue  # parked rows were just refilled: not a batch
+                continue  # every row was in flight when this batch was claimed: not a batch
             batches += 1
             if on_step:
                 on_step(result)
@@ -445,7 +448,6 @@ class Relay:
         next_beat = 0.0
         next_probe = time.monotonic() + self.probe_interval
         while not self._stop.is_set():
-            self.last_loop_at = time.time()
             result = self._step_with_backoff(overlap=True)
             if result is None:
                 break
@@ -475,9 +477,7 @@ class Relay:
         except TargetUnavailable as e:
             self._note_error(e)
             return
-        if self.unavailable_since is not None:
-            log.info("target reachable again after %.1f s", time.time() - self.unavailable_since)
-            self.unavailable_since = None
+        if self._target_back(time.time()):
             self.write_heartbeat()
 
     def check_outbox_file(self):
