@@ -139,7 +139,7 @@ class Outbox:
         adopt_file_at_path(self, why)
 
     def schema_version(self):
-        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+        return self._version()
 
     # -- writing -----------------------------------------------------------------
 
@@ -387,27 +387,29 @@ class Outbox:
 
     def replay(self, ids=None, states=("dead",)):
         """Requeue rows (by outbox id or message_id, or all in `states`) as pending. Returns how many."""
+        return len(self.requeue(ids, states))
+
+    def requeue(self, ids=None, states=("dead",)):
+        """replay(), returning the outbox ids of the rows it requeued (`replay --wait` follows them)."""
         for s in states:
             if s not in ("dead", "parked"):
                 raise ValueError(f"replay takes dead or parked rows, not {s!r}")
-        marks = ",".join("?" * len(states))
+        where, params = f"state IN ({','.join('?' * len(states))})", list(states)
+        if ids is not None:
+            keys = json.dumps([str(i) for i in ids])
+            where += (" AND (CAST(id AS TEXT) IN (SELECT value FROM json_each(?))"
+                      " OR message_id IN (SELECT value FROM json_each(?)))")
+            params += [keys, keys]
         with self._tx() as c:
-            if ids is None:
-                cur = c.execute(f"UPDATE outbox SET state = 'pending', updated_at = ?"
-                                f" WHERE state IN ({marks})", (time.time(), *states))
-            else:
-                keys = json.dumps([str(i) for i in ids])
-                cur = c.execute(
-                    f"UPDATE outbox SET state = 'pending', updated_at = ? WHERE state IN ({marks})"
-                    " AND (CAST(id AS TEXT) IN (SELECT value FROM json_each(?))"
-                    "      OR message_id IN (SELECT value FROM json_each(?)))",
-                    (time.time(), *states, keys, keys))
-            n = cur.rowcount
-            if n and self.overflow == "park":
-                self._park_overflow(c)
-        if n:
+            found = [r[0] for r in c.execute(f"SELECT id FROM outbox WHERE {where} ORDER BY id", params)]
+            if found:
+                c.execute(f"UPDATE outbox SET state = 'pending', updated_at = ? WHERE {where}",
+                          (time.time(), *params))
+                if self.overflow == "park":
+                    self._park_overflow(c)
+        if found:
             self._notify()
-        return n
+        return found
 
     # -- reading -----------------------------------------------------------------------
 

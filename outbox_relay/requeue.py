@@ -7,7 +7,6 @@ many of the requeued rows are no longer pending or parked (delivered, pruned aft
 dead again). Nothing is drawn on a pipe (progress.py).
 """
 
-import sys
 import time
 
 from .health import relay_running
@@ -16,23 +15,12 @@ POLL = 0.2  # seconds between looks at the requeued rows
 RELAY_CHECK_EVERY = 10  # polls between looks at the relay lock (is a relay still running?)
 
 
-def matching_ids(outbox, keys, state):
-    """Outbox ids of the rows in `state` that `keys` name (outbox id or message_id), or all of them."""
-    rows = outbox.rows(state, limit=sys.maxsize)
-    if keys is None:
-        return [r["id"] for r in rows]
-    wanted = {str(k) for k in keys}
-    return [r["id"] for r in rows if str(r["id"]) in wanted or r["message_id"] in wanted]
-
-
 def replay_and_wait(outbox, keys, state, *, progress, stop, timeout=None, poll=POLL):
     """Requeue the rows `keys` names (None: every row in `state`) and wait for them. Returns
     {requeued, delivered, dead, waiting, why}: `why` says what ended a wait that left rows waiting."""
-    ids = matching_ids(outbox, keys, state)
-    # By outbox id, so that what is followed is exactly what was requeued.
-    requeued = outbox.replay([str(i) for i in ids], states=(state,)) if ids else 0
+    ids = outbox.requeue(keys, states=(state,))  # exactly what was requeued is what is followed
     report = follow(outbox, ids, progress=progress, stop=stop, timeout=timeout, poll=poll)
-    return {"requeued": requeued, **report}
+    return {"requeued": len(ids), **report}
 
 
 def follow(outbox, ids, *, progress, stop, timeout=None, poll=POLL):
