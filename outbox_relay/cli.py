@@ -77,7 +77,10 @@ def _emit_json(data):
 
 def _report(data, as_json, formatter):
     """JSON for scripts, or the human table that `formatter` makes of the same data."""
-    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str) if as_json else formatter(data))
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo(formatter(data))
 
 
 def _open_outbox(cfg, create=True, readonly=False):

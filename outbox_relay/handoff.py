@@ -26,6 +26,7 @@ import stat
 import threading
 import time
 
+from . import jsonio
 from .errors import InvalidMessage, OutboxError, SpoolError
 from .message import MAX_MESSAGE_BYTES, Message, normalize
 from .timeconv import now_ms
@@ -412,7 +413,7 @@ def _payload_bytes(payload):
             raise InvalidMessage("a Message without its raw payload cannot be spooled: pass the payload")
         payload = payload.raw
     if isinstance(payload, dict):
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return jsonio.dumps(payload).encode("utf-8")
     if isinstance(payload, str):
         return payload.encode("utf-8")
     return bytes(payload)

@@ -221,6 +221,8 @@ def _json_errors_channel():
     from waitress.channel import HTTPChannel
     from waitress.task import ErrorTask
 
+    from .web import refusal
+
     class JsonErrorTask(ErrorTask):
         def execute(self):
             error = self.request.error
@@ -229,7 +231,7 @@ def _json_errors_channel():
                 message = f"body is over the limit of {limit} bytes"
             else:
                 message = f"{error.reason}: {error.body}"
-            body = json.dumps({"ok": False, "error": message}).encode("utf-8")
+            body = json.dumps(refusal(message)).encode("utf-8")
             self.status = f"{error.code} {error.reason}"
             self.response_headers.append(("Content-Type", "application/json"))
             self.set_close_on_finish()

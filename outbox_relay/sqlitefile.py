@@ -296,10 +296,7 @@ class SqliteFile:
                 out[key] = os.path.getsize(name)
             except OSError:
                 out[key] = 0
-        try:
-            out["free_bytes"] = shutil.disk_usage(os.path.dirname(os.path.abspath(self.path))).free
-        except OSError:
-            out["free_bytes"] = None
+        out["free_bytes"] = free_bytes(self.path)
         return out
 
     # -- errors -------------------------------------------------------------------------------------
@@ -320,8 +317,10 @@ class SqliteFile:
         if "locked" in text or "busy" in text:
             return OutboxUnavailable(f"outbox {where} is locked by another writer past the busy timeout")
         if name == "SQLITE_FULL" or "disk is full" in text:
-            return OutboxUnavailable(f"outbox {where} cannot be written: the disk is full"
-                                     f" ({_free(where)} free)")
+            free = free_bytes(where)
+            return OutboxUnavailable(f"outbox {where} cannot be written: the disk is full ("
+                                     + ("unknown space" if free is None else f"{free / 1048576:.1f} MiB")
+                                     + " free)")
         if name == "SQLITE_READONLY_DIRECTORY" or (
                 "readonly" in text and not os.access(os.path.dirname(where), os.W_OK)):
             return OutboxUnavailable(f"outbox {where} cannot be written: its directory"
@@ -349,12 +348,12 @@ def _identity(path):
     return st.st_dev, st.st_ino
 
 
-def _free(path):
+def free_bytes(path):
+    """Bytes free on the file system that holds the file `path`, or None when it cannot be told."""
     try:
-        free = shutil.disk_usage(os.path.dirname(path)).free
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
     except OSError:
-        return "unknown space"
-    return f"{free / 1048576:.1f} MiB"
+        return None
 
 
 class _Transaction:

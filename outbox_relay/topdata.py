@@ -22,6 +22,7 @@ import time
 import urllib.parse
 
 from . import health
+from .config import mask_url
 from .errors import OutboxError
 from .handoff import Spool, spool_warnings
 from .ops import _age
@@ -183,15 +184,6 @@ def _why(error):
     if isinstance(error, TimeoutError):
         return "no answer in time"
     return str(error) or type(error).__name__
-
-
-def mask_url(url):
-    """The URL without a password: it is shown on the screen."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def parse_metrics(text):

@@ -30,7 +30,6 @@ below return the JSON 413 when the app runs under another server.
 import hmac
 import json
 import logging
-import os
 import time
 
 import falcon
@@ -42,6 +41,7 @@ from .handoff import Spool, spool_warnings
 from .message import detect, normalize
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import Metrics
+from .sqlitefile import free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Webhook:
                 outcome = e.outcome
                 source = e.source
                 resp.status = falcon.code_to_http_status(e.status)
-                resp.media = {"ok": False, "error": str(e)}
+                resp.media = refusal(str(e))
                 for name, value in e.headers.items():
                     resp.set_header(name, value)
                 if e.status == 401 and self.auth_token:
@@ -285,9 +285,8 @@ class Health:
             self.outbox.probe_writable(min(self.cfg.busy_timeout, PROBE_TIMEOUT))
         except OutboxError as e:
             return {"ok": False, "path": path, "problem": f"outbox {path} is not writable: {e}"}
-        stat = os.statvfs(os.path.dirname(os.path.abspath(path)))
-        free = stat.f_bavail * stat.f_frsize
-        if free < MIN_FREE_BYTES:
+        free = free_bytes(path)
+        if free is not None and free < MIN_FREE_BYTES:
             return {"ok": False, "path": path, "free_bytes": free,
                     "problem": f"disk almost full where the outbox lives: {free} bytes free"}
         return {"ok": True, "path": path, "free_bytes": free}
@@ -305,6 +304,11 @@ class MetricsResource:
         resp.data = self.metrics.render()
 
 
+def refusal(message):
+    """The body of every refusal, whether falcon, our handlers or waitress itself refuses."""
+    return {"ok": False, "error": message}
+
+
 def _serialize_error(req, resp, exc):
     """Falcon's own errors (404, 405, a malformed header) as the same JSON shape as ours."""
     if exc.description:
@@ -317,10 +321,10 @@ def _serialize_error(req, resp, exc):
     else:
         message = exc.title
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps({"ok": False, "error": message}, ensure_ascii=False)
+    resp.text = json.dumps(refusal(message), ensure_ascii=False)
 
 
 def _unexpected_error(req, resp, exc, params):
     log.exception("unexpected error on %s %s", req.method, req.path)
     resp.status = falcon.HTTP_500
-    resp.media = {"ok": False, "error": "internal error (see the server log)"}
+    resp.media = refusal("internal error (see the server log)")
