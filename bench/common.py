@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: result lines, the table, machine info, PostgreSQL, helpers."""
 
 import dataclasses
+import importlib
 import os
 import platform
 import socket
@@ -105,11 +106,17 @@ def fs_type(path):
         return "?"
 
 
-def start_pg():
-    """A throwaway cluster, started exactly as the tests do (tests/pgharness.py)."""
+def harness(name):
+    """A module of tests/ that starts throwaway servers (pgharness, mariaharness): the benchmarks
+    start theirs exactly as the tests do."""
     if TESTS not in sys.path:
         sys.path.insert(0, TESTS)
-    import pgharness
+    return importlib.import_module(name)
+
+
+def start_pg():
+    """A throwaway PostgreSQL cluster."""
+    pgharness = harness("pgharness")
     pgharness.sweep_stale_dirs()
     return pgharness.PgCluster.create()
 

@@ -14,7 +14,7 @@ import time
 
 import backlog
 import relay as relay_bench
-from common import BENCH, TESTS, ratio_line
+from common import BENCH, free_port, harness, ratio_line
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
@@ -25,10 +25,7 @@ RTTS_MS = (0, 1, 5, 20)
 
 def start_tls_pg():
     """A cluster from tests/pgharness.py with ssl=on and a self-signed certificate."""
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    import pgharness
-    pg = pgharness.PgCluster()
+    pg = harness("pgharness").PgCluster()
     try:
         pg.init()
         write_certificate(pg.datadir, pg._runas)
@@ -66,8 +63,7 @@ class Link:
     """A delay proxy process in front of the cluster: `url(db)` goes through it, with TLS."""
 
     def __init__(self, pg, rtt_ms):
-        import pgharness
-        self.port = pgharness.free_port()
+        self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, os.path.join(BENCH, "delayproxy.py"), str(self.port),
                                       str(pg.port), str(rtt_ms / 2)], stdout=subprocess.PIPE)
         if self.proc.stdout.readline().strip() != b"ready":

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 
 import backlog
-from common import TESTS, ratio_line
+from common import harness, ratio_line
 
 from outbox_relay.message import Message
 from outbox_relay.schema import TARGET_COLUMNS
@@ -25,10 +25,8 @@ from outbox_relay.targets import open_target
 
 
 def start_maria():
-    """A throwaway server, started exactly as the tests do (tests/mariaharness.py)."""
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    import mariaharness
+    """A throwaway MariaDB server."""
+    mariaharness = harness("mariaharness")
     mariaharness.sweep_stale_dirs()
     return mariaharness.MariaServer.create()
 
