@@ -4,7 +4,6 @@ import dataclasses
 import importlib
 import os
 import platform
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -114,6 +113,10 @@ def harness(name):
     return importlib.import_module(name)
 
 
+# The tests' process helpers are plain library code (no pytest): the same free port and port probe.
+free_port, port_open = harness("serverproc").free_port, harness("serverproc").port_open
+
+
 def start_pg():
     """A throwaway PostgreSQL cluster."""
     pgharness = harness("pgharness")
@@ -128,6 +131,8 @@ def fresh_database(pg, name):
 
 
 def wait_for(predicate, timeout, interval=0.01, what="condition"):
+    """serverproc.wait_until with a fixed poll interval (that one's grows to 0.25 s): a benchmark's
+    end is timed by it."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -138,18 +143,6 @@ def wait_for(predicate, timeout, interval=0.01, what="condition"):
         time.sleep(interval)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def remove_sqlite(path):
