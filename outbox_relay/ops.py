@@ -86,8 +86,7 @@ def end_to_end_test(cfg, outbox, target, timeout):
                 try:
                     relay.step()
                     if _in_target(target, message_id):
-                        return True, (f"OK: test message {message_id} reached {target.describe()} in "
-                                      f"{(time.monotonic() - started) * 1000:.0f} ms{_remove(target, message_id)}")
+                        return True, _reached(target, message_id, started)
                 except (TargetError, OutboxRelayError) as e:
                     last_error = str(e)
                     time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
@@ -97,9 +96,7 @@ def end_to_end_test(cfg, outbox, target, timeout):
         while time.monotonic() < deadline:
             try:
                 if _in_target(target, message_id):
-                    elapsed = (time.monotonic() - started) * 1000
-                    return True, (f"OK: test message {message_id} reached {target.describe()} in "
-                                  f"{elapsed:.0f} ms (via the running relay){_remove(target, message_id)}")
+                    return True, _reached(target, message_id, started, " (via the running relay)")
             except TargetError:
                 pass
             time.sleep(0.05)
@@ -108,6 +105,12 @@ def end_to_end_test(cfg, outbox, target, timeout):
     finally:
         if lock is not None:
             lock.release()
+
+
+def _reached(target, message_id, started, how=""):
+    """The OK line (the test row removed from the target, where we may)."""
+    return (f"OK: test message {message_id} reached {target.describe()} in"
+            f" {(time.monotonic() - started) * 1000:.0f} ms{how}{_remove(target, message_id)}")
 
 
 def _remove(target, message_id):
