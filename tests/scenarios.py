@@ -19,7 +19,7 @@ import time
 from outbox_relay.outbox import Outbox
 
 from factories import flat, flats, ids, rows_of
-from relayutil import SEED, Writer, heartbeat, outbox_counts, outbox_with, put_all
+from relayutil import SEED, Writer, assert_exactly_once, heartbeat, outbox_counts, outbox_with, put_all
 from serverproc import wait_until
 
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
@@ -118,6 +118,22 @@ def kill_9_repeatedly(spawn, outbox_path, url, count, n):
         if len(kills) >= 6:
             break
     return kills
+
+
+def drain_through_kill_9(spawn, tmp_path, url, count, stored_ids, n=20_000):
+    """n messages drained into url by a `run` killed -9 again and again (kill_9_repeatedly), then a
+    `sync` to the end: every message exactly once (stored_ids(url): the message_ids in the table),
+    and an outbox file that SQLite finds intact after all those kills."""
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
+    kills = kill_9_repeatedly(spawn, outbox_path, url, count, n)
+    assert len(kills) >= 5, f"only {len(kills)} kills landed before the drain ended: {kills} (seed {SEED})"
+    assert kills[-1] < n, kills
+    final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=url, batch_size=500)
+    assert final.wait(120) == 0, final.output()
+    assert_exactly_once(stored_ids(url), ids(n))
+    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+    with Outbox(outbox_path) as outbox:
+        assert outbox.integrity_check() == "ok"
 
 
 def run_through_an_outage(spawn, outbox_path, url, count, stop, start):

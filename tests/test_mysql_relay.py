@@ -16,8 +16,8 @@ from outbox_relay.timeconv import datetime_to_ms
 
 from cliutil import run_cli
 from factories import BASE_MS, flat, ids
-from relayutil import SEED, assert_exactly_once, outbox_counts, outbox_with, put_all
-from scenarios import count_on, eight_writers_and_a_relay, kill_9_repeatedly, run_through_an_outage, two_hosts_sync
+from relayutil import assert_exactly_once, put_all
+from scenarios import count_on, drain_through_kill_9, eight_writers_and_a_relay, run_through_an_outage, two_hosts_sync
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
 
@@ -49,15 +49,7 @@ def test_sync_10000_messages_exactly_once_with_every_field(spawn, tmp_path, mari
 
 
 def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, maria_url):
-    n = 20_000
-    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
-    kills = kill_9_repeatedly(spawn, outbox_path, maria_url, count, n)
-    assert len(kills) >= 5, f"only {len(kills)} kills landed before the drain ended: {kills} (seed {SEED})"
-    assert kills[-1] < n, kills
-    final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=maria_url, batch_size=500)
-    assert final.wait(120) == 0, final.output()
-    assert_exactly_once(mh.message_ids(maria_url), ids(n))
-    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
+    drain_through_kill_9(spawn, tmp_path, maria_url, count, mh.message_ids)
 
 
 def test_server_killed_and_restarted_while_puts_continue(spawn, tmp_path, private_maria):

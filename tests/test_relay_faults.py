@@ -27,25 +27,14 @@ from relayutil import (
     put_all,
     undelivered_ids,
 )
-from scenarios import count_on, eight_writers_and_a_relay, kill_9_repeatedly, run_through_an_outage
+from scenarios import count_on, drain_through_kill_9, eight_writers_and_a_relay, run_through_an_outage
 from serverproc import free_port, wait_until
 
 # -- kill -9 -------------------------------------------------------------------------------------
 
 
 def test_kill_9_at_random_moments_during_a_20000_message_drain(spawn, tmp_path, pg_url):
-    n = 20_000
-    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(n)])
-    kills = kill_9_repeatedly(spawn, outbox_path, pg_url, pg_count, n)
-    assert len(kills) >= 5, f"only {len(kills)} kills landed before the drain ended: {kills} (seed {SEED})"
-    assert kills[-1] < n, kills
-
-    final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=pg_url, batch_size=500)
-    assert final.wait(120) == 0, final.output()
-    assert_exactly_once(pg_rows(pg_url), ids(n))
-    assert outbox_counts(outbox_path) == {"pending": 0, "delivered": 1000, "parked": 0, "dead": 0}
-    with Outbox(outbox_path) as outbox:
-        assert outbox.integrity_check() == "ok"
+    drain_through_kill_9(spawn, tmp_path, pg_url, pg_count, pg_rows)
 
 
 # -- outage ------------------------------------------------------------------------------------------
