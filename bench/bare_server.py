@@ -13,7 +13,7 @@ import time
 
 from waitress.server import create_server
 
-from outbox_relay.schema import OUTBOX_MIGRATIONS
+from outbox_relay.schema.outbox import OUTBOX_MIGRATIONS
 
 INSERT = ("INSERT INTO outbox (message_id, chat_id, sender_id, msg_type, created_at, received_at,"
           " updated_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")

@@ -17,15 +17,15 @@ from .errors import (  # noqa: E402
     TargetError,
     TargetUnavailable,
 )
-from .message import Message, normalize  # noqa: E402
-from .outbox import Outbox, PutResult  # noqa: E402
+from .message.shapes import Message, normalize  # noqa: E402
+from .outbox.queue import Outbox, PutResult  # noqa: E402
 
 
 def __getattr__(name):
     # The relay and target pull in peewee and psycopg2; a gateway that only puts
     # should not pay for importing them.
     if name == "Relay":
-        from .sync import Relay
+        from .sync.relay import Relay
         return Relay
     if name == "Target":
         from .targets.base import Target
@@ -37,10 +37,10 @@ def __getattr__(name):
         from .config import Config
         return Config
     if name == "FeishuMessageSync":  # the seed's call, for users who wired it in (compat.py)
-        from .compat import FeishuMessageSync
+        from .intake.compat import FeishuMessageSync
         return FeishuMessageSync
     if name == "Spool":
-        from .handoff import Spool
+        from .intake.spool import Spool
         return Spool
     raise AttributeError(f"module 'outbox_relay' has no attribute {name!r}")
 

@@ -11,8 +11,8 @@ import re
 import urllib.parse
 
 from .errors import ConfigError
-from .outbox import OVERFLOW_POLICIES, SYNCHRONOUS
-from .schema import check_table_name
+from .outbox.queue import OVERFLOW_POLICIES, SYNCHRONOUS
+from .schema.target import check_table_name
 
 try:
     import tomllib
@@ -107,7 +107,7 @@ class _Settings:
                     busy_timeout=self.busy_timeout, keep_delivered=self.keep_delivered)
 
     def open_outbox(self, readonly=False):
-        from .outbox import Outbox
+        from .outbox.queue import Outbox
         return Outbox(self.outbox, readonly=readonly, **self.outbox_kwargs())
 
     def __repr__(self):

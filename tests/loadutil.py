@@ -12,7 +12,7 @@ import pathlib
 import threading
 import time
 
-from outbox_relay.handoff import Spool
+from outbox_relay.intake.spool import Spool
 
 from factories import flat_message
 from serviceutil import post

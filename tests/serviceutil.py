@@ -13,8 +13,8 @@ import subprocess
 import threading
 
 from outbox_relay.config import Config
-from outbox_relay.service import Service, create_http_server
-from outbox_relay.web import WEBHOOK_PATH, create_app
+from outbox_relay.service.run import Service, create_http_server
+from outbox_relay.intake.webhook import WEBHOOK_PATH, create_app
 
 from cliutil import EXE
 from relayutil import relay_env

@@ -9,9 +9,9 @@ import psycopg2
 import pytest
 
 from outbox_relay.errors import InvalidMessage
-from outbox_relay.message import Message, normalize
-from outbox_relay.outbox import Outbox
-from outbox_relay.sync import Relay
+from outbox_relay.message.shapes import Message, normalize
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.sync.relay import Relay
 from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from outbox_relay.cli import cli
+from outbox_relay.cli.commands import cli
 from outbox_relay.config import SETTINGS, Config, mask_url
 
 from cliutil import EXE, clean_env

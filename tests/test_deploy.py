@@ -25,7 +25,7 @@ import subprocess
 
 import pytest
 
-from outbox_relay.service import SHUTDOWN_GRACE
+from outbox_relay.service.run import SHUTDOWN_GRACE
 
 from cliutil import EXE
 from skiputil import unavailable

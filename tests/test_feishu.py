@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outbox_relay import feishu
+from outbox_relay.intake import envelope as feishu
 from outbox_relay.errors import (
     DecryptError,
     InvalidMessage,

@@ -17,9 +17,9 @@ import time
 import pytest
 
 from outbox_relay.errors import InvalidMessage, SpoolError
-from outbox_relay.handoff import STALE_TMP, Spool, SpoolIngester, item_name
-from outbox_relay.message import MAX_MESSAGE_BYTES
-from outbox_relay.outbox import Outbox
+from outbox_relay.intake.spool import STALE_TMP, Spool, SpoolIngester, item_name
+from outbox_relay.message.shapes import MAX_MESSAGE_BYTES
+from outbox_relay.outbox.queue import Outbox
 
 from cliutil import run_cli
 from factories import BASE_MS, flat_message
@@ -213,7 +213,7 @@ def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
         spool.ingest(box)
     status = spool.status()
     assert status["waiting"] is None and "Too many levels" in status["error"]
-    from outbox_relay.handoff import spool_warnings
+    from outbox_relay.intake.spool import spool_warnings
     assert spool_warnings(status, relay_running=True) == [f"the spool cannot be read: {status['error']}"]
 
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from outbox_relay.handoff import Spool, item_name
+from outbox_relay.intake.spool import Spool, item_name
 
 from cliutil import clean_env
 from factories import sample

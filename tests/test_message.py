@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outbox_relay import message
+from outbox_relay.message import shapes as message
 from outbox_relay.errors import InvalidMessage, NotAMessage
-from outbox_relay.message import (
+from outbox_relay.message.shapes import (
     MAX_MESSAGE_BYTES,
     Message,
     extract_text,
@@ -21,7 +21,7 @@ from outbox_relay.message import (
     parse_payload,
     parse_timestamp,
 )
-from outbox_relay.outbox import Outbox
+from outbox_relay.outbox.queue import Outbox
 
 from factories import SAMPLES, sample, sample_bytes
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from outbox_relay.outbox import Outbox
-from outbox_relay.sync import Relay, RelayLock
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.sync.relay import Relay, RelayLock
 from outbox_relay.targets import open_target
 
 from cliutil import run_cli, run_exe
@@ -292,7 +292,7 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
     and it is noticed while the relay idles (no message has to wait on it); back to OK after."""
     import threading
 
-    from outbox_relay.sync import RelayLock
+    from outbox_relay.sync.relay import RelayLock
 
     url = private_pg.url()
     init_target(url)

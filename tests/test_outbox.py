@@ -14,9 +14,9 @@ import traceback
 import pytest
 
 from outbox_relay.errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
-from outbox_relay.message import Message, normalize
-from outbox_relay.outbox import Outbox
-from outbox_relay.schema import OUTBOX_VERSION
+from outbox_relay.message.shapes import Message, normalize
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.schema.outbox import OUTBOX_VERSION
 
 EMPTY = {"pending": 0, "delivered": 0, "parked": 0, "dead": 0}
 
@@ -508,7 +508,7 @@ def test_counts_kept_by_triggers_match_the_rows_through_every_move(tmp_outbox):
 def test_an_outbox_of_schema_1_is_migrated_with_its_counts(tmp_outbox):
     import sqlite3
 
-    from outbox_relay.schema import OUTBOX_MIGRATIONS
+    from outbox_relay.schema.outbox import OUTBOX_MIGRATIONS
     conn = sqlite3.connect(tmp_outbox, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     for sql in OUTBOX_MIGRATIONS[0]:

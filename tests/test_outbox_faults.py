@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from outbox_relay.outbox import Outbox
-from outbox_relay.sync import Relay
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.sync.relay import Relay
 from outbox_relay.targets import open_target
 
 from cliutil import EXE, clean_env, run_exe

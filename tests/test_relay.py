@@ -17,9 +17,9 @@ import time
 import pytest
 
 from outbox_relay.errors import RelayLocked
-from outbox_relay.message import Message
-from outbox_relay.outbox import Outbox
-from outbox_relay.sync import Relay, RelayLock
+from outbox_relay.message.shapes import Message
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.sync.relay import Relay, RelayLock
 from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat
@@ -468,7 +468,7 @@ def test_sync_max_batches_and_a_schema_qualified_table(invoke, tmp_path, pg_url)
 def test_a_relay_starting_while_status_probes_the_lock_is_not_refused(tmp_outbox):
     """`status`/`health` learn whether a relay runs by taking its lock for an instant; a relay
     starting at that instant must still start (a real second relay is still refused)."""
-    from outbox_relay.health import relay_running
+    from outbox_relay.operate.health import relay_running
     stop, failures = threading.Event(), []
 
     def monitor():

@@ -9,8 +9,8 @@ import threading
 import time
 import urllib.parse
 
-from outbox_relay.outbox import Outbox
-from outbox_relay.sync import Relay
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.sync.relay import Relay
 from outbox_relay.targets import open_target
 
 from factories import flat, ids

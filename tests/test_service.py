@@ -12,9 +12,9 @@ import subprocess
 import threading
 import time
 
-from outbox_relay.outbox import Outbox
-from outbox_relay.sync import RelayLock
-from outbox_relay.web import WEBHOOK_PATH
+from outbox_relay.outbox.queue import Outbox
+from outbox_relay.sync.relay import RelayLock
+from outbox_relay.intake.webhook import WEBHOOK_PATH
 
 from cliutil import EXE
 from factories import flat_message

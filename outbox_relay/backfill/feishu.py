@@ -20,7 +20,7 @@ import logging
 import time
 
 from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, OutboxFull
-from ..message import normalize
+from ..message.shapes import normalize
 from ..progress import NO_PROGRESS
 from ..timeconv import now_ms, s_to_datetime
 from .feishu_api import Stopped
@@ -346,7 +346,7 @@ def _iso(seconds):
 
 def format_report(report):
     """The summary table for a person: one line per chat, then the totals and what went wrong."""
-    from ..ops import format_table
+    from ..operate.status import format_table
     rows = [[_label_of(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"],
              c["invalid"]] for c in report["chats"]]
     t = report["totals"]

@@ -14,8 +14,8 @@ Idempotent: the target's existing ids are skipped, the outbox dedupes the rest, 
 import logging
 
 from ..errors import InvalidMessage, TargetError
-from ..message import normalize
-from ..openclaw_text import line_text, queued_items, read_user_line
+from ..message.shapes import normalize
+from ..message.openclaw_text import line_text, queued_items, read_user_line
 from ..progress import NO_PROGRESS
 from .openclaw_sources import discover
 
@@ -208,7 +208,7 @@ def _session_for(agent, session, fields):
 
 def format_report(report):
     """The summary for a person: one table of counts, then where the unreadable lines are."""
-    from ..ops import format_table
+    from ..operate.status import format_table
     verb = "would be new" if report["dry_run"] else "new"
     rows = [("found", report["found"]), (verb, report["new"]), ("already stored", report["already_stored"])]
     rows += [(f"skipped: {reason.replace('_', ' ')}", n) for reason, n in report["skipped"].items() if n]

@@ -22,8 +22,8 @@ import os
 import sqlite3
 
 from ..errors import OutboxRelayError
-from ..openclaw_text import split_session_key
-from ..sqlitefile import file_uri
+from ..message.openclaw_text import split_session_key
+from ..outbox.sqlitefile import file_uri
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ import logging
 import socket
 import time
 
-from .. import jsonio, schema
+from .. import jsonio
+from ..schema import target as schema
 from ..config import mask_url
 from ..errors import RowRejected, TargetError, TargetUnavailable
 from ..timeconv import ms_to_iso, s_to_iso

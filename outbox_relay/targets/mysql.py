@@ -27,7 +27,7 @@ import os
 import ssl
 import urllib.parse
 
-from .. import schema
+from ..schema import target as schema
 from ..config import mask_url
 from ..errors import ConfigError, RowRejected, TargetUnavailable
 from ..timeconv import ms_to_datetime, s_to_datetime

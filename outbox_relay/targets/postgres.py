@@ -8,7 +8,7 @@ import io
 import re
 import urllib.parse
 
-from .. import schema
+from ..schema import target as schema
 from ..errors import RowRejected, TargetUnavailable
 from .base import PooledTarget, unfilled_column
 

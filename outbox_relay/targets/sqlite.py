@@ -4,7 +4,7 @@ with no database server. The same table and the same answers as the servers give
 import os
 import sqlite3
 
-from .. import schema
+from ..schema import target as schema
 from ..errors import ConfigError, RowRejected, TargetUnavailable
 from .base import Target
 

@@ -16,14 +16,15 @@ import urllib.parse
 
 import click
 
-from . import __version__, ops
-from .config import SETTINGS, Config
-from .errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
-from .handoff import Spool, format_spool, ingest_for_sync
-from .logs import setup_logging
-from .progress import progress_for
-from .targets import DIALECTS
-from .timeconv import now_ms, parse_when
+from .. import __version__
+from ..operate import status as ops
+from ..config import SETTINGS, Config
+from ..errors import ConfigError, InvalidMessage, OutboxError, OutboxRelayError, TargetError
+from ..intake.spool import Spool, format_spool, ingest_for_sync
+from ..logs import setup_logging
+from ..progress import progress_for
+from ..targets import DIALECTS
+from ..timeconv import now_ms, parse_when
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _open_outbox(cfg, create=True, readonly=False):
 
 
 def _open_target(cfg, create=True):
-    from .targets import open_from_config
+    from ..targets import open_from_config
     try:
         return open_from_config(cfg, create)
     except ConfigError as e:
@@ -185,7 +186,7 @@ def put(source, cfg, as_json):
 
 
 def _parse_put_input(data):
-    from .message import normalize, parse_payload
+    from ..message.shapes import normalize, parse_payload
     try:
         # utf-8-sig: a file saved by an editor that writes a byte-order mark is still JSON to us.
         text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
@@ -219,7 +220,7 @@ def import_json(path, cfg, as_json):
     Idempotent: running it twice adds nothing. Bad entries are reported by their
     index and skipped; the file itself is left untouched.
     """
-    from .importer import import_json_file
+    from ..intake.import_json import import_json_file
     with _opened(cfg, target=False) as (outbox, _):
         with progress_for() as progress:
             report = import_json_file(outbox, path, progress=progress)
@@ -258,8 +259,8 @@ def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
     gateway runs. Assistant lines, compactions, tool output and other channels are skipped
     and counted.
     """
-    from .backfill.openclaw import backfill_openclaw, format_report
-    from .backfill.openclaw_sources import TranscriptsUnreadable, check_root
+    from ..backfill.openclaw import backfill_openclaw, format_report
+    from ..backfill.openclaw_sources import TranscriptsUnreadable, check_root
     since_ms, until_ms = _time_range(since, until)
     root = os.path.expanduser(directory or "~/.openclaw")
     try:
@@ -308,9 +309,9 @@ def backfill_feishu(cfg, chats, since, until, dry_run, recheck, as_json):
     Exit 0 when every chat is complete, 1 when a chat failed or the run stopped, 2 for a setting
     (a missing app id or secret, or one Feishu refuses).
     """
-    from .backfill.feishu import backfill_feishu as run_backfill
-    from .backfill.feishu import format_report
-    from .service import ensure_schema_or_warn, two_signal_shutdown
+    from ..backfill.feishu import backfill_feishu as run_backfill
+    from ..backfill.feishu import format_report
+    from ..service.run import ensure_schema_or_warn, two_signal_shutdown
     since_ms, until_ms = _time_range(since, until, until_default=now_ms())
     stop = threading.Event()
     client = _feishu_client(cfg, stop)
@@ -346,7 +347,7 @@ def _time_range(since, until, until_default=None):
 
 
 def _feishu_client(cfg, stop):
-    from .backfill.feishu_api import FeishuClient
+    from ..backfill.feishu_api import FeishuClient
     for name in ("feishu_app_id", "feishu_app_secret"):
         if not getattr(cfg, name):
             flag, env = "--" + name.replace("_", "-"), "OUTBOX_RELAY_" + name.upper()
@@ -410,8 +411,8 @@ def top(cfg, url, interval, once, as_json):
     interval (--json: one JSON object per line). Without --url it reads the outbox (counts, the
     relay's heartbeat, the spool) and needs no running service.
     """
-    from .top import run as show
-    from .topdata import MetricsSource, OutboxSource
+    from ..operate.top import run as show
+    from ..operate.topdata import MetricsSource, OutboxSource
     if url is not None:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -437,7 +438,7 @@ def run(cfg, no_http):
 
     The first signal finishes the batch in flight and exits 0; a second exits at once.
     """
-    from .service import Service
+    from ..service.run import Service
     service = Service(cfg, http=not no_http, relay=True)
     sys.exit(service.run_forever())
 
@@ -447,7 +448,7 @@ def run(cfg, no_http):
 @friendly_errors
 def serve(cfg):
     """Run only the HTTP webhook server, against an outbox that a separate relay drains."""
-    from .service import Service
+    from ..service.run import Service
     service = Service(cfg, http=True, relay=False)
     sys.exit(service.run_forever())
 
@@ -467,8 +468,8 @@ def sync(cfg, max_batches, timeout, as_json):
     the batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
     (stopped, timed out, or --max-batches reached). Dead rows are reported, not retried.
     """
-    from .service import announce_target, ensure_schema_or_warn, two_signal_shutdown
-    from .sync import Relay, RelayLock
+    from ..service.run import announce_target, ensure_schema_or_warn, two_signal_shutdown
+    from ..sync.relay import Relay, RelayLock
     with _opened(cfg) as (outbox, target):
         with RelayLock(cfg.outbox):
             announce_target(cfg, target)
@@ -535,8 +536,8 @@ def check(cfg, as_json):
 @friendly_errors
 def schema(cfg, as_sql, dialect):
     """Print the target table's DDL for a DBA (RDS users often may not run DDL themselves)."""
-    from . import schema as schema_mod
-    from .targets import target_class
+    from ..schema import target as schema_mod
+    from ..targets import target_class
     click.echo(schema_mod.schema_sql(target_class(dialect or cfg.target), cfg.table), nl=False)
 
 
@@ -589,10 +590,10 @@ def recover(cfg, force, as_json):
     OUTBOX.damaged-<time> and kept; every readable row goes into a new outbox at
     the same path, in the state it had; ids that could not be read are listed.
     """
-    from .outbox import Outbox
-    from .outboxfile import check_recoverable
-    from .outboxfile import recover as rebuild
-    from .sync import RelayLock
+    from ..outbox.queue import Outbox
+    from ..outbox.faults import check_recoverable
+    from ..outbox.faults import recover as rebuild
+    from ..sync.relay import RelayLock
     path = os.path.abspath(cfg.outbox)
     if not os.path.exists(path):
         raise click.ClickException(f"outbox {path} does not exist: give --outbox / OUTBOX_RELAY_OUTBOX")
@@ -657,9 +658,9 @@ def replay(cfg, ids, all_rows, parked, wait, timeout):
 
 
 def _replay_and_wait(cfg, keys, state, timeout):
-    from .health import relay_running
-    from .requeue import replay_and_wait
-    from .service import two_signal_shutdown
+    from ..operate.health import relay_running
+    from ..operate.replay import replay_and_wait
+    from ..service.run import two_signal_shutdown
     with _opened(cfg, target=False, create=False) as (outbox, _):
         if not relay_running(cfg.outbox):  # checked before anything changes
             raise click.ClickException("no relay is running for this outbox, so nothing would deliver the rows: "
@@ -739,7 +740,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
     The keyword is matched literally (% and _ are not wildcards); Chinese works
     without word boundaries.
     """
-    from .query import search_messages
+    from ..archive.search import search_messages
     if not keyword:
         raise click.UsageError("the keyword must not be empty")
     try:
@@ -762,7 +763,7 @@ def search(cfg, keyword, chat, sender, msg_type, since, until, limit, as_json):
 @friendly_errors
 def stats(cfg, days, top, as_json):
     """Totals, messages per day, top chats and senders, by type; outbox state; connections used."""
-    from .query import collect_stats
+    from ..archive.search import collect_stats
     with _opened(cfg, create=False, readonly=True) as (outbox, target):
         result = collect_stats(outbox, target, days=days, top=top)
     _report(result, as_json, ops.format_stats)

@@ -10,9 +10,10 @@ import dataclasses
 import json
 import re
 
-from . import jsonio, openclaw_text
-from .errors import InvalidMessage, NotAMessage
-from .timeconv import iso_to_ms, s_to_ms
+from .. import jsonio
+from . import openclaw_text
+from ..errors import InvalidMessage, NotAMessage
+from ..timeconv import iso_to_ms, s_to_ms
 
 # One message's payload, encoded as UTF-8 JSON. Matches the webhook's default
 # body limit: anything bigger is not a chat message.

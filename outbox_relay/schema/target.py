@@ -1,10 +1,4 @@
-"""Table definitions for both sides, versioned.
-
-Outbox (SQLite): the version lives in `PRAGMA user_version`; OUTBOX_MIGRATIONS[i]
-takes a file from version i to i+1, so a later release migrates an existing
-outbox in place when it opens it.
-
-Target (every database in targets/): the version lives in `outbox_relay_schema`, one row per
+"""The target's table, versioned: every database in targets/ holds the same columns. The version lives in `outbox_relay_schema`, one row per
 table. `target_migrations(db, table)[i]` takes the table from i to i+1; the columns are declared
 once here and each database class maps their types to its own SQL.
 `outbox-relay schema --sql` prints them for a DBA (on RDS the application user
@@ -17,55 +11,7 @@ schema-qualified). Values always go through bind parameters.
 
 import re
 
-from .errors import ConfigError
-
-OUTBOX_MIGRATIONS = [
-    # 0 -> 1
-    [
-        """CREATE TABLE outbox (
-            id           INTEGER PRIMARY KEY AUTOINCREMENT,
-            message_id   TEXT NOT NULL UNIQUE,
-            state        TEXT NOT NULL DEFAULT 'pending'
-                         CHECK (state IN ('pending', 'delivered', 'parked', 'dead')),
-            chat_id      TEXT,
-            sender_id    TEXT,
-            msg_type     TEXT,
-            text         TEXT NOT NULL DEFAULT '',
-            created_at   INTEGER NOT NULL,          -- epoch ms, from the message
-            received_at  REAL NOT NULL,             -- epoch s, the outbox commit
-            updated_at   REAL NOT NULL,
-            delivered_at REAL,
-            attempts     INTEGER NOT NULL DEFAULT 0,
-            last_error   TEXT,
-            payload      TEXT NOT NULL              -- Message as JSON
-        )""",
-        "CREATE INDEX outbox_state_id ON outbox (state, id)",
-        """CREATE TABLE outbox_meta (
-            key   TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        )""",
-    ],
-]
-OUTBOX_MIGRATIONS.append(
-    # 1 -> 2: rows per state kept by triggers, so counting costs the same with a million rows
-    # parked as with none (put's overflow check, status, /metrics).
-    [
-        "CREATE TABLE outbox_counts (state TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
-        "INSERT INTO outbox_counts (state, n) SELECT s.value, (SELECT count(*) FROM outbox WHERE state = s.value)"
-        " FROM json_each('[\"pending\", \"delivered\", \"parked\", \"dead\"]') AS s",
-        """CREATE TRIGGER outbox_counts_insert AFTER INSERT ON outbox BEGIN
-            UPDATE outbox_counts SET n = n + 1 WHERE state = NEW.state;
-        END""",
-        """CREATE TRIGGER outbox_counts_delete AFTER DELETE ON outbox BEGIN
-            UPDATE outbox_counts SET n = n - 1 WHERE state = OLD.state;
-        END""",
-        """CREATE TRIGGER outbox_counts_update AFTER UPDATE OF state ON outbox
-           WHEN OLD.state <> NEW.state BEGIN
-            UPDATE outbox_counts SET n = n - 1 WHERE state = OLD.state;
-            UPDATE outbox_counts SET n = n + 1 WHERE state = NEW.state;
-        END""",
-    ])
-OUTBOX_VERSION = len(OUTBOX_MIGRATIONS)
+from ..errors import ConfigError
 
 _TABLE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
 

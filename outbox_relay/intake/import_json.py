@@ -7,9 +7,9 @@ file is only read.
 
 import json
 
-from .errors import InvalidMessage
-from .message import normalize
-from .progress import NO_PROGRESS
+from ..errors import InvalidMessage
+from ..message.shapes import normalize
+from ..progress import NO_PROGRESS
 
 CHUNK = 500
 

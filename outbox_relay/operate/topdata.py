@@ -22,10 +22,10 @@ import time
 import urllib.parse
 
 from . import health
-from .config import mask_url
-from .errors import OutboxError
-from .handoff import Spool, spool_warnings
-from .ops import _age
+from ..config import mask_url
+from ..errors import OutboxError
+from ..intake.spool import Spool, spool_warnings
+from .status import _age
 
 TIMEOUT = 2.0  # seconds for each request to the service: a hung service must not freeze the view
 

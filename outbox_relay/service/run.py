@@ -16,10 +16,10 @@ import signal
 import threading
 import time
 
-from .errors import ConfigError, RelayLocked, TargetError
-from .handoff import Spool, SpoolIngester
-from .sync import Relay, RelayLock
-from .targets import open_from_config
+from ..errors import ConfigError, RelayLocked, TargetError
+from ..intake.spool import Spool, SpoolIngester
+from ..sync.relay import Relay, RelayLock
+from ..targets import open_from_config
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class Service:
         return self
 
     def _bind_http(self):
-        from .web import create_app
+        from ..intake.webhook import create_app
         app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread, spool_ingester=self.spool_ingester)
         host, port = self.cfg.http_address
         try:
@@ -221,7 +221,7 @@ def _json_errors_channel():
     from waitress.channel import HTTPChannel
     from waitress.task import ErrorTask
 
-    from .web import refusal
+    from ..intake.webhook import refusal
 
     class JsonErrorTask(ErrorTask):
         def execute(self):

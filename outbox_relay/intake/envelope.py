@@ -20,7 +20,7 @@ import os
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .errors import DecryptError, InvalidMessage, SignatureError
+from ..errors import DecryptError, InvalidMessage, SignatureError
 
 _IV_SIZE = 16
 _BLOCK = 16

@@ -26,10 +26,10 @@ import stat
 import threading
 import time
 
-from . import jsonio
-from .errors import InvalidMessage, OutboxError, SpoolError
-from .message import MAX_MESSAGE_BYTES, Message, normalize
-from .timeconv import now_ms
+from .. import jsonio
+from ..errors import InvalidMessage, OutboxError, SpoolError
+from ..message.shapes import MAX_MESSAGE_BYTES, Message, normalize
+from ..timeconv import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ def ingest_for_sync(path, outbox):
 
 def format_spool(data):
     """`outbox-relay spool` for people: the counts, then one line per item set aside."""
-    from .ops import _clock, format_table  # ops imports this module: not at the top
+    from ..operate.status import _clock, format_table  # ops imports this module: not at the top
     sp = data["spool"]
     head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
                                                       f"{sp['writing']} being written")

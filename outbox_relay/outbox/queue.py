@@ -15,9 +15,9 @@ import logging
 import os
 import time
 
-from .errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
-from .message import Message, normalize
-from .schema import OUTBOX_MIGRATIONS, OUTBOX_VERSION
+from ..errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
+from ..message.shapes import Message, normalize
+from ..schema.outbox import OUTBOX_MIGRATIONS, OUTBOX_VERSION
 from .sqlitefile import SqliteFile
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class Outbox:
         after a commit, under the write lock. Keep everything: a full copy of the old file beside
         the path, then its undelivered rows committed again into the file now at the path (created
         when there is none), so what this process acknowledges is always in that file."""
-        from .outboxfile import adopt_file_at_path
+        from .faults import adopt_file_at_path
         adopt_file_at_path(self, why)
 
     def schema_version(self):

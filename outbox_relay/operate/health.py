@@ -9,9 +9,9 @@ process writes into the outbox; the outbox file; a round trip to the target) and
 import dataclasses
 import time
 
-from .errors import OutboxError
-from .outboxfile import replaced_warning
-from .sync import BACKOFF_MAX, Heartbeat, RelayLock
+from ..errors import OutboxError
+from ..outbox.faults import replaced_warning
+from ..sync.relay import BACKOFF_MAX, Heartbeat, RelayLock
 
 # Undelivered messages older than this while a relay runs mean it is behind.
 BEHIND_AFTER = 120.0

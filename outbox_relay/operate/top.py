@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from .ops import _age, _bytes
+from .status import _age, _bytes
 
 QUIT_KEYS = ("q", "Q")
 COLORS = {"running": "green", "backing off": "yellow", "stuck": "red", "stopped": "red",

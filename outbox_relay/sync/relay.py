@@ -22,8 +22,8 @@ import time
 
 import backoff
 
-from .errors import OutboxError, RelayLocked, RowRejected, TargetUnavailable
-from .message import Message
+from ..errors import OutboxError, RelayLocked, RowRejected, TargetUnavailable
+from ..message.shapes import Message
 
 log = logging.getLogger(__name__)
 

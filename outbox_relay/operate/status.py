@@ -9,9 +9,9 @@ import time
 import uuid
 
 from . import health
-from .errors import OutboxRelayError, RelayLocked, TargetError
-from .handoff import Spool, spool_warnings
-from .sync import Relay, RelayLock
+from ..errors import OutboxRelayError, RelayLocked, TargetError
+from ..intake.spool import Spool, spool_warnings
+from ..sync.relay import Relay, RelayLock
 
 
 def collect_status(cfg, outbox, target):

@@ -7,8 +7,8 @@ creates where it may; without it the database scans, which is slower but gives t
 
 import time
 
-from .errors import TargetError
-from .timeconv import day_start_ms, ms_to_iso, now_ms, parse_when, to_ms
+from ..errors import TargetError
+from ..timeconv import day_start_ms, ms_to_iso, now_ms, parse_when, to_ms
 
 __all__ = ["parse_when", "search_messages", "search_target", "target_stats", "collect_stats"]
 

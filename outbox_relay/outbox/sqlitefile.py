@@ -23,7 +23,7 @@ import threading
 import time
 import urllib.parse
 
-from .errors import OutboxCorrupt, OutboxError, OutboxUnavailable
+from ..errors import OutboxCorrupt, OutboxError, OutboxUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import health
-from .errors import OutboxError
-from .message import SOURCES
-from .sync import Heartbeat
+from ..errors import OutboxError
+from ..message.shapes import SOURCES
+from ..sync.relay import Heartbeat
 
 log = logging.getLogger(__name__)
 

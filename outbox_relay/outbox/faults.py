@@ -14,7 +14,7 @@ import os
 import sqlite3
 import time
 
-from .errors import OutboxError, OutboxUnavailable
+from ..errors import OutboxError, OutboxUnavailable
 from .sqlitefile import file_uri
 
 log = logging.getLogger(__name__)

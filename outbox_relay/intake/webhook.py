@@ -34,14 +34,15 @@ import time
 
 import falcon
 
-from . import feishu, health
-from .errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
+from . import envelope as feishu
+from ..operate import health
+from ..errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
 from .groupcommit import GroupCommit
-from .handoff import Spool, spool_warnings
-from .message import detect, normalize
-from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from .metrics import Metrics
-from .sqlitefile import free_bytes
+from .spool import Spool, spool_warnings
+from ..message.shapes import detect, normalize
+from ..operate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ..operate.metrics import Metrics
+from ..outbox.sqlitefile import free_bytes
 
 log = logging.getLogger(__name__)
 
