@@ -10,7 +10,7 @@ import time
 
 import payloads
 
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 
 
 def fill(path, n, run, templates=10_000, max_pending=1000):

@@ -17,7 +17,7 @@ def put_latencies(workdir, n):
     rows = ingest.raw_rows(events)
     path = os.path.join(workdir, "chart-ours.db")
     ingest.remove_sqlite(path)
-    from outbox_relay.outbox.queue import Outbox
+    from outbox_relay.outbox import Outbox
     ours = []
     with Outbox(path) as box:
         for ev in events:

@@ -12,8 +12,9 @@ import time
 import payloads
 from common import median, ratio_line, remove_sqlite
 
-from outbox_relay.message.shapes import normalize
-from outbox_relay.outbox.queue import Outbox, _row_values
+from outbox_relay.message import normalize
+from outbox_relay.outbox import Outbox
+from outbox_relay.outbox.queue import _row_values
 from outbox_relay.schema.outbox import OUTBOX_MIGRATIONS
 
 INSERT = ("INSERT INTO outbox (message_id, chat_id, sender_id, msg_type, text, created_at,"

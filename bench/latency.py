@@ -16,8 +16,8 @@ import payloads
 import psycopg2
 from common import limit_line, percentile
 
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 POLL_INTERVAL = 0.002

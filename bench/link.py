@@ -16,8 +16,8 @@ import backlog
 import relay as relay_bench
 from common import BENCH, free_port, harness, ratio_line
 
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 RTTS_MS = (0, 1, 5, 20)

@@ -17,7 +17,7 @@ from common import limit_line, median, ratio_line, remove_sqlite
 
 from outbox_relay.config import Config
 from outbox_relay.operate.status import collect_status
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 from outbox_relay.targets import open_target
 
 WRAPPER = """

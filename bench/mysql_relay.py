@@ -18,9 +18,9 @@ import urllib.parse
 import backlog
 from common import harness, ratio_line
 
-from outbox_relay.message.shapes import Message
-from outbox_relay.schema.target import TARGET_COLUMNS
-from outbox_relay.sync.relay import Relay
+from outbox_relay.message import Message
+from outbox_relay.schema import TARGET_COLUMNS
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 
@@ -99,7 +99,7 @@ def load_data_ceiling(url, rows, workdir):
 
 
 def drain(outbox_path, url, pool_size=2, batch_size=500):
-    from outbox_relay.outbox.queue import Outbox
+    from outbox_relay.outbox import Outbox
     box = Outbox(outbox_path)
     target = open_target(url, pool_size=pool_size)
     try:

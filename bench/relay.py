@@ -14,10 +14,10 @@ import backlog
 import psycopg2
 from common import limit_line, ratio_line
 
-from outbox_relay.message.shapes import Message
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.schema.target import TARGET_COLUMNS
-from outbox_relay.sync.relay import Relay
+from outbox_relay.message import Message
+from outbox_relay.outbox import Outbox
+from outbox_relay.schema import TARGET_COLUMNS
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.postgres import copy_field as _copy_field
 

@@ -36,8 +36,8 @@ def log(msg):
 def web_ready():
     """The webhook app is written alongside these benchmarks; say so instead of failing without it."""
     try:
-        from outbox_relay.service.run import Service  # noqa: F401
-        from outbox_relay.intake.webhook import create_app  # noqa: F401
+        from outbox_relay.service import Service  # noqa: F401
+        from outbox_relay.service.http import create_app  # noqa: F401
     except Exception as e:  # noqa: BLE001 - any import failure means "not ready"
         return f"{type(e).__name__}: {e}"
     return None

@@ -17,15 +17,15 @@ from .errors import (  # noqa: E402
     TargetError,
     TargetUnavailable,
 )
-from .message.shapes import Message, normalize  # noqa: E402
-from .outbox.queue import Outbox, PutResult  # noqa: E402
+from .message import Message, normalize  # noqa: E402
+from .outbox import Outbox, PutResult  # noqa: E402
 
 
 def __getattr__(name):
     # The relay and target pull in peewee and psycopg2; a gateway that only puts
     # should not pay for importing them.
     if name == "Relay":
-        from .sync.relay import Relay
+        from .sync import Relay
         return Relay
     if name == "Target":
         from .targets.base import Target

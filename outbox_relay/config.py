@@ -7,12 +7,13 @@ hands it down.
 
 import dataclasses
 import os
-import re
 import urllib.parse
 
 from .errors import ConfigError
-from .outbox.queue import OVERFLOW_POLICIES, SYNCHRONOUS
-from .schema.target import check_table_name
+from .logs import mask_url
+from .outbox import OVERFLOW_POLICIES, SYNCHRONOUS
+from .schema import check_table_name
+from .targets import check_url
 
 try:
     import tomllib
@@ -20,6 +21,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ENV_PREFIX = "OUTBOX_RELAY_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_CONFIG_FILE = "outbox-relay.toml"
 
 
@@ -41,6 +43,11 @@ class Setting:
     @property
     def env(self):
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def named(self):
+        """How a person sets it: "--outbox / OUTBOX_RELAY_OUTBOX"."""
+        return f"{self.flag} / {self.env}"
 
 
 SETTINGS = (
@@ -107,7 +114,7 @@ class _Settings:
                     busy_timeout=self.busy_timeout, keep_delivered=self.keep_delivered)
 
     def open_outbox(self, readonly=False):
-        from .outbox.queue import Outbox
+        from .outbox import Outbox
         return Outbox(self.outbox, readonly=readonly, **self.outbox_kwargs())
 
     def __repr__(self):
@@ -133,7 +140,7 @@ class _Settings:
         """Build the effective Config. `flags` holds only what the user gave on the command line."""
         flags = {k: v for k, v in (flags or {}).items() if v is not None}
         environ = os.environ if environ is None else environ
-        explicit = config_file or environ.get(ENV_PREFIX + "CONFIG")
+        explicit = config_file or environ.get(CONFIG_ENV)
         path = explicit or (DEFAULT_CONFIG_FILE if os.path.exists(DEFAULT_CONFIG_FILE) else None)
         values, sources = {}, {}
         if path:
@@ -186,7 +193,7 @@ def _parse(s, value, origin):
     """Turn one raw value (str from env/flags, typed from TOML) into the setting's type, or raise."""
     if value is None:
         return None
-    where = f"{s.name} ({s.flag} / {s.env})"
+    where = f"{s.name} ({s.named})"
     shown = "***" if s.secret else (mask_url(value) if s.kind == "url" and isinstance(value, str) else value)
 
     def bad(why):
@@ -221,7 +228,6 @@ def _parse(s, value, origin):
         except ConfigError:
             raise bad("is not a valid table name (letters, digits, _; optionally schema.table)") from None
     if s.kind == "url":
-        from .targets import check_url  # here, not at the top: targets/ imports this module
         try:
             check_url(value)
         except ConfigError as e:
@@ -239,16 +245,3 @@ def _parse(s, value, origin):
     if value == "":
         raise bad("must not be empty")
     return value
-
-
-# The password runs to the *last* @ of the URL, as urlsplit (and so the driver) reads it: a raw @
-# in a password must not leave its tail visible. Masking too much is harmless; too little is not.
-_PASSWORD = re.compile(r"(://[^\s:/?#]*:)(\S*)(@)")
-
-
-def mask_url(url):
-    """postgresql://user:secret@host/db -> postgresql://user:***@host/db; password= in the query too."""
-    if not isinstance(url, str):
-        return url
-    url = _PASSWORD.sub(r"\1***\3", url)
-    return re.sub(r"(?i)(password=)[^&]*", r"\1***", url)

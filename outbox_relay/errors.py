@@ -46,6 +46,10 @@ class RelayLocked(OutboxRelayError):
     """Raised when another relay already works this outbox (the lock beside the file is held)."""
 
 
+class RelayNotRunning(OutboxRelayError):
+    """Raised by what needs a running relay to finish (`replay --wait`) when none works the outbox."""
+
+
 class ConfigError(OutboxRelayError, ValueError):
     """Raised for a configuration value that is missing, malformed or out of range."""
 
@@ -112,3 +116,8 @@ class FeishuUnavailable(FeishuError):
 
 class FeishuCredentialsError(ConfigError):
     """Raised when Feishu refuses the app id / app secret: a setting to fix, not a fault to retry."""
+
+
+class Stopped(Exception):
+    """Not an error, so outside the tree: a stop was asked for (SIGTERM, Ctrl-C) while a backfill waited
+    (for the Open API, for room in the outbox). The caller winds down and reports what it did."""

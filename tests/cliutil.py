@@ -6,7 +6,7 @@ import sys
 
 from click.testing import CliRunner
 
-from outbox_relay.cli.commands import cli
+from outbox_relay.cli import cli
 
 EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
 

@@ -53,7 +53,7 @@ import uuid
 import pytest
 from click.testing import CliRunner
 
-from outbox_relay.cli.commands import cli
+from outbox_relay.cli import cli
 
 import pgharness
 import tcpproxy

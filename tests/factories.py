@@ -9,7 +9,7 @@ create_time); message.py reads it like every other input shape. Two builders, fo
 import json
 import pathlib
 
-from outbox_relay.message.shapes import normalize
+from outbox_relay.message import normalize
 
 __all__ = ["SAMPLES", "BASE_MS", "RECEIVED", "FEISHU_TOKEN", "FEISHU_KEY", "FEISHU_ENCRYPTED", "FEISHU_TIMESTAMP",
            "FEISHU_NONCE", "FEISHU_BODY", "FEISHU_SIGNATURE", "sample", "sample_bytes", "flat_message", "flat", "ids",

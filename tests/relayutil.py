@@ -14,7 +14,7 @@ import threading
 
 import psycopg2
 
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 
 from cliutil import clean_env
 from factories import BASE_MS, flat, ids

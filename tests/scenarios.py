@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 
 from factories import flat, flats, ids, rows_of
 from relayutil import SEED, Writer, assert_exactly_once, heartbeat, outbox_counts, outbox_with, put_all

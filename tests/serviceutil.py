@@ -13,8 +13,9 @@ import subprocess
 import threading
 
 from outbox_relay.config import Config
-from outbox_relay.service.run import Service, create_http_server
-from outbox_relay.intake.webhook import WEBHOOK_PATH, create_app
+from outbox_relay.intake.webhook import WEBHOOK_PATH
+from outbox_relay.service import Service
+from outbox_relay.service.http import create_app, create_http_server
 
 from cliutil import EXE
 from relayutil import relay_env

@@ -9,9 +9,9 @@ import psycopg2
 import pytest
 
 from outbox_relay.errors import InvalidMessage
-from outbox_relay.message.shapes import Message, normalize
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.message import Message, normalize
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat
@@ -183,7 +183,7 @@ def test_the_embedded_sqlite_target_commits_as_durably_as_the_outbox(tmp_outbox,
     with Outbox(tmp_outbox) as outbox:
         outbox.put(flat(1))
         assert Relay(outbox, target).drain()["delivered"] == 1
-        outbox_sync = outbox._conn().execute("PRAGMA synchronous").fetchone()[0]
+        outbox_sync = outbox.file.conn().execute("PRAGMA synchronous").fetchone()[0]
     target_sync = target.run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
     journal = target.run(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0])
     target.close()

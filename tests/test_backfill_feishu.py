@@ -13,9 +13,9 @@ import pytest
 from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge
 from outbox_relay.backfill.feishu_api import FeishuClient, RateLimiter
 from outbox_relay.errors import FeishuUnavailable
-from outbox_relay.message.shapes import RECALLED_TEXT, normalize
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.message import RECALLED_TEXT, normalize
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 import fakefeishu

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from outbox_relay.backfill.openclaw import SKIP_REASONS, backfill_openclaw
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 from outbox_relay.targets import open_target
 
 import openclawfixtures as ocf

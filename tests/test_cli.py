@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from outbox_relay import __version__
-from outbox_relay.cli.commands import cli
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.cli import cli
+from outbox_relay.outbox import Outbox
 
 from cliutil import EXE, clean_env
 from factories import SAMPLES, sample_bytes

@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from outbox_relay.intake.compat import FeishuMessageSync
 from outbox_relay.errors import InvalidMessage
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.intake.compat import FeishuMessageSync
+from outbox_relay.outbox import Outbox
 
 from cliutil import clean_env, run_cli
 from factories import sample
@@ -84,7 +84,7 @@ def test_the_seeds_other_shapes(tmp_path):
         assert sync.save_message(seed_flat)
         assert sync.process_inbound_message(meta)
     with Outbox(path) as outbox:
-        from outbox_relay.message.shapes import Message
+        from outbox_relay.message import Message
         a = Message.from_json(outbox.get("test_1")["payload"])
         b = Message.from_json(outbox.get("om_meta")["payload"])
     assert (a.chat_id, a.chat_type, a.sender_id, a.msg_type, a.text) == \

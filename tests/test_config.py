@@ -12,8 +12,9 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from outbox_relay.cli.commands import cli
-from outbox_relay.config import SETTINGS, Config, mask_url
+from outbox_relay.cli import cli
+from outbox_relay.config import SETTINGS, Config
+from outbox_relay.logs import mask_url
 
 from cliutil import EXE, clean_env
 

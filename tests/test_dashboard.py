@@ -23,12 +23,12 @@ import urllib.request
 import pytest
 
 from loadutil import Load, hook_event
-from outbox_relay.operate import health
 from outbox_relay.config import Config
 from outbox_relay.intake.spool import Spool, SpoolIngester
+from outbox_relay.operate import health
 from outbox_relay.operate.metrics import Metrics
-from outbox_relay.outbox.queue import Outbox
 from outbox_relay.operate.topdata import parse_metrics
+from outbox_relay.outbox import Outbox
 
 import pgharness
 from cliutil import run_cli

@@ -6,8 +6,8 @@ import json
 import logging
 import socket
 
-from outbox_relay.outbox.queue import Outbox
 from outbox_relay.intake.webhook import WEBHOOK_PATH
+from outbox_relay.outbox import Outbox
 
 from cliutil import run_exe
 from factories import flat

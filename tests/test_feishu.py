@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outbox_relay.intake import envelope as feishu
 from outbox_relay.errors import (
     DecryptError,
     InvalidMessage,
     OutboxRelayError,
     SignatureError,
 )
+from outbox_relay.intake import envelope as feishu
 
 from factories import FEISHU_BODY as BODY  # the vectors of Feishu's documentation
 from factories import FEISHU_ENCRYPTED as ENCRYPTED

@@ -8,8 +8,8 @@ import pytest
 
 from outbox_relay.errors import OutboxFull, OutboxUnavailable
 from outbox_relay.intake.groupcommit import GroupCommit
-from outbox_relay.message.shapes import normalize
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.message import normalize
+from outbox_relay.outbox import Outbox
 
 
 def message(i, prefix="om"):

@@ -18,8 +18,8 @@ import pytest
 
 from outbox_relay.errors import InvalidMessage, SpoolError
 from outbox_relay.intake.spool import STALE_TMP, Spool, SpoolIngester, item_name
-from outbox_relay.message.shapes import MAX_MESSAGE_BYTES
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.message import MAX_MESSAGE_BYTES
+from outbox_relay.outbox import Outbox
 
 from cliutil import run_cli
 from factories import BASE_MS, flat_message
@@ -189,7 +189,7 @@ def test_a_full_outbox_leaves_the_rest_waiting(spool, tmp_path):
         assert report.stored == 3 and report.rejected == 0
         assert "outbox is full" in report.error
         assert len(spool.waiting()) == 2  # handed over, not lost: ingested once there is room
-        strict.mark_delivered([r.id for r in strict.claim(3)])
+        strict.finish_batch([r.id for r in strict.claim_oldest(3)])
         assert spool.ingest(strict).stored == 2 and spool.waiting() == []
 
 
@@ -213,7 +213,7 @@ def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
         spool.ingest(box)
     status = spool.status()
     assert status["waiting"] is None and "Too many levels" in status["error"]
-    from outbox_relay.intake.spool import spool_warnings
+    from outbox_relay.operate.health import spool_warnings
     assert spool_warnings(status, relay_running=True) == [f"the spool cannot be read: {status['error']}"]
 
 
@@ -242,7 +242,7 @@ def test_ingester_waits_out_a_full_outbox_and_resumes(spool, tmp_path, caplog):
             wait_until(lambda: strict.counts()["pending"] == 2, timeout=5, what="the first two ingested")
             wait_until(lambda: "outbox is full" in caplog.text, timeout=5, what="the full outbox said")
             assert len(spool.waiting()) == 2
-            strict.mark_delivered([r.id for r in strict.claim(2)])  # the relay made room
+            strict.finish_batch([r.id for r in strict.claim_oldest(2)])  # the relay made room
             wait_until(lambda: not spool.waiting(), timeout=5, what="the rest ingested")
         finally:
             assert ingester.stop()

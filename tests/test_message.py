@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from outbox_relay.message import shapes as message
+from outbox_relay import message
 from outbox_relay.errors import InvalidMessage, NotAMessage
-from outbox_relay.message.shapes import (
+from outbox_relay.message import (
     MAX_MESSAGE_BYTES,
     Message,
     extract_text,
@@ -21,7 +21,8 @@ from outbox_relay.message.shapes import (
     parse_payload,
     parse_timestamp,
 )
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.message.text import strip_at_tags
+from outbox_relay.outbox import Outbox
 
 from factories import SAMPLES, sample, sample_bytes
 
@@ -460,7 +461,7 @@ _OLD_AT_TAG = re.compile(r"<at\b[^>]*>(.*?)</at>", re.S)
                                  '<at open_id="ou_1">', "@小明", "<atx>", "é", "_"]), max_size=30)
        .map("".join))
 def test_strip_at_tags_matches_the_regex(text):
-    assert message._strip_at_tags(text) == _OLD_AT_TAG.sub(r"\1", text)
+    assert strip_at_tags(text) == _OLD_AT_TAG.sub(r"\1", text)
 
 
 @pytest.mark.parametrize("junk", ["<at>", "<at ", "<at x>y</a"])

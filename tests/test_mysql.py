@@ -22,9 +22,9 @@ import pytest
 from hypothesis import strategies as st
 
 from outbox_relay.errors import ConfigError, RowRejected, TargetUnavailable
-from outbox_relay.message.shapes import normalize
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.message import normalize
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.mysql import MySQLTarget, sql_literal
 
@@ -136,7 +136,7 @@ def test_write_maps_every_field_and_every_character(target, maria_url):
 
 def test_created_at_reaches_mysql_to_the_millisecond_for_every_accepted_value(target, maria_url):
     """Every created_at the normalizer accepts (years 1-9999) is stored exactly (DATETIME(3) in UTC)."""
-    from outbox_relay.message.shapes import Message
+    from outbox_relay.message import Message
     from outbox_relay.timeconv import datetime_to_ms
     stamps = [0, 1, 999, 1_700_000_000_123, 8_968_034_073_564, 99_999_999_999_999, 253_402_300_799_999,
               -62_135_596_800_000, -30_610_224_000_001]

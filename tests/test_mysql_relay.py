@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 from outbox_relay.timeconv import datetime_to_ms
 
 from cliutil import run_cli

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from outbox_relay.errors import InvalidMessage, NotAMessage
-from outbox_relay.message.shapes import SHAPES, detect, normalize
+from outbox_relay.message import SHAPES, detect, normalize
 from outbox_relay.message.openclaw_text import (
     MARKER,
     parse_feishu_body,

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay, RelayLock
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.targets import open_target
 
 from cliutil import run_cli, run_exe
@@ -292,7 +292,7 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
     and it is noticed while the relay idles (no message has to wait on it); back to OK after."""
     import threading
 
-    from outbox_relay.sync.relay import RelayLock
+    from outbox_relay.sync import RelayLock
 
     url = private_pg.url()
     init_target(url)
@@ -305,17 +305,17 @@ def test_health_follows_the_relays_outage_clock(private_pg, tmp_outbox):
         try:
             private_pg.stop(mode="immediate")
             # Seen by an idle probe: nothing was pending.
-            wait_until(lambda: relay.unavailable_since is not None, 20, what="the idle relay noticing the outage")
+            wait_until(lambda: relay.beat.unavailable_since is not None, 20, what="the idle relay noticing the outage")
             result = run_exe("health", "--outbox", tmp_outbox, "--target", url, "--connect-timeout", 2)
             assert result.returncode == 1, result
             assert one_line(result.stdout).startswith("DEGRADED: ")
-            wait_until(lambda: time.time() - relay.unavailable_since > 1.5, 10, what="1.5 s of outage")
+            wait_until(lambda: time.time() - relay.beat.unavailable_since > 1.5, 10, what="1.5 s of outage")
             result = run_exe("health", "--outbox", tmp_outbox, "--target", url, "--connect-timeout", 2,
                              "--unhealthy-after", 1)
             assert result.returncode == 2, result
             assert one_line(result.stdout).startswith("DOWN: the relay has not reached the target for ")
             private_pg.start()
-            wait_until(lambda: relay.unavailable_since is None, 20, what="the idle relay noticing the recovery")
+            wait_until(lambda: relay.beat.unavailable_since is None, 20, what="the idle relay noticing the recovery")
             result = run_exe("health", "--outbox", tmp_outbox, "--target", url)
             assert result.returncode == 0, result
         finally:

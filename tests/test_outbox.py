@@ -14,8 +14,8 @@ import traceback
 import pytest
 
 from outbox_relay.errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
-from outbox_relay.message.shapes import Message, normalize
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.message import Message, normalize
+from outbox_relay.outbox import Outbox
 from outbox_relay.schema.outbox import OUTBOX_VERSION
 
 EMPTY = {"pending": 0, "delivered": 0, "parked": 0, "dead": 0}
@@ -63,7 +63,7 @@ def test_same_message_twice_is_one_row(outbox):
 
 def test_duplicate_of_a_delivered_row_reports_its_state(outbox):
     first = outbox.put(msg(1))
-    outbox.mark_delivered([first.id])
+    outbox.finish_batch([first.id])
     again = outbox.put(msg(1))
     assert again.duplicate and again.state == "delivered"
     assert outbox.counts() == {**EMPTY, "delivered": 1}
@@ -254,16 +254,14 @@ def test_overflow_parks_the_oldest_and_deletes_nothing(tmp_outbox):
         assert message_ids(o, "pending") == [f"om_{i:06d}" for i in range(500, 1500)]
         assert o.oldest_pending_age() is not None  # parked rows count as undelivered
 
-        # The relay delivers 300; refill moves the oldest 300 parked back to pending.
-        claimed = o.claim(300)
-        assert [r.message_id for r in claimed] == [f"om_{i:06d}" for i in range(500, 800)]
-        assert o.mark_delivered([r.id for r in claimed]) == 300
-        assert o.refill() == 300
+        # The relay takes the oldest undelivered rows first, the parked ones included, straight to
+        # the target: they leave the outbox oldest first, as the design card says.
+        claimed = o.claim_oldest(300)
+        assert [r.message_id for r in claimed] == [f"om_{i:06d}" for i in range(300)]
+        assert o.finish_batch([r.id for r in claimed])[0] == 300
         assert o.counts() == {**EMPTY, "pending": 1000, "parked": 200, "delivered": 300}
         assert message_ids(o, "parked") == [f"om_{i:06d}" for i in range(300, 500)]
-        assert o.refill() == 0  # no room
-        # Claim order is by arrival: the refilled (older) rows come first.
-        assert o.claim(1)[0].message_id == "om_000000"
+        assert o.claim_oldest(1)[0].message_id == "om_000300"
 
 
 def test_put_many_over_the_limit_reports_which_rows_it_parked(tmp_outbox):
@@ -290,7 +288,7 @@ def test_overflow_reject_raises_outbox_full(tmp_outbox):
         # A sender retrying a message that is already in is answered, not refused.
         assert o.put(msg(999)).duplicate is True
         # Room again once some are delivered.
-        o.mark_delivered([r.id for r in o.claim(1)])
+        o.finish_batch([r.id for r in o.claim_oldest(1)])
         assert o.put(msg(1000)).duplicate is False
         with pytest.raises(OutboxFull):
             o.put(msg(1001))
@@ -358,7 +356,7 @@ def test_unwritable_directory_is_outbox_unavailable(tmp_path):
 
 
 def test_wal_full_sync_and_busy_timeout_by_default(outbox):
-    conn = outbox._conn()
+    conn = outbox.file.conn()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
@@ -366,7 +364,7 @@ def test_wal_full_sync_and_busy_timeout_by_default(outbox):
 
 def test_synchronous_normal_is_configurable(tmp_outbox):
     with Outbox(tmp_outbox, synchronous="normal", busy_timeout=5) as o:
-        conn = o._conn()
+        conn = o.file.conn()
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
@@ -375,10 +373,10 @@ def test_synchronous_normal_is_configurable(tmp_outbox):
 def test_each_thread_gets_its_own_connection_with_the_pragmas(outbox):
     seen = []
     t = threading.Thread(target=lambda: seen.append(
-        (outbox._conn(), outbox._conn().execute("PRAGMA synchronous").fetchone()[0])))
+        (outbox.file.conn(), outbox.file.conn().execute("PRAGMA synchronous").fetchone()[0])))
     t.start()
     t.join()
-    assert seen[0][0] is not outbox._conn()
+    assert seen[0][0] is not outbox.file.conn()
     assert seen[0][1] == 2
 
 
@@ -389,31 +387,31 @@ def test_closed_outbox_says_so(tmp_outbox):
         o.put(msg(1))
 
 
-# -- relay side: claim, mark, prune, replay -----------------------------------------------------------
+# -- relay side: claim, finish, prune, replay -----------------------------------------------------------
 
 def test_claim_is_oldest_pending_first(outbox):
     ids = [r.id for r in outbox.put_many([msg(i) for i in range(10)])]
-    outbox.mark_delivered(ids[:2])
+    outbox.finish_batch(ids[:2])
     outbox.mark_dead(ids[2], "bad row")
-    rows = outbox.claim(3)
+    rows = outbox.claim_oldest(3)
     assert [r.message_id for r in rows] == ["om_000003", "om_000004", "om_000005"]
     assert rows[0].attempts == 0 and rows[0].received_at > 0
     assert Message.from_json(rows[0].payload).message_id == "om_000003"
-    assert len(outbox.claim(100)) == 7
-    assert outbox.claim(3) == rows  # claiming changes nothing: one relay per outbox
+    assert len(outbox.claim_oldest(100)) == 7
+    assert outbox.claim_oldest(3) == rows  # claiming changes nothing: one relay per outbox
 
 
-def test_mark_delivered_and_record_error(outbox):
+def test_finish_batch_and_record_error(outbox):
     ids = [r.id for r in outbox.put_many([msg(i) for i in range(3)])]
     outbox.record_error(ids[:2], "connection refused")
     row = outbox.get("om_000000")
     assert row["state"] == "pending" and row["attempts"] == 1 and row["last_error"] == "connection refused"
-    assert outbox.mark_delivered(ids) == 3
+    assert outbox.finish_batch(ids)[0] == 3
     row = outbox.get("om_000000")
     assert row["state"] == "delivered" and row["attempts"] == 2 and row["last_error"] is None
     assert row["delivered_at"] >= row["received_at"]
-    assert outbox.mark_delivered(ids) == 0  # already delivered
-    assert outbox.mark_delivered([]) == 0
+    assert outbox.finish_batch(ids)[0] == 0  # already delivered
+    assert outbox.finish_batch([])[0] == 0
     assert outbox.delivered_since(0) == 3
     assert outbox.has_pending() is False
     assert outbox.oldest_pending_age() is None
@@ -425,16 +423,15 @@ def test_mark_dead_keeps_the_error(outbox):
     row = outbox.get("om_000001")
     assert row["state"] == "dead" and row["attempts"] == 1
     assert row["last_error"] == "value too long for type character varying(128)"
-    assert outbox.claim(10) == []
+    assert outbox.claim_oldest(10) == []
     assert outbox.rows("dead")[0]["message_id"] == "om_000001"
 
 
 def test_prune_keeps_the_newest_delivered(tmp_outbox):
     with Outbox(tmp_outbox, keep_delivered=3) as o:
         ids = [r.id for r in o.put_many([msg(i) for i in range(12)])]
-        o.mark_delivered(ids[:10])
+        assert o.finish_batch(ids[:10]) == (10, 7)  # a finished batch prunes down to keep_delivered
         o.mark_dead(ids[10], "x")
-        assert o.prune() == 7
         assert message_ids(o, "delivered") == ["om_000007", "om_000008", "om_000009"]
         assert o.counts() == {**EMPTY, "delivered": 3, "dead": 1, "pending": 1}  # others untouched
         assert o.prune() == 0
@@ -449,16 +446,16 @@ def test_replay_by_id_message_id_and_all(outbox):
     ids = [r.id for r in outbox.put_many([msg(i) for i in range(5)])]
     for i in ids:
         outbox.mark_dead(i, "rejected")
-    assert outbox.replay([ids[0]]) == 1                       # by outbox id
-    assert outbox.replay(["om_000001"]) == 1                  # by message_id
-    assert outbox.replay([str(ids[2]), "om_000003"]) == 2     # both kinds, as the CLI passes them
-    assert outbox.replay(["om_000001"]) == 0                  # already pending
-    assert outbox.replay(["no_such_id"]) == 0
+    assert len(outbox.replay([ids[0]])) == 1                       # by outbox id
+    assert len(outbox.replay(["om_000001"])) == 1                  # by message_id
+    assert len(outbox.replay([str(ids[2]), "om_000003"])) == 2     # both kinds, as the CLI passes them
+    assert len(outbox.replay(["om_000001"])) == 0                  # already pending
+    assert len(outbox.replay(["no_such_id"])) == 0
     assert outbox.counts() == {**EMPTY, "pending": 4, "dead": 1}
     outbox.mark_dead(ids[0], "again")
-    assert outbox.replay() == 2                               # all dead
+    assert len(outbox.replay()) == 2                               # all dead
     assert outbox.counts() == {**EMPTY, "pending": 5}
-    assert [r.message_id for r in outbox.claim(10)] == [f"om_{i:06d}" for i in range(5)]
+    assert [r.message_id for r in outbox.claim_oldest(10)] == [f"om_{i:06d}" for i in range(5)]
     with pytest.raises(ValueError):
         outbox.replay(states=("delivered",))
 
@@ -467,8 +464,8 @@ def test_replay_parked(tmp_outbox):
     with Outbox(tmp_outbox, max_pending=2) as o:
         o.put_many([msg(i) for i in range(4)])
         assert o.counts() == {**EMPTY, "pending": 2, "parked": 2}
-        o.mark_delivered([r.id for r in o.claim(2)])
-        assert o.replay(states=("parked",)) == 2
+        o.finish_batch([r.id for r in o.claim_oldest(4) if o.get(r.message_id)["state"] == "pending"])
+        assert len(o.replay(states=("parked",))) == 2
         assert o.counts() == {**EMPTY, "pending": 2, "delivered": 2}
 
 
@@ -501,7 +498,7 @@ def test_counts_kept_by_triggers_match_the_rows_through_every_move(tmp_outbox):
         box.finish_batch([r.id for r in rows[:30]])
         box.mark_dead(rows[30].id, "refused")
         assert box.counts() == real(box)
-        assert box.replay(states=("dead",)) == 1 and box.refill() >= 0 and box.prune(keep=5) >= 0
+        assert len(box.replay(states=("dead",))) == 1 and box.prune(keep=5) >= 0
         assert box.counts() == real(box)
 
 

@@ -14,8 +14,8 @@ import subprocess
 
 import pytest
 
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 from cliutil import EXE, clean_env, run_exe
@@ -139,7 +139,7 @@ def test_space_is_given_back_after_a_backlog_drains(tmp_path):
     reference = str(tmp_path / "reference.db")
     with Outbox(reference) as box:
         put_all(box, payloads[:2000])
-        box.db.checkpoint()
+        box.file.checkpoint()
     need = outbox_bytes(reference)
     path, target = str(tmp_path / "outbox.db"), open_target(f"sqlite:///{tmp_path / 'archive.db'}")
     with Outbox(path) as box:

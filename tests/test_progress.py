@@ -8,7 +8,7 @@ import select
 import sqlite3
 import subprocess
 
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.outbox import Outbox
 
 from cliutil import EXE, run_cli, run_exe
 from factories import flat_message

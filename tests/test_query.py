@@ -16,10 +16,10 @@ import time
 import psycopg2
 import pytest
 
-from outbox_relay.message.shapes import normalize
-from outbox_relay.outbox.queue import Outbox
 from outbox_relay.archive.search import search_messages
-from outbox_relay.sync.relay import Relay
+from outbox_relay.message import normalize
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.targets.postgres import PostgresTarget
 

@@ -17,9 +17,9 @@ import time
 import pytest
 
 from outbox_relay.errors import RelayLocked
-from outbox_relay.message.shapes import Message
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay, RelayLock
+from outbox_relay.message import Message
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay, RelayLock
 from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat
@@ -68,7 +68,7 @@ def test_step_moves_one_batch_and_says_what_it_did(tmp_outbox, pg_url):
         assert r.pruned == 90                               # keep_delivered=10
         # A crash after the target commit and before the local mark re-sends the batch:
         # ON CONFLICT makes it harmless, and the rows are then marked delivered.
-        pending = outbox.claim(100)
+        pending = outbox.claim_oldest(100)
         target.write([(row.id, Message.from_json(row.payload), row.received_at) for row in pending[:60]])
         r = relay.step()
         assert (r.claimed, r.delivered, r.new) == (100, 100, 40)

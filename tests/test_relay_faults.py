@@ -9,8 +9,8 @@ import threading
 import time
 import urllib.parse
 
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 from factories import flat, ids
@@ -78,7 +78,7 @@ def test_flaky_network_cutting_connections_mid_transaction(make_tcp_proxy, pg_ur
         thread.join(10)
         target.close()
         outbox.close()
-    assert proxy.cuts >= 5 and relay.stats["errors"] >= 3, (proxy.cuts, relay.stats)
+    assert proxy.cuts >= 5 and relay.beat.errors >= 3, (proxy.cuts, relay.beat)
     assert_exactly_once(pg_rows(pg_url), ids(n))
     left = outbox_counts(tmp_outbox)
     assert left["pending"] == left["parked"] == left["dead"] == 0
@@ -213,7 +213,7 @@ def test_pgbouncer_with_the_server_restarted_behind_it(tmp_outbox, private_pg, m
     thread = threading.Thread(target=relay.drain)
     thread.start()
     try:
-        wait_until(lambda: relay.stats["errors"] >= 1 or clients_waiting(bouncer, "relay") >= 1,
+        wait_until(lambda: relay.beat.errors >= 1 or clients_waiting(bouncer, "relay") >= 1,
                    timeout=30, what="the relay to fail or queue in PgBouncer")
         private_pg.start()
         thread.join(60)

@@ -12,9 +12,9 @@ import subprocess
 import threading
 import time
 
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import RelayLock
 from outbox_relay.intake.webhook import WEBHOOK_PATH
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import RelayLock
 
 from cliutil import EXE
 from factories import flat_message
@@ -253,8 +253,8 @@ def test_healthz_503_when_the_relay_loop_is_stuck(tmp_path):
         try:
             s.relay.wake()
             assert entered.wait(5), "the loop never called step()"
-            # Pretend the hang has lasted an hour: while hung, the loop cannot refresh last_loop_at.
-            s.relay.last_loop_at = time.time() - 3600
+            # Pretend the hang has lasted an hour: while hung, the loop cannot refresh its loop_at.
+            s.relay.beat.loop_at = time.time() - 3600
             h = health(s.url)
             assert h.status == 503 and h.json()["reasons"][0].startswith("relay loop stuck"), h
         finally:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from outbox_relay import timeconv
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Relay
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 from cliutil import run_cli

@@ -12,10 +12,10 @@ import uuid
 import pytest
 
 from loadutil import Load, hook_event
-from outbox_relay.operate import top, topdata
 from outbox_relay.config import Config
-from outbox_relay.outbox.queue import Outbox
-from outbox_relay.sync.relay import Heartbeat, RelayLock
+from outbox_relay.operate import top, topdata
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Heartbeat, RelayLock
 
 from cliutil import EXE, run_cli
 from factories import flat_message

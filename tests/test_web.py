@@ -12,12 +12,13 @@ import sqlite3
 import falcon.testing
 import pytest
 
-from outbox_relay.intake import envelope as feishu
 from outbox_relay.config import Config
 from outbox_relay.errors import OutboxUnavailable
-from outbox_relay.outbox.queue import Outbox
+from outbox_relay.intake import envelope as feishu
+from outbox_relay.intake.webhook import WEBHOOK_PATH
+from outbox_relay.outbox import Outbox
 from outbox_relay.outbox.sqlitefile import SqliteFile
-from outbox_relay.intake.webhook import WEBHOOK_PATH, create_app
+from outbox_relay.service.http import create_app
 
 from factories import (
     FEISHU_BODY,

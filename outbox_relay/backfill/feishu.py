@@ -19,11 +19,11 @@ import dataclasses
 import logging
 import time
 
-from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, OutboxFull
-from ..message.shapes import normalize
+from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, Stopped, TargetError
+from ..message import normalize
 from ..progress import NO_PROGRESS
 from ..timeconv import now_ms, s_to_datetime
-from .feishu_api import Stopped
+from .commit import Committer
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ CHECKPOINT_PREFIX = "backfill.feishu.chat:"
 # A range is never read closer to now than this: a message sent a moment ago may not be listed
 # yet, and the range would be recorded as read without it. The next run reads that minute.
 SETTLE_MS = 60_000
-ROOM_WAIT = 60.0  # seconds to wait for a relay to make room in an outbox with overflow=reject
 MAX_INVALID_SHOWN = 20  # invalid items listed in the report per chat (all are counted)
 
 
@@ -60,7 +59,7 @@ class ChatReport:
 class _Run:
     client: object
     outbox: object
-    target: object
+    committer: Committer
     start: int  # epoch seconds, inclusive
     end: int  # epoch seconds, exclusive
     dry_run: bool
@@ -76,7 +75,8 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
     would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
     end = min(until_ms, now_ms() - SETTLE_MS) // 1000
-    run = _Run(client, outbox, target, since_ms // 1000, end, dry_run, progress)
+    committer = Committer(outbox, target, dry_run=dry_run, stop=client.stop)
+    run = _Run(client, outbox, committer, since_ms // 1000, end, dry_run, progress)
     try:
         client.authenticate()
         reports, errors = _chats(client, target, chats)
@@ -106,7 +106,12 @@ def _chats(client, target, given):
             reports[item["chat_id"]] = ChatReport(item["chat_id"], item.get("name"), "group")
     except FeishuApiError as e:  # a missing scope, say: the chats the target knows still go on
         errors.append(f"cannot list the bot's chats: {e}")
-    for chat_id in target.chat_ids():
+    try:
+        known = target.chat_ids() if target is not None else []
+    except TargetError as e:  # the listed chats still go on; the target's own are read next time
+        errors.append(f"cannot list the chats the target holds: {e}")
+        known = []
+    for chat_id in known:
         reports.setdefault(chat_id, ChatReport(chat_id))
     return list(reports.values()), errors
 
@@ -130,7 +135,7 @@ def _backfill_chat(run, chat, recheck):
     if not todo:
         chat.status = "up to date"
         return chat.status
-    run.task = run.progress.task(_label(chat), total=None)
+    run.task = run.progress.task(chat_label(dataclasses.asdict(chat)), total=None)
     try:
         for start, end in todo:
             covered = _read_range(run, chat, covered, start, end)
@@ -199,37 +204,9 @@ def _store(run, chat, items):
         chat.edited += item.get("updated") is True
     chat.seen += len(messages)
     run.task.advance(len(items))
-    in_target = run.target.existing_ids([m.message_id for m in messages]) if messages else set()
-    fresh = [m for m in messages if m.message_id not in in_target]
-    new = _commit(run, fresh)
+    new, already = run.committer.commit(messages)
     chat.new += new
-    chat.already_stored += len(messages) - new
-
-
-def _commit(run, messages):
-    """How many of `messages` were new to the outbox (a dry run only looks)."""
-    if run.dry_run:
-        if run.outbox is None:
-            return len(messages)
-        return sum(run.outbox.get(m.message_id) is None for m in messages)
-    if not messages:
-        return 0
-    return sum(not r.duplicate for r in _put_with_room(run, messages))
-
-
-def _put_with_room(run, messages):
-    """put_many; under overflow=reject a full outbox is waited out while a relay drains it (the
-    page is all or nothing, so a retry is safe), for ROOM_WAIT seconds at most."""
-    deadline = time.monotonic() + ROOM_WAIT
-    while True:
-        try:
-            return run.outbox.put_many(messages)
-        except OutboxFull:
-            if time.monotonic() > deadline:
-                raise OutboxFull(f"the outbox stayed full (overflow=reject) for {ROOM_WAIT:.0f} s: run the "
-                                 "relay (outbox-relay run or sync) and then the backfill again") from None
-            if run.client.stop.wait(0.5):
-                raise Stopped() from None
+    chat.already_stored += already
 
 
 def _note_invalid(chat, item, error):
@@ -323,8 +300,6 @@ def _within(run, items):
     return [i for i in items if _in_range(run, i) or _ms(i) < 0]
 
 
-def _label(chat):
-    return _label_of(dataclasses.asdict(chat))
 
 
 def _report(run, chats, errors, stopped, elapsed):
@@ -337,31 +312,14 @@ def _report(run, chats, errors, stopped, elapsed):
             "totals": totals, "errors": errors, "stopped": stopped,
             "complete": not stopped and not errors and all(r["status"] in ("complete", "up to date")
                                                            for r in rows),
-            "api": dict(run.client.stats), "seconds": round(elapsed, 3)}
+            "api": dict(run.client.stats), "target_checked": run.committer.target_checked,
+            "seconds": round(elapsed, 3)}
 
 
 def _iso(seconds):
     return s_to_datetime(seconds).isoformat().replace("+00:00", "Z")
 
 
-def format_report(report):
-    """The summary table for a person: one line per chat, then the totals and what went wrong."""
-    from ..operate.status import format_table
-    rows = [[_label_of(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"],
-             c["invalid"]] for c in report["chats"]]
-    t = report["totals"]
-    rows.append(["total", f"{t['chats']} chats", t["seen"], t["new"], t["already_stored"], t["recalled"],
-                 t["invalid"]])
-    lines = [("dry run: nothing committed\n" if report["dry_run"] else "")
-             + f"Feishu history {report['since']} .. {report['until']}",
-             format_table(["chat", "status", "seen", "new", "already stored", "recalled", "invalid"], rows)]
-    lines += [f"{c['chat_id']}: {c['error']}" for c in report["chats"] if c["error"]]
-    lines += report["errors"]
-    api = report["api"]
-    lines.append(f"{api['requests']} API requests ({api['retried']} retried, {api['rate_limited']} rate-limited)"
-                 f" in {report['seconds']:.1f} s")
-    return "\n".join(lines)
-
-
-def _label_of(row):
+def chat_label(row):
+    """A chat for people: its name and id, or the id alone."""
     return f"{row['name']} ({row['chat_id']})" if row["name"] else row["chat_id"]

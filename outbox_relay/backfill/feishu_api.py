@@ -19,7 +19,7 @@ import time
 import urllib3
 
 from .. import __version__
-from ..errors import FeishuApiError, FeishuCredentialsError, FeishuUnavailable
+from ..errors import FeishuApiError, FeishuCredentialsError, FeishuUnavailable, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,6 @@ RESET_CAP = 300.0  # never wait longer than this on one x-ogw-ratelimit-reset
 # new token only when the old one has less than 30 minutes left, so 10 minutes always works.
 REFRESH_MARGIN = 600.0
 TIMEOUT = urllib3.Timeout(connect=10.0, read=30.0)
-
-
-class Stopped(Exception):
-    """Not an error: `stop` was set while the client waited. The caller winds down."""
 
 
 class RateLimiter:

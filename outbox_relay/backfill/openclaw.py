@@ -13,10 +13,11 @@ Idempotent: the target's existing ids are skipped, the outbox dedupes the rest, 
 
 import logging
 
-from ..errors import InvalidMessage, TargetError
-from ..message.shapes import normalize
+from ..errors import InvalidMessage
+from ..message import normalize
 from ..message.openclaw_text import line_text, queued_items, read_user_line
 from ..progress import NO_PROGRESS
+from .commit import Committer
 from .openclaw_sources import discover
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,13 @@ TOOL_ROLES = ("toolResult", "tool", "bashExecution")
 
 
 def backfill_openclaw(root, outbox, target=None, *, since_ms=None, until_ms=None, dry_run=False,
-                      progress=NO_PROGRESS):
+                      progress=NO_PROGRESS, stop=None):
     """Read DIR's transcripts and commit what the archive lacks. Returns the report dict:
     found (distinct messages in range), new (committed; with dry_run: would be), already_stored
     (in the target or the outbox), skipped {reason: n}, copies (extra copies of found messages),
     target_checked, files, agents, examples (the first unreadable/invalid lines, where and why)."""
     agents = discover(root)
-    run = _Run(outbox, target, since_ms, until_ms, dry_run)
+    run = _Run(Committer(outbox, target, dry_run=dry_run, stop=stop), since_ms, until_ms, dry_run)
     run.report["agents"] = [a.name for a in agents]
     transcripts = [t for a in agents for t in a.transcripts]
     run.report["files"] = len(transcripts)
@@ -62,12 +63,12 @@ def backfill_openclaw(root, outbox, target=None, *, since_ms=None, until_ms=None
 class _Run:
     """One backfill: the counts, the ids already seen, the chunk waiting to be committed."""
 
-    def __init__(self, outbox, target, since_ms, until_ms, dry_run):
-        self.outbox, self.target = outbox, target
+    def __init__(self, committer, since_ms, until_ms, dry_run):
+        self.committer = committer
         self.since_ms, self.until_ms, self.dry_run = since_ms, until_ms, dry_run
         self.seen, self.chunk = set(), []
         self.report = {"found": 0, "new": 0, "already_stored": 0, "skipped": dict.fromkeys(SKIP_REASONS, 0),
-                       "copies": 0, "dry_run": dry_run, "target_checked": target is not None,
+                       "copies": 0, "dry_run": dry_run, "target_checked": committer.target_checked,
                        "files": 0, "agents": [], "examples": []}
 
     def read(self, agent, transcript):
@@ -137,27 +138,10 @@ class _Run:
 
     def flush(self):
         chunk, self.chunk = self.chunk, []
-        stored = self.stored_ids([m.message_id for m in chunk])
-        fresh = [m for m in chunk if m.message_id not in stored]
-        self.report["already_stored"] += len(chunk) - len(fresh)
-        if self.dry_run or not fresh:
-            self.report["new"] += len(fresh)
-            return
-        for result in self.outbox.put_many(fresh):
-            self.report["already_stored" if result.duplicate else "new"] += 1
-
-    def stored_ids(self, ids):
-        if not self.report["target_checked"] or not ids:
-            return set()
-        try:
-            return self.target.existing_ids(ids)
-        except TargetError as e:
-            # The backfill is a local commit like any put: it must work while the database is
-            # away. Unchecked ids go to the outbox; the target's conflict clause keeps one row.
-            log.warning("cannot check the target for messages it already has (%s): "
-                        "every message found goes to the outbox, the target keeps one row of each", e)
-            self.report["target_checked"] = False
-            return set()
+        new, already = self.committer.commit(chunk)
+        self.report["new"] += new
+        self.report["already_stored"] += already
+        self.report["target_checked"] = self.committer.target_checked
 
 
 def classify(line):
@@ -204,17 +188,3 @@ def _session_for(agent, session, fields):
     if not chat_id:
         return session
     return dict(session, chat_type="group", chat_id=chat_id)
-
-
-def format_report(report):
-    """The summary for a person: one table of counts, then where the unreadable lines are."""
-    from ..operate.status import format_table
-    verb = "would be new" if report["dry_run"] else "new"
-    rows = [("found", report["found"]), (verb, report["new"]), ("already stored", report["already_stored"])]
-    rows += [(f"skipped: {reason.replace('_', ' ')}", n) for reason, n in report["skipped"].items() if n]
-    rows.append(("extra copies (counted once)", report["copies"]))
-    lines = [format_table(["messages", "count"], rows),
-             f"{report['files']} transcripts of {len(report['agents'])} agent(s) read"
-             + ("" if report["target_checked"] else "; the target was not checked")]
-    lines += [f"  {e['where']}: {e['reason']}: {e['error']}" for e in report["examples"]]
-    return "\n".join(lines)

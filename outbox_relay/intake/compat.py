@@ -19,7 +19,7 @@ the rest to the relay. On purpose it differs where the seed lost or invented dat
 
 import json
 
-from ..message.shapes import normalize
+from ..message import normalize
 
 # The seed's chat types -> Feishu's (what the webhook stores for the same chats).
 _CHAT_TYPES = {"direct": "p2p", "private": "p2p", "p2p": "p2p", "group": "group"}
@@ -30,7 +30,7 @@ class FeishuMessageSync:
     uses (OUTBOX_RELAY_OUTBOX, outbox-relay.toml in the working directory, else data/outbox.db)."""
 
     def __init__(self, outbox=None):
-        from ..outbox.queue import Outbox
+        from ..outbox import Outbox
         if isinstance(outbox, Outbox):
             self.outbox, self._owned = outbox, False
             return

@@ -8,7 +8,7 @@ file is only read.
 import json
 
 from ..errors import InvalidMessage
-from ..message.shapes import normalize
+from ..message import normalize
 from ..progress import NO_PROGRESS
 
 CHUNK = 500

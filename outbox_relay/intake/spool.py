@@ -28,7 +28,7 @@ import time
 
 from .. import jsonio
 from ..errors import InvalidMessage, OutboxError, SpoolError
-from ..message.shapes import MAX_MESSAGE_BYTES, Message, normalize
+from ..message import MAX_MESSAGE_BYTES, Message, normalize
 from ..timeconv import now_ms
 
 log = logging.getLogger(__name__)
@@ -362,46 +362,6 @@ class SpoolIngester:
         if text != self._said:
             (log.exception if exc else log.warning)("%s", text)
             self._said = text
-
-
-def spool_warnings(spool, relay_running):
-    """Lines for `status` warnings (and so for `health`)."""
-    if spool["error"]:
-        return [f"the spool cannot be read: {spool['error']}"]
-    out = []
-    if spool["rejected"]:
-        out.append(f"{spool['rejected']} spool item(s) set aside as not messages: see `outbox-relay spool`")
-    if spool["waiting"] and not relay_running:
-        out.append(f"{spool['waiting']} message(s) wait in the spool and no relay is running: "
-                   "start `outbox-relay run` (or run `outbox-relay sync`)")
-    age = spool["oldest_waiting_age_s"]
-    if relay_running and age is not None and age > 60:
-        out.append(f"the oldest spool item has waited {age:.0f} s: is the relay ingesting? (see its log)")
-    return out
-
-
-def ingest_for_sync(path, outbox):
-    """`sync`: what the spool holds goes into the outbox before the drain. None without a spool."""
-    spool = Spool(path)
-    if not spool.exists():
-        return None
-    report = spool.ingest(outbox)
-    if report.error:
-        log.warning("spool items left waiting in %s: %s", spool.new, report.error)
-    return {"stored": report.stored, "duplicates": report.duplicates, "rejected": report.rejected,
-            "waiting": len(spool.waiting())}
-
-
-def format_spool(data):
-    """`outbox-relay spool` for people: the counts, then one line per item set aside."""
-    from ..operate.status import _clock, format_table  # ops imports this module: not at the top
-    sp = data["spool"]
-    head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
-                                                      f"{sp['writing']} being written")
-    if not data["rejected"]:
-        return head + "\nnothing set aside"
-    rows = [[r["name"], r["size"], _clock(r["rejected_at"]), (r["reason"] or "")[:100]] for r in data["rejected"]]
-    return head + "\n" + format_table(["name", "bytes", "set aside", "reason"], rows)
 
 
 # -- file helpers --------------------------------------------------------------------------------

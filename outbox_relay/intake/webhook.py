@@ -34,38 +34,16 @@ import time
 
 import falcon
 
-from . import envelope as feishu
-from ..operate import health
 from ..errors import InvalidMessage, NotAMessage, OutboxError, OutboxFull, SignatureError
+from ..message import detect, normalize
+from . import envelope as feishu
 from .groupcommit import GroupCommit
-from .spool import Spool, spool_warnings
-from ..message.shapes import detect, normalize
-from ..operate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ..operate.metrics import Metrics
-from ..outbox.sqlitefile import free_bytes
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhook/feishu-message"
 RETRY_AFTER_LOCKED = 1    # a lock usually clears in well under a second
 RETRY_AFTER_FULL = 30     # overflow=reject: the relay needs time to drain
-PROBE_TIMEOUT = 1.0       # most seconds /healthz waits for the outbox write lock
-MIN_FREE_BYTES = 16 * 1024 * 1024
-
-
-def create_app(cfg, outbox, relay_thread=None, spool_ingester=None):
-    """The WSGI app. `relay_thread` (service.RelayThread) when the relay runs in this process;
-    without it (`serve`), /healthz judges the relay by the heartbeat it writes into the outbox.
-    `spool_ingester` (handoff.SpoolIngester): counted in /metrics when it runs in this process."""
-    relay = relay_thread.relay if relay_thread is not None else None
-    metrics = Metrics(outbox, relay, cfg=cfg, spool=spool_ingester)
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
-    app.set_error_serializer(_serialize_error)
-    app.add_error_handler(Exception, _unexpected_error)
-    app.add_route(WEBHOOK_PATH, Webhook(cfg, outbox, metrics))
-    app.add_route("/healthz", Health(cfg, outbox, relay_thread))
-    app.add_route("/metrics", MetricsResource(metrics))
-    return app
 
 
 class Rejected(Exception):
@@ -243,89 +221,6 @@ def _was_encrypted(body):
         return False
 
 
-# -- /healthz ---------------------------------------------------------------------------------
-
-
-class Health:
-    """200 unless health.judge() says down (503); the reasons either way."""
-
-    def __init__(self, cfg, outbox, relay_thread):
-        self.cfg = cfg
-        self.outbox = outbox
-        self.relay_thread = relay_thread
-
-    def on_get(self, req, resp):
-        now = time.time()
-        checks = {"outbox": self._check_outbox()}
-        if self.relay_thread is not None:
-            view = health.in_process_view(self.relay_thread, self.cfg, now)
-        else:
-            view = health.outbox_view(self.outbox, self.cfg, now)
-        facts = health.outbox_facts(self.outbox, health.Facts(
-            relay=view, outbox_problem=checks["outbox"].get("problem")))
-        facts.warnings.extend(spool_warnings(Spool(self.cfg.spool).status(now), view.running))
-        verdict = health.judge(facts, self.cfg, expect_relay=True, now=now)
-        beat = view.heartbeat
-        checks["relay"] = {"ok": view.problem is None and view.running, "in_process": view.in_process,
-                           "running": view.running, "problem": view.problem,
-                           "pid": beat.pid if beat else None,
-                           "heartbeat_age": round(beat.age(now), 3) if beat else None,
-                           "last_success": beat.last_success if beat else None,
-                           "last_error": beat.last_error if beat else None,
-                           "target_unavailable_for": beat.outage(now) if beat else None}
-        ok = verdict.level != health.DOWN
-        resp.status = falcon.HTTP_200 if ok else falcon.HTTP_503
-        resp.set_header("Cache-Control", "no-store")
-        resp.media = {"ok": ok, "status": verdict.level, "reasons": verdict.reasons, "checks": checks}
-        if not ok:
-            log.info("healthz: %s", "; ".join(verdict.reasons))
-
-    def _check_outbox(self):
-        path = self.outbox.path
-        try:
-            self.outbox.probe_writable(min(self.cfg.busy_timeout, PROBE_TIMEOUT))
-        except OutboxError as e:
-            return {"ok": False, "path": path, "problem": f"outbox {path} is not writable: {e}"}
-        free = free_bytes(path)
-        if free is not None and free < MIN_FREE_BYTES:
-            return {"ok": False, "path": path, "free_bytes": free,
-                    "problem": f"disk almost full where the outbox lives: {free} bytes free"}
-        return {"ok": True, "path": path, "free_bytes": free}
-
-
-# -- /metrics and errors -----------------------------------------------------------------------
-
-
-class MetricsResource:
-    def __init__(self, metrics):
-        self.metrics = metrics
-
-    def on_get(self, req, resp):
-        resp.content_type = METRICS_CONTENT_TYPE
-        resp.data = self.metrics.render()
-
-
 def refusal(message):
     """The body of every refusal, whether falcon, our handlers or waitress itself refuses."""
     return {"ok": False, "error": message}
-
-
-def _serialize_error(req, resp, exc):
-    """Falcon's own errors (404, 405, a malformed header) as the same JSON shape as ours."""
-    if exc.description:
-        message = exc.description
-    elif exc.status_code == 404:
-        message = f"no such path: {req.path[:200]} (POST {WEBHOOK_PATH}, GET /healthz, GET /metrics)"
-    elif exc.status_code == 405:
-        allowed = (exc.headers or {}).get("Allow", "")
-        message = f"method {req.method} is not allowed on {req.path[:200]} (allowed: {allowed})"
-    else:
-        message = exc.title
-    resp.content_type = falcon.MEDIA_JSON
-    resp.text = json.dumps(refusal(message), ensure_ascii=False)
-
-
-def _unexpected_error(req, resp, exc, params):
-    log.exception("unexpected error on %s %s", req.method, req.path)
-    resp.status = falcon.HTTP_500
-    resp.media = refusal("internal error (see the server log)")

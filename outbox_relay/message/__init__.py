@@ -1,5 +1,8 @@
-"""Every accepted input shape -> one `Message` (pure: no I/O)."""
+"""Every accepted input shape -> one `Message` (pure: no I/O). model.py is the Message, shapes.py the
+shapes and the normalizer, fields.py the rules a shape reads its fields by, text.py the searchable text,
+openclaw_text.py the text OpenClaw writes into a transcript line."""
 
-from .shapes import (  # noqa: F401
-    MAX_MESSAGE_BYTES, RECALLED_TEXT, SHAPES, SOURCES, Message, detect, extract_text, normalize, parse_payload,
-    parse_timestamp)
+from .fields import MAX_MESSAGE_BYTES, parse_timestamp  # noqa: F401
+from .model import Message, parse_payload  # noqa: F401
+from .shapes import RECALLED_TEXT, SHAPES, SOURCES, detect, normalize, parse_lines  # noqa: F401
+from .text import extract_text  # noqa: F401

@@ -7,94 +7,27 @@ and the flat dict the old in-process call and the legacy JSON queue used.
 """
 
 import dataclasses
-import json
-import re
 
-from .. import jsonio
-from . import openclaw_text
 from ..errors import InvalidMessage, NotAMessage
-from ..timeconv import iso_to_ms, s_to_ms
+from . import openclaw_text
+from .fields import (
+    MAX_ID_LENGTH,
+    MAX_KIND_LENGTH,
+    check_len,
+    check_shape,
+    field,
+    id_field,
+    json_string,
+    json_type,
+    kind_field,
+    optional_time,
+    parse_timestamp,
+)
+from .model import Message, parse_payload
+from .text import extract_text, strip_at_tags
 
-# One message's payload, encoded as UTF-8 JSON. Matches the webhook's default
-# body limit: anything bigger is not a chat message.
-MAX_MESSAGE_BYTES = 1024 * 1024
-# Real events nest 5-6 levels (post content: 4 inside the content string).
-MAX_DEPTH = 32
-MAX_ID_LENGTH = 128
-MAX_KIND_LENGTH = 64
 MESSAGE_EVENT_V2 = "im.message.receive_v1"
 RECALLED_TEXT = "[recalled]"  # the text of a message recalled before it was archived
-# created_at (epoch ms, UTC) must be a date the target can hold: years 1-9999.
-MIN_CREATED_MS = -62135596800000       # 0001-01-01T00:00:00Z
-MAX_CREATED_MS = 253402300799999       # 9999-12-31T23:59:59.999Z
-
-
-
-@dataclasses.dataclass(frozen=True)
-class Message:
-    """One chat message, whatever shape it arrived in. `message_id` is the idempotency key."""
-
-    message_id: str
-    source: str
-    chat_id: str | None = None
-    chat_type: str | None = None
-    thread_id: str | None = None
-    root_id: str | None = None
-    parent_id: str | None = None
-    sender_id: str | None = None
-    sender_type: str | None = None
-    msg_type: str = "text"
-    content: object = None
-    text: str = ""
-    mentions: list = dataclasses.field(default_factory=list)
-    created_at: int | None = None  # epoch milliseconds, UTC
-    raw: object = None
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data):
-        return cls(**{f.name: data.get(f.name) for f in dataclasses.fields(cls) if f.name in data})
-
-    def to_json(self):
-        # Not to_dict(): dataclasses.asdict deep-copies `raw` and `content` before json.dumps reads
-        # them, which was 70% of the CPU of a put (bench/). Every field holds plain JSON values, so
-        # a shallow dict gives the same text.
-        return jsonio.dumps({name: getattr(self, name) for name in _FIELD_NAMES})
-
-    @classmethod
-    def from_json(cls, text):
-        return cls.from_dict(json.loads(text))
-
-    def created_or(self, received_at):
-        """created_at in epoch ms, or (a sender that gave none) when the outbox received it."""
-        return self.created_at if self.created_at is not None else s_to_ms(received_at)
-
-
-_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Message))
-
-
-def parse_payload(data):
-    """Bytes or str of JSON -> a dict, or InvalidMessage. Size is checked before parsing."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        data = bytes(data)
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise InvalidMessage(f"payload too large: {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InvalidMessage(f"payload is not valid UTF-8 (byte {e.start})") from None
-    elif not isinstance(data, str):
-        raise InvalidMessage(f"payload must be JSON text, not {type(data).__name__}")
-    elif len(data) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage(f"payload too large: {len(data)} characters, limit {MAX_MESSAGE_BYTES}")
-    if not data.strip():
-        raise InvalidMessage("payload is empty")
-    value = _loads(data, "payload")
-    if not isinstance(value, dict):
-        raise InvalidMessage(f"payload must be a JSON object, not {_json_type(value)}")
-    return value
 
 
 def normalize(payload):
@@ -104,8 +37,8 @@ def normalize(payload):
     if isinstance(payload, (str, bytes, bytearray, memoryview)):
         payload = parse_payload(payload)
     if not isinstance(payload, dict):
-        raise InvalidMessage(f"payload must be a JSON object, not {_json_type(payload)}")
-    _check_shape(payload)
+        raise InvalidMessage(f"payload must be a JSON object, not {json_type(payload)}")
+    check_shape(payload)
     if "encrypt" in payload and len(payload) == 1:
         raise InvalidMessage("encrypted Feishu event: it must be decrypted first (configure the encrypt key)")
     if payload.get("type") == "url_verification":
@@ -122,27 +55,27 @@ def normalize(payload):
 
 
 def _from_feishu_v2(p):
-    header = _get(p, "header", dict, required=True, where="")
-    event_type = _get(header, "event_type", str, required=True, where="header.")
+    header = field(p, "header", dict, required=True, where="")
+    event_type = field(header, "event_type", str, required=True, where="header.")
     if event_type != MESSAGE_EVENT_V2:
         raise NotAMessage(event_type)
-    event = _get(p, "event", dict, required=True, where="")
-    msg = _get(event, "message", dict, required=True, where="event.")
-    sender = _get(event, "sender", dict, where="event.") or {}
-    sender_ids = _get(sender, "sender_id", dict, where="event.sender.") or {}
-    msg_type = _kind(msg, "message_type", "event.message.", default="text")
-    content = _json_string(msg, "content", "event.message.")
-    mentions = _get(msg, "mentions", list, where="event.message.") or []
-    created = _get(msg, "create_time", (str, int), where="event.message.")
+    event = field(p, "event", dict, required=True, where="")
+    msg = field(event, "message", dict, required=True, where="event.")
+    sender = field(event, "sender", dict, where="event.") or {}
+    sender_ids = field(sender, "sender_id", dict, where="event.sender.") or {}
+    msg_type = kind_field(msg, "message_type", "event.message.", default="text")
+    content = json_string(msg, "content", "event.message.")
+    mentions = field(msg, "mentions", list, where="event.message.") or []
+    created = field(msg, "create_time", (str, int), where="event.message.")
     if created is None:
-        created = _get(header, "create_time", (str, int), where="header.")
+        created = field(header, "create_time", (str, int), where="header.")
     return _build(
         source="feishu.v2",
         **_message_ids(msg, "event.message."),
-        sender_id=(_id(sender_ids, "open_id", "event.sender.sender_id.")
-                   or _id(sender_ids, "user_id", "event.sender.sender_id.")
-                   or _id(sender_ids, "union_id", "event.sender.sender_id.")),
-        sender_type=_kind(sender, "sender_type", "event.sender."),
+        sender_id=(id_field(sender_ids, "open_id", "event.sender.sender_id.")
+                   or id_field(sender_ids, "user_id", "event.sender.sender_id.")
+                   or id_field(sender_ids, "union_id", "event.sender.sender_id.")),
+        sender_type=kind_field(sender, "sender_type", "event.sender."),
         msg_type=msg_type,
         content=content,
         text=extract_text(msg_type, content, mentions),
@@ -152,57 +85,33 @@ def _from_feishu_v2(p):
     )
 
 
-def _strip_at_tags(text):
-    """`<at open_id="…">@name</at>` -> `@name`, exactly what the regex `<at\\b[^>]*>(.*?)</at>` would
-    replace, in one pass: the regex rescans to the end for every unclosed `<at`, which is quadratic
-    (a 160 KB body of "<at>" took 28 s)."""
-    out, pos = [], 0
-    start = text.find("<at", pos)
-    while start >= 0:
-        if re.match(r"\w", text[start + 3:start + 4]):  # `<attr`: not an at tag
-            start = text.find("<at", start + 3)
-            continue
-        # No `>` or `</at>` after this point means no later tag can match either.
-        open_end = text.find(">", start + 3)
-        if open_end < 0:
-            break
-        close = text.find("</at>", open_end + 1)
-        if close < 0:
-            break
-        out.append(text[pos:start])
-        out.append(text[open_end + 1:close])
-        pos = close + 5
-        start = text.find("<at", pos)
-    out.append(text[pos:])
-    return "".join(out)
-
 
 def _from_feishu_v1(p):
-    event = _get(p, "event", dict, required=True, where="")
-    event_type = _get(event, "type", str, required=True, where="event.")
+    event = field(p, "event", dict, required=True, where="")
+    event_type = field(event, "type", str, required=True, where="event.")
     if event_type != "message":
         raise NotAMessage(event_type)
-    msg_type = _kind(event, "msg_type", "event.", default="text")
-    raw_text = _get(event, "text", str, where="event.") or ""
-    chat_type = _kind(event, "chat_type", "event.")
+    msg_type = kind_field(event, "msg_type", "event.", default="text")
+    raw_text = field(event, "text", str, where="event.") or ""
+    chat_type = kind_field(event, "chat_type", "event.")
     content = {"text": raw_text} if msg_type == "text" else {
         k: v for k, v in event.items() if k in ("image_key", "file_key", "title", "text")}
-    text = _strip_at_tags(raw_text) if msg_type == "text" else extract_text(msg_type, content, [])
-    ts = _get(p, "ts", (str, int, float), where="")
+    text = strip_at_tags(raw_text) if msg_type == "text" else extract_text(msg_type, content, [])
+    ts = field(p, "ts", (str, int, float), where="")
     return _build(
         source="feishu.v1",
-        message_id=_id(event, "open_message_id", "event.", required=True, name="message_id"),
-        chat_id=_id(event, "open_chat_id", "event."),
+        message_id=id_field(event, "open_message_id", "event.", required=True, name="message_id"),
+        chat_id=id_field(event, "open_chat_id", "event."),
         chat_type="p2p" if chat_type == "private" else chat_type,
-        root_id=_id(event, "root_id", "event."),
-        parent_id=_id(event, "parent_id", "event."),
-        sender_id=_id(event, "open_id", "event.") or _id(event, "user_open_id", "event."),
+        root_id=id_field(event, "root_id", "event."),
+        parent_id=id_field(event, "parent_id", "event."),
+        sender_id=id_field(event, "open_id", "event.") or id_field(event, "user_open_id", "event."),
         sender_type="user",
         msg_type=msg_type,
         content=content,
         text=text,
         mentions=[],
-        created_at=_optional_time(ts, "ts"),
+        created_at=optional_time(ts, "ts"),
         raw=p,
     )
 
@@ -210,11 +119,11 @@ def _from_feishu_v1(p):
 def _from_openclaw(p):
     if p.get("action") != "received":
         raise NotAMessage(f"message:{p.get('action')}")
-    ctx = _get(p, "context", dict, required=True, where="")
-    meta = _get(ctx, "metadata", dict, where="context.") or {}
-    body = _get(ctx, "content", str, where="context.") or ""
-    chat_id, chat_type = _openclaw_chat(_get(ctx, "conversationId", str, where="context.") or "",
-                                        _get(ctx, "from", str, where="context.") or "")
+    ctx = field(p, "context", dict, required=True, where="")
+    meta = field(ctx, "metadata", dict, where="context.") or {}
+    body = field(ctx, "content", str, where="context.") or ""
+    chat_id, chat_type = _openclaw_chat(field(ctx, "conversationId", str, where="context.") or "",
+                                        field(ctx, "from", str, where="context.") or "")
     # context.timestamp is when OpenClaw processed the message (Date.now()), not Feishu's
     # create_time: the event carries no other time. Usually within a second of it.
     created = ctx.get("timestamp")
@@ -222,17 +131,17 @@ def _from_openclaw(p):
         created = p.get("timestamp")
     return _build(
         source="openclaw",
-        message_id=_id(ctx, "messageId", "context.", required=True, name="message_id"),
-        chat_id=_check_len(chat_id, "context.conversationId", MAX_ID_LENGTH),
-        chat_type=_check_len(chat_type, "context.from", MAX_KIND_LENGTH),
-        thread_id=_id(meta, "threadId", "context.metadata."),
-        sender_id=_id(meta, "senderId", "context.metadata.") or _openclaw_sender(ctx),
+        message_id=id_field(ctx, "messageId", "context.", required=True, name="message_id"),
+        chat_id=check_len(chat_id, "context.conversationId", MAX_ID_LENGTH),
+        chat_type=check_len(chat_type, "context.from", MAX_KIND_LENGTH),
+        thread_id=id_field(meta, "threadId", "context.metadata."),
+        sender_id=id_field(meta, "senderId", "context.metadata.") or _openclaw_sender(ctx),
         sender_type="user",
         msg_type="text",
         content={"text": body},
         text=body,
         mentions=[],
-        created_at=_optional_time(created, "context.timestamp"),
+        created_at=optional_time(created, "context.timestamp"),
         raw=p,
     )
 
@@ -257,33 +166,33 @@ def _openclaw_chat(conversation, origin):
 
 def _openclaw_sender(ctx):
     """from "feishu:ou_x" -> ou_x, when metadata.senderId is missing (not "feishu:group:oc_x")."""
-    parts = (_get(ctx, "from", str, where="context.") or "").split(":")
-    return _check_len(parts[1], "context.from", MAX_ID_LENGTH) if len(parts) == 2 and parts[1] else None
+    parts = (field(ctx, "from", str, where="context.") or "").split(":")
+    return check_len(parts[1], "context.from", MAX_ID_LENGTH) if len(parts) == 2 and parts[1] else None
 
 
 def _from_open_api(p):
     """An item of the Open API's message list (`GET /open-apis/im/v1/messages`): what `backfill
     feishu` reads back. Same field rules as the v2 event, so a message archived from the event and
     the same message read back give the same row (chat_type aside: the item has none)."""
-    body = _get(p, "body", dict, where="") or {}
-    sender = _get(p, "sender", dict, where="") or {}
-    msg_type = _kind(p, "msg_type", "", default="text")
-    mentions = _event_mentions(_get(p, "mentions", list, where="") or [])
+    body = field(p, "body", dict, where="") or {}
+    sender = field(p, "sender", dict, where="") or {}
+    msg_type = kind_field(p, "msg_type", "", default="text")
+    mentions = _event_mentions(field(p, "mentions", list, where="") or [])
     deleted = p.get("deleted") is True
     # A recalled message's body is a notice, not its content, which Feishu no longer gives out:
     # the archive keeps the fact (who, when, where; `raw.deleted`) with empty content.
-    content = {} if deleted else _json_string(body, "content", "body.")
-    created = _get(p, "create_time", (str, int), where="")
+    content = {} if deleted else json_string(body, "content", "body.")
+    created = field(p, "create_time", (str, int), where="")
     return _build(
         source="feishu.history",
         **_message_ids(p, ""),
-        sender_id=_id(sender, "id", "sender."),
-        sender_type=_kind(sender, "sender_type", "sender."),
+        sender_id=id_field(sender, "id", "sender."),
+        sender_type=kind_field(sender, "sender_type", "sender."),
         msg_type=msg_type,
         content=content,
         text=RECALLED_TEXT if deleted else extract_text(msg_type, content, mentions),
         mentions=mentions,
-        created_at=_optional_time(created, "create_time"),
+        created_at=optional_time(created, "create_time"),
         raw=p,
     )
 
@@ -300,30 +209,30 @@ def _event_mentions(mentions):
 
 
 def _from_flat(p):
-    msg_type = _kind(p, "msg_type", "", default=None) or _kind(p, "message_type", "", default="text")
+    msg_type = kind_field(p, "msg_type", "", default=None) or kind_field(p, "message_type", "", default="text")
     if "content" in p and p["content"] is not None:
         if isinstance(p["content"], dict):
             content = p["content"]
         else:
-            content = _json_string(p, "content", "")
+            content = json_string(p, "content", "")
     else:
-        text = _get(p, "text", str, where="")
+        text = field(p, "text", str, where="")
         content = {"text": text or ""}
-    mentions = _get(p, "mentions", list, where="") or []
-    text = _get(p, "text", str, where="")
+    mentions = field(p, "mentions", list, where="") or []
+    text = field(p, "text", str, where="")
     if text is None:
         text = extract_text(msg_type, content, mentions)
     created = p.get("create_time", p.get("created_at"))
     return _build(
         source="api",
         **_message_ids(p, ""),
-        sender_id=_id(p, "sender_id", ""),
-        sender_type=_kind(p, "sender_type", ""),
+        sender_id=id_field(p, "sender_id", ""),
+        sender_type=kind_field(p, "sender_type", ""),
         msg_type=msg_type,
         content=content,
         text=text,
         mentions=mentions,
-        created_at=_optional_time(created, "create_time"),
+        created_at=optional_time(created, "create_time"),
         raw=p,
     )
 
@@ -332,9 +241,9 @@ def _from_openclaw_transcript(p):
     """{"openclaw_transcript": <a transcript line>, "session": {key, channel, chat_type, chat_id,
     topic}, "queued_item": n} (built by backfill/openclaw.py) -> Message. The session's chat wins;
     the line's Conversation-info block fills what the session key does not name."""
-    line = _get(p, "openclaw_transcript", dict, required=True, where="")
-    session = _get(p, "session", dict, where="") or {}
-    msg = _get(line, "message", dict, required=True, where="openclaw_transcript.")
+    line = field(p, "openclaw_transcript", dict, required=True, where="")
+    session = field(p, "session", dict, where="") or {}
+    msg = field(line, "message", dict, required=True, where="openclaw_transcript.")
     if line.get("type") != "message" or msg.get("role") != "user":
         raise NotAMessage(f"openclaw.{line.get('type')}.{msg.get('role')}", "not a user line of the transcript")
     try:
@@ -348,19 +257,19 @@ def _from_openclaw_transcript(p):
     created = msg.get("timestamp") if msg.get("timestamp") is not None else line.get("timestamp")
     return _build(
         source="openclaw.transcript",
-        message_id=_check_len(fields["message_id"], "message_id", MAX_ID_LENGTH),
-        chat_id=_check_len(chat_id, "session.chat_id", MAX_ID_LENGTH),
+        message_id=check_len(fields["message_id"], "message_id", MAX_ID_LENGTH),
+        chat_id=check_len(chat_id, "session.chat_id", MAX_ID_LENGTH),
         chat_type=chat_type,
         thread_id=topic if topic and topic.startswith("omt_") else None,
         root_id=topic if topic and not topic.startswith("omt_") else None,
-        parent_id=_check_len(fields["parent_id"], "replyToId", MAX_ID_LENGTH),
-        sender_id=_check_len(fields["sender_id"], "senderId", MAX_ID_LENGTH),
+        parent_id=check_len(fields["parent_id"], "replyToId", MAX_ID_LENGTH),
+        sender_id=check_len(fields["sender_id"], "senderId", MAX_ID_LENGTH),
         sender_type="user",
         msg_type="text",
         content={"text": fields["text"]},
         text=fields["text"],
         mentions=fields["mentions"],
-        created_at=_optional_time(created, "message.timestamp"),
+        created_at=optional_time(created, "message.timestamp"),
         raw=p,
     )
 
@@ -390,9 +299,9 @@ def _transcript_chat(session, fields):
 def _message_ids(obj, where):
     """The ids a Feishu message object names the same way in the event, the Open API and the flat
     dict: message_id (required), chat_id, chat_type, thread_id, root_id, parent_id."""
-    return dict(message_id=_id(obj, "message_id", where, required=True), chat_id=_id(obj, "chat_id", where),
-                chat_type=_kind(obj, "chat_type", where), thread_id=_id(obj, "thread_id", where),
-                root_id=_id(obj, "root_id", where), parent_id=_id(obj, "parent_id", where))
+    return dict(message_id=id_field(obj, "message_id", where, required=True), chat_id=id_field(obj, "chat_id", where),
+                chat_type=kind_field(obj, "chat_type", where), thread_id=id_field(obj, "thread_id", where),
+                root_id=id_field(obj, "root_id", where), parent_id=id_field(obj, "parent_id", where))
 
 
 def _build(**fields):
@@ -429,240 +338,27 @@ def detect(payload):
     return next((shape for shape in SHAPES if shape.matches(payload)), None)
 
 
-# -- text extraction ------------------------------------------------------------
-
-_PLACEHOLDERS = {
-    "image": "[image]", "file": "[file]", "audio": "[audio]", "media": "[video]",
-    "sticker": "[sticker]", "interactive": "[card]", "share_chat": "[shared chat]",
-    "share_user": "[shared contact]", "location": "[location]", "video_chat": "[video call]",
-    "merge_forward": "[forwarded messages]", "system": "[system]", "hongbao": "[red packet]",
-    "todo": "[todo]", "vote": "[vote]", "calendar": "[calendar]", "share_calendar_event": "[calendar]",
-}
-_POST_LOCALES = ("zh_cn", "en_us", "ja_jp")
-
-
-def extract_text(msg_type, content, mentions=()):
-    """Plain text for search: text -> text, post -> its runs joined, others -> a placeholder."""
-    if msg_type == "text" and isinstance(content, dict):
-        text = content.get("text")
-        text = text if isinstance(text, str) else ""
-        for m in mentions or ():
-            if isinstance(m, dict) and isinstance(m.get("key"), str) and isinstance(m.get("name"), str):
-                key, name = m["key"], "@" + m["name"]
-                # An empty or one-letter key with a long name would multiply the text (gigabytes
-                # from a 1 MB payload); real keys are "@_user_N" and names are short.
-                if key and len(text) + text.count(key) * (len(name) - len(key)) <= MAX_MESSAGE_BYTES:
-                    text = text.replace(key, name)
-        return text
-    if msg_type == "post" and isinstance(content, dict):
-        return _post_text(content)
-    if msg_type == "file" and isinstance(content, dict) and isinstance(content.get("file_name"), str):
-        return f"[file] {content['file_name']}"
-    return _PLACEHOLDERS.get(msg_type, f"[{msg_type}]")
-
-
-def _post_text(content):
-    body = content
-    if "content" not in content:
-        # A locale wrapper: {"zh_cn": {"title": …, "content": […]}, "en_us": …}
-        wrapped = [content[k] for k in _POST_LOCALES if isinstance(content.get(k), dict)]
-        wrapped += [v for k, v in content.items() if k not in _POST_LOCALES and isinstance(v, dict)]
-        body = wrapped[0] if wrapped else {}
-    lines = []
-    title = body.get("title")
-    if isinstance(title, str) and title:
-        lines.append(title)
-    paragraphs = body.get("content")
-    for para in paragraphs if isinstance(paragraphs, list) else ():
-        runs = para if isinstance(para, list) else [para]
-        line = "".join(_run_text(r) for r in runs if isinstance(r, dict))
-        if line:
-            lines.append(line)
-    return "\n".join(lines)
-
-
-def _run_text(run):
-    tag = run.get("tag")
-    if tag in ("text", "a", "code_block", "md"):
-        text = run.get("text")
-        return text if isinstance(text, str) else ""
-    if tag == "at":
-        name = run.get("user_name") or run.get("user_id")
-        return "@" + name if isinstance(name, str) else ""
-    if tag == "img":
-        return "[image]"
-    if tag == "media":
-        return "[video]"
-    if tag == "emotion":
-        emoji = run.get("emoji_type")
-        return f"[{emoji}]" if isinstance(emoji, str) else ""
-    return ""
-
-
-# -- field helpers -----------------------------------------------------------------
-
-
-def _optional_time(value, field):
-    """created_at of a shape whose time may be absent (the outbox then uses its commit time)."""
-    return None if value is None else parse_timestamp(value, field)
-
-
-def parse_timestamp(value, field):
-    """Epoch seconds / ms / µs / ns (number or digit string) -> epoch ms. Feishu sends ms strings;
-    16-digit (µs) values appear in its docs, so the unit is inferred from the magnitude."""
-    if isinstance(value, bool):
-        raise InvalidMessage(f"{field} must be an epoch timestamp, not a boolean")
-    if isinstance(value, str):
-        value = value.strip()
-        if re.fullmatch(r"\d{1,19}", value):
-            number = int(value)
-        elif re.fullmatch(r"\d{1,12}\.\d{1,9}", value):
-            number = float(value)
-        elif re.fullmatch(r"\d+", value):
-            # Not for fromisoformat below: it reads 20+ digits as a basic-format date (year 1111).
-            raise InvalidMessage(f"{field} is out of range: {value[:40]!r}")
-        else:
-            iso = iso_to_ms(value)
-            if iso is None:
-                raise InvalidMessage(f"{field} is not a timestamp: {value[:40]!r}")
-            # An offset can push a valid date out of years 1-9999 (in UTC): the relay could
-            # never write such a row, and it used to stall the whole queue behind it.
-            if not MIN_CREATED_MS <= iso <= MAX_CREATED_MS:
-                raise InvalidMessage(f"{field} is out of range: {value[:40]!r}")
-            return iso
-    elif isinstance(value, (int, float)):
-        number = value
-    else:
-        raise InvalidMessage(f"{field} must be an epoch timestamp string or number, not {_json_type(value)}")
-    if number != number or number < 0:
-        raise InvalidMessage(f"{field} is not a valid timestamp: {value!r}")
-    for limit, scale in ((1e11, 1000), (1e14, 1), (1e17, 1e-3), (1e20, 1e-6)):
-        if number < limit:
-            return int(number * scale)
-    raise InvalidMessage(f"{field} is out of range: {str(value)[:40]!r}")
-
-
-def _get(obj, key, types, *, required=False, where=""):
-    value = obj.get(key)
-    if value is None or (value == "" and types is not dict):
-        if required:
-            raise InvalidMessage(f"missing {where}{key}")
-        return None
-    if not isinstance(value, types) or isinstance(value, bool):
-        expected = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
-        raise InvalidMessage(f"{where}{key} must be {_article(expected)}, not {_json_type(value)}")
-    return value
-
-
-def _id(obj, key, where, *, required=False, name=None):
-    value = _get(obj, key, (str, int), required=required, where=where)
-    if value is None:
-        return None
-    value = str(value)
-    if required and not value.strip():
-        raise InvalidMessage(f"missing {name or where + key}")
-    return _check_len(value, where + key, MAX_ID_LENGTH)
-
-
-def _kind(obj, key, where, default=None):
-    value = _get(obj, key, str, where=where)
-    return _check_len(value, where + key, MAX_KIND_LENGTH) if value is not None else default
-
-
-def _check_len(value, field, limit):
-    if value is not None and len(value) > limit:
-        raise InvalidMessage(f"{field} is longer than {limit} characters")
-    return value
-
-
-def _json_string(obj, key, where):
-    value = obj.get(key)
-    if value is None or value == "":
-        return {}
-    if not isinstance(value, str):
-        raise InvalidMessage(f"{where}{key} must be a JSON-encoded string, not {_json_type(value)}")
-    decoded = _loads(value, where + key)
-    if not isinstance(decoded, dict):
-        raise InvalidMessage(f"{where}{key} must encode a JSON object, not {_json_type(decoded)}")
-    _check_shape(decoded, where + key)
-    return decoded
-
-
-def _loads(text, what):
+def parse_lines(data):
+    """Bytes or text holding one JSON message, or JSON lines (one per line: `put`'s input) -> Messages.
+    InvalidMessage names the line of the first one that is not a message."""
     try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except InvalidMessage:
-        raise
-    except RecursionError:
-        raise InvalidMessage(f"{what} is nested too deeply (limit {MAX_DEPTH})") from None
-    except ValueError as e:  # JSONDecodeError, and int() refusing 5,000-digit numbers
-        raise InvalidMessage(f"{what} is not valid JSON: {str(e)[:120]}") from None
-
-
-def _reject_constant(name):
-    raise InvalidMessage(f"{name} is not valid JSON")
-
-
-def _check_shape(value, what="payload"):
-    """Depth, key and value types, then encodability and size (the encoder's output measured: one
-    pass in C instead of a Python walk that summed the sizes; put() spent a fifth of its time here)."""
+        # utf-8-sig: a file saved by an editor that writes a byte-order mark is still JSON to us.
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as e:
+        raise InvalidMessage(f"input is not valid UTF-8 (byte {e.start})") from None
+    if not text.strip():
+        raise InvalidMessage("no input: give a JSON object or JSON lines")
     try:
-        _walk(value, 1)
-    except _Refused as e:
-        raise InvalidMessage(f"{what} {e}") from None
-    try:
-        encoded = jsonio.dumps(value).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidMessage(f"{what} contains invalid Unicode (a lone surrogate)") from None
-    except ValueError as e:  # ints too long to print
-        raise InvalidMessage(f"{what} cannot be encoded: {str(e)[:80]}") from None
-    if len(encoded) > MAX_MESSAGE_BYTES:
-        raise InvalidMessage(f"{what} is too large: {len(encoded)} bytes, limit {MAX_MESSAGE_BYTES}")
+        return [normalize(parse_payload(text))]
+    except InvalidMessage as whole:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if len(lines) < 2:
+            raise whole from None
+    messages = []
+    for n, line in lines:
+        try:
+            messages.append(normalize(parse_payload(line)))
+        except InvalidMessage as e:
+            raise InvalidMessage(f"line {n}: {e}") from None
+    return messages
 
-
-class _Refused(Exception):
-    """What _walk found wrong, finished into an InvalidMessage by _check_shape."""
-
-
-_SCALARS = (str, int, bool, type(None))
-_INFINITIES = (float("inf"), float("-inf"))
-
-
-def _walk(value, depth):
-    """Into containers only, so a scalar costs one type() call. Recursion is bounded by MAX_DEPTH."""
-    if depth > MAX_DEPTH:
-        raise _Refused(f"is nested too deeply (limit {MAX_DEPTH} levels)")
-    if isinstance(value, dict):
-        for k in value:
-            if not isinstance(k, str):
-                raise _Refused("has a non-string key")
-        children = value.values()
-    elif isinstance(value, list):
-        children = value
-    else:
-        children = (value,)
-        depth -= 1  # the value itself, checked below at its own depth
-    for v in children:
-        t = type(v)
-        if t is dict or t is list:
-            _walk(v, depth + 1)
-        elif t is float:
-            if v != v or v in _INFINITIES:
-                raise _Refused("contains a non-finite number")
-        elif t not in _SCALARS:  # subclasses of the JSON types, or not JSON at all
-            if isinstance(v, (dict, list)):
-                _walk(v, depth + 1)
-            elif isinstance(v, float):
-                _walk([float(v)], depth)
-            elif not isinstance(v, _SCALARS):
-                raise _Refused(f"contains a {t.__name__}, which is not JSON")
-
-
-def _json_type(value):
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
-
-
-def _article(name):
-    return {"str": "a string", "dict": "an object", "list": "an array", "int": "a number",
-            "str or int": "a string", "str or int or float": "a string or number"}.get(name, name)

@@ -1,20 +1,22 @@
-"""What "healthy" means, written once: one judge that `outbox-relay health`, `status` and
-`/healthz` all ask, over facts read through one heartbeat type (sync.Heartbeat).
+"""What "healthy" means, written once: one gatherer of the facts and one judge, which `outbox-relay
+health`, `status`, `top` and `/healthz` all ask.
 
-The facts are gathered where they live (an in-process relay thread, or the heartbeat row another
-process writes into the outbox; the outbox file; a round trip to the target) and handed to
-`judge()`, which returns ok / degraded / down with the reasons.
+`gather()` reads every fact where it lives (the relay thread of this process, or the heartbeat a relay
+in another process writes into the outbox and the lock it holds; the outbox file; the spool; a round
+trip to the target) and `judge()` turns them into ok / degraded / down with the reasons.
 """
 
 import dataclasses
 import time
 
-from ..errors import OutboxError
+from ..errors import OutboxError, TargetError
+from ..intake.spool import Spool
 from ..outbox.faults import replaced_warning
-from ..sync.relay import BACKOFF_MAX, Heartbeat, RelayLock
+from ..sync import BACKOFF_MAX, Heartbeat, relay_running
 
 # Undelivered messages older than this while a relay runs mean it is behind.
 BEHIND_AFTER = 120.0
+SPOOL_BEHIND_AFTER = 60.0  # seconds a spool item may wait while a relay runs
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 LEVELS = (OK, DEGRADED, DOWN)  # index = exit code of `outbox-relay health`
 
@@ -23,12 +25,6 @@ def stuck_after(cfg):
     """Seconds without a relay loop pass (or heartbeat) before we call the relay stuck. One pass
     may legitimately take a connect plus a statement timeout, or a full backoff wait."""
     return max(60.0, 2.0 * (cfg.connect_timeout + cfg.statement_timeout), 2.0 * BACKOFF_MAX)
-
-
-def relay_running(outbox_path):
-    """True when some process holds the relay lock on this outbox (a relay is running). Looks only:
-    no lock file is created where none is, and nothing is written into one."""
-    return RelayLock(outbox_path).held_elsewhere()
 
 
 @dataclasses.dataclass
@@ -41,6 +37,37 @@ class RelayView:
     in_process: bool = False
 
 
+@dataclasses.dataclass
+class Facts:
+    """Everything the judge looks at; None where it was not (or could not be) looked at."""
+
+    relay: RelayView
+    counts: dict | None = None
+    oldest_pending_age: float | None = None
+    outbox_problem: str | None = None
+    warnings: list = dataclasses.field(default_factory=list)
+    spool: dict | None = None           # Spool.status()
+    target_error: str | None = None     # a direct round trip failed (None: it worked, or none was made)
+    target_latency_ms: float | None = None
+
+
+def gather(cfg, outbox, *, now=None, relay_thread=None, target=None, outbox_problem=None):
+    """Every fact about the service, each read once: the relay (`relay_thread` when it runs in this
+    process, else its lock and heartbeat), the outbox, the spool, and a round trip to `target` when
+    one is given. `outbox_problem`: what the caller already found wrong with the outbox."""
+    now = time.time() if now is None else now
+    view = in_process_view(relay_thread, cfg, now) if relay_thread is not None else outbox_view(outbox, cfg, now)
+    facts = Facts(relay=view, outbox_problem=outbox_problem, spool=Spool(cfg.spool).status(now))
+    _outbox_facts(outbox, facts)
+    if target is not None:
+        try:
+            facts.target_latency_ms = round(target.ping() * 1000, 2)
+        except TargetError as e:
+            facts.target_error = str(e)
+    facts.warnings.extend(spool_warnings(facts.spool, view.running))
+    return facts
+
+
 def in_process_view(relay_thread, cfg, now):
     """The relay thread of this process (`outbox-relay run`)."""
     relay = relay_thread.relay
@@ -51,7 +78,7 @@ def in_process_view(relay_thread, cfg, now):
     elif relay.stopping:
         view.problem = "shutting down"
     else:
-        quiet = now - (relay.last_loop_at or relay.started_at)
+        quiet = now - (view.heartbeat.loop_at or view.heartbeat.started_at)
         if quiet > stuck_after(cfg):
             view.problem = f"relay loop stuck: no pass for {quiet:.0f} s"
     return view
@@ -66,17 +93,38 @@ def outbox_view(outbox, cfg, now):
     return view
 
 
-@dataclasses.dataclass
-class Facts:
-    """Everything the judge looks at; None where it was not (or could not be) looked at."""
+def _outbox_facts(outbox, facts):
+    """What the outbox holds (counts, oldest pending age) and what is wrong with the file: damaged
+    (the relay's quick_check, or any reader that met SQLITE_CORRUPT, leaves a marker beside it),
+    replaced. Nothing here reads the whole file: it must stay fast with a million rows parked."""
+    damaged = outbox.damaged_reason()
+    if damaged:
+        facts.outbox_problem = facts.outbox_problem or damaged
+        return
+    try:
+        facts.counts, facts.oldest_pending_age = outbox.counts(), outbox.oldest_pending_age()
+        replaced = replaced_warning(outbox)
+    except OutboxError as e:
+        facts.outbox_problem = facts.outbox_problem or str(e)
+        return
+    if replaced:
+        facts.warnings.append(replaced)
 
-    relay: RelayView
-    counts: dict | None = None
-    oldest_pending_age: float | None = None
-    outbox_problem: str | None = None
-    warnings: list = dataclasses.field(default_factory=list)
-    target_error: str | None = None     # a direct round trip failed (None: it worked, or none was made)
-    target_probed: bool = False
+
+def spool_warnings(spool, relay_running):
+    """What the spool's state says is wrong (degraded), given whether a relay runs to ingest it."""
+    if spool["error"]:
+        return [f"the spool cannot be read: {spool['error']}"]
+    out = []
+    if spool["rejected"]:
+        out.append(f"{spool['rejected']} spool item(s) set aside as not messages: see `outbox-relay spool`")
+    if spool["waiting"] and not relay_running:
+        out.append(f"{spool['waiting']} message(s) wait in the spool and no relay is running: "
+                   "start `outbox-relay run` (or run `outbox-relay sync`)")
+    age = spool["oldest_waiting_age_s"]
+    if relay_running and age is not None and age > SPOOL_BEHIND_AFTER:
+        out.append(f"the oldest spool item has waited {age:.0f} s: is the relay ingesting? (see its log)")
+    return out
 
 
 @dataclasses.dataclass
@@ -134,23 +182,3 @@ def _backlog_warnings(facts, relay):
     if relay.running and age is not None and age > BEHIND_AFTER:
         out.append(f"the relay is behind: the oldest undelivered message is {age:.0f} s old")
     return out
-
-
-def outbox_facts(outbox, facts):
-    """Fill `facts` with what the outbox holds (counts, oldest pending age) and what is wrong with
-    the file: damaged (the relay's quick_check, or any reader that met SQLITE_CORRUPT, leaves a
-    marker beside it), replaced. Nothing here reads the whole file: it must stay fast with a
-    million rows parked."""
-    damaged = outbox.damaged_reason()
-    if damaged:
-        facts.outbox_problem = facts.outbox_problem or damaged
-        return facts
-    try:
-        facts.counts, facts.oldest_pending_age = outbox.counts(), outbox.oldest_pending_age()
-        replaced = replaced_warning(outbox)
-    except OutboxError as e:
-        facts.outbox_problem = facts.outbox_problem or str(e)
-        return facts
-    if replaced:
-        facts.warnings.append(replaced)
-    return facts

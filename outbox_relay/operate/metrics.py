@@ -25,10 +25,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from . import health
 from ..errors import OutboxError
-from ..message.shapes import SOURCES
-from ..sync.relay import Heartbeat
+from ..message import SOURCES
+from ..sync import Heartbeat
+from . import health
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ dead again). Nothing is drawn on a pipe (progress.py).
 
 import time
 
-from .health import relay_running
+from ..errors import RelayNotRunning
+from ..sync import relay_running
 
 POLL = 0.2  # seconds between looks at the requeued rows
 RELAY_CHECK_EVERY = 10  # polls between looks at the relay lock (is a relay still running?)
@@ -17,8 +18,12 @@ RELAY_CHECK_EVERY = 10  # polls between looks at the relay lock (is a relay stil
 
 def replay_and_wait(outbox, keys, state, *, progress, stop, timeout=None, poll=POLL):
     """Requeue the rows `keys` names (None: every row in `state`) and wait for them. Returns
-    {requeued, delivered, dead, waiting, why}: `why` says what ended a wait that left rows waiting."""
-    ids = outbox.requeue(keys, states=(state,))  # exactly what was requeued is what is followed
+    {requeued, delivered, dead, waiting, why}: `why` says what ended a wait that left rows waiting.
+    RelayNotRunning, before anything changes, when no relay would deliver them."""
+    if not relay_running(outbox.path):
+        raise RelayNotRunning("no relay is running for this outbox, so nothing would deliver the rows: start"
+                              " `outbox-relay run`, or replay without --wait and run `outbox-relay sync`")
+    ids = outbox.replay(keys, states=(state,))  # exactly what was requeued is what is followed
     report = follow(outbox, ids, progress=progress, stop=stop, timeout=timeout, poll=poll)
     return {"requeued": len(ids), **report}
 

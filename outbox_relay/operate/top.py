@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from .status import _age, _bytes
+from .human import bytes_text, duration
 
 QUIT_KEYS = ("q", "Q")
 COLORS = {"running": "green", "backing off": "yellow", "stuck": "red", "stopped": "red",
@@ -103,7 +103,7 @@ def _delivered(v):
 def _backlog(v):
     c = v["outbox"]
     return c and (f"pending {c['pending']:,} · parked {c['parked']:,} · dead {c['dead']:,} · "
-                  f"oldest pending {_age(v['oldest_pending_age_s'])}", "red" if c["dead"] else "")
+                  f"oldest pending {duration(v['oldest_pending_age_s'])}", "red" if c["dead"] else "")
 
 
 def _target(v):
@@ -116,7 +116,7 @@ def _target(v):
 
 def _files(v):
     f = v["files"]
-    return f and (f"file {_bytes(f['db'])} · WAL {_bytes(f['wal'])} · {_bytes(f['free'])} free", "")
+    return f and (f"file {bytes_text(f['db'])} · WAL {bytes_text(f['wal'])} · {bytes_text(f['free'])} free", "")
 
 
 def _spool(v):
@@ -174,7 +174,7 @@ def line(v):
     if v["connections"]:
         fields.append(("connections", "{in_use:.0f}+{idle:.0f}/{pool_size:.0f}".format(**v["connections"])))
     if v["files"]:
-        fields += [("db", _bytes(v["files"]["db"])), ("wal", _bytes(v["files"]["wal"]))]
+        fields += [("db", bytes_text(v["files"]["db"])), ("wal", bytes_text(v["files"]["wal"]))]
     if v["spool"]:
         fields.append(("spool_waiting", v["spool"]["waiting"]))
     fields += [(f"in.{i['via']}.{i['source']}", _per_s(i["per_s"])) for i in v["intake"]]

@@ -21,11 +21,12 @@ import os
 import time
 import urllib.parse
 
-from . import health
-from ..config import mask_url
 from ..errors import OutboxError
-from ..intake.spool import Spool, spool_warnings
-from .status import _age
+from ..intake.spool import Spool
+from ..logs import mask_url
+from ..sync import Heartbeat
+from . import health
+from .human import duration
 
 TIMEOUT = 2.0  # seconds for each request to the service: a hung service must not freeze the view
 
@@ -58,7 +59,7 @@ def relay_state(running, problem, outage, last_error, outbox_problem=None):
     if problem:
         return "stuck", problem
     if outage is not None:
-        return "backing off", f"{_age(outage)} without the target: {last_error or 'unknown error'}"
+        return "backing off", f"{duration(outage)} without the target: {last_error or 'unknown error'}"
     if outbox_problem:
         return "backing off", f"the outbox: {outbox_problem}"
     return "running", None
@@ -83,27 +84,26 @@ class OutboxSource:
 
     def snapshot(self):
         now = time.time()
-        snap = Snapshot(at=time.monotonic(), spool=self.spool_status(now))
+        snap = Snapshot(at=time.monotonic())
         try:
-            view = health.outbox_view(self.outbox, self.cfg, now)
-            facts = health.outbox_facts(self.outbox, health.Facts(relay=view))
+            facts = health.gather(self.cfg, self.outbox, now=now)
             self._count_arrivals(snap)
             sizes = self.outbox.sizes()
         except OutboxError as e:
             snap.problem = str(e)
+            snap.spool = self.spool_status(now)
             return snap
+        snap.spool = facts.spool if self.spool.exists() else None
         snap.counts, snap.oldest_pending_age = facts.counts, facts.oldest_pending_age
         snap.problem = facts.outbox_problem
         snap.files = {"db": sizes["file"], "wal": sizes["wal"], "free": sizes["free_bytes"]}
-        self._relay(snap, view, now)
-        if snap.spool is not None:
-            facts.warnings.extend(spool_warnings(snap.spool, view.running))
+        self._relay(snap, facts.relay, now)
         verdict = health.judge(facts, self.cfg, expect_relay=self.expect_relay, now=now)
         snap.health = (verdict.level, verdict.reasons)
         return snap
 
     def _relay(self, snap, view, now):
-        beat = view.heartbeat or health.Heartbeat(beat_at=now)
+        beat = view.heartbeat or Heartbeat(beat_at=now)
         snap.relay = relay_state(view.running, view.problem, beat.outage(now), beat.last_error, beat.outbox_problem)
         # The heartbeat's counters start again with each relay: its start time is their epoch.
         snap.epoch = ("outbox", beat.started_at)

@@ -15,50 +15,44 @@ import sqlite3
 import time
 
 from ..errors import OutboxError, OutboxUnavailable
+from ..schema.outbox import row_columns
+from .siblings import COMPANIONS, DAMAGE_MARKER, Siblings
 from .sqlitefile import file_uri
 
 log = logging.getLogger(__name__)
 
 REPLACED_KEY = "file_replaced"  # outbox_meta: what the last adoption did (status/health show it)
-COLUMNS = ("message_id", "state", "chat_id", "sender_id", "msg_type", "text", "created_at", "received_at",
-           "updated_at", "delivered_at", "attempts", "last_error", "payload")
-_INSERT = (f"INSERT INTO outbox ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-           " ON CONFLICT (message_id) DO NOTHING")
+
+
+def _select(where=""):
+    return f"SELECT {', '.join(row_columns())} FROM outbox {where} ORDER BY id"
 
 
 def adopt_file_at_path(outbox, why):
     """Under the outbox's write lock, after a commit: see the module docstring."""
-    db = outbox.db
-    old = db.conn()
-    path = os.path.abspath(outbox.path)
-    kept = f"{path}.orphan-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    file, path = outbox.file, os.path.abspath(outbox.path)
+    old = file.conn()
+    kept = Siblings(path).orphan_copy()
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         old.execute("VACUUM INTO ?", (kept,))
-        rows = old.execute(f"SELECT {', '.join(COLUMNS)} FROM outbox WHERE state != 'delivered'"
-                           " ORDER BY id").fetchall()
+        rows = old.execute(_select("WHERE state != 'delivered'")).fetchall()
         # The old file's -wal/-shm left at the path would be read into the file there now.
-        for suffix in db.our_companions_at_path():
+        for suffix in file.our_companions_at_path():
             os.replace(path + suffix, kept + suffix)
     except (sqlite3.Error, OSError) as e:
         # Not acknowledged: the caller gets OutboxUnavailable (503); the old file stays open, so
         # the next commit tries again.
         raise OutboxUnavailable(f"outbox {path} was {why} and its contents could not be copied yet:"
                                 f" {e}") from None
-    db.reopen()
     try:
-        outbox._create()
-        with outbox._tx() as c:
-            before = c.total_changes
-            c.executemany(_INSERT, rows)
-            copied = c.total_changes - before
-            if outbox.overflow == "park":
-                outbox._park_overflow(c)
+        outbox.reopen_at_path()
+        copied = outbox.restore_rows(rows)
     except OutboxError as e:
-        db.broken = f"outbox {path} was {why}, and the file now there cannot take its messages ({e});" \
-                    f" everything it held is kept in {kept}"
-        log.error("%s", db.broken)
-        raise OutboxUnavailable(db.broken) from None
+        file.broken = f"outbox {path} was {why}, and the file now there cannot take its messages ({e});" \
+                      f" everything it held is kept in {kept}"
+        log.error("%s", file.broken)
+        raise OutboxUnavailable(file.broken) from None
     record = {"at": time.time(), "why": why, "kept": kept, "undelivered": len(rows), "committed_again": copied}
     outbox.set_meta(REPLACED_KEY, record)
     log.error("outbox %s was %s while in use: its %d undelivered message(s) were committed again into"
@@ -106,21 +100,19 @@ def recover(outbox_path, open_outbox):
     """Move the damaged file aside (with its WAL: committed data lives there too), read what can
     be read, write it into a new outbox at the path. `open_outbox(path)` makes the new Outbox.
     Returns a report dict."""
-    path = os.path.abspath(outbox_path)
+    siblings = Siblings(outbox_path)
+    path = siblings.outbox
     if not os.path.exists(path):
         raise OutboxError(f"outbox {path} does not exist")
-    damaged = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}"
-    for suffix in ("", "-wal", "-shm", ".damaged"):
+    damaged = siblings.damaged_copy()
+    for suffix in ("",) + COMPANIONS + (DAMAGE_MARKER,):
         if os.path.exists(path + suffix):
             os.replace(path + suffix, damaged + suffix)
     rows, unreadable = read_what_can_be_read(damaged)
     meta = _read_meta(damaged)
     outbox = open_outbox(path)
     try:
-        with outbox._tx() as c:
-            c.executemany(_INSERT, rows)
-            c.executemany("INSERT INTO outbox_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                          meta)
+        outbox.restore_rows(rows, meta)
         counts = outbox.counts()
     finally:
         outbox.close()
@@ -129,7 +121,7 @@ def recover(outbox_path, open_outbox):
 
 
 def read_what_can_be_read(path):
-    """Every outbox row SQLite can still read -> (rows in COLUMNS order, [(first id, last id)] of
+    """Every outbox row SQLite can still read -> (rows in row_columns() order, [(first id, last id)] of
     the id ranges it could not)."""
     conn = sqlite3.connect(file_uri(path, "ro"), uri=True)
     try:
@@ -169,8 +161,7 @@ def _bisect(conn, low, high, rows, unreadable):
             unreadable.extend([(a, b)] + stack)
             return
         try:
-            rows.extend(conn.execute(f"SELECT {', '.join(COLUMNS)} FROM outbox WHERE id BETWEEN ? AND ?"
-                                     " ORDER BY id", (a, b)).fetchall())
+            rows.extend(conn.execute(_select("WHERE id BETWEEN ? AND ?"), (a, b)).fetchall())
         except sqlite3.DatabaseError:
             if a == b:
                 unreadable.append((a, a))

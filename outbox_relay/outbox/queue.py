@@ -16,8 +16,9 @@ import os
 import time
 
 from ..errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
-from ..message.shapes import Message, normalize
-from ..schema.outbox import OUTBOX_MIGRATIONS, OUTBOX_VERSION
+from ..message import Message, normalize
+from ..schema.outbox import OUTBOX_MIGRATIONS, OUTBOX_VERSION, row_columns
+from .siblings import Siblings
 from .sqlitefile import SqliteFile
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class Outbox:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self.keep_delivered = keep_delivered
-        self.db = SqliteFile(self.path, synchronous=synchronous, busy_timeout=busy_timeout, readonly=readonly)
+        self.file = SqliteFile(self.path, synchronous=synchronous, busy_timeout=busy_timeout, readonly=readonly)
         self._listeners = []
         self._claimed_in = None  # the file generation the relay's rows were claimed from
         self._pruned = 0  # rows pruned since the space was last given back
@@ -66,18 +67,19 @@ class Outbox:
             raise
 
     def _create(self):
+        Siblings(self.path).refuse_aliases()  # before SQLite opens it under this name
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as e:
             raise OutboxUnavailable(f"cannot create the outbox directory {directory}: {e.strerror}") from None
         self._migrate()
-        self.db.remember_identity()
-        self.db.on_file_changed = self._adopt_file_at_path
+        self.file.remember_identity()
+        self.file.on_file_changed = self._adopt_file_at_path
 
     def close(self):
         """Close every connection this object opened (all threads)."""
-        self.db.close()
+        self.file.close()
 
     def __enter__(self):
         return self
@@ -85,21 +87,18 @@ class Outbox:
     def __exit__(self, *exc):
         self.close()
 
-    def _conn(self):
-        return self.db.conn()
-
     def _tx(self):
-        return self.db.transaction()
+        return self.file.transaction()
 
     def _read(self, sql, params=()):
-        return self.db.read(sql, params)
+        return self.file.read(sql, params)
 
     def _migrate(self):
         if self._version() == OUTBOX_VERSION:
             return  # the common case: nothing to write, so a full disk does not stop an open
         # Both pragmas before any table; auto_vacuum only takes on an empty file.
-        self.db.pragma_outside_transaction("PRAGMA auto_vacuum = INCREMENTAL")
-        self.db.pragma_outside_transaction("PRAGMA journal_mode = WAL")
+        self.file.pragma_outside_transaction("PRAGMA auto_vacuum = INCREMENTAL")
+        self.file.pragma_outside_transaction("PRAGMA journal_mode = WAL")
         with self._tx() as c:
             version = c.execute("PRAGMA user_version").fetchone()[0]
             self._refuse_foreign(c, version)
@@ -111,7 +110,7 @@ class Outbox:
                 log.debug("outbox %s migrated from schema %s to %s", self.path, version, OUTBOX_VERSION)
 
     def _version(self):
-        return self.db.read("PRAGMA user_version")[0][0]
+        return self.file.read("PRAGMA user_version")[0][0]
 
     def _refuse_foreign(self, c, version):
         if version > OUTBOX_VERSION:
@@ -125,7 +124,7 @@ class Outbox:
     def _check_version(self):
         version = self._version()
         if version == 0:
-            self._refuse_foreign(self.db.conn(), version)
+            self._refuse_foreign(self.file.conn(), version)
         if version != OUTBOX_VERSION:
             raise OutboxError(f"{self.path} has outbox schema version {version}, this release reads"
                               f" {OUTBOX_VERSION}: run `outbox-relay run` (or `sync`) once to migrate it")
@@ -140,6 +139,31 @@ class Outbox:
 
     def schema_version(self):
         return self._version()
+
+    # -- rows copied from another outbox file (faults.py: a replaced file, `recover`) -----------
+
+    def reopen_at_path(self):
+        """Point every connection at the file now at the path (created when there is none)."""
+        self.file.reopen()
+        self._create()
+
+    def restore_rows(self, rows, meta=()):
+        """Commit rows read from another outbox file (schema.outbox.row_columns() order, their states
+        and attempts as they were) and its meta entries; a message_id already here is kept as it is,
+        and overflow is parked as for any put. Returns how many rows were new."""
+        columns = row_columns()
+        insert = (f"INSERT INTO outbox ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                  " ON CONFLICT (message_id) DO NOTHING")
+        with self._tx() as c:
+            before = c.total_changes
+            c.executemany(insert, rows)
+            copied = c.total_changes - before
+            c.executemany("INSERT INTO outbox_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", meta)
+            if self.overflow == "park":
+                self._park_overflow(c)
+        if copied:
+            self._notify()
+        return copied
 
     # -- writing -----------------------------------------------------------------
 
@@ -252,12 +276,7 @@ class Outbox:
     @property
     def generation(self):
         """Which file at the path the rows come from (changes when it was replaced under us)."""
-        return self.db.generation
-
-    def claim(self, limit, exclude=()):
-        """The oldest pending rows, up to `limit`, but those in `exclude` (a batch still in flight).
-        One relay per outbox, so no lease is needed."""
-        return self._claim(("pending",), limit, exclude)
+        return self.file.generation
 
     def claim_oldest(self, limit, exclude=()):
         """The relay's claim: the oldest undelivered rows, parked ones included. Parked rows are
@@ -266,7 +285,7 @@ class Outbox:
         return self._claim(("parked", "pending"), limit, exclude)
 
     def _claim(self, states, limit, exclude):
-        generation = self.db.generation
+        generation = self.file.generation
         where = ""
         params = []
         if exclude:
@@ -279,7 +298,7 @@ class Outbox:
         sql = " UNION ALL ".join(parts) + " ORDER BY id LIMIT ?"
         args = [a for _ in states for a in (*params, limit)] + [limit]
         rows = [Row(*r) for r in self._read(sql, args)]
-        if self.db.generation != generation:
+        if self.file.generation != generation:
             return []  # the file changed during the read: the next claim reads the new one
         self._claimed_in = generation
         return rows
@@ -289,7 +308,7 @@ class Outbox:
         before name other rows (or none) in the new one. The relay retries; the rows were
         committed again as pending, and the target's conflict clause makes the re-send harmless."""
         generation = self._claimed_in if generation is None else generation
-        if generation is not None and generation != self.db.generation:
+        if generation is not None and generation != self.file.generation:
             raise OutboxUnavailable(f"outbox {self.path} was replaced during the batch: it is sent again")
 
     def finish_batch(self, ids, generation=None):
@@ -303,14 +322,6 @@ class Outbox:
         if self._pruned >= RECLAIM_EVERY:
             self.reclaim()
         return delivered, pruned
-
-    def mark_delivered(self, ids, generation=None):
-        """Rows written to the target -> delivered. Parked ones too: they are in the target now."""
-        if not ids:
-            return 0
-        with self._tx() as c:
-            self._same_file(generation)
-            return self._mark_delivered(c, ids, time.time())
 
     def _mark_delivered(self, c, ids, now):
         if not ids:
@@ -339,19 +350,6 @@ class Outbox:
                 " WHERE id IN (SELECT value FROM json_each(?)) AND state = 'pending'",
                 (str(error)[:4000], time.time(), json.dumps(list(ids))))
 
-    def refill(self):
-        """Move parked rows back to pending, oldest first, while there is room. Returns how many."""
-        with self._tx() as c:
-            return self._refill(c, time.time())
-
-    def _refill(self, c, now):
-        room = self.max_pending - _count(c, "pending")
-        if room <= 0:
-            return 0
-        return c.execute(
-            "UPDATE outbox SET state = 'pending', updated_at = ? WHERE id IN"
-            " (SELECT id FROM outbox WHERE state = 'parked' ORDER BY id LIMIT ?)", (now, room)).rowcount
-
     def prune(self, keep=None):
         """Delete delivered rows beyond the newest `keep` (default keep_delivered), and give their
         space back. Returns how many."""
@@ -378,19 +376,16 @@ class Outbox:
         truncate the WAL: after a 100,000-row backlog drained the file stayed at 107 MB for 1,000
         rows. Best effort: a busy moment leaves it to the next time."""
         try:
-            with self.db.write_lock:
-                self.db.script("PRAGMA incremental_vacuum;")
-                self.db.checkpoint()
+            with self.file.write_lock:
+                self.file.script("PRAGMA incremental_vacuum;")
+                self.file.checkpoint()
             self._pruned = 0
         except OutboxError as e:
             log.debug("space not reclaimed now: %s", e)
 
     def replay(self, ids=None, states=("dead",)):
-        """Requeue rows (by outbox id or message_id, or all in `states`) as pending. Returns how many."""
-        return len(self.requeue(ids, states))
-
-    def requeue(self, ids=None, states=("dead",)):
-        """replay(), returning the outbox ids of the rows it requeued (`replay --wait` follows them)."""
+        """Requeue rows (by outbox id or message_id, or all in `states`) as pending. Returns the outbox
+        ids of the rows it requeued, oldest first (`replay --wait` follows exactly these)."""
         for s in states:
             if s not in ("dead", "parked"):
                 raise ValueError(f"replay takes dead or parked rows, not {s!r}")
@@ -507,31 +502,31 @@ class Outbox:
         return json.loads(rows[0][0]) if rows else default
 
     def integrity_check(self):
-        return self.db.integrity_check()
+        return self.file.integrity_check()
 
     def probe_writable(self, timeout):
         """Raise OutboxUnavailable unless a commit could happen now (writes nothing)."""
         self.check_file()
-        self.db.probe_writable(timeout)
+        self.file.probe_writable(timeout)
 
     def check_file(self):
         """Notice now (not only at the next commit) that the file at the path was replaced."""
-        with self.db.write_lock:
-            why = self.db.identity_change()
+        with self.file.write_lock:
+            why = self.file.identity_change()
             if why is not None:
                 self._adopt_file_at_path(why)
 
     def quick_check(self):
         """"ok", or raise OutboxCorrupt (and every later write refuses) when the file is damaged."""
-        return self.db.quick_check()
+        return self.file.quick_check()
 
     def damaged_reason(self):
         """Why the file is known to be damaged (a marker beside it), or None."""
-        return self.db.damaged_reason()
+        return self.file.damaged_reason()
 
     def sizes(self):
         """Bytes of the file and its WAL, and free on the file system."""
-        return self.db.sizes()
+        return self.file.sizes()
 
 
 def _row_values(m, now):

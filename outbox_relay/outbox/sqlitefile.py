@@ -24,6 +24,7 @@ import time
 import urllib.parse
 
 from ..errors import OutboxCorrupt, OutboxError, OutboxUnavailable
+from .siblings import COMPANIONS, Siblings
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class SqliteFile:
         """Note which file (and which -wal/-shm) our connections use. Our connection keeps the WAL
         open, so SQLite neither deletes nor recreates it while we live: its identity is stable."""
         self.identity = _identity(self.path)
-        self._companions = {s: _identity(self.path + s) for s in ("-wal", "-shm")}
+        self._companions = {s: _identity(self.path + s) for s in COMPANIONS}
 
     def our_companions_at_path(self):
         """The suffixes (-wal, -shm) of the files at the path that belong to the file we write. When only the main
@@ -251,9 +252,7 @@ class SqliteFile:
 
     @property
     def damage_marker(self):
-        """A file beside the outbox that says it is damaged: a damaged SQLite file cannot be trusted
-        to carry that news itself, and `status`/`health` must not read the whole file to find out."""
-        return os.path.abspath(self.path) + ".damaged"
+        return Siblings(self.path).damage_marker
 
     def damaged_reason(self):
         try:

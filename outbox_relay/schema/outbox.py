@@ -2,6 +2,9 @@
 OUTBOX_MIGRATIONS[i] takes a file from version i to i+1, so a later release migrates an existing outbox
 in place when it opens it."""
 
+import functools
+import sqlite3
+
 OUTBOX_MIGRATIONS = [
     # 0 -> 1
     [
@@ -49,3 +52,17 @@ OUTBOX_MIGRATIONS.append(
         END""",
     ])
 OUTBOX_VERSION = len(OUTBOX_MIGRATIONS)
+
+
+@functools.lru_cache(maxsize=None)
+def row_columns():
+    """The outbox table's columns but `id`, in table order, as the migrations above make them: read from
+    a scratch in-memory database, so the list is never written out a second time beside the DDL."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        for step in OUTBOX_MIGRATIONS:
+            for sql in step:
+                conn.execute(sql)
+        return tuple(r[1] for r in conn.execute("PRAGMA table_info(outbox)") if r[1] != "id")
+    finally:
+        conn.close()

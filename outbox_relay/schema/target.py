@@ -1,8 +1,8 @@
-"""The target's table, versioned: every database in targets/ holds the same columns. The version lives in `outbox_relay_schema`, one row per
-table. `target_migrations(db, table)[i]` takes the table from i to i+1; the columns are declared
-once here and each database class maps their types to its own SQL.
-`outbox-relay schema --sql` prints them for a DBA (on RDS the application user
-often may not run DDL); `outbox-relay init-db` applies what is missing.
+"""The target's table, versioned: every database in targets/ holds the same columns. The version lives
+in `outbox_relay_schema`, one row per table; `target_migrations(db, table)[i]` takes the table from i
+to i+1. The columns are declared once here and each database class maps their types to its own SQL.
+`outbox-relay schema --sql` prints them for a DBA (on RDS the application user often may not run
+DDL); `outbox-relay init-db` applies what is missing.
 
 Identifiers are the only thing ever formatted into SQL here, and only after
 `check_table_name` has held them to [A-Za-z_][A-Za-z0-9_]* (optionally

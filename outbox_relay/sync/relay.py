@@ -14,7 +14,6 @@ next start; the target's ON CONFLICT (message_id) DO NOTHING makes that harmless
 import collections
 import concurrent.futures
 import dataclasses
-import fcntl
 import logging
 import os
 import threading
@@ -22,8 +21,9 @@ import time
 
 import backoff
 
-from ..errors import OutboxError, RelayLocked, RowRejected, TargetUnavailable
-from ..message.shapes import Message
+from ..errors import OutboxError, RowRejected, TargetUnavailable
+from ..message import Message
+from .heartbeat import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -39,51 +39,9 @@ IDLE_MIN, IDLE_MAX = 0.05, 0.5  # a put in another process is seen within IDLE_M
 # would stall. Smaller transactions of the same batch always finish.
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 BACKOFF_MAX = 30.0
-HEARTBEAT_KEY = "relay"
 HEARTBEAT_EVERY = 1.0  # seconds: the most often a heartbeat is written while batches flow
 PROBE_INTERVAL = 15.0  # seconds between idle round trips to the target
 CHECK_INTERVAL = 600.0  # seconds between quick_checks of the outbox file (damage shows up early)
-
-
-@dataclasses.dataclass(frozen=True)
-class Heartbeat:
-    """What a relay says about itself, written into the outbox's meta table after every batch,
-    every error and every few seconds while idle."""
-
-    pid: int | None = None
-    started_at: float | None = None
-    beat_at: float | None = None
-    last_success: float | None = None
-    last_error: str | None = None
-    last_error_at: float | None = None
-    unavailable_since: float | None = None
-    target: str | None = None
-    delivered: int = 0
-    dead: int = 0
-    outbox_problem: str | None = None  # what the relay last met in the outbox file itself
-    outbox_checked_at: float | None = None  # the last quick_check that passed
-
-    @classmethod
-    def parse(cls, value):
-        """The stored JSON object -> Heartbeat, or None when there is none (or it is not ours)."""
-        if not isinstance(value, dict) or not isinstance(value.get("beat_at"), (int, float)):
-            return None
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in value.items() if k in names})
-
-    @classmethod
-    def read(cls, outbox):
-        return cls.parse(outbox.get_meta(HEARTBEAT_KEY))
-
-    def write(self, outbox):
-        outbox.set_meta(HEARTBEAT_KEY, dataclasses.asdict(self))
-
-    def age(self, now):
-        return max(0.0, now - self.beat_at)
-
-    def outage(self, now):
-        """Seconds the relay has not reached the target, or None while it does."""
-        return max(0.0, now - self.unavailable_since) if self.unavailable_since else None
 
 
 # A whole batch refused row by row for one reason, this many rows or more, is the table's fault.
@@ -111,70 +69,6 @@ def _by_size(items, limit):
     return chunks
 
 
-class RelayLock:
-    """An exclusive flock on `<outbox>.lock`: one relay per outbox. The kernel drops it when the
-    process dies, even by SIGKILL, so a stale lock never blocks a restart."""
-
-    def __init__(self, outbox_path):
-        # Keyed on the file itself, not on the spelling of its path: a symlink, a relative path or
-        # `..` naming the same outbox must meet the same lock.
-        self.path = os.path.realpath(os.fspath(outbox_path)) + ".lock"
-        self._fd = None
-
-    # `status` and `health` take the lock for an instant to learn whether a relay runs; a relay
-    # starting at that instant must not take them for another relay, so it tries for a moment.
-    GRACE = 0.5
-
-    def acquire(self, grace=GRACE):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + grace
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.01)
-                    continue
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise RelayLocked(
-                    f"another relay (pid {holder}) is already working {self.path[:-5]}") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def held_elsewhere(self):
-        """Is the lock held by a relay (status, health, top)? Without creating the lock file
-        (no relay ever ran here: no) or writing our pid into it."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)  # closing drops a lock we took
-        return False
-
-    def release(self):
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
-
-
 class Relay:
     """Moves rows from an Outbox to a Target. Not thread-safe: one loop drives it."""
 
@@ -187,16 +81,9 @@ class Relay:
         self.probe_interval = probe_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self.started_at = time.time()
-        self.last_success = None
-        self.last_error = None
-        self.last_error_at = None
-        self.unavailable_since = None
-        self.last_loop_at = None
-        self.stats = collections.Counter()
+        # Everything the relay knows of its own history lives in its heartbeat, written as is.
+        self.beat = Heartbeat(pid=os.getpid(), started_at=time.time(), target=target.display_url)
         self.check_interval = check_interval
-        self.outbox_problem = None
-        self.outbox_checked_at = None
         self._next_check = 0.0  # the first loop pass checks the file
         self._prefetch = None  # a Future: the next batch, claimed and encoded meanwhile
         self._finishing = None  # (rows, Future): the previous batch's outbox marks (overlap)
@@ -244,9 +131,9 @@ class Relay:
         except TargetUnavailable as e:
             self._drop_prefetched()  # the batch that failed goes first next time
             self._settle(quietly=True)
+            self.beat.errors += 1
             self._note_error(e)
             self.outbox.record_error([r.id for r in batch.rows], e, batch.generation)
-            self.stats["errors"] += 1
             self._observe(StepResult(claimed=len(batch.rows), error=str(e)), time.perf_counter() - started)
             raise
         except BaseException:
@@ -260,9 +147,9 @@ class Relay:
             delivered, just_pruned = self._finish(batch, written, refused)
             pruned += just_pruned
         result = StepResult(len(batch.rows), delivered, new, len(refused), pruned, None)
-        self.stats["batches"] += 1
-        self.stats["delivered"] += delivered
-        self.stats["dead"] += len(refused)
+        self.beat.batches += 1
+        self.beat.delivered += delivered
+        self.beat.dead += len(refused)
         self._note_success(every_time=not overlap)  # after the counters: the heartbeat carries them
         self._observe(result, time.perf_counter() - started)
         return result
@@ -371,9 +258,10 @@ class Relay:
     # -- heartbeat ---------------------------------------------------------------------------
 
     def _note_success(self, every_time=True):
-        self.last_success = time.time()
-        recovered = self._target_back(self.last_success) or self.outbox_problem is not None
-        self.outbox_problem = None
+        beat = self.beat
+        beat.last_success = time.time()
+        recovered = self._target_back(beat.last_success) or beat.outbox_problem is not None
+        beat.outbox_problem = None
         # A heartbeat is a commit (an fsync): in the loops at most one a second while batches flow,
         # at once on a recovery. Once per batch it was a tenth of a drain.
         if every_time or recovered or time.monotonic() - self._beat_at >= HEARTBEAT_EVERY:
@@ -381,32 +269,28 @@ class Relay:
 
     def _target_back(self, now):
         """The target answered: end the outage on record, if any. -> whether there was one."""
-        if self.unavailable_since is None:
+        if self.beat.unavailable_since is None:
             return False
-        log.info("target reachable again after %.1f s", now - self.unavailable_since)
-        self.unavailable_since = None
+        log.info("target reachable again after %.1f s", now - self.beat.unavailable_since)
+        self.beat.unavailable_since = None
         return True
 
     def _note_error(self, error):
-        now = time.time()
+        beat, now = self.beat, time.time()
         if isinstance(error, OutboxError):
             # The outbox, not the target: say so (it used to read "target unavailable").
-            if self.outbox_problem != str(error):
+            if beat.outbox_problem != str(error):
                 log.error("outbox problem, the relay waits: %s", error)
-            self.outbox_problem = str(error)
-        elif self.unavailable_since is None:
-            self.unavailable_since = now
+            beat.outbox_problem = str(error)
+        elif beat.unavailable_since is None:
+            beat.unavailable_since = now
             log.warning("target unavailable, messages stay in the outbox: %s", error)
-        self.last_error, self.last_error_at = str(error), now
+        beat.last_error, beat.last_error_at = str(error), now
         self.write_heartbeat()
 
     def heartbeat(self):
-        return Heartbeat(pid=os.getpid(), started_at=self.started_at, beat_at=time.time(),
-                         last_success=self.last_success, last_error=self.last_error,
-                         last_error_at=self.last_error_at, unavailable_since=self.unavailable_since,
-                         target=self.target.display_url, delivered=self.stats["delivered"],
-                         dead=self.stats["dead"], outbox_problem=self.outbox_problem,
-                         outbox_checked_at=self.outbox_checked_at)
+        """The relay's state as of now (a copy: the relay goes on changing its own)."""
+        return dataclasses.replace(self.beat, beat_at=time.time())
 
     def write_heartbeat(self):
         self._beat_at = time.monotonic()
@@ -487,14 +371,14 @@ class Relay:
         if time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + self.check_interval
             self.outbox.quick_check()
-            self.outbox_checked_at = time.time()
+            self.beat.outbox_checked_at = time.time()
 
     def _step_with_backoff(self, overlap=False):
         """One step, retried with capped exponential delay + full jitter (backoff's generators) while
         the target or the outbox is unavailable. Returns None once stopped."""
         delays = None
         while not self._stop.is_set():
-            self.last_loop_at = time.time()
+            self.beat.loop_at = time.time()
             try:
                 self.check_outbox_file()
                 return self._step(overlap)

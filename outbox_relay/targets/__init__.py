@@ -7,8 +7,8 @@ Classes are imported when a URL names them, so reading a setting never loads a d
 import importlib
 import urllib.parse
 
-from ..config import mask_url
 from ..errors import ConfigError
+from ..logs import mask_url
 
 # URL scheme -> "module:Class" under this package.
 SCHEMES = {

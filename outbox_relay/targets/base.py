@@ -13,9 +13,9 @@ import socket
 import time
 
 from .. import jsonio
-from ..schema import target as schema
-from ..config import mask_url
 from ..errors import RowRejected, TargetError, TargetUnavailable
+from ..logs import mask_url
+from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ import os
 import ssl
 import urllib.parse
 
-from ..schema import target as schema
-from ..config import mask_url
 from ..errors import ConfigError, RowRejected, TargetUnavailable
+from ..logs import mask_url
+from ..schema import target as schema
 from ..timeconv import ms_to_datetime, s_to_datetime
 from .base import PooledTarget, unfilled_column
 

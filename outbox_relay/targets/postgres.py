@@ -8,8 +8,8 @@ import io
 import re
 import urllib.parse
 
-from ..schema import target as schema
 from ..errors import RowRejected, TargetUnavailable
+from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
 
 # SQLSTATE classes about the data in the rows: retrying the same rows cannot help.

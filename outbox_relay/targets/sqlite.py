@@ -4,8 +4,8 @@ with no database server. The same table and the same answers as the servers give
 import os
 import sqlite3
 
-from ..schema import target as schema
 from ..errors import ConfigError, RowRejected, TargetUnavailable
+from ..schema import target as schema
 from .base import Target
 
 _NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"

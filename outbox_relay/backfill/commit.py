@@ -1,0 +1,65 @@
+"""The one way every backfill commits what it found, with one set of rules:
+
+  * the target is asked which of the messages it already holds, and those are skipped. When it cannot
+    be asked (down, or none given), every message goes to the outbox and the report says the target
+    was not checked: a backfill is a local commit like any put, and the relay's conflict clause keeps
+    one row of each;
+  * the rest goes to the outbox in one transaction per chunk (all or nothing, so a retry is safe); the
+    outbox dedupes on message_id;
+  * under overflow=reject a full outbox is waited out while a relay drains it, for ROOM_WAIT seconds at
+    most, and the wait ends at once when `stop` is set;
+  * a dry run commits nothing and counts as new what neither the target nor the outbox holds.
+"""
+
+import logging
+import threading
+import time
+
+from ..errors import OutboxFull, Stopped, TargetError
+
+log = logging.getLogger(__name__)
+
+ROOM_WAIT = 60.0  # seconds to wait for a relay to make room in an outbox with overflow=reject
+
+
+class Committer:
+    def __init__(self, outbox, target=None, *, dry_run=False, stop=None):
+        """`outbox` may be None only with dry_run (nothing to check it against then)."""
+        self.outbox, self.target, self.dry_run = outbox, target, dry_run
+        self.stop = stop or threading.Event()
+        self.target_checked = target is not None
+
+    def commit(self, messages):
+        """Commit what the archive lacks of `messages` (Message objects). -> (new, already stored)."""
+        if not messages:
+            return 0, 0
+        held = self._in_target([m.message_id for m in messages])
+        fresh = [m for m in messages if m.message_id not in held]
+        if self.dry_run:
+            new = sum(self.outbox is None or self.outbox.get(m.message_id) is None for m in fresh)
+        else:
+            new = sum(not r.duplicate for r in self._put_with_room(fresh)) if fresh else 0
+        return new, len(messages) - new
+
+    def _in_target(self, ids):
+        if not self.target_checked:
+            return set()
+        try:
+            return self.target.existing_ids(ids)
+        except TargetError as e:
+            log.warning("cannot check the target for messages it already has (%s): every message found goes"
+                        " to the outbox, the target keeps one row of each", e)
+            self.target_checked = False
+            return set()
+
+    def _put_with_room(self, messages):
+        deadline = time.monotonic() + ROOM_WAIT
+        while True:
+            try:
+                return self.outbox.put_many(messages)
+            except OutboxFull:
+                if time.monotonic() > deadline:
+                    raise OutboxFull(f"the outbox stayed full (overflow=reject) for {ROOM_WAIT:.0f} s: run the"
+                                     " relay (outbox-relay run or sync) and then the backfill again") from None
+                if self.stop.wait(0.5):
+                    raise Stopped() from None

@@ -1,0 +1,50 @@
+"""Commands about the target database: check, schema, init-db."""
+
+import click
+
+from ..operate.human import format_check
+from ..schema import schema_sql
+from ..targets import DIALECTS, target_class
+from .group import cli
+from .options import friendly_errors, json_option, opened, settings_options, show
+
+
+@cli.command()
+@settings_options
+@json_option
+@friendly_errors
+def check(cfg, as_json):
+    """Connect to the target: server version, round-trip latency, connections in use vs limits."""
+    with opened(cfg, outbox=False, create=False) as (_, target):
+        info = target.check()
+    info["target"] = target.display_url
+    show(info, as_json, format_check)
+    if info.get("table_problems"):
+        raise click.ClickException("the table cannot take messages as it is: " + "; ".join(info["table_problems"]))
+
+
+@cli.command()
+@settings_options
+@click.option("--sql", "as_sql", is_flag=True, default=True, help="Print the DDL (the default).")
+@click.option("--dialect", type=click.Choice(DIALECTS), default=None,
+              help="Print for this dialect instead of the target's.")
+@friendly_errors
+def schema(cfg, as_sql, dialect):
+    """Print the target table's DDL for a DBA (RDS users often may not run DDL themselves)."""
+    click.echo(schema_sql(target_class(dialect or cfg.target), cfg.table), nl=False)
+
+
+@cli.command("init-db")
+@settings_options
+@click.option("--no-trigram", is_flag=True, help="Do not try to create pg_trgm and its index.")
+@friendly_errors
+def init_db(cfg, no_trigram):
+    """Create or migrate the target table (and the trigram search index where permitted)."""
+    with opened(cfg, outbox=False) as (_, target):
+        result = target.init_db(trigram=not no_trigram)
+        problems = target.table_problems()
+    click.echo(f"{target.describe()}: schema version {result['from_version']} -> {result['version']}")
+    if result["trigram"]:
+        click.echo(f"trigram index: {result['trigram']}")
+    if problems:
+        raise click.ClickException("the table cannot take messages as it is: " + "; ".join(problems))

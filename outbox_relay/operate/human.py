@@ -1,0 +1,182 @@
+"""Output for people: aligned tables (CJK characters take two cells), ages, sizes, clock times, and the
+text of every report a command prints (status, check, search, stats, the spool, both backfills)."""
+
+import time
+import unicodedata
+
+from ..backfill.feishu import chat_label
+
+
+def format_table(headers, rows):
+    """Aligned columns; width measured in terminal cells (CJK characters take two)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(_width(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _width(text):
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def clock(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
+
+def duration(seconds):
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_status(report):
+    o, r = report["outbox"], report["relay"]
+    lines = [f"outbox   {o['path']} (schema {o['schema_version']}; {bytes_text(o['file'])}, WAL {bytes_text(o['wal'])},"
+             f" {bytes_text(o['free_bytes'])} free; max_pending {o['max_pending']}, overflow {o['overflow']})"]
+    if o["counts"] is not None:
+        lines.append(format_table(["state", "rows"], [[k, v] for k, v in o["counts"].items()]))
+        lines.append(f"oldest pending: {duration(o['oldest_pending_age_s'])}")
+    else:
+        lines.append(f"OUTBOX UNREADABLE: {o['problem']}")
+    lines.append(f"relay    {'running' if r['running'] else 'not running'}"
+                 f"{' (pid %s)' % r['pid'] if r['running'] and r['pid'] else ''}; "
+                 f"last success {clock(r['last_success'])}; heartbeat {duration(r['heartbeat_age_s'])} ago")
+    if r["last_error"]:
+        lines.append(f"         last error {clock(r['last_error_at'])}: {r['last_error']}")
+    t = report.get("target")
+    if t is not None:
+        state = f"reachable ({t['latency_ms']} ms)" if t["reachable"] else f"UNREACHABLE: {t['error']}"
+        lines.append(f"target   {t['url']} table {t['table']}: {state}")
+    sp = report.get("spool")
+    if sp is not None:
+        lines.append(f"spool    {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting (oldest "
+                     f"{duration(sp['oldest_waiting_age_s'])}), {sp['rejected']} set aside, "
+                     f"{sp['writing']} being written"))
+    for w in report["warnings"]:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def bytes_text(n):
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def format_check(info):
+    keys = [("target", "target"), ("server_version", "server"), ("user", "user"),
+            ("latency_ms", "round trip ms"), ("connections_in_use", "connections in use"),
+            ("max_connections", "server max_connections"), ("reserved_connections", "reserved for superusers"),
+            ("role_connection_limit", "role connection limit"), ("role_connections_in_use", "role connections"),
+            ("relay_connections", "outbox-relay connections"), ("pool_size", "our pool_size"),
+            ("table", "table"), ("schema_version", "schema version"), ("path", "path")]
+    unknown = {"role_connection_limit": "none", "relay_connections": "unknown"}  # what None means there
+    rows = [[label, unknown.get(k) if info.get(k) is None else info.get(k)] for k, label in keys if k in info]
+    if "table_problems" in info:
+        problems = info["table_problems"]
+        rows.append(["table columns", "; ".join(problems) if problems else "ok" if problems is not None
+                     else "no table yet (`run` creates it where allowed; else `schema --sql` for the DBA)"])
+    return format_table(["check", "value"], rows)
+
+
+def _or(value, instead):
+    return instead if value is None else value
+
+
+def format_search(result):
+    lines = []
+    if result.get("target_error"):
+        lines.append(f"warning: the target could not be searched ({result['target_error']}); "
+                     "showing the outbox only")
+    if not result["results"]:
+        lines.append(f"no message contains {result['keyword']!r}")
+        return "\n".join(lines)
+    rows = [[r["created_at"][:19].replace("T", " ") if r["created_at"] else "", r["chat_id"], r["sender_id"],
+             r["msg_type"], r["where"], " ".join((r["text"] or "").split())[:60]] for r in result["results"]]
+    lines.append(format_table(["created (UTC)", "chat", "sender", "type", "where", "text"], rows))
+    lines.append(f"{result['count']} message(s)" + (f", the newest {result['count']}: more match (raise --limit)"
+                                                     if result["truncated"] else ""))
+    return "\n".join(lines)
+
+
+def format_stats(s):
+    lines = []
+    if s.get("target_error"):
+        lines.append(f"warning: the target could not be read: {s['target_error']}")
+    else:
+        lines.append(f"target   {s['target']} table {s['table']}: {s['total']} messages "
+                     f"({s['first_message'] or '-'} .. {s['last_message'] or '-'}); "
+                     f"{s['relayed_last_hour']} relayed in the last hour")
+        lines.append("")
+        lines.append(format_table(["day (UTC)", "messages"], [[d["day"], d["count"]] for d in s["per_day"]]))
+        lines.append("")
+        lines.append(format_table(["top chat", "messages"], [[r["chat_id"], r["count"]] for r in s["top_chats"]]))
+        lines.append("")
+        lines.append(format_table(["top sender", "messages"],
+                                  [[r["sender_id"], r["count"]] for r in s["top_senders"]]))
+        lines.append("")
+        lines.append(format_table(["type", "messages"], [[r["msg_type"], r["count"]] for r in s["by_type"]]))
+    o = s["outbox"]
+    lines.append("")
+    lines.append(f"outbox   {o['path']}: " + ", ".join(f"{k} {v}" for k, v in o["counts"].items())
+                 + f"; oldest pending {duration(o['oldest_pending_age_s'])}")
+    if s.get("connections"):
+        c = s["connections"]
+        lines.append(f"connections: {c['connections_in_use']} in use of {c['max_connections']} on the server; "
+                     f"outbox-relay holds {_or(c['relay_connections'], 'an unknown number')}"
+                     f" (pool_size {c['pool_size']}); role limit "
+                     f"{c['role_connection_limit'] if c['role_connection_limit'] is not None else 'none'}")
+    return "\n".join(lines)
+
+
+def format_spool(data):
+    """`outbox-relay spool` for people: the counts, then one line per item set aside."""
+    sp = data["spool"]
+    head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
+                                                      f"{sp['writing']} being written")
+    if not data["rejected"]:
+        return head + "\nnothing set aside"
+    rows = [[r["name"], r["size"], clock(r["rejected_at"]), (r["reason"] or "")[:100]] for r in data["rejected"]]
+    return head + "\n" + format_table(["name", "bytes", "set aside", "reason"], rows)
+
+
+def format_feishu_backfill(report):
+    """The summary table for a person: one line per chat, then the totals and what went wrong."""
+    rows = [[chat_label(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"],
+             c["invalid"]] for c in report["chats"]]
+    t = report["totals"]
+    rows.append(["total", f"{t['chats']} chats", t["seen"], t["new"], t["already_stored"], t["recalled"],
+                 t["invalid"]])
+    lines = [("dry run: nothing committed\n" if report["dry_run"] else "")
+             + f"Feishu history {report['since']} .. {report['until']}",
+             format_table(["chat", "status", "seen", "new", "already stored", "recalled", "invalid"], rows)]
+    lines += [f"{c['chat_id']}: {c['error']}" for c in report["chats"] if c["error"]]
+    lines += report["errors"]
+    api = report["api"]
+    lines.append(f"{api['requests']} API requests ({api['retried']} retried, {api['rate_limited']} rate-limited)"
+                 f" in {report['seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def format_openclaw_backfill(report):
+    """The summary for a person: one table of counts, then where the unreadable lines are."""
+    verb = "would be new" if report["dry_run"] else "new"
+    rows = [("found", report["found"]), (verb, report["new"]), ("already stored", report["already_stored"])]
+    rows += [(f"skipped: {reason.replace('_', ' ')}", n) for reason, n in report["skipped"].items() if n]
+    rows.append(("extra copies (counted once)", report["copies"]))
+    lines = [format_table(["messages", "count"], rows),
+             f"{report['files']} transcripts of {len(report['agents'])} agent(s) read"
+             + ("" if report["target_checked"] else "; the target was not checked")]
+    lines += [f"  {e['where']}: {e['reason']}: {e['error']}" for e in report["examples"]]
+    return "\n".join(lines)
