@@ -50,27 +50,30 @@ def _dumps(ev):
 
 # -- one message per call ------------------------------------------------------------------
 
+def per_second(items, put):
+    """put(item) for every item, timed: -> items a second."""
+    start = time.perf_counter()
+    for item in items:
+        put(item)
+    return len(items) / (time.perf_counter() - start)
+
+
 def ours_put(path, events):
     remove_sqlite(path)
-    box = Outbox(path, synchronous="full")
-    try:
-        start = time.perf_counter()
-        for ev in events:
-            box.put(ev)
-        return len(events) / (time.perf_counter() - start)
-    finally:
-        box.close()
+    with Outbox(path, synchronous="full") as box:
+        return per_second(events, box.put)
 
 
 def raw_put(path, rows):
     conn = raw_connection(path)
+
+    def put(row):
+        ev, values = row
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(INSERT, (*values, _dumps(ev)))
+        conn.execute("COMMIT")
     try:
-        start = time.perf_counter()
-        for ev, values in rows:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(INSERT, (*values, _dumps(ev)))
-            conn.execute("COMMIT")
-        return len(rows) / (time.perf_counter() - start)
+        return per_second(rows, put)
     finally:
         conn.close()
 
@@ -82,10 +85,7 @@ def pq_put(path, events):
     # persist-queue sets WAL itself; say FULL explicitly rather than rely on the build default.
     q._putter.execute("PRAGMA synchronous = FULL")
     try:
-        start = time.perf_counter()
-        for ev in events:
-            q.put(ev)
-        return len(events) / (time.perf_counter() - start)
+        return per_second(events, q.put)
     finally:
         q.close()
 

@@ -31,6 +31,7 @@ Fixtures
   hermetic           function no OUTBOX_RELAY_* from the shell, cwd = tmp_path
   invoke             function invoke(*args) -> click Result: the CLI in-process, hermetic
   spawn              function spawn(name, args, **settings) -> a started relay subprocess
+  make_target        function make_target(url, **options) -> a Target with its table, closed after
   node               session  path of Node (>= 18) for the OpenClaw hook
 
 No PostgreSQL binaries / no pgbouncer / a server that will not start: the
@@ -43,6 +44,7 @@ above that need PostgreSQL; deselect with ``-m "not pg"``), ``mysql`` (the
 same for MariaDB) and ``slow``.
 """
 
+import contextlib
 import logging
 import os
 import re
@@ -54,6 +56,7 @@ import pytest
 from click.testing import CliRunner
 
 from outbox_relay.cli import cli
+from outbox_relay.targets import open_target
 
 import pgharness
 import tcpproxy
@@ -184,38 +187,44 @@ def private_maria(make_maria):
     return make_maria()
 
 
+@contextlib.contextmanager
+def made_and_closed(make, close=lambda thing: thing.close()):
+    """A factory fixture's body: the factory remembers what it made, and everything is closed at
+    teardown (the newest first)."""
+    made = []
+
+    def factory(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+    try:
+        yield factory
+    finally:
+        for thing in reversed(made):
+            close(thing)
+
+
+def _started_pgbouncer(cluster, **options):
+    try:
+        bouncer = pgharness.PgBouncer(cluster, **options)
+    except pgharness.PgHarnessError as exc:
+        unavailable(str(exc))
+    try:
+        return bouncer.start()
+    except pgharness.PgHarnessError as exc:
+        bouncer.stop()
+        unavailable(f"cannot start pgbouncer: {exc}")
+
+
 @pytest.fixture
 def make_pgbouncer():
-    bouncers = []
-
-    def factory(cluster, **options):
-        try:
-            b = pgharness.PgBouncer(cluster, **options)
-        except pgharness.PgHarnessError as exc:
-            unavailable(str(exc))
-        bouncers.append(b)
-        try:
-            return b.start()
-        except pgharness.PgHarnessError as exc:
-            unavailable(f"cannot start pgbouncer: {exc}")
-
-    yield factory
-    for b in reversed(bouncers):
-        b.stop()
+    with made_and_closed(_started_pgbouncer, lambda b: b.stop()) as factory:
+        yield factory
 
 
 @pytest.fixture
 def make_tcp_proxy():
-    proxies = []
-
-    def factory(host, port):
-        p = tcpproxy.TcpProxy(host, port)
-        proxies.append(p)
-        return p
-
-    yield factory
-    for p in proxies:
-        p.close()
+    with made_and_closed(tcpproxy.TcpProxy) as factory:
+        yield factory
 
 
 @pytest.fixture
@@ -246,6 +255,20 @@ def invoke(hermetic):
         root.removeHandler(handler)
     root.propagate = True
     root.setLevel(logging.NOTSET)
+
+
+def _target_with_table(url, **options):
+    target = open_target(url, **{"pool_size": 2, "host_name": "host-a", **options})
+    target.init_db()
+    return target
+
+
+@pytest.fixture
+def make_target():
+    """make_target(url, **options) -> an open Target with its table made (pool_size 2, host "host-a"
+    unless given); closed at teardown. PostgreSQL's and MariaDB's tests ask the same of it."""
+    with made_and_closed(_target_with_table) as factory:
+        yield factory
 
 
 @pytest.fixture

@@ -8,22 +8,35 @@ each test says which server, how to count its rows and how to stop it; the scena
     run_through_an_outage(...)      the server stopped and started while puts continue
     eight_writers_and_a_relay(...)  eight writers and a `run` relay under a connection limit
     two_hosts_sync(...)             two hosts' outboxes, overlapping, synced into one table at once
+    poison_rows_then_replay(...)    rows the table refuses go dead with the server's words; fixed, replayed
+    pool_through_a_server_crash(...) a pooled connection from before a crash is discarded, not reused
+    Database(url, query, row_stats, message_ids)   how a scenario reads one server's table
 """
 
+import collections
 import json
 import random
 import signal
 import threading
 import time
 
+import pytest
+
+from outbox_relay.errors import TargetUnavailable
 from outbox_relay.outbox import Outbox
+from outbox_relay.targets import open_target
 
 from factories import flat, flats, ids, rows_of
 from relayutil import SEED, Writer, assert_exactly_once, heartbeat, outbox_counts, outbox_with, put_all
 from serverproc import wait_until
 
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
-           "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync"]
+           "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync", "poison_rows_then_replay",
+           "pool_through_a_server_crash", "Database"]
+
+# One server's table as a scenario reads it: query(url, sql) -> rows; row_stats(url) -> (rows, distinct
+# message_ids); message_ids(url) -> every message_id in the table.
+Database = collections.namedtuple("Database", "url query row_stats message_ids")
 
 
 def in_threads(fn, args, timeout=60):
@@ -215,3 +228,64 @@ def two_hosts_sync(spawn, tmp_path, url):
     for p in procs:
         assert p.wait(120) == 0, p.output()
     return paths, [json.loads(p.stdout()) for p in procs]
+
+
+def poison_rows_then_replay(invoke, outbox_path, db, *, damage, poison, errors, repair):
+    """`init-db`, then the table changed by `damage` (SQL) so that the `poison` rows (index -> fields of
+    flat(i)) are refused; 500 messages synced: exactly the poison rows go dead, each with the server's
+    own words (`errors`: message_id -> substrings of its error), the other rows arrive once and the
+    batch is still one batch. `repair` (SQL) fixes some causes; `replay --all` and a sync deliver what
+    the table takes now, exactly once. -> the message_ids still dead."""
+    common = ["--outbox", outbox_path, "--target", db.url]
+    assert invoke("init-db", *common).exit_code == 0
+    for sql in damage:
+        db.query(db.url, sql)
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i, **poison.get(i, {})) for i in range(500)])
+
+    result = invoke("sync", *common, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["delivered"], report["dead"], report["batches"]) == (500 - len(poison), len(poison), 1)
+    assert db.row_stats(db.url) == (500 - len(poison),) * 2
+    assert not {f"om_{i:06d}" for i in poison} & set(db.message_ids(db.url))
+    dead = {d["message_id"]: d["last_error"] for d in json.loads(invoke("dead", *common, "--json").stdout)}
+    assert set(dead) == set(errors) == {f"om_{i:06d}" for i in poison}
+    for message_id, words in errors.items():
+        assert all(w in dead[message_id] for w in words), (message_id, dead[message_id])
+    human = invoke("dead", *common).output
+    assert all(message_id in human for message_id in dead)
+
+    for sql in repair:
+        db.query(db.url, sql)
+    result = invoke("replay", *common, "--all")
+    assert result.exit_code == 0 and f"{len(poison)} requeued" in result.output
+    report = json.loads(invoke("sync", *common, "--json").stdout)
+    still = {d["message_id"] for d in json.loads(invoke("dead", *common, "--json").stdout)}
+    assert (report["delivered"], report["dead"]) == (len(poison) - len(still), len(still))
+    assert_exactly_once(db.message_ids(db.url), ids(500) - still)
+    return still
+
+
+def pool_through_a_server_crash(url, crash, start):
+    """A target whose server crashes (`crash`) with a connection in its pool: writes and pings are
+    TargetUnavailable (transient) while it is down; after `start` (same address, as after a
+    failover) the dead pooled connection is discarded and the batch is written. -> the error the
+    write met while the server was down."""
+    target = open_target(url, connect_timeout=3)
+    try:
+        target.init_db()
+        assert target.write(rows_of(flats(10))) == 10          # leaves a pooled connection behind
+        crash()
+        with pytest.raises(TargetUnavailable) as err:
+            target.write(rows_of(flats(20)))
+        assert err.value.transient
+        with pytest.raises(TargetUnavailable):                 # refused: no server at all now
+            target.ping()
+        start()
+        assert target.write(rows_of(flats(20))) == 10          # the other 10 were there already
+        assert target.count() == 20
+        return err.value
+    finally:
+        target.close()
+

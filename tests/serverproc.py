@@ -24,6 +24,9 @@ import time
 import weakref
 from urllib.parse import quote, unquote, urlsplit
 
+# The checkout's root: the tests run the hook, the deploy files and the benchmarks from it.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 __all__ = ["wait_until", "in_ci", "free_port", "port_open", "service_user", "spawn", "run", "make_basedir",
            "tail", "stop_process", "pid_alive", "register", "unregister", "stale_dirs", "server_url",
            "server_address", "ServerProcess"]

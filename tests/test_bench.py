@@ -13,9 +13,10 @@ import sys
 import pytest
 
 import pgharness
+from serverproc import REPO
 from skiputil import unavailable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 WRK = "/usr/bin/wrk"
 
 pytestmark = [pytest.mark.slow, pytest.mark.pg]

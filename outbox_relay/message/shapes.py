@@ -69,7 +69,7 @@ def _from_feishu_v2(p):
     created = field(msg, "create_time", (str, int), where="event.message.")
     if created is None:
         created = field(header, "create_time", (str, int), where="header.")
-    return _build(
+    return Message(
         source="feishu.v2",
         **_message_ids(msg, "event.message."),
         sender_id=(id_field(sender_ids, "open_id", "event.sender.sender_id.")
@@ -98,7 +98,7 @@ def _from_feishu_v1(p):
         k: v for k, v in event.items() if k in ("image_key", "file_key", "title", "text")}
     text = strip_at_tags(raw_text) if msg_type == "text" else extract_text(msg_type, content, [])
     ts = field(p, "ts", (str, int, float), where="")
-    return _build(
+    return Message(
         source="feishu.v1",
         message_id=id_field(event, "open_message_id", "event.", required=True, name="message_id"),
         chat_id=id_field(event, "open_chat_id", "event."),
@@ -129,7 +129,7 @@ def _from_openclaw(p):
     created = ctx.get("timestamp")
     if created is None:
         created = p.get("timestamp")
-    return _build(
+    return Message(
         source="openclaw",
         message_id=id_field(ctx, "messageId", "context.", required=True, name="message_id"),
         chat_id=check_len(chat_id, "context.conversationId", MAX_ID_LENGTH),
@@ -183,11 +183,10 @@ def _from_open_api(p):
     # the archive keeps the fact (who, when, where; `raw.deleted`) with empty content.
     content = {} if deleted else json_string(body, "content", "body.")
     created = field(p, "create_time", (str, int), where="")
-    return _build(
+    return Message(
         source="feishu.history",
         **_message_ids(p, ""),
-        sender_id=id_field(sender, "id", "sender."),
-        sender_type=kind_field(sender, "sender_type", "sender."),
+        **_sender(sender, "id", "sender."),
         msg_type=msg_type,
         content=content,
         text=RECALLED_TEXT if deleted else extract_text(msg_type, content, mentions),
@@ -223,11 +222,10 @@ def _from_flat(p):
     if text is None:
         text = extract_text(msg_type, content, mentions)
     created = p.get("create_time", p.get("created_at"))
-    return _build(
+    return Message(
         source="api",
         **_message_ids(p, ""),
-        sender_id=id_field(p, "sender_id", ""),
-        sender_type=kind_field(p, "sender_type", ""),
+        **_sender(p, "sender_id", ""),
         msg_type=msg_type,
         content=content,
         text=text,
@@ -255,7 +253,7 @@ def _from_openclaw_transcript(p):
     chat_type, chat_id = _transcript_chat(session, fields)
     topic = session.get("topic") if isinstance(session.get("topic"), str) else None
     created = msg.get("timestamp") if msg.get("timestamp") is not None else line.get("timestamp")
-    return _build(
+    return Message(
         source="openclaw.transcript",
         message_id=check_len(fields["message_id"], "message_id", MAX_ID_LENGTH),
         chat_id=check_len(chat_id, "session.chat_id", MAX_ID_LENGTH),
@@ -296,16 +294,18 @@ def _transcript_chat(session, fields):
     return kind, (own_id if prefix == "chat" else None) or session_id or named
 
 
+def _sender(obj, id_key, where):
+    """sender_id and sender_type where a shape keeps them side by side (the Open API item's sender,
+    the flat dict)."""
+    return dict(sender_id=id_field(obj, id_key, where), sender_type=kind_field(obj, "sender_type", where))
+
+
 def _message_ids(obj, where):
     """The ids a Feishu message object names the same way in the event, the Open API and the flat
     dict: message_id (required), chat_id, chat_type, thread_id, root_id, parent_id."""
     return dict(message_id=id_field(obj, "message_id", where, required=True), chat_id=id_field(obj, "chat_id", where),
                 chat_type=kind_field(obj, "chat_type", where), thread_id=id_field(obj, "thread_id", where),
                 root_id=id_field(obj, "root_id", where), parent_id=id_field(obj, "parent_id", where))
-
-
-def _build(**fields):
-    return Message(**fields)
 
 
 

@@ -448,6 +448,10 @@ class PooledTarget(Target):
     """A database server reached through peewee's pool (peewee's pool mixins are the model): a
     connection in doubt is thrown away, not returned."""
 
+    # What the servers name alike; each says its JSON, text, time and clock.
+    types = {"id": "varchar(128)", "kind": "varchar(64)", "source": "varchar(32)", "host": "varchar(255)",
+             "bigint": "bigint"}
+
     def _discard(self):
         self.db.manual_close()
 

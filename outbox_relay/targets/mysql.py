@@ -66,8 +66,7 @@ class MySQLTarget(PooledTarget):
     # `json` is MySQL's native JSON and MariaDB's alias for LONGTEXT with a JSON_VALID check: the
     # same DDL works on both. No DEFAULT '' on text: MySQL < 8.0.13 allows none on TEXT columns,
     # and the relay always writes the column.
-    types = {"id": "varchar(128)", "kind": "varchar(64)", "source": "varchar(32)", "host": "varchar(255)",
-             "json": "json", "text": "longtext", "time": "datetime(3)", "bigint": "bigint",
+    types = {**PooledTarget.types, "json": "json", "text": "longtext", "time": "datetime(3)",
              "now": "CURRENT_TIMESTAMP(3)", "empty": ""}
 
     @classmethod

@@ -26,9 +26,8 @@ class PostgresTarget(PooledTarget):
     name = "postgresql"
     title = "PostgreSQL"
     param = "%s"
-    types = {"id": "varchar(128)", "kind": "varchar(64)", "source": "varchar(32)", "host": "varchar(255)",
-             "json": "jsonb", "text": "text", "time": "timestamptz", "bigint": "bigint",
-             "now": "now()", "empty": " DEFAULT ''"}
+    types = {**PooledTarget.types, "json": "jsonb", "text": "text", "time": "timestamptz", "now": "now()",
+             "empty": " DEFAULT ''"}
     search_index_note = "needs the pg_trgm extension"
     begin_with_first_statement = True
 

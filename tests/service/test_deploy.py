@@ -28,9 +28,10 @@ import pytest
 from outbox_relay.service.run import SHUTDOWN_GRACE
 
 from cliutil import EXE
+from serverproc import REPO
 from skiputil import unavailable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 UNIT = os.path.join(ROOT, "deploy", "outbox-relay.service")
 
 

@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from outbox_relay.outbox import Outbox
+from outbox_relay.outbox.siblings import Siblings
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
@@ -341,6 +342,24 @@ def test_one_relay_per_file_even_through_a_symlink(spawn, tmp_path):
                    target=f"sqlite:///{tmp_path / 'a.db'}")
     assert second.wait(20) != 0 and "another relay" in second.output()
     assert first.alive()
+
+
+def test_a_symlinked_outbox_keeps_every_file_beside_the_real_file(tmp_path):
+    """One rule for the lock, the damage marker and the copies: the real path. A damaged outbox reached
+    through a symlink is marked beside the file that is damaged, where `status` through either name
+    (and `recover`) look."""
+    (tmp_path / "real").mkdir()
+    real = str(tmp_path / "real" / "outbox.db")
+    Outbox(real).close()
+    link = str(tmp_path / "link.db")
+    os.symlink(real, link)
+    via_link, direct = Siblings(link), Siblings(real)
+    assert via_link.lock == direct.lock == real + ".lock"
+    assert via_link.damage_marker == direct.damage_marker == real + ".damaged"
+    assert via_link.damaged_copy().startswith(real + ".damaged-")
+    assert via_link.orphan_copy().startswith(real + ".orphan-")
+    with Outbox(link) as outbox:
+        assert outbox.file.damage_marker == real + ".damaged"
 
 
 def test_run_on_a_port_in_use_is_one_line_and_starts_nothing(tmp_path):

@@ -20,6 +20,7 @@ from outbox_relay.sync import Heartbeat, RelayLock
 from cliutil import EXE, run_cli
 from factories import flat_message
 from relayutil import wait_until
+from serverproc import free_port
 from serviceutil import health, metric, post, received, running_service, scrape, service_process
 from skiputil import unavailable
 
@@ -235,7 +236,7 @@ def test_metrics_source_rates_are_the_counters_over_the_interval(tmp_path):
 def test_with_url_a_service_that_is_down_is_said_and_the_outbox_shown(tmp_path, hermetic):
     with Outbox(tmp_path / "outbox.db") as outbox:
         outbox.put_many([flat_message(f"om_{i}") for i in range(4)])
-    closed = f"http://127.0.0.1:{_closed_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     result = run_cli("top", "--once", "--interval", "0.2", "--url", closed, "--outbox", tmp_path / "outbox.db")
     assert result.exit_code == 0, result.output
     out = result.stdout.strip()
@@ -266,14 +267,6 @@ def test_the_plain_line_quotes_values_with_spaces_and_masks_a_password():
     assert top._quoted("backing off") == '"backing off"' and top._quoted("running") == "running"
     assert topdata.mask_url("http://ops:s3cret@host:8080") == "http://ops:***@host:8080"
     assert "s3cret" not in topdata.MetricsSource("http://ops:s3cret@127.0.0.1:1").name
-
-
-def _closed_port():
-    try:
-        from .pgharness import free_port
-    except ImportError:
-        from pgharness import free_port
-    return free_port()
 
 
 def test_a_duplicate_is_not_a_message_in(tmp_path):

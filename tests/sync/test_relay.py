@@ -8,6 +8,7 @@ test_relay_faults.py.
 
 import json
 import logging
+import os
 import re
 import signal
 import sqlite3
@@ -24,7 +25,7 @@ from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat
 from relayutil import heartbeat, outbox_with, pg_query, pg_rows, put_all, relay_cmd, row_stats
-from scenarios import two_hosts_sync
+from scenarios import Database, poison_rows_then_replay, two_hosts_sync
 from serverproc import free_port, wait_until
 
 
@@ -85,51 +86,24 @@ def test_step_moves_one_batch_and_says_what_it_did(tmp_outbox, pg_url):
 def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_path, pg_url):
     outbox_path = str(tmp_path / "outbox.db")
     common = ["--outbox", outbox_path, "--target", pg_url]
-    assert invoke("init-db", *common).exit_code == 0
-    pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)")
-    pg_query(pg_url, "ALTER TABLE feishu_messages"
-                     " ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
-    pg_query(pg_url, "ALTER TABLE feishu_messages"
-                     " ADD CONSTRAINT no_blocked_sender CHECK (sender_id <> 'ou_blocked')")
-
-    poison = {100: {"sender_id": "ou_blocked"},                 # fails a CHECK the DBA keeps
-              250: {"msg_type": "interactive"},                  # 11 characters > varchar(8)
-              400: {"chat_id": "oc_banned"}}                     # fails the CHECK
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i, **poison.get(i, {})) for i in range(500)])
-
-    result = invoke("sync", *common, "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert (report["delivered"], report["dead"], report["batches"]) == (497, 3, 1)
-    assert row_stats(pg_url) == (497, 497)
-    assert not {f"om_{i:06d}" for i in poison} & set(pg_rows(pg_url))
-
-    dead = json.loads(invoke("dead", *common, "--json").stdout)
-    errors = {d["message_id"]: d["last_error"] for d in dead}
-    assert set(errors) == {f"om_{i:06d}" for i in poison}
-    assert 'violates check constraint "no_blocked_sender"' in errors["om_000100"]
-    assert "SQLSTATE 23514" in errors["om_000100"]
-    assert "value too long for type character varying(8)" in errors["om_000250"]
-    assert "SQLSTATE 22001" in errors["om_000250"]
-    assert 'violates check constraint "no_banned_chat"' in errors["om_000400"]
-    assert "SQLSTATE 23514" in errors["om_000400"]
-    human = invoke("dead", *common).output
-    assert "om_000250" in human and "character varying(8)" in human
-
-    # The DBA fixes two causes; replay requeues; those two arrive, the blocked sender stays dead.
-    pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(64)")
-    pg_query(pg_url, "ALTER TABLE feishu_messages DROP CONSTRAINT no_banned_chat")
-    result = invoke("replay", *common, "--all")
-    assert result.exit_code == 0 and "3 requeued" in result.output
-    report = json.loads(invoke("sync", *common, "--json").stdout)
-    assert (report["delivered"], report["dead"]) == (2, 1)
-    assert row_stats(pg_url) == (499, 499)
+    still = poison_rows_then_replay(
+        invoke, outbox_path, Database(pg_url, pg_query, row_stats, pg_rows),
+        damage=["ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)",
+                "ALTER TABLE feishu_messages ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')",
+                "ALTER TABLE feishu_messages ADD CONSTRAINT no_blocked_sender CHECK (sender_id <> 'ou_blocked')"],
+        poison={100: {"sender_id": "ou_blocked"},                 # fails a CHECK the DBA keeps
+                250: {"msg_type": "interactive"},                  # 11 characters > varchar(8)
+                400: {"chat_id": "oc_banned"}},                    # fails the CHECK
+        errors={"om_000100": ['violates check constraint "no_blocked_sender"', "SQLSTATE 23514"],
+                "om_000250": ["value too long for type character varying(8)", "SQLSTATE 22001"],
+                "om_000400": ['violates check constraint "no_banned_chat"', "SQLSTATE 23514"]},
+        # The DBA fixes two causes: those two arrive, the blocked sender stays dead.
+        repair=["ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(64)",
+                "ALTER TABLE feishu_messages DROP CONSTRAINT no_banned_chat"])
+    assert still == {"om_000100"}
     assert pg_query(pg_url, "SELECT msg_type, chat_id FROM feishu_messages WHERE message_id IN"
                             " ('om_000250', 'om_000400') ORDER BY message_id") == [
         ("interactive", "oc_chat_5"), ("text", "oc_banned")]
-    dead = json.loads(invoke("dead", *common, "--json").stdout)
-    assert [d["message_id"] for d in dead] == ["om_000100"] and "23514" in dead[0]["last_error"]
 
     # replay by message_id works too (and says so when an id is not dead)
     result = invoke("replay", *common, "om_000100", "om_000001")
@@ -197,28 +171,51 @@ def test_embedded_default_sync_and_run_write_the_local_sqlite_archive(spawn, tmp
         conn.close()
 
 
+def refused_to_relay(spawn, outbox_path, url, why):
+    """`run` and `sync` on this outbox exit non-zero at once, saying `why` in one line."""
+    for args in (["run", "--no-http"], ["sync"]):
+        second = spawn("second", args, outbox=outbox_path, target=url)
+        assert second.wait(30) != 0
+        out = second.output()
+        assert why in out and "Traceback" not in out, out
+
+
 def test_a_second_relay_on_the_same_outbox_exits_non_zero(spawn, tmp_path, pg_url):
+    # spawn kills whatever is still running at teardown.
     outbox_path = outbox_with(tmp_path / "outbox.db", [])
     first = spawn("first", ["run", "--no-http"], outbox=outbox_path, target=pg_url)
-    try:
-        def held():
-            try:
-                RelayLock(outbox_path).acquire().release()
-            except RelayLocked:
-                return True
-            return False
-        wait_until(held, timeout=20, what="the first relay to take the lock")
-        for args in (["run", "--no-http"], ["sync"]):
-            second = spawn("second", args, outbox=outbox_path, target=pg_url)
-            assert second.wait(30) != 0
-            out = second.output()
-            assert f"another relay (pid {first.pid}) is already working {outbox_path}" in out, out
-            assert "Traceback" not in out
-        assert first.alive()
-        first.signal(signal.SIGTERM)
-        assert first.wait(10) == 0
-    finally:
-        first.stop()
+
+    def held():
+        try:
+            RelayLock(outbox_path).acquire().release()
+        except RelayLocked:
+            return True
+        return False
+    wait_until(held, timeout=20, what="the first relay to take the lock")
+    refused_to_relay(spawn, outbox_path, pg_url, f"another relay (pid {first.pid}) is already working {outbox_path}")
+    assert first.alive()
+    first.signal(signal.SIGTERM)
+    assert first.wait(10) == 0
+
+
+def test_a_hard_linked_alias_of_the_outbox_cannot_start_a_second_relay(spawn, tmp_path, pg_url):
+    """The lock file is named after the outbox's real path, which a second name (a hard link, here in
+    another directory) does not share; and SQLite would keep a second WAL beside that name. So a file
+    with two names is refused before SQLite opens it, by every command that would write it."""
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(0)])
+    first = spawn("first", ["run", "--no-http"], outbox=outbox_path, target=pg_url)
+    wait_until(lambda: row_stats(pg_url)[0] == 1, timeout=30, what="the first relay delivering")
+    (tmp_path / "elsewhere").mkdir()
+    alias = str(tmp_path / "elsewhere" / "alias.db")
+    os.link(outbox_path, alias)
+    refused_to_relay(spawn, alias, pg_url, f"outbox {os.path.realpath(alias)} has 2 names (hard links)")
+    assert not os.path.exists(alias + "-wal") and not os.path.exists(alias + ".lock")
+    (tmp_path / "one.json").write_text(json.dumps(flat(1)))
+    result = spawn("put", ["put", str(tmp_path / "one.json")], outbox=alias)  # a writer is refused too
+    assert result.wait(30) != 0 and "hard links" in result.output()
+    assert first.alive() and row_stats(pg_url)[0] == 1
+    first.signal(signal.SIGTERM)
+    assert first.wait(10) == 0
 
 
 # -- CLI tools -----------------------------------------------------------------------------------
@@ -274,35 +271,32 @@ def test_status_shows_the_heartbeat_and_target_reachability(spawn, invoke, tmp_p
     url = private_pg.url("relay")
     outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(100)])
     proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=url)
-    try:
-        wait_until(lambda: row_stats(url)[0] == 100, timeout=30, what="100 rows")
-        report = wait_until(lambda: (lambda r: r if r["relay"]["last_success"] else None)(
-            status_json(invoke, outbox_path, url)), timeout=10, what="a heartbeat")
-        assert report["relay"]["running"] is True and report["relay"]["pid"] == proc.pid
-        assert report["relay"]["heartbeat_age_s"] < 10 and report["relay"]["last_error"] is None
-        assert report["target"]["reachable"] is True and report["target"]["latency_ms"] >= 0
-        human = invoke("status", "--outbox", outbox_path, "--target", url).output
-        assert "reachable" in human and "relay" in human
+    wait_until(lambda: row_stats(url)[0] == 100, timeout=30, what="100 rows")
+    report = wait_until(lambda: (lambda r: r if r["relay"]["last_success"] else None)(
+        status_json(invoke, outbox_path, url)), timeout=10, what="a heartbeat")
+    assert report["relay"]["running"] is True and report["relay"]["pid"] == proc.pid
+    assert report["relay"]["heartbeat_age_s"] < 10 and report["relay"]["last_error"] is None
+    assert report["target"]["reachable"] is True and report["target"]["latency_ms"] >= 0
+    human = invoke("status", "--outbox", outbox_path, "--target", url).output
+    assert "reachable" in human and "relay" in human
 
-        private_pg.stop(mode="immediate")
-        with Outbox(outbox_path) as outbox:
-            outbox.put(flat(100))
-        report = wait_until(lambda: (lambda r: r if r["relay"]["unavailable_since"] else None)(
-            status_json(invoke, outbox_path, url)), timeout=20, what="the relay to report the outage")
-        assert report["target"]["reachable"] is False and report["target"]["error"]
-        assert report["relay"]["last_error"] and report["relay"]["running"] is True
-        assert any("has not reached the target" in w for w in report["warnings"])
-        assert proc.alive()
+    private_pg.stop(mode="immediate")
+    with Outbox(outbox_path) as outbox:
+        outbox.put(flat(100))
+    report = wait_until(lambda: (lambda r: r if r["relay"]["unavailable_since"] else None)(
+        status_json(invoke, outbox_path, url)), timeout=20, what="the relay to report the outage")
+    assert report["target"]["reachable"] is False and report["target"]["error"]
+    assert report["relay"]["last_error"] and report["relay"]["running"] is True
+    assert any("has not reached the target" in w for w in report["warnings"])
+    assert proc.alive()
 
-        private_pg.start()
-        wait_until(lambda: row_stats(url)[0] == 101, timeout=40, what="the message after the outage")
-        report = wait_until(lambda: (lambda r: r if not r["relay"]["unavailable_since"] else None)(
-            status_json(invoke, outbox_path, url)), timeout=10, what="the relay to recover")
-        assert report["target"]["reachable"] is True and report["warnings"] == []
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-    finally:
-        proc.stop()
+    private_pg.start()
+    wait_until(lambda: row_stats(url)[0] == 101, timeout=40, what="the message after the outage")
+    report = wait_until(lambda: (lambda r: r if not r["relay"]["unavailable_since"] else None)(
+        status_json(invoke, outbox_path, url)), timeout=10, what="the relay to recover")
+    assert report["target"]["reachable"] is True and report["warnings"] == []
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
 
 
 # -- waking and waiting --------------------------------------------------------------------------

@@ -21,16 +21,13 @@ from outbox_relay.targets.postgres import PostgresTarget
 
 from factories import RECEIVED, flat, flats, rows_of, sample
 from relayutil import pg_query, put_all, row_stats
-from scenarios import count_on, in_threads, write_through_one_pool
+from scenarios import count_on, in_threads, pool_through_a_server_crash, write_through_one_pool
 from serverproc import free_port, wait_until
 
 
 @pytest.fixture
-def target(pg_url):
-    t = open_target(pg_url, pool_size=2, host_name="host-a")
-    t.init_db()
-    yield t
-    t.close()
+def target(pg_url, make_target):
+    return make_target(pg_url)
 
 
 RELAY_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outbox-relay'"
@@ -119,22 +116,7 @@ def test_sqlite_target_writes_and_is_idempotent(tmp_path):
 
 def test_stopped_server_is_target_unavailable_and_the_pool_recovers(private_pg):
     private_pg.execute("CREATE DATABASE relay")
-    t = open_target(private_pg.url("relay"), connect_timeout=3)
-    try:
-        t.init_db()
-        assert t.write(rows_of(flats(10))) == 10          # leaves a pooled connection behind
-        private_pg.stop(mode="immediate")
-        with pytest.raises(TargetUnavailable) as err:
-            t.write(rows_of(flats(20)))
-        assert err.value.transient
-        with pytest.raises(TargetUnavailable):            # refused: no server at all now
-            t.ping()
-        private_pg.start()
-        # The pooled connection from before the crash is dead; it must be discarded, not reused.
-        assert t.write(rows_of(flats(20))) == 10
-        assert t.count() == 20
-    finally:
-        t.close()
+    pool_through_a_server_crash(private_pg.url("relay"), lambda: private_pg.stop(mode="immediate"), private_pg.start)
 
 
 def test_unreachable_target_error_never_shows_the_password():

@@ -31,7 +31,7 @@ from outbox_relay.targets.mysql import MySQLTarget, sql_literal
 from cliutil import run_cli, run_exe
 from factories import flat, flats, rows_of, sample
 from relayutil import clean_env, put_all
-from scenarios import count_on, in_threads, write_through_one_pool
+from scenarios import count_on, in_threads, pool_through_a_server_crash, write_through_one_pool
 from serverproc import free_port, wait_until
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
@@ -40,11 +40,8 @@ pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 @pytest.fixture
-def target(maria_url):
-    t = open_target(maria_url, pool_size=2, host_name="host-a")
-    t.init_db()
-    yield t
-    t.close()
+def target(maria_url, make_target):
+    return make_target(maria_url)
 
 
 # -- the URL and the driver ----------------------------------------------------------------------
@@ -231,21 +228,8 @@ def test_schema_and_lock_problems_are_transient(target, maria_server, maria_url)
 
 def test_a_killed_server_is_unavailable_and_the_pool_recovers_after_restart(private_maria):
     private_maria.create_database("relay")
-    t = open_target(private_maria.url("relay"), connect_timeout=3)
-    try:
-        t.init_db()
-        assert t.write(rows_of(flats(10))) == 10          # leaves a pooled connection behind
-        private_maria.kill()
-        with pytest.raises(TargetUnavailable) as err:
-            t.write(rows_of(flats(20)))
-        assert err.value.transient and (err.value.sqlstate or "").startswith("mysql:20"), repr(err.value)
-        with pytest.raises(TargetUnavailable):
-            t.ping()
-        private_maria.start()                             # same address, as after a failover
-        assert t.write(rows_of(flats(20))) == 10          # the dead pooled connection was discarded
-        assert t.count() == 20
-    finally:
-        t.close()
+    error = pool_through_a_server_crash(private_maria.url("relay"), private_maria.kill, private_maria.start)
+    assert (error.sqlstate or "").startswith("mysql:20"), repr(error)
 
 
 def test_pool_never_holds_more_than_pool_size_under_max_user_connections_2(maria_server, maria_url):

@@ -34,10 +34,11 @@ import pgharness
 from cliutil import run_cli
 from factories import flat_message
 from relayutil import pg_query, wait_until
+from serverproc import REPO
 from serviceutil import metric, outbox_ids, post, scrape, service_process
 from skiputil import unavailable
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(REPO)
 DASHBOARD = ROOT / "deploy" / "grafana" / "outbox-relay.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERTS = {"OutboxRelayBacklogGrowing", "OutboxRelayOldestPendingTooOld", "OutboxRelayDeadRows",

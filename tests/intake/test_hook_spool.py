@@ -23,11 +23,11 @@ from outbox_relay.intake.spool import Spool, item_name
 from cliutil import clean_env
 from factories import sample
 from relayutil import SEED, pg_count, pg_query, row_stats
-from serverproc import wait_until
+from serverproc import REPO, wait_until
 from serviceutil import outbox_ids, service_process
 from skiputil import unavailable
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(REPO)
 RUN_HOOK = ROOT / "integrations" / "openclaw" / "run-hook.mjs"
 TOKEN = "hook-token-5a4b3c"
 

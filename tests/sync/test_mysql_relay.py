@@ -17,7 +17,15 @@ from outbox_relay.timeconv import datetime_to_ms
 from cliutil import run_cli
 from factories import BASE_MS, flat, ids
 from relayutil import assert_exactly_once, put_all
-from scenarios import count_on, drain_through_kill_9, eight_writers_and_a_relay, run_through_an_outage, two_hosts_sync
+from scenarios import (
+    Database,
+    count_on,
+    drain_through_kill_9,
+    eight_writers_and_a_relay,
+    poison_rows_then_replay,
+    run_through_an_outage,
+    two_hosts_sync,
+)
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
 
@@ -64,34 +72,17 @@ def test_server_killed_and_restarted_while_puts_continue(spawn, tmp_path, privat
 
 @pytest.mark.usefixtures("hermetic")
 def test_poison_rows_are_dead_with_the_servers_words_and_replayed_after_the_fix(tmp_path, maria_url):
-    outbox_path = str(tmp_path / "outbox.db")
-    common = ["--outbox", outbox_path, "--target", maria_url]
-    assert run_cli("init-db", *common).exit_code == 0
-    mh.query(maria_url, "ALTER TABLE feishu_messages MODIFY msg_type varchar(8) NOT NULL")
-    mh.query(maria_url, "ALTER TABLE feishu_messages MODIFY text longtext CHARACTER SET utf8mb3 NOT NULL")
-    poison = {100: {"msg_type": "interactive"},     # 11 characters > varchar(8): refused, not truncated
-              250: {"text": "emoji 😀 here"}}       # a 4-byte character into a utf8mb3 column
-    with Outbox(outbox_path) as outbox:
-        put_all(outbox, [flat(i, **poison.get(i, {})) for i in range(500)])
-
-    result = run_cli("sync", *common, "--json")
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.stdout)
-    assert (report["delivered"], report["dead"], report["batches"]) == (498, 2, 1)
-    assert mh.row_stats(maria_url) == (498, 498)
-    errors = {d["message_id"]: d["last_error"] for d in json.loads(run_cli("dead", *common, "--json").stdout)}
-    assert set(errors) == {"om_000100", "om_000250"}
-    assert "Data too long for column 'msg_type'" in errors["om_000100"] and "MySQL error 1406" in errors["om_000100"]
-    assert "Incorrect string value" in errors["om_000250"] and "MySQL error 1366" in errors["om_000250"]
-
-    mh.query(maria_url, "ALTER TABLE feishu_messages MODIFY msg_type varchar(64) NOT NULL")
-    mh.query(maria_url, "ALTER TABLE feishu_messages MODIFY text longtext CHARACTER SET utf8mb4"
-                        " COLLATE utf8mb4_bin NOT NULL")
-    result = run_cli("replay", *common, "--all")
-    assert result.exit_code == 0 and "2 requeued" in result.output
-    report = json.loads(run_cli("sync", *common, "--json").stdout)
-    assert (report["delivered"], report["dead"]) == (2, 0)
-    assert_exactly_once(mh.message_ids(maria_url), ids(500))
+    still = poison_rows_then_replay(
+        run_cli, str(tmp_path / "outbox.db"), Database(maria_url, mh.query, mh.row_stats, mh.message_ids),
+        damage=["ALTER TABLE feishu_messages MODIFY msg_type varchar(8) NOT NULL",
+                "ALTER TABLE feishu_messages MODIFY text longtext CHARACTER SET utf8mb3 NOT NULL"],
+        poison={100: {"msg_type": "interactive"},     # 11 characters > varchar(8): refused, not truncated
+                250: {"text": "emoji 😀 here"}},       # a 4-byte character into a utf8mb3 column
+        errors={"om_000100": ["Data too long for column 'msg_type'", "MySQL error 1406"],
+                "om_000250": ["Incorrect string value", "MySQL error 1366"]},
+        repair=["ALTER TABLE feishu_messages MODIFY msg_type varchar(64) NOT NULL",
+                "ALTER TABLE feishu_messages MODIFY text longtext CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL"])
+    assert still == set()
     assert mh.query(maria_url, "SELECT msg_type, text FROM feishu_messages WHERE message_id IN"
                                " ('om_000100', 'om_000250') ORDER BY message_id") == [
         ("interactive", "[card]"), ("text", "emoji 😀 here")]

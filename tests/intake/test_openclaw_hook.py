@@ -10,10 +10,10 @@ import threading
 
 from cliutil import clean_env
 from factories import FEISHU_TOKEN, SAMPLES, flat_message
-from serverproc import free_port, wait_until
+from serverproc import REPO, free_port, wait_until
 from serviceutil import outbox_ids, post, received, scrape, service_process, write_lock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = REPO
 RUN_HOOK = os.path.join(ROOT, "integrations", "openclaw", "run-hook.mjs")
 SAMPLE = str(SAMPLES / "openclaw_message_received.json")
 TOKEN = "hook-token-9f8e7d"
