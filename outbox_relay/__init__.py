@@ -36,7 +36,7 @@ def __getattr__(name):
     if name == "Config":
         from .config import Config
         return Config
-    if name == "FeishuMessageSync":  # the seed's call, for users who wired it in (compat.py)
+    if name == "FeishuMessageSync":  # the seed's call, for users who wired it in (intake/compat.py)
         from .intake.compat import FeishuMessageSync
         return FeishuMessageSync
     if name == "Spool":

@@ -14,6 +14,9 @@ first (names start with the epoch milliseconds), each file normalized by the one
 committed with put_many in chunks, and unlinked only after that commit. A crash between the commit
 and the unlink re-puts the file next time: the outbox calls it a duplicate. The unlinks are not
 fsynced for the same reason: one undone by a power cut is a harmless duplicate.
+
+One file, on purpose: it is the whole contract with writers in other languages (the layout, how to
+write, what is read, what is set aside and why), for a hook's author to read in one place.
 """
 
 import collections

@@ -1,5 +1,5 @@
-"""HTTP: the Feishu/OpenClaw webhook, /healthz and /metrics, as a Falcon WSGI app (served by waitress,
-see service.py).
+"""The Feishu/OpenClaw webhook, POST /webhook/feishu-message: a Falcon resource (service/http.py
+assembles the app with /healthz and /metrics and serves it with waitress).
 
 A 200 from the webhook means "committed to the outbox". Anything not committed gets a 4xx (the
 request itself is wrong: retrying cannot help) or a 503 with Retry-After (we cannot commit now:

@@ -52,7 +52,7 @@ class Metrics:
     """The registry of one app and the instruments the webhook and the relay update."""
 
     def __init__(self, outbox, relay=None, *, cfg=None, spool=None):
-        """`relay`: the in-process Relay; `spool`: the in-process handoff.SpoolIngester; `cfg`: the
+        """`relay`: the in-process Relay; `spool`: the in-process intake.spool.SpoolIngester; `cfg`: the
         Config whose thresholds the alert rules compare against (deploy/prometheus/alerts.yml)."""
         self.registry = registry = CollectorRegistry()
         self.received = Counter(

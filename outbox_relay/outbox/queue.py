@@ -1,12 +1,16 @@
 """The local SQLite outbox: put, claim, mark, prune.
 
 Every accepted message is committed here before the caller is answered; the
-relay (sync.py) moves rows on to the target. The hot path is one short
+relay (sync/) moves rows on to the target. The hot path is one short
 `BEGIN IMMEDIATE` transaction per put, written with the stdlib sqlite3 module
 so the pragmas and the transaction boundaries are exactly what we say they are.
 
 States: pending -> delivered (-> pruned); pending -> parked (overflow, kept);
 pending -> dead (the target refused the row itself; `replay` requeues).
+
+Longer than most modules, on purpose: every change of a row's state is a method of this one class,
+so the rules that keep the states consistent (the count triggers, overflow parking, the file
+generation a batch was claimed from) are read in one place.
 """
 
 import collections

@@ -1,5 +1,5 @@
 """One SQLite file used by many threads and processes at once: the outbox's plumbing, apart from
-its state machine (outbox.py).
+its state machine (queue.py).
 
 Each thread gets its own connection (sqlite3 connections are not shared); a fork drops the
 parent's; writers in this process take turns on a lock of ours before SQLite's; every write is one
@@ -11,7 +11,8 @@ an outbox deleted, moved away or replaced under a running process would otherwis
 commits into a file nobody will ever read. What to do then is the outbox's decision
 (`on_file_changed`); this module notices, and can open the file now at the path (`reopen`).
 Written with the stdlib sqlite3 module so the pragmas and the transaction boundaries are exactly
-what we say they are.
+what we say they are. Longer than most modules because every way the file can fail is turned into
+a sentence here (translate), and only here.
 """
 
 import contextlib

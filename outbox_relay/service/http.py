@@ -17,9 +17,9 @@ log = logging.getLogger(__name__)
 
 
 def create_app(cfg, outbox, relay_thread=None, spool_ingester=None):
-    """The WSGI app. `relay_thread` (service.RelayThread) when the relay runs in this process;
+    """The WSGI app. `relay_thread` (service.run.RelayThread) when the relay runs in this process;
     without it (`serve`), /healthz judges the relay by the heartbeat it writes into the outbox.
-    `spool_ingester` (handoff.SpoolIngester): counted in /metrics when it runs in this process."""
+    `spool_ingester` (intake.spool.SpoolIngester): counted in /metrics when it runs in this process."""
     relay = relay_thread.relay if relay_thread is not None else None
     metrics = Metrics(outbox, relay, cfg=cfg, spool=spool_ingester)
     app = falcon.App(media_type=falcon.MEDIA_JSON)

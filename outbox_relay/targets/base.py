@@ -5,6 +5,9 @@ clock, the bulk insert that makes a re-sent batch harmless, and which driver err
 
 Driver errors are classified once, here (`classify`): the relay only ever sees TargetUnavailable
 (wait and retry, rows stay pending) or RowRejected (the data itself is refused: isolate the row).
+
+Longer than the subclasses together, on purpose: what is written here once is what they would
+otherwise each write again.
 """
 
 import contextlib
@@ -151,7 +154,7 @@ class Target:
         round trip: over a long link every round trip of a batch counts). `write`: a batch's."""
         return "BEGIN"
 
-    # -- DDL in this database's words (schema.py decides what the table is) ---------------------
+    # -- DDL in this database's words (schema/ decides what the table is) ---------------------
 
     @classmethod
     def quote(cls, name):
