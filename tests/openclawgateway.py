@@ -3,18 +3,22 @@
 Nothing of the gateway is mocked: scripts/ensure-openclaw.sh installs the published packages (cached
 in .cache/openclaw/), ``Gateway`` runs ``openclaw gateway run`` with our hook installed as a user
 would, and ``post_event`` delivers v2 events encrypted and signed as Feishu does. What stands in is
-Feishu's side only: ``FeishuStandIn``, a local HTTPS server the gateway calls for tokens, the bot's
-identity, user names, a reply's parent, media bytes and its own reply attempts.
+the outside world only: ``FeishuStandIn``, a local HTTPS server the gateway calls for tokens, the bot's
+identity, user names, a reply's parent, media bytes and its own replies; ``ModelStandIn``, an
+OpenAI-compatible endpoint so that agent turns complete.
 
     install = ensure_openclaw()                       # OpenClawUnavailable if npm cannot provide it
-    with FeishuStandIn() as feishu, Gateway(install, feishu, tmp, spool=...) as gw:
-        gw.post_event(text_event())                   # -> (HTTP status, body)
-        gw.transcript_line("om_…")                    # the agent transcript's user line for it
+    with FeishuStandIn(tmp / "feishu") as feishu, ModelStandIn() as model:
+        with Gateway(install, feishu, tmp / "gw", spool=spool_dir, model=model) as gw:
+            gw.post_event(event_builders()["text"]())  # -> (HTTP status, body)
+            spool_items(spool_dir)                     # what the hook wrote
+            gw.transcript_lines("om_…")                # the transcript's user line(s) for it
 
 Facts used (checked in openclaw@2026.9.6 / @openclaw/feishu@2026.9.5, see
 tests/samples/openclaw_gateway/README.md): webhook mode needs encryptKey and verificationToken;
 ``domain`` may be an https:// base URL, so the stand-in must speak TLS with a certificate Node
-trusts (NODE_EXTRA_CA_CERTS); the plugin is loaded from the cache by ``plugins.load.paths``.
+trusts (NODE_EXTRA_CA_CERTS); the Feishu plugin is trusted only with its npm install record, so each
+gateway starts from a copy of the cached install's state registry (see Gateway.prepare).
 
 Plain library code: nothing here imports pytest (the test turns OpenClawUnavailable into a skip).
 """
@@ -90,7 +94,13 @@ class Install:
 
     @property
     def feishu_plugin(self):
+        """The installed @openclaw/feishu package (its dist/ is what the samples' README cites)."""
         return (self.root / "feishu").resolve()
+
+    @property
+    def plugin_registry(self):
+        """The state database `openclaw plugins install` wrote, holding the plugin's install record."""
+        return self.root / "plugin-state" / "state" / "openclaw.sqlite"
 
 
 def ensure_openclaw(timeout=900):
@@ -330,20 +340,108 @@ class _StandInHandler(http.server.BaseHTTPRequestHandler):
             pass  # a client that gave up mid-handshake is not our concern
 
 
+# -- a model the agent can run on ---------------------------------------------------------------------
+
+
+class ModelStandIn:
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1 that answers every turn with REPLY.
+
+    Without a model the agent run fails after the user line is committed; with this one the turn
+    completes as in a real deployment (assistant lines in the transcript, the reply sent to Feishu),
+    and ``requests`` shows what OpenClaw put into the prompt, which is not what it persisted."""
+
+    REPLY = "好的，收到。"
+    MODEL = "stand-in-model"
+
+    def __init__(self):
+        self.requests = []
+        self._server = None
+
+    def __enter__(self):
+        handler = type("Handler", (_ModelHandler,), {"model": self})
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="model-standin").start()
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def config(self):
+        """openclaw.json settings that make this the agent's model (a custom OpenAI-compatible provider)."""
+        return {
+            "agents": {"defaults": {"model": {"primary": f"standin/{self.MODEL}"}}},
+            "models": {"mode": "merge", "providers": {"standin": {
+                "baseUrl": self.base_url, "apiKey": "standin-local", "api": "openai-completions",
+                "models": [{"id": self.MODEL, "name": "Stand-in", "reasoning": False, "input": ["text"],
+                            "cost": {"input": 0, "output": 0, "cacheRead": 0, "cacheWrite": 0},
+                            "contextWindow": 128000, "maxTokens": 1024,
+                            "compat": {"supportsTools": False}}]}}},
+        }
+
+
+class _ModelHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    model = None
+
+    def do_GET(self):
+        self._json({"object": "list", "data": [{"id": self.model.MODEL, "object": "model", "owned_by": "standin"}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        self.model.requests.append(body)
+        created, rid = int(time.time()), "chatcmpl-" + secrets.token_hex(6)
+        usage = {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13}
+        if not body.get("stream"):
+            return self._json({"id": rid, "object": "chat.completion", "created": created, "model": self.model.MODEL,
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": self.model.REPLY}}],
+                               "usage": usage})
+        chunks = [{"role": "assistant", "content": ""}, {"content": self.model.REPLY}, {}]
+        events = []
+        for i, delta in enumerate(chunks):
+            last = i == len(chunks) - 1
+            events.append({"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model.MODEL,
+                           "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if last else None}],
+                           **({"usage": usage} if last else {})})
+        data = "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + "data: [DONE]\n\n"
+        raw = data.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _json(self, payload):
+        raw = json.dumps(payload, ensure_ascii=False).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *args):
+        pass
+
+
 # -- the gateway -----------------------------------------------------------------------------------
 
 
 class Gateway:
-    """``openclaw gateway run`` with a state directory of its own, Feishu in webhook mode, our hook.
+    """``openclaw gateway run`` with a state directory of its own, Feishu in webhook mode, our hook,
+    and a ModelStandIn as the agent's model when given one.
 
     The spool directory must exist (the hook refuses a missing one by design). ``log_text()`` is
     the gateway's output, for assertions; ``stop()`` is a clean SIGTERM, SIGKILL after a deadline.
     """
 
-    def __init__(self, install, feishu, workdir, *, spool, relay_url=None, webhook_path="/feishu/events",
+    def __init__(self, install, feishu, workdir, *, spool, model=None, relay_url=None, webhook_path="/feishu/events",
                  config=None):
-        self.install, self.feishu = install, feishu
-        self.overrides = config or {}  # merged into openclaw.json (e.g. per-group settings)
+        self.install, self.feishu, self.model = install, feishu, model
+        # Merged into openclaw.json (e.g. per-group settings); a ModelStandIn adds its provider.
+        self.overrides = merged(model.config(), config or {}) if model else (config or {})
         self.posted = []  # message_ids of every event post_event sent
         self.workdir = pathlib.Path(workdir)
         self.state = self.workdir / "state"
@@ -369,7 +467,7 @@ class Gateway:
         return env
 
     def config(self):
-        return _merged(self._base_config(), self.overrides)
+        return merged(self._base_config(), self.overrides)
 
     def _base_config(self):
         token = "gw-test-" + secrets.token_hex(8)
@@ -410,8 +508,7 @@ class Gateway:
         # of that registry, its record still pointing at the cached package, as a restored backup of
         # ~/.openclaw would.
         (self.state / "state").mkdir(exist_ok=True)
-        shutil.copy2(self.install.root / "plugin-state" / "state" / "openclaw.sqlite",
-                     self.state / "state" / "openclaw.sqlite")
+        shutil.copy2(self.install.plugin_registry, self.state / "state" / "openclaw.sqlite")
         # `mkdir -p hooks` first: `cp -r dir hooks/` onto a missing hooks/ makes hooks/ the hook itself.
         hooks = self.state / "hooks"
         hooks.mkdir(exist_ok=True)
@@ -480,6 +577,12 @@ class Gateway:
         except OSError:
             return ""
 
+    def logged(self, *words):
+        """A line of the console or of the file log (where debug lines such as a successful
+        "message processed" go) holds all of words."""
+        text = self.log_text() + "\n" + self.file_log_text()
+        return any(all(w in line for w in words) for line in text.splitlines())
+
     def file_log_messages(self):
         """The file log's messages as text lines ("<subsystem> <message>"), for assertions."""
         out = []
@@ -545,10 +648,11 @@ class Gateway:
         return rows
 
 
-def _merged(base, over):
+def merged(base, over):
+    """base updated by over, nested dicts merged."""
     out = dict(base)
     for key, value in over.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

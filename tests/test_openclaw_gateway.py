@@ -14,15 +14,15 @@ samples); otherwise test_capture writes into its temporary directory, so the cap
 import json
 import os
 import pathlib
+import ssl
+import urllib.request
 from dataclasses import dataclass, field
 
 import pytest
 
 import openclawgateway as og
+from factories import FEISHU_BODY, FEISHU_KEY, FEISHU_NONCE, FEISHU_SIGNATURE, FEISHU_TIMESTAMP, sample
 from serverproc import wait_until
-from skiputil import unavailable
-
-pytestmark = pytest.mark.slow
 
 SAMPLES = pathlib.Path(__file__).parent / "samples" / "openclaw_gateway"
 # Posting order; "reply" answers "text", so it comes later.
@@ -66,23 +66,52 @@ class Delivery:
         return self.message["message_id"]
 
 
-@pytest.fixture(scope="module")
-def install():
-    try:
-        return og.ensure_openclaw()
-    except og.OpenClawUnavailable as exc:
-        unavailable(f"cannot install the OpenClaw gateway: {exc}")
+# -- the harness's own parts, without the gateway (milliseconds) ----------------------------------------
+
+
+def test_post_event_signs_as_feishu_documents():
+    assert og.signature(FEISHU_TIMESTAMP, FEISHU_NONCE, FEISHU_KEY, FEISHU_BODY) == FEISHU_SIGNATURE
+
+
+def test_the_standin_lists_messages_in_the_open_api_shape(tmp_path):
+    """GET im/v1/messages answers in api_list_messages.json's shape, paged, so a later backfill test
+    can read the same messages back that were posted to the gateway."""
+    events = [og.event_builders()[k]() for k in ("text", "image", "p2p")]
+    with og.FeishuStandIn(tmp_path) as feishu:
+        for event in events:
+            for item in og.api_items(event):
+                feishu.add_message(item)
+        context = ssl.create_default_context(cafile=str(feishu.cert_path))
+
+        def page(token=""):
+            url = f"{feishu.url}/open-apis/im/v1/messages?container_id_type=chat&container_id={og.GROUP}&page_size=1"
+            with urllib.request.urlopen(url + (f"&page_token={token}" if token else ""), context=context) as res:
+                return json.load(res)
+
+        first = page()
+        second = page(first["data"]["page_token"])
+    expected = sample("openapi/api_list_messages.json")
+    assert set(first) == set(expected) and set(first["data"]) == set(expected["data"])
+    assert set(first["data"]["items"][0]) == set(expected["data"]["items"][0])
+    assert [i["message_id"] for i in first["data"]["items"] + second["data"]["items"]] == [
+        e["event"]["message"]["message_id"] for e in events[:2]]  # the p2p one is another chat
+    assert second["data"]["has_more"] is False
+
+
+# -- the gateway ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def gateway(install, tmp_path_factory):
+def gateway(openclaw_install, tmp_path_factory):
     work = tmp_path_factory.mktemp("openclaw-gateway")
     spool = work / "spool"
     spool.mkdir()
     # One group with OpenClaw's default for allowlisted groups (requireMention), for the gate test.
     gated = {"channels": {"feishu": {"groups": {og.GATED_GROUP: {"requireMention": True}}}}}
-    with og.FeishuStandIn(work / "feishu") as feishu:
-        gw = og.Gateway(install, feishu, work / "gateway", spool=spool, config=gated)
+    # A model, so that each turn completes as in a deployment (assistant lines, the reply sent back):
+    # without one the run fails after the user line is written, which is a different transcript.
+    with og.FeishuStandIn(work / "feishu") as feishu, og.ModelStandIn() as model:
+        gw = og.Gateway(openclaw_install, feishu, work / "gateway", spool=spool, model=model, config=gated)
         try:
             gw.start()
         except RuntimeError as exc:  # installed but will not run: a finding, not a skip
@@ -95,10 +124,6 @@ def gateway(install, tmp_path_factory):
 
 def hooked(gw, message_id):
     return [item for item in og.spool_items(gw.spool) if item[2].get("context", {}).get("messageId") == message_id]
-
-
-def log_says(gw, *words):
-    return any(all(w in line for w in words) for line in gw.log_text().splitlines())
 
 
 def deliver(gw, kind, event, expect_hook=True):
@@ -114,7 +139,7 @@ def deliver(gw, kind, event, expect_hook=True):
         except TimeoutError:
             pass  # reported by the test, beside every other type's outcome
         try:
-            d.processed = wait_until(lambda: log_says(gw, "message processed:", f"messageId={d.message_id}"),
+            d.processed = wait_until(lambda: gw.logged("message processed:", f"messageId={d.message_id}"),
                                      timeout=60, what=f"the dispatch of {kind}")
         except TimeoutError:
             pass
@@ -131,6 +156,7 @@ def delivered(gateway):
     return out
 
 
+@pytest.mark.slow
 def test_every_message_type_fires_the_hook_exactly_once(gateway, delivered):
     items = og.spool_items(gateway.spool)
     problems = []
@@ -145,6 +171,7 @@ def test_every_message_type_fires_the_hook_exactly_once(gateway, delivered):
         + f"\n--- gateway log (tail) ---\n{gateway.log_tail(40)}")
 
 
+@pytest.mark.slow
 def test_the_hook_event_holds_what_the_readme_says(gateway, delivered):
     """The facts tests/samples/openclaw_gateway/README.md tabulates, per type."""
     for kind, d in delivered.items():
@@ -175,6 +202,7 @@ def test_the_hook_event_holds_what_the_readme_says(gateway, delivered):
             assert kinds == [] and ctx["content"] == HOOK_TEXT[kind], where
 
 
+@pytest.mark.slow
 def test_the_transcript_line_holds_what_the_readme_says(gateway, delivered):
     for kind, d in delivered.items():
         lines = gateway.transcript_lines(d.message_id)
@@ -196,6 +224,7 @@ def test_the_transcript_line_holds_what_the_readme_says(gateway, delivered):
     assert [(r["kind"], r["native_channel_id"]) for r in rows] == [("direct", p2p.message["chat_id"])], rows
 
 
+@pytest.mark.slow
 def test_redeliveries_do_not_fire_the_hook_again(gateway, delivered):
     """Feishu retries (same event), a re-send under a new event_id, and a text that matches an earlier
     one in sender, chat, create_time and content under another message_id: OpenClaw drops all three
@@ -216,10 +245,11 @@ def test_redeliveries_do_not_fire_the_hook_again(gateway, delivered):
     # are settled too.
     for message_id in (mid, twin_id):
         line = f"dropping duplicate event for message {message_id}"
-        wait_until(lambda line=line: log_says(gateway, line), timeout=30, what=f"'{line}' in the log")
+        wait_until(lambda line=line: gateway.logged(line), timeout=30, what=f"'{line}' in the log")
     assert len(hooked(gateway, mid)) == 1 and hooked(gateway, twin_id) == [], gateway.log_tail(20)
 
 
+@pytest.mark.slow
 def test_group_requiring_mention_drops_unmentioned_messages_before_the_hook(gateway, delivered):
     """requireMention (OpenClaw's default for allowlisted groups): a message that does not @ the bot
     returns before dispatch, so message:received never fires for it; one that does, fires."""
@@ -229,13 +259,14 @@ def test_group_requiring_mention_drops_unmentioned_messages_before_the_hook(gate
                             mentions=[("@_user_1", og.BOT_OPEN_ID, og.BOT_NAME)],
                             message_id=og.message_id_of("gated mentioned"))
     deliver(gateway, "gated quiet", quiet, expect_hook=False)
-    wait_until(lambda: log_says(gateway, f"message in group {og.GATED_GROUP} did not mention bot"), timeout=30,
+    wait_until(lambda: gateway.logged(f"message in group {og.GATED_GROUP} did not mention bot"), timeout=30,
                what="the 'did not mention bot' log line")
     d = deliver(gateway, "gated mentioned", loud)
     assert [item[2]["context"]["content"] for item in d.hooked] == ["请总结"], gateway.log_tail(20)
     assert hooked(gateway, quiet["event"]["message"]["message_id"]) == []
 
 
+@pytest.mark.slow
 def test_capture(gateway, delivered, tmp_path):
     """Per type: the posted event, the hook's spool file, the transcript line (all byte for byte);
     the direct chat's store rows; the API calls the gateway made. Into tmp_path, or into
@@ -252,6 +283,20 @@ def test_capture(gateway, delivered, tmp_path):
             (out / f"transcript_{kind}.json").write_text(lines[0].text + "\n", encoding="utf-8")
         if not (d.hooked and lines):
             missing.append(kind)
+    # What the model was sent for a few turns (the system prompt, ~30 kB of OpenClaw's own, left out):
+    # the metadata blocks live there, not in the transcript.
+    for kind in ("text", "reply", "p2p"):
+        needle = f"[message_id: {delivered[kind].message_id}]"
+        sent = [r for r in gateway.model.requests if needle in json.dumps(r["messages"][-2:], ensure_ascii=False)]
+        if sent:
+            turn = [m for m in sent[0]["messages"] if m["role"] != "system"]
+            (out / f"prompt_{kind}.json").write_text(json.dumps(turn, ensure_ascii=False, indent=1) + "\n",
+                                                     encoding="utf-8")
+        else:
+            missing.append(f"prompt_{kind}")
+    direct = {w["session_id"] for w in gateway.table("session_windows") if w["chat_type"] == "direct"}
+    (out / "transcript_session_direct.jsonl").write_text(
+        "".join(row.text + "\n" for row in gateway.transcript_rows() if row.session_id in direct), encoding="utf-8")
     (out / "store_direct.json").write_text(json.dumps(direct_store_rows(gateway), ensure_ascii=False, indent=1)
                                            + "\n", encoding="utf-8")
     (out / "standin_requests.json").write_text(
