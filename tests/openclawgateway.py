@@ -544,7 +544,22 @@ class Gateway:
 
     def stop(self, timeout=30):
         stop_process(self._proc, signal.SIGTERM, timeout)
+        self._remove_lock_files()
         unregister(self)
+
+    def _remove_lock_files(self):
+        """OpenClaw keeps empty lock files in /tmp/openclaw-state-locks-<uid>/ (a fixed /tmp, not TMPDIR),
+        named by sha256(database path)[:8]: remove ours once the gateway is gone."""
+        if self._proc is not None and self._proc.poll() is None:
+            return
+        hashes = {hashlib.sha256(os.path.realpath(db).encode()).hexdigest()[:8]
+                  for db in [self.state / "state" / "openclaw.sqlite", *self.agent_databases()]}
+        for path in glob.glob(f"/tmp/openclaw-state-locks-{os.getuid()}/*.lock.sqlite"):
+            if path.rsplit(".", 3)[-3] in hashes:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     def kill(self):
         """SIGKILL the whole process group: the gateway's spawn broker is a child of its own."""
@@ -554,6 +569,7 @@ class Gateway:
             except OSError:
                 pass
             self._proc.wait(timeout=10)
+        self._remove_lock_files()
         unregister(self)
 
     def _atexit(self):

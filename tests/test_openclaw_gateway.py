@@ -3,9 +3,10 @@ with our hook installed as a user installs it: one v2 event of every Feishu mess
 hook exactly once, and the hook event and the transcript must hold what
 tests/samples/openclaw_gateway/README.md says they hold.
 
-The gateway starts once for the module (about 45 s: `openclaw hooks enable` and the gateway's own
-start-up). On a fresh machine scripts/ensure-openclaw.sh first installs it (about a minute, cached in
-.cache/openclaw/). Without npm or the registry the tests skip locally and fail in CI.
+The gateway starts once for the module (~35 s: `openclaw hooks enable`, then the gateway's own start-up;
+the module takes ~75 s in all). On a fresh machine the session fixture openclaw_install first runs
+scripts/ensure-openclaw.sh (about a minute, cached in .cache/openclaw/). Without npm or the registry the
+tests skip locally and fail in CI.
 
 OUTBOX_RELAY_TEST_CAPTURE=1 writes what was seen into tests/samples/openclaw_gateway/ (the committed
 samples); otherwise test_capture writes into its temporary directory, so the capture code still runs.
