@@ -599,18 +599,6 @@ class Gateway:
         text = self.log_text() + "\n" + self.file_log_text()
         return any(all(w in line for w in words) for line in text.splitlines())
 
-    def file_log_messages(self):
-        """The file log's messages as text lines ("<subsystem> <message>"), for assertions."""
-        out = []
-        for line in self.file_log_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            parts = [str(rec[k]) for k in sorted(rec, key=lambda k: (len(k), k)) if k.isdigit()]
-            out.append(" ".join(parts))
-        return out
-
     def log_tail(self, lines=60):
         return "\n".join(self.log_text().splitlines()[-lines:])
 
