@@ -33,6 +33,8 @@ Fixtures
   spawn              function spawn(name, args, **settings) -> a started relay subprocess
   make_target        function make_target(url, **options) -> a Target with its table, closed after
   node               session  path of Node (>= 18) for the OpenClaw hook
+  openclaw_install   session  the real OpenClaw gateway + Feishu plugin (openclawgateway.Install), installed
+                              by scripts/ensure-openclaw.sh into .cache/openclaw/ on first use
 
 No PostgreSQL binaries / no pgbouncer / a server that will not start: the
 test is SKIPPED on a developer machine but FAILS when $CI is set (so CI can
@@ -297,3 +299,15 @@ def node():
     if int(version.lstrip("v").split(".")[0]) < 18:
         pytest.fail(f"the hook needs Node >= 18 (global fetch); found {version}")
     return path
+
+
+@pytest.fixture(scope="session")
+def openclaw_install():
+    """The published OpenClaw gateway and its Feishu plugin, cached in .cache/openclaw/ (the first run on a
+    machine downloads ~0.8 GB in about a minute)."""
+    import openclawgateway  # here, not at the top: only the gateway tests need its imports
+
+    try:
+        return openclawgateway.ensure_openclaw()
+    except openclawgateway.OpenClawUnavailable as exc:
+        unavailable(f"cannot install the OpenClaw gateway: {exc}")

@@ -136,14 +136,15 @@ def _pdeathsig_preexec(sig):
     return preexec
 
 
-def spawn(argv, *, runas, cwd, log_path, pdeathsig):
-    """Start a server process in its own session, output appended to log_path."""
+def spawn(argv, *, runas, cwd, log_path, pdeathsig, env=None):
+    """Start a server process in its own session, output appended to log_path; env replaces the
+    default clean environment (the OpenClaw gateway needs its own HOME and state directory)."""
     preexec = _pdeathsig_preexec(pdeathsig)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             argv,
             cwd=cwd,
-            env=_clean_env(),
+            env=_clean_env() if env is None else env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
