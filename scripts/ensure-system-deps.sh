@@ -13,6 +13,8 @@ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgb
 { command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ]; } || need+=(mariadb-server)
 command -v mariadb >/dev/null 2>&1 || need+=(mariadb-client)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+# The real OpenClaw gateway's test installs Node 24 and the gateway from npm (scripts/ensure-openclaw.sh).
+command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the webhook benchmark's load generator
 # The dashboard and alert rules are evaluated by a real Prometheus (promtool comes with it);

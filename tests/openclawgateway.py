@@ -47,14 +47,16 @@ import urllib.parse
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.x509.oid import NameOID
 
+from outbox_relay.intake.envelope import encrypt, signature
+
+import serverproc
 from serverproc import free_port, port_open, register, spawn, stop_process, unregister, wait_until
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+REPO = pathlib.Path(serverproc.REPO)
 ENSURE_SCRIPT = REPO / "scripts" / "ensure-openclaw.sh"
 HOOK_SOURCE = REPO / "integrations" / "openclaw" / "outbox-relay"
 
@@ -116,26 +118,12 @@ def ensure_openclaw(timeout=900):
     return Install(pathlib.Path(res.stdout.strip().splitlines()[-1]))
 
 
-# -- Feishu's crypto (as /work/shared/feishu/README.md, "Encryption" and "Signature") ---------------
+# -- Feishu's crypto: intake/envelope.py's encrypt and signature, checked against Feishu's vectors ----
 
 
 def event_bytes(event) -> bytes:
     """The plaintext post_event encrypts (so a captured event_<type>.json is exactly what was sent)."""
     return json.dumps(event, ensure_ascii=False).encode()
-
-
-def encrypt(plaintext: bytes, encrypt_key: str) -> str:
-    """base64(iv + AES-256-CBC(sha256(key), PKCS#7(plaintext))), Feishu's `encrypt` field."""
-    key = hashlib.sha256(encrypt_key.encode()).digest()
-    iv = secrets.token_bytes(16)
-    padder = padding.PKCS7(128).padder()
-    data = padder.update(plaintext) + padder.finalize()
-    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    return base64.b64encode(iv + enc.update(data) + enc.finalize()).decode()
-
-
-def signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
-    return hashlib.sha256((timestamp + nonce + encrypt_key).encode() + body).hexdigest()
 
 
 # -- the Feishu Open API stand-in ------------------------------------------------------------------
@@ -607,7 +595,8 @@ class Gateway:
     def post_event(self, event, timeout=30):
         """POST event as Feishu does (encrypted, signed) to the webhook: (status, body text)."""
         self.posted.append(event["event"]["message"]["message_id"])
-        body = json.dumps({"encrypt": encrypt(event_bytes(event), ENCRYPT_KEY)}, separators=(",", ":")).encode()
+        body = json.dumps({"encrypt": encrypt(event_bytes(event).decode(), ENCRYPT_KEY)},
+                          separators=(",", ":")).encode()
         timestamp, nonce = str(int(time.time())), secrets.token_hex(8)
         headers = {"Content-Type": "application/json; charset=utf-8", "X-Lark-Request-Timestamp": timestamp,
                    "X-Lark-Request-Nonce": nonce, "X-Lark-Signature": signature(timestamp, nonce, ENCRYPT_KEY, body)}

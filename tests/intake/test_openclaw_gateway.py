@@ -23,9 +23,9 @@ import pytest
 
 import openclawgateway as og
 from factories import FEISHU_BODY, FEISHU_KEY, FEISHU_NONCE, FEISHU_SIGNATURE, FEISHU_TIMESTAMP, sample
-from serverproc import wait_until
+from serverproc import REPO, wait_until
 
-SAMPLES = pathlib.Path(__file__).parent / "samples" / "openclaw_gateway"
+SAMPLES = pathlib.Path(REPO) / "tests" / "samples" / "openclaw_gateway"
 # Posting order; "reply" answers "text", so it comes later.
 KINDS = ["text", "text_mention", "post", "post_locale", "image", "file", "audio", "media", "sticker",
          "interactive", "merge_forward", "reply", "p2p", "p2p_image", "group"]
