@@ -159,12 +159,13 @@ class ServiceProcess:
     """`outbox-relay run` (or `serve`) in a subprocess, configured through OUTBOX_RELAY_* variables;
     started when the constructor returns (it answers /healthz)."""
 
-    def __init__(self, tmp_path, command="run", **settings):
+    def __init__(self, tmp_path, command="run", extra_env=None, **settings):
         self.outbox = str(tmp_path / "outbox.db")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = relay_env(**{"outbox": self.outbox, "target": f"sqlite:///{tmp_path / 'archive.db'}",
                            "http": f"127.0.0.1:{self.port}", **settings})
+        env.update(extra_env or {})
         self.log_path = tmp_path / f"{command}-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([EXE, command], cwd=str(tmp_path), env=env,
@@ -198,8 +199,10 @@ class ServiceProcess:
 
 
 @contextlib.contextmanager
-def service_process(tmp_path, command="run", **settings):
-    p = ServiceProcess(tmp_path, command, **settings)
+def service_process(tmp_path, command="run", extra_env=None, **settings):
+    """`outbox-relay COMMAND` in a subprocess (settings as OUTBOX_RELAY_*, `extra_env` as they are),
+    killed at the end if still running."""
+    p = ServiceProcess(tmp_path, command, extra_env, **settings)
     try:
         yield p
     finally:

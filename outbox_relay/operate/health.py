@@ -58,7 +58,7 @@ def gather(cfg, outbox, *, now=None, relay_thread=None, target=None, outbox_prob
     now = time.time() if now is None else now
     view = in_process_view(relay_thread, cfg, now) if relay_thread is not None else outbox_view(outbox, cfg, now)
     facts = Facts(relay=view, outbox_problem=outbox_problem, spool=Spool(cfg.spool).status(now))
-    _outbox_facts(outbox, facts)
+    _outbox_facts(outbox, facts, now)
     if target is not None:
         try:
             facts.target_latency_ms = round(target.ping() * 1000, 2)
@@ -78,7 +78,7 @@ def in_process_view(relay_thread, cfg, now):
     elif relay.stopping:
         view.problem = "shutting down"
     else:
-        quiet = now - (view.heartbeat.loop_at or view.heartbeat.started_at)
+        quiet = view.heartbeat.quiet(now)
         if quiet > stuck_after(cfg):
             view.problem = f"relay loop stuck: no pass for {quiet:.0f} s"
     return view
@@ -93,7 +93,16 @@ def outbox_view(outbox, cfg, now):
     return view
 
 
-def _outbox_facts(outbox, facts):
+def oldest_pending_age(outbox, view, now):
+    """The oldest undelivered row's age: its wall-clock age (stamped when it was committed), but never
+    less than how long the running relay has held it (on the monotonic clock): a wall clock stepped
+    back a day must not make a message that has waited an hour look new."""
+    age = outbox.oldest_pending_age(now)
+    waited = view.heartbeat.oldest_waited(now) if view.running and view.heartbeat is not None else None
+    return max(age, waited) if age is not None and waited is not None else age
+
+
+def _outbox_facts(outbox, facts, now):
     """What the outbox holds (counts, oldest pending age) and what is wrong with the file: damaged
     (the relay's quick_check, or any reader that met SQLITE_CORRUPT, leaves a marker beside it),
     replaced. Nothing here reads the whole file: it must stay fast with a million rows parked."""
@@ -102,7 +111,7 @@ def _outbox_facts(outbox, facts):
         facts.outbox_problem = facts.outbox_problem or damaged
         return
     try:
-        facts.counts, facts.oldest_pending_age = outbox.counts(), outbox.oldest_pending_age()
+        facts.counts, facts.oldest_pending_age = outbox.counts(), oldest_pending_age(outbox, facts.relay, now)
         replaced = replaced_warning(outbox)
     except OutboxError as e:
         facts.outbox_problem = facts.outbox_problem or str(e)

@@ -163,8 +163,10 @@ class _OutboxCollector(Collector):
                                      "1 if the outbox could be read at this scrape")
         try:
             counts = self.outbox.counts()
-            age = self.outbox.oldest_pending_age()
-            beat = Heartbeat.read(self.outbox)
+            beat = self.relay.heartbeat() if self.relay is not None else Heartbeat.read(self.outbox)
+            view = health.RelayView(running=self.relay is not None or health.relay_running(self.outbox.path),
+                                    heartbeat=beat)
+            age = health.oldest_pending_age(self.outbox, view, time.time())
         except OutboxError as e:
             log.warning("metrics: cannot read the outbox: %s", e)
             readable.add_metric([], 0)

@@ -1,7 +1,16 @@
 """What a relay says about itself (its Heartbeat), kept by the relay as its own state and written into
-the outbox's meta table, where `status`, `health`, `top` and /metrics of other processes read it."""
+the outbox's meta table, where `status`, `health`, `top` and /metrics of other processes read it.
+
+Durations are read on the monotonic clock, never as differences of wall-clock times: the wall clock
+steps (an NTP correction, an operator, a VM restored from a snapshot), and a day's step back made an
+hour-long outage read as 0 s. CLOCK_MONOTONIC is one clock for every process of a machine until it
+boots again, so a reader compares its own monotonic time with the relay's when both ran in the same
+boot (`boot_id`), and falls back to the wall clock otherwise.
+"""
 
 import dataclasses
+import functools
+import time
 
 HEARTBEAT_KEY = "relay"
 
@@ -26,6 +35,14 @@ class Heartbeat:
     batches: int = 0
     errors: int = 0  # batches that failed because the target was unavailable
     loop_at: float | None = None  # the last pass of the relay's loop (a hung step stops it)
+    # The same moments on the monotonic clock, and the boot they belong to.
+    boot_id: str | None = None
+    beat_mono: float | None = None
+    unavailable_mono: float | None = None
+    loop_mono: float | None = None
+    oldest_id: int | None = None  # the oldest undelivered row the relay has claimed, and since when
+    oldest_at: float | None = None
+    oldest_mono: float | None = None
 
     @classmethod
     def parse(cls, value):
@@ -43,8 +60,47 @@ class Heartbeat:
         outbox.set_meta(HEARTBEAT_KEY, dataclasses.asdict(self))
 
     def age(self, now):
-        return max(0.0, now - self.beat_at)
+        """Seconds since this heartbeat was written (`now`: the wall clock, used only when the monotonic
+        clock cannot be compared)."""
+        return _since(self.beat_mono, self.beat_at, self.boot_id, now)
 
     def outage(self, now):
         """Seconds the relay has not reached the target, or None while it does."""
-        return max(0.0, now - self.unavailable_since) if self.unavailable_since else None
+        if self.unavailable_since is None:
+            return None
+        return _since(self.unavailable_mono, self.unavailable_since, self.boot_id, now)
+
+    def quiet(self, now):
+        """Seconds since the relay's loop last made a pass."""
+        return _since(self.loop_mono, self.loop_at or self.started_at, self.boot_id, now)
+
+    def oldest_waited(self, now):
+        """Seconds since the relay first found the oldest undelivered row it still holds (a floor
+        under that row's age that no step of the wall clock can hide), or None when it holds none."""
+        if self.oldest_id is None:
+            return None
+        return _since(self.oldest_mono, self.oldest_at, self.boot_id, now)
+
+
+def stamp(beat, wall_field, mono_field, now=None):
+    """Set a moment in both clocks: beat.<wall_field> = the wall clock, beat.<mono_field> = the
+    monotonic one (and the boot it belongs to)."""
+    setattr(beat, wall_field, time.time() if now is None else now)
+    setattr(beat, mono_field, time.monotonic())
+    beat.boot_id = boot_id()
+
+
+def _since(mono, wall, boot, now):
+    if mono is not None and boot is not None and boot == boot_id():
+        return max(0.0, time.monotonic() - mono)
+    return max(0.0, now - wall) if wall is not None else 0.0
+
+
+@functools.lru_cache(maxsize=1)
+def boot_id():
+    """This boot of the machine (Linux: /proc/sys/kernel/random/boot_id), or None where unknown."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None

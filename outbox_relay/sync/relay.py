@@ -23,7 +23,7 @@ import backoff
 
 from ..errors import OutboxError, RowRejected, TargetUnavailable
 from ..message import Message
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, stamp
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ class Relay:
         The order that makes re-sends harmless holds either way: the target commits, then the mark."""
         started = time.perf_counter()
         batch = self._take_prefetched() or self._prepare(self._finishing_ids())
+        self._note_oldest(batch.rows[0].id if batch.rows else None)
         if not batch.rows:
             return StepResult(pruned=self._settle() + self.outbox.prune())
         in_flight = [r.id for r in batch.rows] + self._finishing_ids()
@@ -271,9 +272,15 @@ class Relay:
         """The target answered: end the outage on record, if any. -> whether there was one."""
         if self.beat.unavailable_since is None:
             return False
-        log.info("target reachable again after %.1f s", now - self.beat.unavailable_since)
-        self.beat.unavailable_since = None
+        log.info("target reachable again after %.1f s", self.beat.outage(now))
+        self.beat.unavailable_since = self.beat.unavailable_mono = None
         return True
+
+    def _note_oldest(self, row_id):
+        """The oldest row not yet in the target, and since when the relay has held it (monotonic)."""
+        if row_id != self.beat.oldest_id:
+            self.beat.oldest_id = row_id
+            stamp(self.beat, "oldest_at", "oldest_mono")
 
     def _note_error(self, error):
         beat, now = self.beat, time.time()
@@ -283,14 +290,16 @@ class Relay:
                 log.error("outbox problem, the relay waits: %s", error)
             beat.outbox_problem = str(error)
         elif beat.unavailable_since is None:
-            beat.unavailable_since = now
+            stamp(beat, "unavailable_since", "unavailable_mono", now)
             log.warning("target unavailable, messages stay in the outbox: %s", error)
         beat.last_error, beat.last_error_at = str(error), now
         self.write_heartbeat()
 
     def heartbeat(self):
         """The relay's state as of now (a copy: the relay goes on changing its own)."""
-        return dataclasses.replace(self.beat, beat_at=time.time())
+        beat = dataclasses.replace(self.beat)
+        stamp(beat, "beat_at", "beat_mono")
+        return beat
 
     def write_heartbeat(self):
         self._beat_at = time.monotonic()
@@ -378,7 +387,7 @@ class Relay:
         the target or the outbox is unavailable. Returns None once stopped."""
         delays = None
         while not self._stop.is_set():
-            self.beat.loop_at = time.time()
+            stamp(self.beat, "loop_at", "loop_mono")
             try:
                 self.check_outbox_file()
                 return self._step(overlap)

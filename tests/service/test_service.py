@@ -199,9 +199,10 @@ def test_serve_alone_judges_the_relay_by_its_heartbeat(tmp_path):
         try:
             stuck = RelayLock(serve.outbox).acquire()
             beat = box.get_meta("relay")
-            box.set_meta("relay", dict(beat, beat_at=time.time() - 3600))
+            box.set_meta("relay", dict(beat, beat_at=time.time() - 3600, beat_mono=time.monotonic() - 3600))
             assert "heartbeat is 3600 s old" in health(serve.url).json()["reasons"][0]
-            box.set_meta("relay", dict(beat, beat_at=time.time(), unavailable_since=time.time() - 900,
+            box.set_meta("relay", dict(beat, beat_at=time.time(), beat_mono=time.monotonic(),
+                                       unavailable_since=time.time() - 900, unavailable_mono=time.monotonic() - 900,
                                        last_error="connection refused"))
             h = health(serve.url)
             assert h.status == 503 and "has not reached the target for 900 s" in h.json()["reasons"][0]
@@ -254,7 +255,7 @@ def test_healthz_503_when_the_relay_loop_is_stuck(tmp_path):
             s.relay.wake()
             assert entered.wait(5), "the loop never called step()"
             # Pretend the hang has lasted an hour: while hung, the loop cannot refresh its loop_at.
-            s.relay.beat.loop_at = time.time() - 3600
+            s.relay.beat.loop_mono = time.monotonic() - 3600
             h = health(s.url)
             assert h.status == 503 and h.json()["reasons"][0].startswith("relay loop stuck"), h
         finally:
