@@ -3,6 +3,7 @@ line run under libfaketime (Debian's `faketime`), whose wall clock the test step
 the monotonic clock goes on: /healthz, `health`, /metrics and the alert rules' inputs must still see
 how long the target has been gone and how long the oldest message has waited."""
 
+import glob
 import os
 import subprocess
 import time
@@ -17,7 +18,7 @@ from serverproc import wait_until
 from serviceutil import health, metric, scrape, service_process
 from skiputil import unavailable
 
-LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+LIBFAKETIME = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), "libfaketime.so.1")
 DAY = 86_400
 
 
