@@ -87,6 +87,11 @@ SETTINGS = (
             "Feishu Open API base URL (Lark: https://open.larksuite.com)"),
     Setting("feishu_rate", 10.0, "float",
             "most Open API requests per second (Feishu allows 50/s, 1,000/min for history)", minimum=0.1),
+    # 8 h: longer than Feishu's whole retry schedule (15 s, 5 min, 1 h, 6 h), so a retry is taken
+    # whether Feishu signs it anew or sends it as it was; a repeat within it is caught by its key.
+    Setting("feishu_replay_window", 28800, "int",
+            "seconds a signed Feishu request stays acceptable (its X-Lark-Request-Timestamp, either way"
+            " of now); one seen before within it stores nothing", minimum=60, unit="SECONDS"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import json
 import os
+import time
 
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -125,6 +126,19 @@ def verify_signature(
         raise SignatureError(f"{HEADER_SIGNATURE} does not match the request body")
 
 
+def check_timestamp(timestamp, max_age, now) -> None:
+    """Raise `SignatureError` unless the signed X-Lark-Request-Timestamp (epoch seconds) is within
+    `max_age` seconds of `now`, either way: a captured request must not work forever."""
+    value = _header(timestamp).strip()
+    if not value.isdigit() or len(value) > 12:
+        raise SignatureError(f"{HEADER_TIMESTAMP} is not a time in epoch seconds: {value[:20]!r}")
+    off = now - int(value)
+    if abs(off) > max_age:
+        when = f"{off:.0f} s old" if off > 0 else f"{-off:.0f} s ahead of this host's clock"
+        raise SignatureError(f"{HEADER_TIMESTAMP} is {when}, outside the replay window of {max_age:g} s"
+                             " (feishu_replay_window): refused as a replay")
+
+
 def event_token(event: dict) -> str | None:
     """The verification token an event carries, or None.
 
@@ -184,10 +198,13 @@ def open_envelope(
     timestamp: str | None = None,
     nonce: str | None = None,
     signature: str | None = None,
+    max_age: float | None = None,
+    now: float | None = None,
 ) -> dict:
     """Authenticate and unwrap one Feishu request body; return the event dict.
 
-    Raises `SignatureError` (signature or token mismatch, missing headers) or
+    Raises `SignatureError` (signature or token mismatch, missing headers, a
+    signed timestamp more than `max_age` seconds from `now`) or
     `InvalidMessage`/`DecryptError` (unreadable body). Plain, unsigned bodies
     are accepted even with a key configured, because other senders (the
     OpenClaw hook) post plain JSON here; the verification token, when
@@ -199,6 +216,8 @@ def open_envelope(
         # Before parsing: the signature covers the raw bytes, and a forged
         # body should not reach the JSON parser or the decryptor.
         verify_signature(timestamp, nonce, signature, encrypt_key, body)
+        if max_age is not None:
+            check_timestamp(timestamp, max_age, time.time() if now is None else now)
 
     event = _json_object(body, "request body")
     if "encrypt" in event:

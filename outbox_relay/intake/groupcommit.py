@@ -14,10 +14,11 @@ MAX_GROUP = 256  # puts in one transaction: bounds a leader's work and a group's
 
 
 class _Put:
-    __slots__ = ("message", "result", "error", "woken", "done")
+    __slots__ = ("message", "key", "result", "error", "woken", "done")
 
-    def __init__(self, message):
+    def __init__(self, message, key):
         self.message = message
+        self.key = key
         self.result = self.error = None
         self.woken = threading.Event()
         self.done = False  # set before `woken`: woken with done=False means "lead now"
@@ -29,16 +30,18 @@ class _Put:
 
 
 class GroupCommit:
-    def __init__(self, outbox, max_group=MAX_GROUP):
+    def __init__(self, outbox, max_group=MAX_GROUP, key_ttl=None):
         self.outbox = outbox
         self.max_group = max_group
+        self.key_ttl = key_ttl  # how long a signed request's key is remembered (Outbox.put_each)
         self._lock = threading.Lock()
         self._queue = []
         self._leading = False
 
-    def put(self, message):
-        """Commit one normalized Message; returns its PutResult or raises what refused it."""
-        put = _Put(message)
+    def put(self, message, key=None):
+        """Commit one normalized Message (and the key of the signed request that carried it); returns
+        its PutResult or raises what refused it."""
+        put = _Put(message, key)
         with self._lock:
             self._queue.append(put)
             lead, self._leading = not self._leading, True
@@ -52,7 +55,7 @@ class GroupCommit:
         with self._lock:
             group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
         try:
-            answers = self.outbox.put_each([p.message for p in group])
+            answers = self.outbox.put_each([p.message for p in group], [p.key for p in group], self.key_ttl)
         except BaseException as e:  # the transaction failed: nothing in the group was stored
             answers = [e] * len(group)
         for put, answer in zip(group, answers):

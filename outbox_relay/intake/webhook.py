@@ -66,7 +66,7 @@ class Webhook:
         self.feishu_auth = bool(cfg.feishu_encrypt_key or cfg.feishu_verification_token)
         self.open = not (self.auth_token or self.feishu_auth)
         # Concurrent requests share one transaction and one fsync; each is answered after it.
-        self.commits = GroupCommit(outbox)
+        self.commits = GroupCommit(outbox, key_ttl=cfg.feishu_replay_window)
 
     def on_post(self, req, resp):
         started = time.perf_counter()
@@ -100,6 +100,7 @@ class Webhook:
         bearer = self._check_bearer(req)
         body = self._read_body(req)
         event = self._open(req, body, bearer)
+        key = self._request_key(req)
         shape = detect(event)
         source = shape.source if shape is not None else "unknown"
         try:
@@ -116,7 +117,7 @@ class Webhook:
                 return source, "ignored", {"ok": True, "ignored": e.event_type}
             source = message.source
             try:
-                result = self.commits.put(message)
+                result = self.commits.put(message, key)
             except OutboxFull as e:
                 raise Rejected(503, "unavailable", str(e),
                                {"Retry-After": str(RETRY_AFTER_FULL)}) from None
@@ -124,6 +125,13 @@ class Webhook:
                 raise Rejected(503, "unavailable", f"not stored, retry: {e}",
                                {"Retry-After": str(RETRY_AFTER_LOCKED)}) from None
             # The outbox's listeners (the in-process relay's wake-up) have run by now.
+            if result.replayed:
+                # 200, not a refusal: if Feishu ever sends a request again as it was (its 200 got lost),
+                # it must not retry for hours; what the request carried is stored already.
+                log.info("webhook: a signed request seen before (a replay, or a retry after a lost 200):"
+                         " message %s not stored again", result.message_id)
+                return source, "replayed", {"ok": True, "message_id": result.message_id, "duplicate": True,
+                                            "replayed": True}
             outcome = ("duplicate_changed" if result.differs else "duplicate") if result.duplicate else "stored"
             return source, outcome, {
                 "ok": True, "message_id": result.message_id, "duplicate": result.duplicate}
@@ -148,6 +156,14 @@ class Webhook:
         if scheme.lower() != "bearer" or not hmac.compare_digest(given, self.auth_token):
             raise Rejected(401, "unauthorized", "wrong bearer token")
         return True
+
+    def _request_key(self, req):
+        """What identifies a signed request (its signature covers the timestamp, the nonce and the
+        body), or None for one that is not signed: only a Feishu signature can tell a replay."""
+        signature = req.get_header(feishu.HEADER_SIGNATURE)
+        if not (self.cfg.feishu_encrypt_key and signature):
+            return None
+        return "lark-signature:" + signature.strip().lower()
 
     def _read_body(self, req):
         limit = self.cfg.max_body
@@ -185,9 +201,9 @@ class Webhook:
                 verification_token=None if bearer else cfg.feishu_verification_token,
                 timestamp=req.get_header(feishu.HEADER_TIMESTAMP),
                 nonce=req.get_header(feishu.HEADER_NONCE),
-                signature=signature)
+                signature=signature, max_age=cfg.feishu_replay_window)
         except SignatureError as e:
-            hint = " (or send Authorization: Bearer <auth_token>)" if self.auth_token else ""
+            hint = " (or send Authorization: Bearer <auth_token>)" if self.auth_token and not bearer else ""
             raise Rejected(401, "unauthorized", f"{e}{hint}") from None
         except InvalidMessage as e:
             raise Rejected(400, "invalid", str(e)) from None

@@ -34,8 +34,8 @@ log = logging.getLogger(__name__)
 
 # "unknown": the request was refused before we could tell what kind of message it held.
 SOURCE_LABELS = SOURCES + ("feishu", "unknown")
-OUTCOMES = ("stored", "duplicate", "duplicate_changed", "ignored", "verification", "invalid", "unauthorized",
-            "too_large", "unsupported_media_type", "unavailable", "error")
+OUTCOMES = ("stored", "duplicate", "duplicate_changed", "replayed", "ignored", "verification", "invalid",
+            "unauthorized", "too_large", "unsupported_media_type", "unavailable", "error")
 # Refusals, pre-created (as source "unknown") so the dashboard's "errors by kind" reads 0, not nothing.
 REFUSALS = ("invalid", "unauthorized", "too_large", "unsupported_media_type", "unavailable", "error")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

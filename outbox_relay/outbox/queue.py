@@ -34,7 +34,8 @@ RECLAIM_EVERY = 200_000
 OVERFLOW_POLICIES = ("park", "reject")
 SYNCHRONOUS = ("full", "normal")
 
-PutResult = collections.namedtuple("PutResult", "message_id duplicate id state differs", defaults=(False,))
+PutResult = collections.namedtuple("PutResult", "message_id duplicate id state differs replayed",
+                                   defaults=(False, False))
 Row = collections.namedtuple("Row", "id message_id payload received_at attempts")
 
 
@@ -64,6 +65,7 @@ class Outbox:
         self._listeners = []
         self._claimed_in = None  # the file generation the relay's rows were claimed from
         self._pruned = 0  # rows pruned since the space was last given back
+        self._keys_pruned_at = 0.0  # when request keys past the replay window were last deleted
         try:
             self._check_version() if readonly else self._create()
         except BaseException:
@@ -196,21 +198,32 @@ class Outbox:
                 raise (type(e)(f"item {i}: {e}") if type(e) is InvalidMessage else e) from None
         return self._commit(messages, each=False)
 
-    def put_each(self, messages):
+    def put_each(self, messages, request_keys=None, key_ttl=None):
         """Commit Messages from many senders in one transaction (group commit): each gets its own
         answer, a PutResult or the OutboxFull that refused it alone (overflow=reject). An error
-        of the transaction itself (OutboxUnavailable) is raised: then nothing was stored."""
-        return self._commit(messages, each=True)
+        of the transaction itself (OutboxUnavailable) is raised: then nothing was stored.
 
-    def _commit(self, messages, each):
+        `request_keys` (one per message, or None): what identifies the signed request that carried
+        it. A key committed before (within `key_ttl` seconds) is a replay: its message is not stored
+        again (PutResult.replayed). The key is committed with the message, so a request that was
+        refused (503) is taken when it comes again."""
+        return self._commit(messages, each=True, keys=request_keys, key_ttl=key_ttl)
+
+    def _commit(self, messages, each, keys=None, key_ttl=None):
         if not messages:
             return []
         now = time.time()
         results = []
         added = 0
+        keys = keys or [None] * len(messages)
         with self._tx() as c:
             pending = _count(c, "pending") if self.overflow == "reject" else None
-            for m in messages:
+            if any(keys):
+                self._forget_old_keys(c, now, key_ttl)
+            for m, key in zip(messages, keys):
+                if key is not None and not self._first_time(c, key, now):
+                    results.append(PutResult(m.message_id, True, None, None, replayed=True))
+                    continue
                 full = pending is not None and pending >= self.max_pending
                 if full and each and not self._stored(c, m.message_id):
                     results.append(self._full(pending))
@@ -237,6 +250,18 @@ class Outbox:
         if added:
             self._notify()
         return results
+
+    @staticmethod
+    def _first_time(c, key, now):
+        return c.execute("INSERT INTO request_keys (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                         (key, now)).rowcount == 1
+
+    def _forget_old_keys(self, c, now, ttl):
+        """Keys older than the replay window go (at most once a minute: the index makes it cheap,
+        but not free); a request that old is refused by its timestamp anyway."""
+        if ttl is not None and now >= self._keys_pruned_at + 60:
+            c.execute("DELETE FROM request_keys WHERE seen_at < ?", (now - ttl,))
+            self._keys_pruned_at = now
 
     def _full(self, pending):
         return OutboxFull(f"outbox is full: {pending} messages pending (max_pending {self.max_pending},"

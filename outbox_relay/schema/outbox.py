@@ -51,6 +51,13 @@ OUTBOX_MIGRATIONS.append(
             UPDATE outbox_counts SET n = n + 1 WHERE state = NEW.state;
         END""",
     ])
+OUTBOX_MIGRATIONS.append(
+    # 2 -> 3: the signed webhook requests already committed (their X-Lark-Signature), kept for the
+    # replay window: a captured request sent again must not store its message a second time.
+    [
+        "CREATE TABLE request_keys (key TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID",
+        "CREATE INDEX request_keys_seen_at ON request_keys (seen_at)",
+    ])
 OUTBOX_VERSION = len(OUTBOX_MIGRATIONS)
 
 

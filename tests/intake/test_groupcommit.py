@@ -48,7 +48,7 @@ def test_concurrent_puts_share_transactions_and_each_gets_its_own_committed_answ
     with Outbox(tmp_outbox, max_pending=100_000) as box:
         transactions = []
         real = box.put_each
-        box.put_each = lambda messages: transactions.append(len(messages)) or real(messages)
+        box.put_each = lambda messages, *keys: transactions.append(len(messages)) or real(messages, *keys)
         results = hammer(GroupCommit(box), threads=16, per_thread=100)
         assert len(results) == 1600 and all(not isinstance(r, Exception) for _, r in results)
         rows = stored(tmp_outbox)

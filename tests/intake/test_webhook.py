@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import sqlite3
+import time
+import uuid
 
 import falcon.testing
 import pytest
@@ -33,7 +35,7 @@ from factories import (
     sample_bytes,
 )
 from serverproc import wait_until
-from serviceutil import health, metric, outbox_ids, post, received, request, running_service, scrape
+from serviceutil import health, metric, outbox_ids, post, received, request, running_service, scrape, write_lock
 
 
 def stored(running, message_id):
@@ -49,8 +51,10 @@ def stored(running, message_id):
     return json.loads(payload)
 
 
-def signed(body, key=FEISHU_KEY, timestamp=FEISHU_TIMESTAMP, nonce=FEISHU_NONCE):
-    """Headers Feishu would send with `body` (bytes)."""
+def signed(body, key=FEISHU_KEY, timestamp=None, nonce=None):
+    """Headers Feishu would send with `body` (bytes), signed now with a nonce of its own."""
+    timestamp = str(int(time.time())) if timestamp is None else timestamp
+    nonce = uuid.uuid4().hex[:16] if nonce is None else nonce
     return {feishu.HEADER_TIMESTAMP: timestamp, feishu.HEADER_NONCE: nonce,
             feishu.HEADER_SIGNATURE: feishu.signature(timestamp, nonce, key, body)}
 
@@ -121,7 +125,8 @@ def test_feishu_vectors_and_tampering_through_the_server(tmp_path):
     assert feishu.decrypt(FEISHU_ENCRYPTED, FEISHU_KEY) == "hello world"
     expected = VECTOR_HEADERS[feishu.HEADER_SIGNATURE]
     assert feishu.signature(FEISHU_TIMESTAMP, FEISHU_NONCE, FEISHU_KEY, FEISHU_BODY) == expected
-    with running_service(tmp_path, feishu_encrypt_key=FEISHU_KEY) as s:
+    # Feishu's vector was signed in 2020: a replay window that wide lets it through the server.
+    with running_service(tmp_path, feishu_encrypt_key=FEISHU_KEY, feishu_replay_window=2 * 10**9) as s:
         # The vector's signature is accepted and its body decrypts, to "hello world": not an event.
         r = post(s.url, FEISHU_BODY, VECTOR_HEADERS)
         assert r.status == 400, r
@@ -513,3 +518,84 @@ def test_the_writability_probe_writes_nothing_and_creates_nothing(tmp_path):
 def test_get_endpoints_need_no_credentials(tmp_path, path):
     with running_service(tmp_path, auth_token="tok", feishu_verification_token=FEISHU_TOKEN) as s:
         assert request(s.url, "GET", path).status in (200, 503)
+
+
+# -- replays (issue 24, item 10) --------------------------------------------------------------------------
+
+
+def _archive_ids(tmp_path):
+    conn = sqlite3.connect(tmp_path / "archive.db")
+    try:
+        return {r[0] for r in conn.execute("SELECT message_id FROM feishu_messages")}
+    finally:
+        conn.close()
+
+
+def test_a_signed_request_expires_with_the_replay_window(tmp_path):
+    body = encrypted(sample("v2_text.json"))
+    now = int(time.time())
+    with running_service(tmp_path, relay=False, feishu_encrypt_key=FEISHU_KEY) as s:
+        for stamp, why in ((str(now - 86_400), "s old"), (str(now - 30 * 86_400), "s old"),
+                           ("1", "s old"), (str(now + 86_400), "ahead of this host's clock"),
+                           ("notatime", "is not a time in epoch seconds")):
+            r = post(s.url, body, signed(body, timestamp=stamp))
+            assert r.status == 401 and why in r.json()["error"], (stamp, r.json())
+        assert "replay window of 28800 s (feishu_replay_window)" in post(
+            s.url, body, signed(body, timestamp=str(now - 86_400))).json()["error"]
+        assert outbox_ids(s.cfg.outbox) == {}
+        # Six hours old (Feishu's last retry, were it sent as it was first signed) is still taken.
+        r = post(s.url, body, signed(body, timestamp=str(now - 6 * 3600 - 300)))
+        assert r.status == 200 and r.json()["duplicate"] is False
+    with running_service(tmp_path / "short", relay=False, feishu_encrypt_key=FEISHU_KEY,
+                         feishu_replay_window=120) as s:
+        r = post(s.url, body, signed(body, timestamp=str(now - 600)))
+        assert r.status == 401 and "replay window of 120 s" in r.json()["error"]
+
+
+def test_a_captured_request_replayed_after_its_row_was_deleted_stores_nothing(tmp_path):
+    """The key of every signed request committed is kept for the replay window, in the same
+    transaction as its message: the same bytes and headers again store nothing, even once the row
+    has left the outbox and an operator deleted it from the archive."""
+    body = encrypted(sample("v2_text.json"))
+    captured = signed(body)
+    message_id = "om_5ce6d572455d361153b7cb51da133945"
+    with running_service(tmp_path, feishu_encrypt_key=FEISHU_KEY, keep_delivered=0) as s:
+        assert post(s.url, body, captured).json() == {"ok": True, "message_id": message_id, "duplicate": False}
+        wait_until(lambda: message_id in _archive_ids(tmp_path), timeout=15, what="the message archived")
+        wait_until(lambda: message_id not in outbox_ids(s.cfg.outbox), timeout=15, what="pruned from the outbox")
+        conn = sqlite3.connect(tmp_path / "archive.db")
+        conn.execute("DELETE FROM feishu_messages WHERE message_id = ?", (message_id,))
+        conn.commit()
+        conn.close()
+        r = post(s.url, body, captured)
+        assert r.status == 200 and r.json() == {"ok": True, "message_id": message_id, "duplicate": True,
+                                                 "replayed": True}
+        assert message_id not in outbox_ids(s.cfg.outbox)
+        assert received(scrape(s.url), "feishu.v2", "replayed") == 1
+        # Feishu's own retry of the same event is signed anew: a duplicate of nothing stored, so stored.
+        assert post(s.url, body, signed(body)).json()["duplicate"] is False
+        wait_until(lambda: message_id in _archive_ids(tmp_path), timeout=15, what="archived again by the retry")
+
+
+def test_a_request_refused_with_503_is_taken_when_it_comes_again(tmp_path):
+    """The key is committed with the message: a request the outbox could not take (503) is not
+    remembered, so Feishu's retry of it, byte for byte the same, is stored."""
+    body = encrypted(sample("v2_text.json"))
+    headers = signed(body)
+    with running_service(tmp_path, relay=False, feishu_encrypt_key=FEISHU_KEY, busy_timeout=0.2) as s:
+        with write_lock(s.cfg.outbox):
+            assert post(s.url, body, headers).status == 503
+        r = post(s.url, body, headers)
+        assert r.status == 200 and r.json()["duplicate"] is False and "replayed" not in r.json()
+        assert list(outbox_ids(s.cfg.outbox)) == ["om_5ce6d572455d361153b7cb51da133945"]
+
+
+def test_a_bearer_sender_with_an_encrypted_body_is_not_told_to_send_a_bearer_token(tmp_path):
+    """Issue 24, item 16: the hint "(or send Authorization: Bearer …)" is for senders that sent none."""
+    body = encrypted(sample("v2_text.json"))
+    with running_service(tmp_path, relay=False, feishu_encrypt_key=FEISHU_KEY, auth_token="s3cret-token") as s:
+        r = post(s.url, body, {"Authorization": "Bearer s3cret-token"})
+        assert r.status == 401 and r.json()["error"].startswith("missing X-Lark-Signature header"), r.json()
+        assert "Bearer" not in r.json()["error"]
+        r = post(s.url, body)
+        assert r.status == 401 and "(or send Authorization: Bearer <auth_token>)" in r.json()["error"]
