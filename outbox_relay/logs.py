@@ -14,7 +14,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": mask_url(record.getMessage()),
+            "msg": mask_url(record.getMessage()),  # json.dumps escapes line breaks: one entry, one line
         }
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
@@ -25,9 +25,23 @@ class PlainFormatter(logging.Formatter):
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record):  # noqa: N802 - logging's name
+        # What a sender or a file name put into the message cannot start a line of its own: a forged
+        # "CRITICAL …" line. A traceback (formatException) keeps its line breaks.
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
     def format(self, record):
         # Last line of defence: a URL with a password never reaches the log.
         return mask_url(super().format(record))
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text):
+    """`text` with every control character written as an escape (\\n, \\x1b …): one log line stays one."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def setup_logging(level=logging.INFO, json_lines=False, stream=None):

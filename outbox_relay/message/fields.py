@@ -81,17 +81,23 @@ def id_field(obj, key, where, *, required=False, name=None):
     value = str(value)
     if required and not value.strip():
         raise InvalidMessage(f"missing {name or where + key}")
-    return check_len(value, where + key, MAX_ID_LENGTH)
+    return check_token(value, where + key, MAX_ID_LENGTH)
 
 
 def kind_field(obj, key, where, default=None):
     value = field(obj, key, str, where=where)
-    return check_len(value, where + key, MAX_KIND_LENGTH) if value is not None else default
+    return check_token(value, where + key, MAX_KIND_LENGTH) if value is not None else default
 
 
-def check_len(value, field, limit):
-    if value is not None and len(value) > limit:
+def check_token(value, field, limit):
+    """An id or a kind (om_…, oc_…, ou_…, text, group): bounded, and printable, so that it can be
+    written into a log line or a file name as it is (a newline in an id forged whole log lines)."""
+    if value is None:
+        return None
+    if len(value) > limit:
         raise InvalidMessage(f"{field} is longer than {limit} characters")
+    if not value.isprintable():
+        raise InvalidMessage(f"{field} holds a control character (a line break, a tab …): not an id")
     return value
 
 

@@ -13,8 +13,8 @@ from . import openclaw_text
 from .fields import (
     MAX_ID_LENGTH,
     MAX_KIND_LENGTH,
-    check_len,
     check_shape,
+    check_token,
     field,
     id_field,
     json_string,
@@ -132,8 +132,8 @@ def _from_openclaw(p):
     return Message(
         source="openclaw",
         message_id=id_field(ctx, "messageId", "context.", required=True, name="message_id"),
-        chat_id=check_len(chat_id, "context.conversationId", MAX_ID_LENGTH),
-        chat_type=check_len(chat_type, "context.from", MAX_KIND_LENGTH),
+        chat_id=check_token(chat_id, "context.conversationId", MAX_ID_LENGTH),
+        chat_type=check_token(chat_type, "context.from", MAX_KIND_LENGTH),
         thread_id=id_field(meta, "threadId", "context.metadata."),
         sender_id=id_field(meta, "senderId", "context.metadata.") or _openclaw_sender(ctx),
         sender_type="user",
@@ -167,7 +167,7 @@ def _openclaw_chat(conversation, origin):
 def _openclaw_sender(ctx):
     """from "feishu:ou_x" -> ou_x, when metadata.senderId is missing (not "feishu:group:oc_x")."""
     parts = (field(ctx, "from", str, where="context.") or "").split(":")
-    return check_len(parts[1], "context.from", MAX_ID_LENGTH) if len(parts) == 2 and parts[1] else None
+    return check_token(parts[1], "context.from", MAX_ID_LENGTH) if len(parts) == 2 and parts[1] else None
 
 
 def _from_open_api(p):
@@ -255,13 +255,13 @@ def _from_openclaw_transcript(p):
     created = msg.get("timestamp") if msg.get("timestamp") is not None else line.get("timestamp")
     return Message(
         source="openclaw.transcript",
-        message_id=check_len(fields["message_id"], "message_id", MAX_ID_LENGTH),
-        chat_id=check_len(chat_id, "session.chat_id", MAX_ID_LENGTH),
+        message_id=check_token(fields["message_id"], "message_id", MAX_ID_LENGTH),
+        chat_id=check_token(chat_id, "session.chat_id", MAX_ID_LENGTH),
         chat_type=chat_type,
         thread_id=topic if topic and topic.startswith("omt_") else None,
         root_id=topic if topic and not topic.startswith("omt_") else None,
-        parent_id=check_len(fields["parent_id"], "replyToId", MAX_ID_LENGTH),
-        sender_id=check_len(fields["sender_id"], "senderId", MAX_ID_LENGTH),
+        parent_id=check_token(fields["parent_id"], "replyToId", MAX_ID_LENGTH),
+        sender_id=check_token(fields["sender_id"], "senderId", MAX_ID_LENGTH),
         sender_type="user",
         msg_type="text",
         content={"text": fields["text"]},

@@ -11,6 +11,7 @@ import logging
 import os
 import pathlib
 import stat
+import subprocess
 import threading
 import time
 
@@ -21,7 +22,7 @@ from outbox_relay.intake.spool import STALE_TMP, Spool, SpoolIngester, item_name
 from outbox_relay.message import MAX_MESSAGE_BYTES
 from outbox_relay.outbox import Outbox
 
-from cliutil import run_cli
+from cliutil import EXE, clean_env, run_cli
 from factories import BASE_MS, flat_message
 from serverproc import wait_until
 
@@ -282,3 +283,17 @@ def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
     assert missing.exit_code == 1 and "1 name(s) matched no set-aside item: nope.json" in missing.output
     assert spool.waiting() == ["notes.txt"]
     assert run_cli("spool", "--retry", "x", "--retry-all").exit_code == 2
+
+
+def test_a_spool_file_name_cannot_forge_a_log_line(tmp_path):
+    """Issue 24, item 11: whatever a file name holds, the log line that names it stays one line."""
+    spool = Spool(str(tmp_path / "spool")).ensure()
+    forged = "1700000000000.1_aa.json\n2026-12-04 10:00:00,000 CRITICAL outbox_relay: forged\x1b[2J"
+    pathlib.Path(spool.new, forged).write_text("not json")
+    result = subprocess.run([EXE, "sync", "--outbox", str(tmp_path / "o.db"), "--spool", spool.path,
+                             "--target", f"sqlite:///{tmp_path / 'a.db'}"], env=clean_env(), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    lines = result.stderr.splitlines()
+    assert any("set aside" in line and "\\n2026-12-04 10:00:00,000 CRITICAL" in line for line in lines), lines
+    assert not any(line.startswith("2026-12-04 10:00:00,000 CRITICAL") for line in lines), lines
+    assert "\x1b" not in result.stderr

@@ -599,3 +599,16 @@ def test_a_bearer_sender_with_an_encrypted_body_is_not_told_to_send_a_bearer_tok
         assert "Bearer" not in r.json()["error"]
         r = post(s.url, body)
         assert r.status == 401 and "(or send Authorization: Bearer <auth_token>)" in r.json()["error"]
+
+
+def test_an_id_with_a_line_break_is_refused(tmp_path):
+    """Issue 24, item 11: ids are printable (om_…, oc_…); one with a line break or another control
+    character is not an id: 400, nothing stored."""
+    with running_service(tmp_path, relay=False) as s:
+        for field in ("message_id", "chat_id", "sender_id", "parent_id"):
+            forged = dict(flat_message("om_ok"), **{field: "om_x\n2026-12-04 10:00:00,000 CRITICAL outbox_relay: x"})
+            r = post(s.url, json.dumps(forged).encode())
+            assert r.status == 400 and f"{field} holds a control character" in r.json()["error"], r.json()
+        r = post(s.url, json.dumps(flat_message("om_ok", chat_id="oc_a\x1b[2Jb")).encode())
+        assert r.status == 400
+        assert outbox_ids(s.cfg.outbox) == {}
