@@ -20,6 +20,7 @@ the rest to the relay. On purpose it differs where the seed lost or invented dat
 import json
 
 from ..message import normalize
+from ..message.shapes import FLAT_FIELDS
 
 # The seed's chat types -> Feishu's (what the webhook stores for the same chats).
 _CHAT_TYPES = {"direct": "p2p", "private": "p2p", "p2p": "p2p", "group": "group"}
@@ -87,8 +88,9 @@ def _from_inbound_meta(data):
 
 
 def _from_seed_flat(data):
-    """The seed's save_message dict: `content` is the plain text and `content_type` the type."""
-    flat = {k: v for k, v in data.items() if k not in ("content", "content_type")}
+    """The seed's save_message dict: `content` is the plain text and `content_type` the type. Its other
+    keys (sender_name …) are the seed's own: kept in seed_payload, not taken for the flat dict's."""
+    flat = {k: v for k, v in data.items() if k in FLAT_FIELDS and k != "content"}
     flat.setdefault("msg_type", data.get("content_type") or "text")
     flat["text"] = data["content"]
     if isinstance(data.get("chat_type"), str):

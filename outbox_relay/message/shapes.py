@@ -7,6 +7,7 @@ and the flat dict the old in-process call and the legacy JSON queue used.
 """
 
 import dataclasses
+import difflib
 
 from ..errors import InvalidMessage, NotAMessage
 from . import openclaw_text
@@ -207,6 +208,13 @@ def _event_mentions(mentions):
     return out
 
 
+# Every field of the flat dict. Another key is a mistake (chatId, txt …) that would store a message
+# without its chat or its words: refused, naming it. `seed_payload`: the seed's own dict (compat.py).
+FLAT_FIELDS = ("message_id", "chat_id", "chat_type", "thread_id", "root_id", "parent_id", "sender_id",
+               "sender_type", "msg_type", "message_type", "content", "text", "mentions", "create_time",
+               "created_at", "seed_payload")
+
+
 def _from_flat(p):
     msg_type = kind_field(p, "msg_type", "", default=None) or kind_field(p, "message_type", "", default="text")
     if "content" in p and p["content"] is not None:
@@ -222,7 +230,7 @@ def _from_flat(p):
     if text is None:
         text = extract_text(msg_type, content, mentions)
     created = p.get("create_time", p.get("created_at"))
-    return Message(
+    message = Message(
         source="api",
         **_message_ids(p, ""),
         **_sender(p, "sender_id", ""),
@@ -233,6 +241,19 @@ def _from_flat(p):
         created_at=optional_time(created, "create_time"),
         raw=p,
     )
+    # After every field's own check (they say more): a misspelt key, then the chat.
+    unknown = [k for k in p if k not in FLAT_FIELDS]
+    if unknown:
+        raise InvalidMessage("unknown field(s) in a flat message: " + ", ".join(map(_unknown_field, unknown[:5]))
+                             + f" (its fields: {', '.join(FLAT_FIELDS[:-1])})")
+    if message.chat_id is None:
+        raise InvalidMessage("missing chat_id: a flat message names its chat")
+    return message
+
+
+def _unknown_field(name):
+    near = difflib.get_close_matches(name.lower(), FLAT_FIELDS, n=1, cutoff=0.6)
+    return f"{name[:40]!r}" + (f" (did you mean {near[0]}?)" if near else "")
 
 
 def _from_openclaw_transcript(p):

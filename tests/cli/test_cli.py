@@ -82,7 +82,7 @@ def test_put_every_sample(run):
 
 
 def test_put_json_lines_from_a_file_and_stdin(run, workdir):
-    lines = [json.dumps({"message_id": f"om_{i}", "text": f"第 {i} 条 🎉"}, ensure_ascii=False)
+    lines = [json.dumps({"message_id": f"om_{i}", "chat_id": "oc_1", "text": f"第 {i} 条 🎉"}, ensure_ascii=False)
              for i in range(5)]
     (workdir / "in.jsonl").write_text("\n".join(lines[:3]) + "\n\n", encoding="utf-8")
     result = run("put", str(workdir / "in.jsonl"))
@@ -99,7 +99,7 @@ def test_put_json_lines_from_a_file_and_stdin(run, workdir):
 
 
 def test_put_a_pretty_printed_object(run):
-    result = run("put", input=json.dumps({"message_id": "om_pretty", "text": "hi"}, indent=2))
+    result = run("put", input=json.dumps({"message_id": "om_pretty", "chat_id": "oc_1", "text": "hi"}, indent=2))
     assert result.exit_code == 0, result.output
     assert outbox_counts(run.outbox)["pending"] == 1
 
@@ -107,18 +107,18 @@ def test_put_a_pretty_printed_object(run):
 BAD_INPUT = [
     ("not-json", "hello there\n", "not valid JSON"),
     ("empty", "", "no input"),
-    ("array", '[{"message_id": "om_1"}]', "must be a JSON object, not an array"),
+    ("array", '[{"message_id": "om_1", "chat_id": "oc_1"}]', "must be a JSON object, not an array"),
     ("string", '"om_1"', "must be a JSON object, not a string"),
     ("missing-message_id", '{"chat_id": "oc_1", "text": "hi"}', "no message_id"),
-    ("content-not-json", '{"message_id": "om_1", "content": "{oops"}', "content is not valid JSON"),
+    ("content-not-json", '{"message_id": "om_1", "chat_id": "oc_1", "content": "{oops"}', "content is not valid JSON"),
     ("wrong-type", '{"message_id": {"id": 1}}', "message_id must be a string"),
     ("unknown-event", '{"type": "card.action.trigger"}', "unsupported event type"),
     ("url-verification", (SAMPLES / "url_verification.json").read_text(), "url_verification"),
-    ("bad-second-line", '{"message_id": "om_1"}\n{"message_id": \n', "line 2: "),
-    ("invalid-second-item", '{"message_id": "om_1"}\n{"text": "no id"}\n', "no message_id"),
-    ("nested", '{"message_id": "om_1", "x": ' + "[" * 100 + "]" * 100 + "}", "nested too deeply"),
-    ("NaN", '{"message_id": "om_1", "x": NaN}', "NaN is not valid JSON"),
-    ("lone-surrogate", '{"message_id": "om_1", "text": "\\udc00"}', "lone surrogate"),
+    ("bad-second-line", '{"message_id": "om_1", "chat_id": "oc_1"}\n{"message_id": \n', "line 2: "),
+    ("invalid-second-item", '{"message_id": "om_1", "chat_id": "oc_1"}\n{"text": "no id"}\n', "no message_id"),
+    ("nested", '{"message_id": "om_1", "chat_id": "oc_1", "x": ' + "[" * 100 + "]" * 100 + "}", "nested too deeply"),
+    ("NaN", '{"message_id": "om_1", "chat_id": "oc_1", "x": NaN}', "NaN is not valid JSON"),
+    ("lone-surrogate", '{"message_id": "om_1", "chat_id": "oc_1", "text": "\\udc00"}', "lone surrogate"),
 ]
 
 
@@ -130,14 +130,15 @@ def test_put_invalid_input_is_one_line_exit_1_and_stores_nothing(run, data, word
 
 
 def test_put_too_large_input(run):
-    line = one_line_error(run("put", input='{"message_id": "om_1", "text": "' + "x" * 10_000_000 + '"}'))
+    huge = '{"message_id": "om_1", "chat_id": "oc_1", "text": "' + "x" * 10_000_000 + '"}'
+    line = one_line_error(run("put", input=huge))
     assert "too large" in line
     assert outbox_counts(run.outbox) == EMPTY
 
 
 def test_put_invalid_utf8_is_one_line_exit_1(workdir):
     result = CliRunner().invoke(cli, ["put", "--outbox", str(workdir / "o.db")],
-                                input=b'{"message_id": "om_1", "text": "\xff"}')
+                                input=b'{"message_id": "om_1", "chat_id": "oc_1", "text": "\xff"}')
     line = one_line_error(result)
     assert "UTF-8" in line
     assert outbox_counts(str(workdir / "o.db")) == EMPTY
@@ -151,7 +152,7 @@ def test_put_missing_file_is_a_usage_error(run):
 
 def test_put_honours_the_outbox_environment_variable(workdir):
     path = str(workdir / "env" / "o.db")
-    result = CliRunner().invoke(cli, ["put"], input='{"message_id": "om_env"}',
+    result = CliRunner().invoke(cli, ["put"], input='{"message_id": "om_env", "chat_id": "oc_1"}',
                                 env={"OUTBOX_RELAY_OUTBOX": path})
     assert result.exit_code == 0, result.output
     assert outbox_counts(path)["pending"] == 1
@@ -160,9 +161,9 @@ def test_put_honours_the_outbox_environment_variable(workdir):
 def test_put_under_reject_when_full(run):
     for i in range(2):
         assert run("put", "--max-pending", "2", "--overflow", "reject",
-                   input=json.dumps({"message_id": f"om_{i}"})).exit_code == 0
+                   input=json.dumps({"message_id": f"om_{i}", "chat_id": "oc_1"})).exit_code == 0
     line = one_line_error(run("put", "--max-pending", "2", "--overflow", "reject",
-                              input='{"message_id": "om_2"}'))
+                              input='{"message_id": "om_2", "chat_id": "oc_1"}'))
     assert "outbox is full" in line
     assert outbox_counts(run.outbox) == {**EMPTY, "pending": 2}
 
@@ -170,7 +171,7 @@ def test_put_under_reject_when_full(run):
 # -- status --------------------------------------------------------------------------------------
 
 def test_status_no_target_json(run):
-    lines = "\n".join(json.dumps({"message_id": f"om_{i}"}) for i in range(5))
+    lines = "\n".join(json.dumps({"message_id": f"om_{i}", "chat_id": "oc_1"}) for i in range(5))
     assert run("put", "--max-pending", "3", input=lines).exit_code == 0
     result = run("status", "--no-target", "--json", "--max-pending", "3")
     assert result.exit_code == 0, result.output
@@ -183,7 +184,7 @@ def test_status_no_target_json(run):
 
 
 def test_status_no_target_text(run):
-    assert run("put", input='{"message_id": "om_1", "text": "hi"}').exit_code == 0
+    assert run("put", input='{"message_id": "om_1", "chat_id": "oc_1", "text": "hi"}').exit_code == 0
     result = run("status", "--no-target")
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -223,7 +224,7 @@ def test_status_on_a_file_that_is_not_an_outbox(run, workdir):
 
 
 def test_bad_setting_is_a_usage_error(run):
-    result = run("put", "--synchronous", "off", input='{"message_id": "om_1"}')
+    result = run("put", "--synchronous", "off", input='{"message_id": "om_1", "chat_id": "oc_1"}')
     assert result.exit_code == 2
     assert "Traceback" not in result.output
 
@@ -283,7 +284,8 @@ def test_script_put_from_stdin_and_file_then_status(script):
     assert p.stdout.decode() == "stored\tom_5ce6d572455d361153b7cb51da133945\tpending\n"
     p = script("put", str(SAMPLES / "flat_message.json"))
     assert p.returncode == 0, p.stderr
-    lines = b'{"message_id": "om_a"}\n{"message_id": "om_b", "text": "\xe4\xbd\xa0\xe5\xa5\xbd"}\n'
+    lines = (b'{"message_id": "om_a", "chat_id": "oc_1"}\n'
+             b'{"message_id": "om_b", "chat_id": "oc_1", "text": "\xe4\xbd\xa0\xe5\xa5\xbd"}\n')
     p = script("put", input=lines)
     assert p.returncode == 0, p.stderr
     assert len(p.stdout.splitlines()) == 2
@@ -299,7 +301,7 @@ def test_script_put_from_stdin_and_file_then_status(script):
 
 
 def test_script_invalid_input_exit_1_one_line_nothing_stored(script):
-    p = script("put", input=b'{"message_id": "om_1", "content": "{not json"}')
+    p = script("put", input=b'{"message_id": "om_1", "chat_id": "oc_1", "content": "{not json"}')
     assert p.returncode == 1
     err = p.stderr.decode().strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Error: ") and "content is not valid JSON" in err[0]

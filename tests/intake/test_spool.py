@@ -234,7 +234,7 @@ def test_ingester_thread_ingests_within_a_second(spool, box):
 
 
 def test_ingester_waits_out_a_full_outbox_and_resumes(spool, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="outbox_relay.handoff")
+    caplog.set_level(logging.INFO, logger="outbox_relay.intake.spool")
     with Outbox(tmp_path / "strict.db", overflow="reject", max_pending=2) as strict:
         for i in range(4):
             spool.write(spooled(i))

@@ -328,8 +328,8 @@ def test_oversized_bodies_are_refused_without_being_read(tmp_path):
     # The limit is max_body: exactly max_body bytes pass, one more does not.
     with running_service(tmp_path / "small", max_body=4096) as s:
         def sized(message_id, size):
-            pad = size - len(json.dumps(dict(flat_message(message_id), pad="")).encode())
-            return json.dumps(dict(flat_message(message_id), pad="p" * pad)).encode()
+            pad = size - len(json.dumps(flat_message(message_id, text="")).encode())
+            return json.dumps(flat_message(message_id, text="p" * pad)).encode()
 
         exact, over = sized("om_exact", 4096), sized("om_over", 4097)
         assert (len(exact), len(over)) == (4096, 4097)

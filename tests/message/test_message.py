@@ -193,7 +193,7 @@ def test_emoji_and_chinese_in_v2_text():
 
 
 def test_emoji_in_flat_openclaw_and_v1():
-    assert normalize({"message_id": "m1", "text": "你好 " + EMOJI}).text == "你好 " + EMOJI
+    assert normalize({"message_id": "m1", "chat_id": "oc_1", "text": "你好 " + EMOJI}).text == "你好 " + EMOJI
     oc = sample("openclaw_message_received.json")
     oc["context"]["content"] = "会议 🗓️ 三点"
     assert normalize(oc).text == "会议 🗓️ 三点"
@@ -234,7 +234,7 @@ def test_post_locale_wrapper_prefers_zh_cn_then_other_locales():
 
 
 def test_post_in_flat_dict_with_content_as_object():
-    m = normalize({"message_id": "m1", "msg_type": "post", "content": {"zh_cn": POST_BODY}})
+    m = normalize({"message_id": "m1", "chat_id": "oc_1", "msg_type": "post", "content": {"zh_cn": POST_BODY}})
     assert m.text == POST_TEXT
 
 
@@ -422,7 +422,8 @@ def test_bad_input_raises_invalid_message_and_stores_nothing(payload, words, tmp
             outbox.put(payload)
         # In a batch with good messages, too: all or nothing.
         with pytest.raises(InvalidMessage, match="^item 1: "):
-            outbox.put_many([{"message_id": "good_1"}, payload, {"message_id": "good_2"}])
+            outbox.put_many([{"message_id": "good_1", "chat_id": "oc_1"}, payload,
+                             {"message_id": "good_2", "chat_id": "oc_1"}])
         assert outbox.counts() == {"pending": 0, "delivered": 0, "parked": 0, "dead": 0}
         assert outbox.get("good_1") is None
 
@@ -448,7 +449,7 @@ def test_parse_payload_limits():
 
 
 def test_message_ids_that_are_numbers_become_strings():
-    assert normalize({"message_id": 12345}).message_id == "12345"
+    assert normalize({"message_id": 12345, "chat_id": 678}).message_id == "12345"
 
 
 # -- v1 <at> tags: same result as the old regex, in linear time ---------------------------------
@@ -677,3 +678,16 @@ def test_bad_open_api_items_are_refused_clearly(change, words, tmp_outbox):
         with pytest.raises(InvalidMessage):
             outbox.put(item)
         assert outbox.counts()["pending"] == 0
+
+
+def test_a_flat_dict_with_misspelt_keys_is_refused_naming_them():
+    """Issue 24, item 15: {"chatId", "senderId", "txt"} used to be stored with chat, sender and text
+    empty. A flat message names its chat, and a key it does not have is an error that names it."""
+    with pytest.raises(InvalidMessage) as exc:
+        normalize({"message_id": "om_1", "chatId": "oc_1", "senderId": "ou_1", "txt": "hello"})
+    text = str(exc.value)
+    assert text.startswith("unknown field(s) in a flat message: 'chatId' (did you mean chat_id?), 'senderId'"
+                           " (did you mean sender_id?), 'txt' (did you mean text?)"), text
+    with pytest.raises(InvalidMessage, match="^missing chat_id: a flat message names its chat$"):
+        normalize({"message_id": "om_1", "sender_id": "ou_1", "text": "hello"})
+    assert normalize({"message_id": "om_1", "chat_id": "oc_1", "text": "hello"}).chat_id == "oc_1"

@@ -202,7 +202,7 @@ outbox = Outbox(sys.argv[1], max_pending=1_000_000, synchronous=sys.argv[3])
 i = int(sys.argv[2])
 while True:
     mid = f"om_kill_{i:07d}"
-    outbox.put({"message_id": mid, "text": "x" * (i % 2000), "create_time": "1700000000000"})
+    outbox.put({"message_id": mid, "chat_id": "oc_1", "text": "x" * (i % 2000), "create_time": "1700000000000"})
     print(mid, flush=True)
     i += 1
 """

@@ -58,13 +58,14 @@ def test_copy_round_trip_of_backslashes_tabs_newlines_cr_end_marker_and_unicode(
     payloads = []
     for i, s in enumerate(NASTY):
         payloads.append({
-            "message_id": f"om_nasty_{i}\\\t{i}",         # ids with a backslash and a tab too
-            "chat_id": f"oc_{s[:20]}",
+            # Ids are printable (issue 24): a backslash still, and the rest of the string where it prints.
+            "message_id": f"om_nasty_{i}\\{i}",
+            "chat_id": "oc_" + "".join(ch for ch in s[:20] if ch.isprintable()),
             "sender_id": "ou_\\N",
             "msg_type": "text",
             "text": s,
-            "content": json.dumps({"text": s, "nested": [s, {"k\\\n": s}]}, ensure_ascii=False),
-            "extra": {"raw\tkey\\": s, "list": [s, 1, 2.5, None, True]},
+            "content": json.dumps({"text": s, "nested": [s, {"k\\\n": s}],
+                                   "extra": {"raw\tkey\\": s, "list": [s, 1, 2.5, None, True]}}, ensure_ascii=False),
             "create_time": str(BASE_MS + i),
         })
     with Outbox(tmp_outbox) as outbox:
@@ -93,10 +94,11 @@ def test_a_create_time_outside_the_calendar_is_refused_at_the_door(stamp):
     """It used to be accepted (a 200 on the webhook), then the relay raised ValueError building the
     row for the target, before every batch, forever: the whole outbox stopped moving."""
     with pytest.raises(InvalidMessage, match="out of range"):
-        normalize({"message_id": "om_calendar", "text": "x", "create_time": stamp})
+        normalize({"message_id": "om_calendar", "chat_id": "oc_1", "text": "x", "create_time": stamp})
     # The edges themselves are fine.
-    assert normalize({"message_id": "a", "create_time": "0001-01-01T00:00:00Z"}).created_at == -62135596800000
-    assert normalize({"message_id": "b", "create_time": "9999-12-31T23:59:59.999Z"}).created_at is not None
+    first = normalize({"message_id": "a", "chat_id": "oc_1", "create_time": "0001-01-01T00:00:00Z"})
+    assert first.created_at == -62135596800000
+    assert normalize({"message_id": "b", "chat_id": "oc_1", "create_time": "9999-12-31T23:59:59.999Z"}).created_at
 
 
 def _store_bad_created_at(outbox_path, message_id, created_at):
@@ -218,7 +220,8 @@ def test_a_non_utf8_target_database_never_stalls_the_queue(encoding, tmp_outbox,
     target = open_target(url)
     target.init_db(trigram=False)
     with Outbox(tmp_outbox) as outbox:
-        outbox.put_many([{"message_id": "om_cjk", "text": "中文 😀"}, {"message_id": "om_plain", "text": "plain"}])
+        outbox.put_many([{"message_id": "om_cjk", "chat_id": "oc_1", "text": "中文 😀"},
+                         {"message_id": "om_plain", "chat_id": "oc_1", "text": "plain"}])
         result = Relay(outbox, target).step()
         dead = [r["message_id"] for r in outbox.rows("dead")]
     target.close()
@@ -289,7 +292,8 @@ def test_a_rejected_row_among_rows_already_in_the_target_isolates_only_that_row(
         rows = [flat(i) for i in range(9)]
         target.write([(i, normalize(p), 0.0) for i, p in enumerate(rows[:5])])  # an earlier, unmarked send
         pg_query(pg_url, "ALTER TABLE feishu_messages ALTER msg_type TYPE varchar(8)")
-        rows.insert(4, {"message_id": "om_long", "text": "too long a type", "msg_type": "interactive"})
+        rows.insert(4, {"message_id": "om_long", "chat_id": "oc_1", "text": "too long a type",
+                        "msg_type": "interactive"})
         outbox.put_many(rows)
         result = Relay(outbox, target).step()
         assert (result.delivered, result.new, result.dead) == (9, 4, 1)

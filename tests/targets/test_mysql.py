@@ -88,7 +88,7 @@ def test_a_mysql_url_without_pymysql_is_one_line_and_exit_2(tmp_path):
     lazy = subprocess.run([sys.executable, "-c", (
         "import sys; from outbox_relay.config import Config; from outbox_relay.outbox import Outbox\n"
         "cfg = Config.load({'target': 'mysql://u:p@h/db'}, environ={})\n"
-        f"Outbox({str(tmp_path / 'p.db')!r}).put({{'message_id': 'm1', 'text': 'x'}})\n"
+        f"Outbox({str(tmp_path / 'p.db')!r}).put({{'message_id': 'm1', 'chat_id': 'oc_1', 'text': 'x'}})\n"
         "print(sorted(m for m in ('pymysql', 'peewee', 'psycopg2') if m in sys.modules))")],
         capture_output=True, text=True, timeout=60, env=env)
     assert lazy.returncode == 0 and lazy.stdout.strip() == "[]", lazy

@@ -135,7 +135,7 @@ def test_a_nul_character_is_stored_as_the_replacement_character(target, pg_url):
     """PostgreSQL refuses U+0000 in text and jsonb (22021 / 22P05); such a message used to be dead
     forever. It is stored with U+FFFD instead, in the text and inside the JSON columns; a literal
     backslash-u0000 typed by a person is not touched."""
-    nul = normalize({"message_id": "om_nul", "text": "nul\x00inside \\u0000 typed"})
+    nul = normalize({"message_id": "om_nul", "chat_id": "oc_1", "text": "nul\x00inside \\u0000 typed"})
     assert target.write(rows_of(flats(5) + [nul])) == 6
     (text, raw_text, content_text), = pg_query(
         pg_url, "SELECT text, raw->>'text', content->>'text' FROM feishu_messages WHERE message_id = %s",
