@@ -13,7 +13,8 @@ It answers as Feishu's documentation says (/work/shared/feishu/README.md, copied
 Faults, switchable while it runs: every Nth request answers 429 + x-ogw-ratelimit-reset (code
 99991400), HTTP 500, or a dropped connection; tokens revoked every Nth list call (before their
 `expire`); a short token lifetime; a delay per message page (to catch a process mid-run); a
-page_token that never moves on (`stuck_paging`).
+page_token that never moves on (`stuck_paging`) or goes round in a circle, page 1 -> 2 -> 1
+(`token_cycle`); fields of every message page replaced (`page_fields`, e.g. {"items": 5}).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
 """
 
@@ -46,7 +47,8 @@ class FakeFeishu:
         self.tokens = {}  # token -> monotonic expiry
         self.requests = []
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
-                       "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False}
+                       "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False, "token_cycle": False,
+                       "page_fields": {}}
         self._n = self._lists = 0
         self._arrival = threading.local()
         self.in_flight = 0  # requests being answered: a killed client's last one may still be here
@@ -212,9 +214,14 @@ class FakeFeishu:
         more = offset + size < len(items)
         data = {"has_more": more, "items": page}
         if more:
-            data["page_token"] = base64.urlsafe_b64encode(f"o:{offset + size}".encode()).decode()
+            following = offset + size
+            if self.faults["token_cycle"] and following >= 3 * size:
+                following = size  # a server bug: the third page's token is the second page's again
+            data["page_token"] = base64.urlsafe_b64encode(f"o:{following}".encode()).decode()
             if self.faults["stuck_paging"] and query.get("page_token"):
                 data["page_token"] = query["page_token"]  # a server bug: the same page again and again
+        if path == MESSAGES_PATH:
+            data.update(self.faults["page_fields"])
         self._record("GET", path, query, "ok")
         return 200, {}, {"code": 0, "msg": "success", "data": data}
 

@@ -117,13 +117,8 @@ def _chats(client, target, given):
 
 
 def _listed_chats(client):
-    token = None
-    while True:
-        data = client.list_chats(page_token=token)
-        yield from (c for c in data.get("items") or [] if isinstance(c, dict) and c.get("chat_id"))
-        token = _next_token(data, token)
-        if token is None:
-            return
+    for items in client.chat_pages():
+        yield from (c for c in items if c.get("chat_id"))
 
 
 # -- one chat -------------------------------------------------------------------------------------
@@ -152,19 +147,14 @@ def _backfill_chat(run, chat, recheck):
 
 def _read_range(run, chat, covered, start, end):
     """Page through [start, end) oldest first; checkpoint after every committed page."""
-    page_token = None
-    while True:
-        data = run.client.list_messages("chat", chat.chat_id, start=start, end=end, page_token=page_token)
-        items = _items(data)
+    for items in run.client.message_pages("chat", chat.chat_id, start=start, end=end):
         _store(run, chat, _within(run, items))
         _read_threads(run, chat, items)
         chat.pages += 1
-        page_token = _next_token(data, page_token)
-        if page_token is None:
-            return _checkpoint(run, chat, covered, start, end)
         if items:
             # Oldest first: everything before the second of the page's last message is stored.
             covered = _checkpoint(run, chat, covered, start, min(end, _ms(items[-1]) // 1000))
+    return _checkpoint(run, chat, covered, start, end)
 
 
 def _read_threads(run, chat, items):
@@ -177,14 +167,8 @@ def _read_threads(run, chat, items):
         if not _in_range(run, item):
             continue
         chat.threads += 1
-        page_token = None
-        while True:
-            data = run.client.list_messages("thread", thread_id, page_token=page_token)
-            replies = [i for i in _items(data) if i.get("message_id") != item.get("message_id")]
-            _store(run, chat, replies)
-            page_token = _next_token(data, page_token)
-            if page_token is None:
-                break
+        for replies in run.client.message_pages("thread", thread_id):
+            _store(run, chat, [i for i in replies if i.get("message_id") != item.get("message_id")])
         run.threads_read.add(thread_id)
 
 
@@ -267,20 +251,6 @@ def _is_range(value):
 
 
 # -- small helpers ----------------------------------------------------------------------------
-
-def _next_token(data, previous):
-    """The next page's token, or None after the last page. The same token again would page forever."""
-    token = data.get("page_token")
-    if not data.get("has_more") or not token:
-        return None
-    if token == previous:
-        raise FeishuApiError(None, "Feishu answered the same page_token twice: paging stopped")
-    return token
-
-
-def _items(data):
-    return [i for i in data.get("items") or [] if isinstance(i, dict)]
-
 
 def _ms(item):
     """create_time in epoch ms, or -1 when the item has none a number can be read from."""

@@ -97,17 +97,18 @@ class FeishuClient:
         (FeishuUnavailable) show before any chat is touched."""
         self._tenant_token()
 
-    def list_chats(self, page_token=None):
-        """One page of the chats the bot is in (groups): data {items, has_more, page_token}."""
-        return self.get(CHATS_PATH, {"page_size": CHAT_PAGE_MAX, "page_token": page_token})
+    def chat_pages(self):
+        """The chats the bot is in (groups), a page (a list of item dicts) at a time."""
+        return pages(lambda token: self.get(CHATS_PATH, {"page_size": CHAT_PAGE_MAX, "page_token": token}),
+                     "the bot's chats")
 
-    def list_messages(self, container_type, container_id, *, start=None, end=None, page_token=None):
-        """One page (oldest first) of a chat's or a thread's messages; start/end in epoch seconds
-        (chats only: the API filters threads by nothing). data {items, has_more, page_token}."""
+    def message_pages(self, container_type, container_id, *, start=None, end=None):
+        """A chat's or a thread's messages, oldest first, a page (a list of item dicts) at a time;
+        start/end in epoch seconds (chats only: the API filters threads by nothing)."""
         params = {"container_id_type": container_type, "container_id": container_id,
-                  "sort_type": "ByCreateTimeAsc", "page_size": MESSAGE_PAGE_MAX,
-                  "start_time": start, "end_time": end, "page_token": page_token}
-        return self.get(MESSAGES_PATH, params)
+                  "sort_type": "ByCreateTimeAsc", "page_size": MESSAGE_PAGE_MAX, "start_time": start, "end_time": end}
+        return pages(lambda token: self.get(MESSAGES_PATH, {**params, "page_token": token}),
+                     f"{container_type} {container_id}")
 
     def get(self, path, params):
         """GET with the tenant token; the answer's `data`. A token Feishu calls invalid is replaced
@@ -246,6 +247,43 @@ def _reset_seconds(header):
 def _network_reason(exc):
     reason = getattr(exc, "reason", None) or exc
     return f"{type(exc).__name__}: {reason}"[:200]
+
+
+def pages(fetch, what):
+    """The items of every page of one listing, a page at a time; fetch(page_token) -> the answer's data.
+    FeishuApiError for an answer that is not a page, and for a page_token given before in this
+    listing: a cycle (1 -> 2 -> 1) would page forever, counting the same messages every time round."""
+    seen, token = set(), None
+    while True:
+        items, token = _page(fetch(token), what)
+        yield items
+        if token is None:
+            return
+        if token in seen:
+            raise FeishuApiError(None, f"Feishu's page_token went round in a circle listing {what} (a token it "
+                                       f"had given before came again after {len(seen) + 1} pages): paging stopped")
+        seen.add(token)
+
+
+def _page(data, what):
+    """(the item dicts, the next page's token or None) of one answer, or FeishuApiError saying how
+    it is not a page: guessing would page forever or end a listing early."""
+    more, items, token = data.get("has_more"), data.get("items"), data.get("page_token")
+    problem = None
+    if not isinstance(more, bool):
+        problem = "has_more is missing" if more is None else f"has_more is {_shown(more)}, not true or false"
+    elif items is not None and not isinstance(items, list):
+        problem = f"items is {_shown(items)}, not a list"
+    elif more and not (isinstance(token, str) and token):
+        problem = "has_more is true but there is no page_token"
+    if problem:
+        raise FeishuApiError(None, f"Feishu's answer listing {what} is not a page: {problem}")
+    return [i for i in items or [] if isinstance(i, dict)], token if more else None
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _data(body, path):

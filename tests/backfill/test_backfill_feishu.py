@@ -459,13 +459,64 @@ def test_with_overflow_reject_the_backfill_waits_for_the_relay_to_make_room(tmp_
             target.close()
 
 
+def bounded_backfill(client, outbox, target, seconds=30, **kwargs):
+    """backfill_feishu, stopped if it still runs after `seconds`: a listing that pages forever ends
+    as "stopped" and fails the test's assertions instead of hanging it."""
+    timer = threading.Timer(seconds, client.stop.set)
+    timer.start()
+    try:
+        return backfill_feishu(client, outbox, target, **kwargs)
+    finally:
+        timer.cancel()
+
+
+HOURS_2 = [i for i, _ in history(CHAT_A, 200, START, 7200, thread_every=0)]  # four pages in one window
+
+
 def test_a_page_token_that_never_moves_on_fails_the_chat_instead_of_paging_forever(tmp_path):
     with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
-        fake.add_chat(CHAT_A, [i for i, _ in history(CHAT_A, 200, START, DAYS_30, thread_every=0)])
+        fake.add_chat(CHAT_A, HOURS_2)
         fake.set_faults(stuck_paging=True)
         target = sqlite_target(tmp_path)
-        report = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+        report = bounded_backfill(client_for(fake), outbox, target, **RANGE)
         target.close()
     chat = report["chats"][0]
-    assert (chat["status"], chat["error"]) == ("failed", "Feishu answered the same page_token twice: paging stopped")
+    assert chat["status"] == "failed"
+    assert chat["error"] == (f"Feishu's page_token went round in a circle listing chat {CHAT_A} (a token it had"
+                             " given before came again after 2 pages): paging stopped")
     assert chat["pages"] == 2 and chat["new"] == 100  # what was read is kept
+
+
+def test_page_tokens_that_cycle_through_several_pages_fail_the_chat_and_count_each_message_once(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(token_cycle=True)  # page 1 -> 2 -> 3 -> 2 -> ...
+        target = sqlite_target(tmp_path)
+        report = bounded_backfill(client_for(fake), outbox, target, **RANGE)
+        target.close()
+    chat = report["chats"][0]
+    assert chat["status"] == "failed" and "went round in a circle" in chat["error"], chat
+    assert (chat["pages"], chat["seen"], chat["new"]) == (3, 150, 150)
+    assert not report["complete"] and not report["stopped"]
+
+
+@pytest.mark.parametrize("fields,words", [
+    ({"has_more": "false"}, "has_more is 'false', not true or false"),
+    ({"has_more": None}, "has_more is missing"),
+    ({"items": 5}, "items is 5, not a list"),
+    ({"has_more": True, "page_token": ""}, "has_more is true but there is no page_token"),
+])
+def test_a_page_of_the_wrong_shape_fails_the_chat_with_a_clear_error(invoke, tmp_path, fields, words):
+    archive, outbox = f"sqlite:///{tmp_path}/archive.db", str(tmp_path / "outbox.db")
+    with FakeFeishu() as fake:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(page_fields=fields)
+        result = invoke("backfill", "feishu", "--since", SINCE, "--until", UNTIL, "--chat", CHAT_A, "--json",
+                        *feishu_flags(fake, outbox, archive))
+        listed = len(fake.served())
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    chat = json.loads(result.stdout)["chats"][0]
+    assert chat["status"] == "failed"
+    assert chat["error"] == f"Feishu's answer listing chat {CHAT_A} is not a page: {words}"
+    assert listed == 1  # the first answer of the wrong shape ends the chat
+    assert checkpoint(outbox, CHAT_A) is None
