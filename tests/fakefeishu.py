@@ -14,7 +14,9 @@ Faults, switchable while it runs: every Nth request answers 429 + x-ogw-ratelimi
 99991400), HTTP 500, or a dropped connection; tokens revoked every Nth list call (before their
 `expire`); a short token lifetime; a delay per message page (to catch a process mid-run); a
 page_token that never moves on (`stuck_paging`) or goes round in a circle, page 1 -> 2 -> 1
-(`token_cycle`); fields of every message page replaced (`page_fields`, e.g. {"items": 5}).
+(`token_cycle`); fields of every message page replaced (`page_fields`, e.g. {"items": 5}); a chat's
+listing out of order, its first page's last message the second page's newest (`out_of_order`);
+HTTP 500 for every message page from the Nth on (`fail_from_page`, N >= 1).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
 """
 
@@ -48,7 +50,7 @@ class FakeFeishu:
         self.requests = []
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
                        "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False, "token_cycle": False,
-                       "page_fields": {}}
+                       "page_fields": {}, "out_of_order": False, "fail_from_page": 0}
         self._n = self._lists = 0
         self._arrival = threading.local()
         self.in_flight = 0  # requests being answered: a killed client's last one may still be here
@@ -202,6 +204,8 @@ class FakeFeishu:
             if chat["forbidden"]:
                 return self._fail("GET", MESSAGES_PATH, query, 400, *chat["forbidden"])
             items = _in_seconds(chat["items"], query.get("start_time"), query.get("end_time"))
+            if self.faults["out_of_order"] and len(items) >= 2 * size:
+                items[size - 1], items[2 * size - 1] = items[2 * size - 1], items[size - 1]
         if query.get("sort_type") == "ByCreateTimeDesc":
             items.reverse()
         if self.faults["page_delay"]:
@@ -210,6 +214,8 @@ class FakeFeishu:
 
     def _page(self, path, query, items, size):
         offset = _offset(query.get("page_token"))
+        if path == MESSAGES_PATH and self.faults["fail_from_page"] and offset >= self.faults["fail_from_page"] * size:
+            return self._fail("GET", path, query, 500, 1500, "internal error", outcome="500")
         page = items[offset:offset + size]
         more = offset + size < len(items)
         data = {"has_more": more, "items": page}

@@ -8,11 +8,12 @@ replies read from the thread, since the chat's list leaves them out. A page is n
 (the outbox dedupes on message_id; the target's conflict clause does the rest).
 
 Checkpoints: per chat, the outbox's meta table keeps the time ranges (epoch seconds, half-open)
-already read into the outbox. A range is recorded only after its messages, and the thread replies
-of its messages, are committed. Ranges, not one position per (chat, since, until), because
+already read into the outbox. What is unread is read in windows (next_window sizes them), and a
+window is recorded only after every page of it, and the thread replies of its messages, are
+committed: never up to the last message of a page, since a listing whose pages are out of order
+would have a gap recorded as read. Ranges, not one position per (chat, since, until), because
 `--since 30d` means a different range at every run: a rerun after a crash or a stop reads only
-what no earlier run covered, and a page is requested again only for the second the last
-checkpoint fell in. `recheck=True` reads the whole range again.
+what no earlier run covered, one window again at most. `recheck=True` reads the whole range again.
 """
 
 import dataclasses
@@ -31,6 +32,11 @@ CHECKPOINT_PREFIX = "backfill.feishu.chat:"
 # A range is never read closer to now than this: a message sent a moment ago may not be listed
 # yet, and the range would be recorded as read without it. The next run reads that minute.
 SETTLE_MS = 60_000
+# A range is read in windows, each recorded as read once all of it is: the first a day long, then
+# doubled after a window of one page and halved after one of more than WINDOW_PAGES.
+WINDOW_S = 86_400
+MIN_WINDOW_S, MAX_WINDOW_S = 60, 8 * 86_400
+WINDOW_PAGES = 8
 MAX_INVALID_SHOWN = 20  # invalid items listed in the report per chat (all are counted)
 
 
@@ -146,25 +152,48 @@ def _backfill_chat(run, chat, recheck):
 
 
 def _read_range(run, chat, covered, start, end):
-    """Page through [start, end) oldest first; checkpoint after every committed page."""
+    """[start, end) in windows, oldest first. A window is recorded as read only when every page of it
+    and of its threads is committed: nothing rests on Feishu's pages being in order, and a crash or
+    a page that fails re-reads one window at most."""
+    size = WINDOW_S
+    while start < end:
+        until = min(end, start + size)
+        pages = _read_window(run, chat, start, until)
+        covered = _checkpoint(run, chat, covered, start, until)
+        start, size = until, next_window(size, pages)
+    return covered
+
+
+def _read_window(run, chat, start, end):
+    """Every page of the chat's [start, end), with its threads; returns the number of pages."""
+    pages = 0
     for items in run.client.message_pages("chat", chat.chat_id, start=start, end=end):
-        _store(run, chat, _within(run, items))
-        _read_threads(run, chat, items)
+        _store(run, chat, _within(items, start, end))
+        _read_threads(run, chat, items, start, end)
         chat.pages += 1
-        if items:
-            # Oldest first: everything before the second of the page's last message is stored.
-            covered = _checkpoint(run, chat, covered, start, min(end, _ms(items[-1]) // 1000))
-    return _checkpoint(run, chat, covered, start, end)
+        pages += 1
+    return pages
 
 
-def _read_threads(run, chat, items):
-    """The replies of each thread a page's messages start: the chat's list leaves them out. Not
-    filtered by time (the API cannot): a late reply to a thread in range belongs to it."""
+def next_window(size, pages):
+    """The next window's span after one of `size` seconds took `pages` pages: doubled after a page
+    or none (a quiet chat costs a few requests), halved after more than WINDOW_PAGES (a busy one
+    re-reads little after a crash)."""
+    if pages <= 1:
+        return min(size * 2, MAX_WINDOW_S)
+    if pages > WINDOW_PAGES:
+        return max(size // 2, MIN_WINDOW_S)
+    return size
+
+
+def _read_threads(run, chat, items, start, end):
+    """The replies of each thread a page's messages in [start, end) start: the chat's list leaves them
+    out. Not filtered by time (the API cannot): a late reply to a thread in range belongs to it."""
     for item in items:
         thread_id = item.get("thread_id")
         if not isinstance(thread_id, str) or not thread_id or thread_id in run.threads_read:
             continue
-        if not _in_range(run, item):
+        if not _in_window(item, start, end):
             continue
         chat.threads += 1
         for replies in run.client.message_pages("thread", thread_id):
@@ -260,14 +289,14 @@ def _ms(item):
         return -1
 
 
-def _in_range(run, item):
-    return run.start * 1000 <= _ms(item) < run.end * 1000
+def _in_window(item, start, end):
+    return start * 1000 <= _ms(item) < end * 1000
 
 
-def _within(run, items):
+def _within(items, start, end):
     # The API's bounds are whole seconds and may include end_time itself: keep exactly [start, end).
     # An item without a readable time stays, for the normalizer to accept or report as invalid.
-    return [i for i in items if _in_range(run, i) or _ms(i) < 0]
+    return [i for i in items if _in_window(i, start, end) or _ms(i) < 0]
 
 
 

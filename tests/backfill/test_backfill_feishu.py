@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge
+from outbox_relay.backfill import feishu
+from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge, next_window
 from outbox_relay.backfill.feishu_api import FeishuClient, RateLimiter
 from outbox_relay.errors import FeishuUnavailable
 from outbox_relay.message import RECALLED_TEXT, normalize
@@ -207,6 +208,11 @@ def checkpoint(outbox_path, chat_id):
         return outbox.get_meta(CHECKPOINT_PREFIX + chat_id)
 
 
+def first_chat_request(fake, done):
+    """The query of the first page of a chat asked for after the first `done` requests served."""
+    return next(r.query for r in fake.served()[done:] if r.query["container_id_type"] == "chat")
+
+
 def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(spawn, tmp_path, pg_url):
     pairs = history(CHAT_A, 1200, START, DAYS_30)
     outbox_path = str(tmp_path / "outbox.db")
@@ -216,9 +222,9 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
         fake.set_faults(page_delay=0.05)  # slow enough to be caught mid-way
         settings = dict(outbox=outbox_path, target=pg_url, feishu_app_id=fake.app_id,
                         feishu_app_secret=fake.app_secret, feishu_api_base=fake.url, feishu_rate=20)
-        pages = []
         for name, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
             done = len(fake.served())
+            resume_from = checkpoint(outbox_path, CHAT_A)["read"][0][1] if sig == signal.SIGKILL else START
             proc = spawn(name, args, **settings)
             wait_until(lambda done=done: len(fake.served()) >= done + 8 and checkpoint(outbox_path, CHAT_A),
                        timeout=30,
@@ -227,7 +233,7 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
             proc.signal(sig)
             code = proc.wait(30)
             wait_until(lambda: fake.in_flight == 0, what="the killed run's last request to be answered")
-            pages.append(len(fake.served()) - done)
+            assert first_chat_request(fake, done)["start_time"] == str(resume_from)
             if sig == signal.SIGTERM:  # stops after the page in flight: exit 1, says why
                 assert code == 1, proc.output()
                 assert json.loads(proc.stdout())["stopped"] is True
@@ -243,12 +249,8 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
         proc = spawn("resume", args, **settings)
         assert proc.wait(60) == 0, proc.output()
         report = json.loads(proc.stdout())
-        first = next(r for r in fake.served()[done:] if r.query["container_id_type"] == "chat")
-        assert int(first.query["start_time"]) == resume_from > START
+        assert int(first_chat_request(fake, done)["start_time"]) == resume_from > START
         assert report["chats"][0]["status"] == "complete"
-        chat_pages = {r.query.get("page_token") for r in fake.served() if r.query["container_id_type"] == "chat"
-                      and r.query["start_time"] == str(START)}
-        assert len(chat_pages) < 23  # the whole chat is 23 pages: the runs shared them out
         assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, START + DAYS_30]]
     proc = spawn("sync", ["sync", "--json"], outbox=outbox_path, target=pg_url)
     assert proc.wait(60) == 0, proc.output()
@@ -395,6 +397,15 @@ def test_ranges_merge_and_gaps():
     assert gaps([], 5, 6) == [(5, 6)]
 
 
+def test_windows_grow_while_a_chat_is_quiet_and_shrink_while_it_is_busy():
+    day, most = feishu.WINDOW_S, feishu.WINDOW_PAGES
+    assert next_window(day, 0) == next_window(day, 1) == 2 * day
+    assert next_window(day, 2) == next_window(day, most) == day
+    assert next_window(day, most + 1) == day // 2
+    assert next_window(feishu.MAX_WINDOW_S, 1) == feishu.MAX_WINDOW_S
+    assert next_window(feishu.MIN_WINDOW_S, 500) == feishu.MIN_WINDOW_S
+
+
 # -- what else a production run meets ------------------------------------------------------------------
 
 def sqlite_target(tmp_path):
@@ -494,6 +505,7 @@ def test_page_tokens_that_cycle_through_several_pages_fail_the_chat_and_count_ea
         target = sqlite_target(tmp_path)
         report = bounded_backfill(client_for(fake), outbox, target, **RANGE)
         target.close()
+        assert checkpoint(str(tmp_path / "o.db"), CHAT_A) is None  # nothing recorded as read
     chat = report["chats"][0]
     assert chat["status"] == "failed" and "went round in a circle" in chat["error"], chat
     assert (chat["pages"], chat["seen"], chat["new"]) == (3, 150, 150)
@@ -520,3 +532,22 @@ def test_a_page_of_the_wrong_shape_fails_the_chat_with_a_clear_error(invoke, tmp
     assert chat["error"] == f"Feishu's answer listing chat {CHAT_A} is not a page: {words}"
     assert listed == 1  # the first answer of the wrong shape ends the chat
     assert checkpoint(outbox, CHAT_A) is None
+
+
+def test_pages_out_of_order_then_a_failing_page_record_nothing_of_that_window_and_a_rerun_reads_it_all(tmp_path):
+    outbox_path = str(tmp_path / "o.db")
+    with FakeFeishu() as fake, Outbox(outbox_path) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        # Page 1 ends with page 2's newest message, and page 2 cannot be had.
+        fake.set_faults(out_of_order=True, fail_from_page=1)
+        target = sqlite_target(tmp_path)
+        first = backfill_feishu(client_for(fake, attempts=2), outbox, target, **RANGE)
+        assert first["chats"][0]["status"] == "failed" and first["totals"]["new"] == 50
+        assert checkpoint(outbox_path, CHAT_A) is None  # the window holding page 2 is not read yet
+        fake.set_faults(out_of_order=False, fail_from_page=0)
+        second = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+        target.close()
+        assert second["complete"] and second["chats"][0]["status"] == "complete"
+        assert (second["totals"]["new"], second["totals"]["already_stored"]) == (150, 50)
+        assert outbox.counts()["pending"] + outbox.counts()["parked"] == 200
+        assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, START + DAYS_30]]
