@@ -21,6 +21,8 @@ command -v wrk >/dev/null 2>&1 || need+=(wrk)  # the webhook benchmark's load ge
 # `outbox-relay top` is driven on a real terminal under tmux.
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || need+=(prometheus)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# `backfill feishu` on a host whose clock runs a day ahead (libfaketime).
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing for the tests: ${need[*]}"

@@ -18,10 +18,14 @@ page_token that never moves on (`stuck_paging`) or goes round in a circle, page 
 listing out of order, its first page's last message the second page's newest (`out_of_order`);
 HTTP 500 for every message page from the Nth on (`fail_from_page`, N >= 1).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
+
+Its clock is the test's: every answer's Date header tells `now()`, the real time moved on by
+`advance(seconds)`; `faults["no_date"]` leaves the header out.
 """
 
 import base64
 import collections
+import email.utils
 import http.server
 import json
 import secrets
@@ -50,12 +54,20 @@ class FakeFeishu:
         self.requests = []
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
                        "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False, "token_cycle": False,
-                       "page_fields": {}, "out_of_order": False, "fail_from_page": 0}
+                       "page_fields": {}, "out_of_order": False, "fail_from_page": 0, "no_date": False}
         self._n = self._lists = 0
         self._arrival = threading.local()
         self.in_flight = 0  # requests being answered: a killed client's last one may still be here
         self._lock = threading.Lock()
         self._server = None
+        self._ahead = 0.0  # seconds this fake's clock is ahead of the real one
+
+    def now(self):
+        """The fake's time (epoch seconds): its answers' Date header says it."""
+        return time.time() + self._ahead
+
+    def advance(self, seconds):
+        self._ahead += seconds
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -273,6 +285,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def send_response(self, code, message=None):
+        # http.server's own, with the Date of the fake's clock (or none).
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Server", self.version_string())
+        if not self.fake.faults["no_date"]:
+            self.send_header("Date", email.utils.formatdate(self.fake.now(), usegmt=True))
 
     def log_message(self, *args):  # quiet: the tests read `requests`
         pass

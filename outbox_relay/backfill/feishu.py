@@ -70,6 +70,7 @@ class _Run:
     end: int  # epoch seconds, exclusive
     dry_run: bool
     progress: object
+    feishu_clock: bool = True  # Feishu told its time (_end): else a checkpoint ends at the newest message
     task: object = NO_PROGRESS  # the current chat's progress bar
     threads_read: set = dataclasses.field(default_factory=set)  # listed once a run, however often seen
 
@@ -80,11 +81,11 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
     reported and the others go on; Feishu unavailable past the retries ends the run (every chat
     would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
-    end = min(until_ms, now_ms() - SETTLE_MS) // 1000
     committer = Committer(outbox, target, dry_run=dry_run, stop=client.stop)
-    run = _Run(client, outbox, committer, since_ms // 1000, end, dry_run, progress)
+    run = _Run(client, outbox, committer, since_ms // 1000, until_ms // 1000, dry_run, progress)
     try:
         client.authenticate()
+        run.end, run.feishu_clock = _end(client, until_ms)
         reports, errors = _chats(client, target, chats)
     except Stopped:
         return _report(run, [], [], True, time.monotonic() - began)
@@ -98,6 +99,18 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
             stopped = True
             break
     return _report(run, reports, errors, stopped, time.monotonic() - began)
+
+
+def _end(client, until_ms):
+    """(the run's end in epoch s, whether Feishu told its time). SETTLE_MS before Feishu's time, by
+    the Date of its answers, never this host's clock: one running ahead would have the future
+    recorded as read, and what is sent meanwhile would never be asked for. Without Feishu's time
+    the host's clock bounds the requests and each chat's newest message bounds what is recorded."""
+    feishu_now = client.feishu_now_ms()
+    if feishu_now is None:
+        log.warning("Feishu's answers carry no Date header: checkpoints stop at each chat's newest message")
+        return min(until_ms, now_ms() - SETTLE_MS) // 1000, False
+    return min(until_ms, feishu_now - SETTLE_MS) // 1000, True
 
 
 # -- which chats ---------------------------------------------------------------------------------
@@ -155,24 +168,28 @@ def _read_range(run, chat, covered, start, end):
     """[start, end) in windows, oldest first. A window is recorded as read only when every page of it
     and of its threads is committed: nothing rests on Feishu's pages being in order, and a crash or
     a page that fails re-reads one window at most."""
-    size = WINDOW_S
-    while start < end:
-        until = min(end, start + size)
-        pages = _read_window(run, chat, start, until)
-        covered = _checkpoint(run, chat, covered, start, until)
-        start, size = until, next_window(size, pages)
+    size, cursor, newest = WINDOW_S, start, -1
+    while cursor < end:
+        until = min(end, cursor + size)
+        pages, newest = _read_window(run, chat, cursor, until, newest)
+        read_to = until if run.feishu_clock else min(until, (newest - SETTLE_MS) // 1000)
+        covered = _checkpoint(run, chat, covered, start, read_to)
+        cursor, size = until, next_window(size, pages)
     return covered
 
 
-def _read_window(run, chat, start, end):
-    """Every page of the chat's [start, end), with its threads; returns the number of pages."""
+def _read_window(run, chat, start, end, newest):
+    """Every page of the chat's [start, end), with its threads. -> (pages, the newest create_time
+    seen so far in ms: `newest` or later)."""
     pages = 0
     for items in run.client.message_pages("chat", chat.chat_id, start=start, end=end):
-        _store(run, chat, _within(items, start, end))
+        kept = _within(items, start, end)
+        _store(run, chat, kept)
         _read_threads(run, chat, items, start, end)
         chat.pages += 1
         pages += 1
-    return pages
+        newest = max([newest, *map(_ms, kept)])
+    return pages, newest
 
 
 def next_window(size, pages):

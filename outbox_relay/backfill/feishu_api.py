@@ -20,6 +20,7 @@ import urllib3
 
 from .. import __version__
 from ..errors import FeishuApiError, FeishuCredentialsError, FeishuUnavailable, Stopped
+from ..timeconv import http_date_to_ms
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class FeishuClient:
                                          headers={"User-Agent": f"outbox-relay/{__version__}"})
         self._token = None
         self._token_refresh_at = 0.0
+        self._feishu_clock = None  # (Feishu's time in ms by its latest answer's Date, time.monotonic() then)
         self.stats = {"requests": 0, "retried": 0, "rate_limited": 0, "token_fetches": 0}
 
     def __repr__(self):
@@ -89,6 +91,15 @@ class FeishuClient:
 
     def close(self):
         self._pool.clear()
+
+    def feishu_now_ms(self):
+        """Feishu's time now by its own clock, whatever this host's says: the Date header of its
+        latest answer (whole seconds, so never ahead) carried forward on the monotonic clock. None
+        until an answer has one."""
+        if self._feishu_clock is None:
+            return None
+        date_ms, at = self._feishu_clock
+        return date_ms + int((time.monotonic() - at) * 1000)
 
     # -- the calls the backfill makes ---------------------------------------------------------
 
@@ -180,6 +191,9 @@ class FeishuClient:
                                       body=None if payload is None else json.dumps(payload).encode())
         except urllib3.exceptions.HTTPError as e:
             return _Transient(_network_reason(e))
+        date_ms = http_date_to_ms(resp.headers.get("Date"))
+        if date_ms is not None:
+            self._feishu_clock = (date_ms, time.monotonic())
         return _classify(resp)
 
     def _on_rate_limited(self, answer, path, limited):

@@ -5,8 +5,10 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import threading
+import time
 
 import pytest
 
@@ -24,6 +26,7 @@ from cliutil import run_exe
 from fakefeishu import FakeFeishu, history
 from relayutil import pg_query, row_stats
 from serverproc import wait_until
+from skiputil import unavailable
 
 START = 1_790_000_000  # 2026-09-21, epoch seconds
 DAYS_30 = 30 * 86400
@@ -551,3 +554,59 @@ def test_pages_out_of_order_then_a_failing_page_record_nothing_of_that_window_an
         assert (second["totals"]["new"], second["totals"]["already_stored"]) == (150, 50)
         assert outbox.counts()["pending"] + outbox.counts()["parked"] == 200
         assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, START + DAYS_30]]
+
+
+# -- the host's clock is not Feishu's -------------------------------------------------------------------
+
+def iso(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def day_ahead():
+    """run_exe's arguments for a host whose wall clock is a day ahead (libfaketime). Its monotonic
+    clock stays true: faked too (libfaketime's default), every timed wait would last a day, since
+    Python hands that clock's deadline to sem_clockwait, which libfaketime does not intercept."""
+    faketime = shutil.which("faketime") or unavailable("faketime is not installed (Debian package faketime)")
+    return {"under": [faketime, "-f", "+1d"], "env": {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}}
+
+
+def test_a_host_clock_a_day_ahead_records_nothing_past_feishus_time_and_the_next_run_finds_what_came_since(
+        tmp_path):
+    outbox, archive = str(tmp_path / "outbox.db"), f"sqlite:///{tmp_path}/archive.db"
+    with FakeFeishu() as fake:
+        now = int(fake.now())
+        earlier = [i for i, _ in history(CHAT_A, 30, now - 7200, 3600, thread_every=0)]
+        fake.add_chat(CHAT_A, earlier)
+        args = ["backfill", "feishu", "--since", iso(now - 3 * 3600), "--chat", CHAT_A, "--json",
+                *feishu_flags(fake, outbox, archive)]
+        first = run_exe(*args, **day_ahead())
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["totals"]["new"] == 30
+        assert checkpoint(outbox, CHAT_A)["read"][-1][1] <= fake.now() - 60  # Feishu's time less a minute
+
+        # Sent now by Feishu's clock, and read two minutes later: found, although this host's clock
+        # passed their time a day ago.
+        since = [i for i, _ in history(CHAT_A, 5, int(fake.now()), 5, thread_every=0, prefix="om_since")]
+        fake.add_chat(CHAT_A, earlier + since)
+        fake.advance(120)
+        second = run_exe(*args, **day_ahead())
+        assert second.returncode == 0, second.stderr
+        chat = json.loads(second.stdout)["chats"][0]
+        assert (chat["status"], chat["new"], chat["seen"]) == ("complete", 5, 5)
+        assert checkpoint(outbox, CHAT_A)["read"][-1][1] <= fake.now() - 60
+    with Outbox(outbox) as box:
+        assert box.counts()["pending"] + box.counts()["parked"] == 35
+
+
+def test_without_feishus_time_nothing_is_recorded_past_the_newest_message_seen(tmp_path):
+    outbox_path = str(tmp_path / "o.db")
+    with FakeFeishu() as fake, Outbox(outbox_path) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(no_date=True)
+        target = sqlite_target(tmp_path)
+        report = backfill_feishu(client_for(fake), outbox, target, since_ms=START * 1000,
+                                 until_ms=(START + 4 * 86400) * 1000)
+        target.close()
+        assert report["complete"] and report["totals"]["new"] == 200
+        newest = max(int(i["create_time"]) for i in HOURS_2)
+        assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, (newest - 60_000) // 1000]]
