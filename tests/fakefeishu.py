@@ -16,7 +16,9 @@ Faults, switchable while it runs: every Nth request answers 429 + x-ogw-ratelimi
 page_token that never moves on (`stuck_paging`) or goes round in a circle, page 1 -> 2 -> 1
 (`token_cycle`); fields of every message page replaced (`page_fields`, e.g. {"items": 5}); a chat's
 listing out of order, its first page's last message the second page's newest (`out_of_order`);
-HTTP 500 for every message page from the Nth on (`fail_from_page`, N >= 1).
+HTTP 500 for every message page from the Nth on (`fail_from_page`, N >= 1); every message page's
+answer, status line and headers too, sent one byte every `trickle` seconds (`trickling` counts
+those being sent).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
 
 Its clock is the test's: every answer's Date header tells `now()`, the real time moved on by
@@ -54,10 +56,13 @@ class FakeFeishu:
         self.requests = []
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
                        "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False, "token_cycle": False,
-                       "page_fields": {}, "out_of_order": False, "fail_from_page": 0, "no_date": False}
+                       "page_fields": {}, "out_of_order": False, "fail_from_page": 0, "no_date": False,
+                       "trickle": 0.0}
         self._n = self._lists = 0
         self._arrival = threading.local()
         self.in_flight = 0  # requests being answered: a killed client's last one may still be here
+        self.trickling = 0  # answers being trickled out right now
+        self._closing = threading.Event()  # ends the trickles when the server stops
         self._lock = threading.Lock()
         self._server = None
         self._ahead = 0.0  # seconds this fake's clock is ahead of the real one
@@ -96,6 +101,7 @@ class FakeFeishu:
         return self
 
     def __exit__(self, *exc):
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -278,6 +284,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status, headers, payload = answer
         data = json.dumps(payload, ensure_ascii=False).encode()
+        if self.fake.faults["trickle"] and url.path == MESSAGES_PATH:
+            self._trickle(status, headers, data)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -285,6 +294,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _trickle(self, status, headers, data):
+        """The whole answer, a byte every faults["trickle"] seconds, until it is sent, the client
+        hangs up or the server stops."""
+        lines = [f"HTTP/1.1 {status} {self.responses[status][0]}", "Content-Type: application/json; charset=utf-8",
+                 f"Content-Length: {len(data)}", f"Date: {email.utils.formatdate(self.fake.now(), usegmt=True)}"]
+        raw = "".join(line + "\r\n" for line in lines + [f"{k}: {v}" for k, v in headers.items()]).encode()
+        raw += b"\r\n" + data
+        self.close_connection = True
+        with self.fake._lock:
+            self.fake.trickling += 1
+        try:
+            for i in range(len(raw)):
+                if self.fake._closing.wait(self.fake.faults["trickle"]):
+                    return
+                self.wfile.write(raw[i:i + 1])
+        except OSError:  # the client hung up
+            return
+        finally:
+            with self.fake._lock:
+                self.fake.trickling -= 1
 
     def send_response(self, code, message=None):
         # http.server's own, with the Date of the fake's clock (or none).

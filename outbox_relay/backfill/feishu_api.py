@@ -4,7 +4,9 @@ It owns what talking to Feishu takes, and nothing about the outbox: the tenant a
 (fetched on first use, refreshed before it expires, and once more if Feishu calls it invalid),
 a request-rate limit (requests evenly spaced, never a burst), HTTP 429 / code 99991400 honoured
 with `x-ogw-ratelimit-reset`, and capped exponential backoff with full jitter for 5xx answers,
-dropped connections and timeouts. Every wait ends at once when `stop` is set.
+dropped connections and timeouts. Every wait ends at once when `stop` is set, and so does a request
+in flight; one that has not been answered in full within `deadline` seconds is cut off and retried
+(cutoff.py: a server trickling its answer a byte at a time never trips a per-read timeout).
 
 urllib3 rather than urllib: a connection pool (one TLS handshake for a whole backfill instead of
 one per page), separate connect and read timeouts, and errors that say which of the two failed.
@@ -21,6 +23,7 @@ import urllib3
 from .. import __version__
 from ..errors import FeishuApiError, FeishuCredentialsError, FeishuUnavailable, Stopped
 from ..timeconv import http_date_to_ms
+from .cutoff import Cutoff, watched_pool
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ RESET_CAP = 300.0  # never wait longer than this on one x-ogw-ratelimit-reset
 # new token only when the old one has less than 30 minutes left, so 10 minutes always works.
 REFRESH_MARGIN = 600.0
 TIMEOUT = urllib3.Timeout(connect=10.0, read=30.0)
+DEADLINE = 60.0  # one request, connect to last byte: beyond the timeouts, which are per read
+USER_AGENT = f"outbox-relay/{__version__}"
 
 
 class RateLimiter:
@@ -69,7 +74,7 @@ class FeishuClient:
     """The Open API as the app `app_id` sees it. Not thread-safe: one backfill, one client."""
 
     def __init__(self, app_id, app_secret, *, base=FEISHU_API_BASE, rate=10.0, stop=None,
-                 attempts=ATTEMPTS, backoff_base=0.5, backoff_max=30.0, timeout=TIMEOUT):
+                 attempts=ATTEMPTS, backoff_base=0.5, backoff_max=30.0, timeout=TIMEOUT, deadline=DEADLINE):
         self.app_id = app_id
         self._secret = app_secret
         self.base = base.rstrip("/")
@@ -78,9 +83,11 @@ class FeishuClient:
         self.attempts = attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.deadline = deadline
+        self._path = urllib3.util.parse_url(self.base).path or ""
+        self._cutoff = Cutoff(self.stop)
         # urllib3's own retries are off: ours count, log, honour the reset header and the stop.
-        self._pool = urllib3.PoolManager(num_pools=2, maxsize=1, timeout=timeout, retries=False,
-                                         headers={"User-Agent": f"outbox-relay/{__version__}"})
+        self._pool = watched_pool(self.base, self._cutoff, maxsize=1, timeout=timeout, retries=False)
         self._token = None
         self._token_refresh_at = 0.0
         self._feishu_clock = None  # (Feishu's time in ms by its latest answer's Date, time.monotonic() then)
@@ -90,7 +97,7 @@ class FeishuClient:
         return f"<FeishuClient {self.app_id} at {self.base}>"  # never the secret or the token
 
     def close(self):
-        self._pool.clear()
+        self._pool.close()
 
     def feishu_now_ms(self):
         """Feishu's time now by its own clock, whatever this host's says: the Date header of its
@@ -182,15 +189,24 @@ class FeishuClient:
         return token
 
     def _send(self, method, path, params, payload, token):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"User-Agent": USER_AGENT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         if payload is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
         self.stats["requests"] += 1
-        try:
-            resp = self._pool.request(method, self.base + path, fields=params, headers=headers,
-                                      body=None if payload is None else json.dumps(payload).encode())
-        except urllib3.exceptions.HTTPError as e:
-            return _Transient(_network_reason(e))
+        resp = failure = None
+        with self._cutoff.watching(self.deadline) as cutoff:
+            try:
+                resp = self._pool.request(method, self._path + path, fields=params, headers=headers,
+                                          body=None if payload is None else json.dumps(payload).encode())
+            except urllib3.exceptions.HTTPError as e:
+                failure = e
+        if cutoff.why == "stopped":
+            raise Stopped()
+        if resp is None:
+            cut = cutoff.why == "deadline"
+            return _Transient(f"no complete answer within {self.deadline:g} s" if cut else _network_reason(failure))
         date_ms = http_date_to_ms(resp.headers.get("Date"))
         if date_ms is not None:
             self._feishu_clock = (date_ms, time.monotonic())

@@ -71,8 +71,8 @@ def backfill_feishu(cfg, chats, since, until, dry_run, recheck, as_json):
 
     Needs --feishu-app-id and --feishu-app-secret (the bot's app; scopes im:message.history:readonly
     or im:message, im:message.group_msg, im:chat:readonly). Requests stay under --feishu-rate per
-    second. SIGTERM/Ctrl-C stops after the page in flight; a rerun continues where it stopped.
-    Exit 0 when every chat is complete, 1 when a chat failed or the run stopped, 2 for a setting
+    second. The first SIGTERM/Ctrl-C stops at once (a request in flight is cut off); a rerun continues
+    where it stopped. Exit 0 when every chat is complete, 1 when a chat failed or the run stopped, 2 for a setting
     (a missing app id or secret, or one Feishu refuses).
     """
     from ..backfill.feishu import backfill_feishu as run_backfill

@@ -237,7 +237,7 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
             code = proc.wait(30)
             wait_until(lambda: fake.in_flight == 0, what="the killed run's last request to be answered")
             assert first_chat_request(fake, done)["start_time"] == str(resume_from)
-            if sig == signal.SIGTERM:  # stops after the page in flight: exit 1, says why
+            if sig == signal.SIGTERM:  # stops at once: exit 1, says why
                 assert code == 1, proc.output()
                 assert json.loads(proc.stdout())["stopped"] is True
                 assert "backfill incomplete: stopped before the end" in proc.output()
@@ -610,3 +610,42 @@ def test_without_feishus_time_nothing_is_recorded_past_the_newest_message_seen(t
         assert report["complete"] and report["totals"]["new"] == 200
         newest = max(int(i["create_time"]) for i in HOURS_2)
         assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, (newest - 60_000) // 1000]]
+
+
+# -- a server that answers a byte at a time -----------------------------------------------------------
+
+def test_an_answer_trickling_a_byte_at_a_time_is_cut_off_at_the_request_deadline(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(trickle=0.2)  # each read gets a byte well within the read timeout
+        target = sqlite_target(tmp_path)
+        began = time.monotonic()
+        report = backfill_feishu(client_for(fake, attempts=2, deadline=1.0), outbox, target, **RANGE)
+        took = time.monotonic() - began
+        target.close()
+    chat = report["chats"][0]
+    assert chat["status"] == "failed" and chat["new"] == 0
+    assert chat["error"] == "Feishu API /open-apis/im/v1/messages: no complete answer within 1 s (2 attempts)"
+    assert report["errors"] == [f"stopped: {chat['error']}"]
+    assert took < 5, took  # two tries of a second each, and a backoff between
+
+
+def test_the_first_ctrl_c_stops_the_run_at_once_while_an_answer_trickles(spawn, tmp_path):
+    outbox_path = str(tmp_path / "outbox.db")
+    with FakeFeishu() as fake:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(trickle=5.0)  # a byte every 5 s: an answer would take hours
+        proc = spawn("backfill", ["backfill", "feishu", "--since", SINCE, "--until", UNTIL, "--json"],
+                     outbox=outbox_path, target=f"sqlite:///{tmp_path}/archive.db", feishu_app_id=fake.app_id,
+                     feishu_app_secret=fake.app_secret, feishu_api_base=fake.url)
+        wait_until(lambda: fake.trickling, timeout=30, what="the backfill's request to be trickled an answer")
+        signalled = time.monotonic()
+        proc.signal(signal.SIGINT)
+        code = proc.wait(15)
+        took = time.monotonic() - signalled
+    assert code == 1, proc.output()
+    assert took < 3, took
+    assert json.loads(proc.stdout())["stopped"] is True
+    log = (tmp_path / "backfill.log").read_text()  # stderr
+    assert log.splitlines()[-1] == "Error: backfill incomplete: stopped before the end; run it again to continue"
+    assert "Traceback" not in log
