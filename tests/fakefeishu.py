@@ -18,7 +18,7 @@ page_token that never moves on (`stuck_paging`) or goes round in a circle, page 
 listing out of order, its first page's last message the second page's newest (`out_of_order`);
 HTTP 500 for every message page from the Nth on (`fail_from_page`, N >= 1); every message page's
 answer, status line and headers too, sent one byte every `trickle` seconds (`trickling` counts
-those being sent).
+those being sent); every message page's body replaced by `body` (bytes).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
 
 Its clock is the test's: every answer's Date header tells `now()`, the real time moved on by
@@ -57,7 +57,7 @@ class FakeFeishu:
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
                        "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False, "token_cycle": False,
                        "page_fields": {}, "out_of_order": False, "fail_from_page": 0, "no_date": False,
-                       "trickle": 0.0}
+                       "trickle": 0.0, "body": None}
         self._n = self._lists = 0
         self._arrival = threading.local()
         self.in_flight = 0  # requests being answered: a killed client's last one may still be here
@@ -284,6 +284,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status, headers, payload = answer
         data = json.dumps(payload, ensure_ascii=False).encode()
+        if self.fake.faults["body"] is not None and url.path == MESSAGES_PATH:
+            data = self.fake.faults["body"]
         if self.fake.faults["trickle"] and url.path == MESSAGES_PATH:
             self._trickle(status, headers, data)
             return

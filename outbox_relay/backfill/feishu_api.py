@@ -260,7 +260,7 @@ def _classify(resp):
 def _json(data):
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit
         return None
     return value if isinstance(value, dict) else None
 

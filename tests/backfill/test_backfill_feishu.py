@@ -556,6 +556,18 @@ def test_pages_out_of_order_then_a_failing_page_record_nothing_of_that_window_an
         assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, START + DAYS_30]]
 
 
+def test_an_answer_nested_past_the_recursion_limit_is_retried_then_fails_the_run_without_a_traceback(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(body=b'{"code": 0, "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        target = sqlite_target(tmp_path)
+        report = backfill_feishu(client_for(fake, attempts=2), outbox, target, **RANGE)
+        target.close()
+    chat = report["chats"][0]
+    assert (chat["status"], chat["error"]) == (
+        "failed", "Feishu API /open-apis/im/v1/messages: HTTP 200 without a Feishu JSON answer (2 attempts)")
+
+
 # -- the host's clock is not Feishu's -------------------------------------------------------------------
 
 def iso(seconds):
