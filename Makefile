@@ -20,7 +20,7 @@ install: $(STAMP) ## create .venv and install the package with test/bench/lint e
 run: $(STAMP) ## start relay + webhook on the embedded default (local SQLite archive in data/)
 	$(BIN)/outbox-relay run
 
-system-deps: ## PostgreSQL and MariaDB servers, PgBouncer, Node, systemd-analyze, wrk, Prometheus, tmux for tests and benchmarks (apt, when root)
+system-deps: ## PostgreSQL and MariaDB servers, PgBouncer, Node, systemd-analyze, wrk, Prometheus, tmux, faketime for tests and benchmarks (apt, when root)
 	@bash scripts/ensure-system-deps.sh
 
 test: $(STAMP) system-deps ## run the test suite against real PostgreSQL and MariaDB servers it starts itself

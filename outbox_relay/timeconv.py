@@ -7,6 +7,7 @@ arithmetic on timedeltas: `ms / 1000` as a float is a millisecond off for dates 
 """
 
 import datetime as dt
+import email.utils
 import re
 import time
 
@@ -57,6 +58,14 @@ def iso_to_ms(text):
     except ValueError:
         return None
     return datetime_to_ms(parsed)
+
+
+def http_date_to_ms(text):
+    """An HTTP Date header ('Fri, 04 Dec 2026 17:11:41 GMT') -> epoch ms, or None if it is not one."""
+    try:
+        return datetime_to_ms(email.utils.parsedate_to_datetime(text))
+    except (TypeError, ValueError):
+        return None
 
 
 def to_ms(value):

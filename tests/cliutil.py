@@ -27,6 +27,8 @@ def clean_env(**extra):
     return env
 
 
-def run_exe(*args, timeout=60):
-    """The installed `outbox-relay` script in a subprocess, with no OUTBOX_RELAY_* environment."""
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=clean_env())
+def run_exe(*args, timeout=60, under=(), env=None):
+    """The installed `outbox-relay` script in a subprocess, with no OUTBOX_RELAY_* environment (plus
+    `env`); `under` is a command line to run it under (["faketime", "-f", "+1d"])."""
+    return subprocess.run([*under, EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=clean_env(**(env or {})))

@@ -13,12 +13,21 @@ It answers as Feishu's documentation says (/work/shared/feishu/README.md, copied
 Faults, switchable while it runs: every Nth request answers 429 + x-ogw-ratelimit-reset (code
 99991400), HTTP 500, or a dropped connection; tokens revoked every Nth list call (before their
 `expire`); a short token lifetime; a delay per message page (to catch a process mid-run); a
-page_token that never moves on (`stuck_paging`).
+page_token that never moves on (`stuck_paging`) or goes round in a circle, page 1 -> 2 -> 1
+(`token_cycle`); fields of every message page replaced (`page_fields`, e.g. {"items": 5}); a chat's
+listing out of order, its first page's last message the second page's newest (`out_of_order`);
+HTTP 500 for every message page from the Nth on (`fail_from_page`, N >= 1); every message page's
+answer, status line and headers too, sent one byte every `trickle` seconds (`trickling` counts
+those being sent); every message page's body replaced by `body` (bytes).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
+
+Its clock is the test's: every answer's Date header tells `now()`, the real time moved on by
+`advance(seconds)`; `faults["no_date"]` leaves the header out.
 """
 
 import base64
 import collections
+import email.utils
 import http.server
 import json
 import secrets
@@ -46,12 +55,24 @@ class FakeFeishu:
         self.tokens = {}  # token -> monotonic expiry
         self.requests = []
         self.faults = {"rate_limit_every": 0, "error_every": 0, "drop_every": 0, "revoke_every": 0,
-                       "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False}
+                       "reset_seconds": 1, "page_delay": 0.0, "stuck_paging": False, "token_cycle": False,
+                       "page_fields": {}, "out_of_order": False, "fail_from_page": 0, "no_date": False,
+                       "trickle": 0.0, "body": None}
         self._n = self._lists = 0
         self._arrival = threading.local()
         self.in_flight = 0  # requests being answered: a killed client's last one may still be here
+        self.trickling = 0  # answers being trickled out right now
+        self._closing = threading.Event()  # ends the trickles when the server stops
         self._lock = threading.Lock()
         self._server = None
+        self._ahead = 0.0  # seconds this fake's clock is ahead of the real one
+
+    def now(self):
+        """The fake's time (epoch seconds): its answers' Date header says it."""
+        return time.time() + self._ahead
+
+    def advance(self, seconds):
+        self._ahead += seconds
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -80,6 +101,7 @@ class FakeFeishu:
         return self
 
     def __exit__(self, *exc):
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -200,6 +222,8 @@ class FakeFeishu:
             if chat["forbidden"]:
                 return self._fail("GET", MESSAGES_PATH, query, 400, *chat["forbidden"])
             items = _in_seconds(chat["items"], query.get("start_time"), query.get("end_time"))
+            if self.faults["out_of_order"] and len(items) >= 2 * size:
+                items[size - 1], items[2 * size - 1] = items[2 * size - 1], items[size - 1]
         if query.get("sort_type") == "ByCreateTimeDesc":
             items.reverse()
         if self.faults["page_delay"]:
@@ -208,13 +232,20 @@ class FakeFeishu:
 
     def _page(self, path, query, items, size):
         offset = _offset(query.get("page_token"))
+        if path == MESSAGES_PATH and self.faults["fail_from_page"] and offset >= self.faults["fail_from_page"] * size:
+            return self._fail("GET", path, query, 500, 1500, "internal error", outcome="500")
         page = items[offset:offset + size]
         more = offset + size < len(items)
         data = {"has_more": more, "items": page}
         if more:
-            data["page_token"] = base64.urlsafe_b64encode(f"o:{offset + size}".encode()).decode()
+            following = offset + size
+            if self.faults["token_cycle"] and following >= 3 * size:
+                following = size  # a server bug: the third page's token is the second page's again
+            data["page_token"] = base64.urlsafe_b64encode(f"o:{following}".encode()).decode()
             if self.faults["stuck_paging"] and query.get("page_token"):
                 data["page_token"] = query["page_token"]  # a server bug: the same page again and again
+        if path == MESSAGES_PATH:
+            data.update(self.faults["page_fields"])
         self._record("GET", path, query, "ok")
         return 200, {}, {"code": 0, "msg": "success", "data": data}
 
@@ -253,6 +284,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         status, headers, payload = answer
         data = json.dumps(payload, ensure_ascii=False).encode()
+        if self.fake.faults["body"] is not None and url.path == MESSAGES_PATH:
+            data = self.fake.faults["body"]
+        if self.fake.faults["trickle"] and url.path == MESSAGES_PATH:
+            self._trickle(status, headers, data)
+            return
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -260,6 +296,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
+
+    def _trickle(self, status, headers, data):
+        """The whole answer, a byte every faults["trickle"] seconds, until it is sent, the client
+        hangs up or the server stops."""
+        lines = [f"HTTP/1.1 {status} {self.responses[status][0]}", "Content-Type: application/json; charset=utf-8",
+                 f"Content-Length: {len(data)}", f"Date: {email.utils.formatdate(self.fake.now(), usegmt=True)}"]
+        raw = "".join(line + "\r\n" for line in lines + [f"{k}: {v}" for k, v in headers.items()]).encode()
+        raw += b"\r\n" + data
+        self.close_connection = True
+        with self.fake._lock:
+            self.fake.trickling += 1
+        try:
+            for i in range(len(raw)):
+                if self.fake._closing.wait(self.fake.faults["trickle"]):
+                    return
+                self.wfile.write(raw[i:i + 1])
+        except OSError:  # the client hung up
+            return
+        finally:
+            with self.fake._lock:
+                self.fake.trickling -= 1
+
+    def send_response(self, code, message=None):
+        # http.server's own, with the Date of the fake's clock (or none).
+        self.log_request(code)
+        self.send_response_only(code, message)
+        self.send_header("Server", self.version_string())
+        if not self.fake.faults["no_date"]:
+            self.send_header("Date", email.utils.formatdate(self.fake.now(), usegmt=True))
 
     def log_message(self, *args):  # quiet: the tests read `requests`
         pass

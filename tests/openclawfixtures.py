@@ -387,3 +387,115 @@ def build(root):
     pre = {"message_id": "om_fx_g", "chat_id": OPS_GROUP, "sender_id": TOM, "msg_type": "text",
            "text": "已经在库里的消息 (arrived by webhook)", "create_time": str(BASE_MS + 7_200_000)}
     return Fixture(b.root, b.expected, b.skipped, b.copies, pre, db, W_GROUP)
+
+
+# -- hostile files (issue 24's trial), beside a fixture's transcripts ------------------------------------
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass
+class Hostile:
+    expected: set  # ids of the good messages beside the bad parts, none of them in the store that is locked
+    locked: set  # ids only the locked store holds
+    lines: dict  # where ("<file>:<line>") -> the reason a bad line is skipped
+    sources: dict  # where -> why a file or store could not be read (at all, or to its end)
+    locked_db: pathlib.Path  # a store in rollback-journal mode: lock it with BEGIN EXCLUSIVE
+
+
+def good_line(message_id, ms):
+    """A Feishu group message's user line, as the gateway writes it."""
+    text = (marked_prefix({"chat_id": f"chat:{GROUP}", "message_id": message_id, "is_group_chat": True})
+            + feishu_body(message_id, "Tom", f"hostile neighbour {message_id}"))
+    line = {"type": "message", "id": message_id, "parentId": None, "timestamp": iso(ms),
+            "message": {"role": "user", "timestamp": ms, "__openclaw": meta(TOM, "Tom"),
+                        "content": [{"type": "text", "text": text}]}}
+    return json.dumps(line, ensure_ascii=False) + "\n"
+
+
+def _header(session_id):
+    return json.dumps({"type": "session", "version": 3, "id": session_id, "timestamp": iso(BASE_MS)}) + "\n"
+
+
+def hostile(fx):
+    """Issue 24's hostile files under fx.root, each with good messages before (and where it has an end,
+    after) its bad part: a 100,000-deep JSON line and a 900-deep one, a 5 MiB line, a 2 GiB sparse file
+    without a newline, a 99 KB zstd file inflating to 3 GiB, a zstd file whose second frame is garbage,
+    a symlink loop as a transcript and as an agent, a 100,000-deep sessions.json, a corrupt SQLite store
+    and one to be locked."""
+    sessions, good, lines, sources = fx.root / "agents" / "main" / "sessions", set(), {}, {}
+    ms = BASE_MS + 20_000_000
+
+    def ok(mid):
+        nonlocal ms
+        ms += 1000
+        good.add(mid)
+        return good_line(mid, ms)
+
+    def where(path, line=None):
+        return str(path.relative_to(fx.root)) + ("" if line is None else f":{line}")
+
+    deep = sessions / "d0000000-0000-4000-8000-00000000000d.jsonl"
+    nested = {"type": "message", "message": {"role": "user", "__openclaw": meta(TOM, "Tom"),
+                                             "content": [{"type": "text", "text": "x", "deep": _nest(900)}]}}
+    deep_block = json.loads(good_line("om_h_deep_block", ms + 500))  # its Conversation info 100,000 deep
+    good.add("om_h_deep_block")  # the block is no JSON: the message stands without it, as for any such block
+    deep_block["message"]["content"][0]["text"] = (f"Conversation info: {MARKER}\n```json\n" + "[" * 100_000
+                                                   + "]" * 100_000 + "\n```\n\n"
+                                                   + feishu_body("om_h_deep_block", "Tom", "深"))
+    deep.write_text(_header("d0") + ok("om_h_deep_1") + "[" * 100_000 + "]" * 100_000 + "\n"
+                    + json.dumps(nested) + "\n" + json.dumps(deep_block) + "\n" + ok("om_h_deep_2"))
+    lines[where(deep, 3)] = "not JSON: nested too deeply"
+    long = sessions / "d0000000-0000-4000-8000-00000000001a.jsonl"
+    pad = json.dumps({"type": "custom", "pad": "x" * (5 * 1024 * 1024)})
+    long.write_text(_header("d1") + ok("om_h_long_1") + pad + "\n" + ok("om_h_long_2"))
+    lines[where(long, 3)] = "longer than 4 MiB: skipped"
+    sparse = sessions / "d0000000-0000-4000-8000-00000000002b.jsonl"
+    with open(sparse, "wb") as f:
+        f.write((_header("d2") + ok("om_h_sparse")).encode())
+        f.truncate(2 * GiB)  # a hole: two gigabytes of NUL, no newline
+    lines[where(sparse, 3)] = "longer than 4 MiB: skipped"
+    bomb = sessions / "d0000000-0000-4000-8000-00000000003c.jsonl.reset.2026-11-29T00-00-00.000Z.zst"
+    with open(bomb, "wb") as f, zstandard.ZstdCompressor().stream_writer(f) as z:
+        z.write((_header("d3") + ok("om_h_bomb")).encode())
+        for _ in range(48):
+            z.write(bytes(64 * 1024 * 1024))  # 3 GiB of NUL in a 99 KB file
+    sources[where(bomb)] = "reading stopped: it decompresses to more than 1 GiB"
+    broken_zst = sessions / "d0000000-0000-4000-8000-00000000004d.jsonl.deleted.2026-11-29T00-00-00.000Z.zst"
+    # A good frame, then a second one that is garbage after its magic number.
+    broken_zst.write_bytes(zstandard.ZstdCompressor().compress((_header("d4") + ok("om_h_zst")).encode())
+                           + b"\x28\xb5\x2f\xfd" + b"garbage!" * 4)
+    good.discard("om_h_zst")  # inflated in the same read as the corrupt frame: lost with it, the file reported
+    sources[where(broken_zst)] = "reading stopped: "
+    loop = sessions / "d0000000-0000-4000-8000-00000000005e.jsonl"
+    loop.symlink_to(loop.name)
+    sources[where(loop)] = "cannot read: Too many levels of symbolic links"
+    agent_loop = fx.root / "agents" / "looped"
+    agent_loop.symlink_to("looped")
+    sources[where(agent_loop)] = "cannot read: Too many levels of symbolic links"
+    deep_store = fx.root / "agents" / "ops" / IMPORT_ARCHIVE / "agent_ops_deep.sessions.json.imported-1795990000001"
+    deep_store.write_text('{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    sources[where(deep_store)] = "not JSON: nested too deeply"
+    broken_db = fx.root / "agents" / "broken" / "agent" / "openclaw-agent.sqlite"
+    broken_db.parent.mkdir(parents=True)
+    broken_db.write_bytes(b"not a database " * 100)
+    sources[where(broken_db)] = "cannot read: file is not a database"
+    locked_db = fx.root / "agents" / "locked" / "agent" / "openclaw-agent.sqlite"
+    locked_db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(locked_db, isolation_level=None)
+    conn.executescript(schema_sql())
+    insert_event(conn, "e0000000-0000-4000-8000-000000000001", 0, json.loads(good_line("om_h_locked", ms + 1000)),
+                 compress=False)
+    conn.close()
+    sources[where(locked_db)] = "cannot read: database is locked"
+    return Hostile(good, {"om_h_locked"}, lines, sources, locked_db)
+
+
+IMPORT_ARCHIVE = "session-sqlite-import-archive"
+
+
+def _nest(depth):
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value

@@ -43,6 +43,12 @@ def test_parse_when_ages_and_dates():
         timeconv.parse_when("soon", "--until")
 
 
+def test_an_http_date_header_is_epoch_ms_and_anything_else_is_none():
+    assert timeconv.http_date_to_ms("Fri, 04 Dec 2026 17:11:41 GMT") == 1796404301000
+    for text in (None, "", "yesterday", "Fri, 99 Dec 2026 17:11:41 GMT"):
+        assert timeconv.http_date_to_ms(text) is None
+
+
 def test_search_shows_the_exact_created_at_of_a_late_message(hermetic, tmp_path):
     outbox_path, url = str(tmp_path / "outbox.db"), f"sqlite:///{tmp_path / 'archive.db'}"
     target = open_target(url)

@@ -8,11 +8,12 @@ replies read from the thread, since the chat's list leaves them out. A page is n
 (the outbox dedupes on message_id; the target's conflict clause does the rest).
 
 Checkpoints: per chat, the outbox's meta table keeps the time ranges (epoch seconds, half-open)
-already read into the outbox. A range is recorded only after its messages, and the thread replies
-of its messages, are committed. Ranges, not one position per (chat, since, until), because
+already read into the outbox. What is unread is read in windows (next_window sizes them), and a
+window is recorded only after every page of it, and the thread replies of its messages, are
+committed: never up to the last message of a page, since a listing whose pages are out of order
+would have a gap recorded as read. Ranges, not one position per (chat, since, until), because
 `--since 30d` means a different range at every run: a rerun after a crash or a stop reads only
-what no earlier run covered, and a page is requested again only for the second the last
-checkpoint fell in. `recheck=True` reads the whole range again.
+what no earlier run covered, one window again at most. `recheck=True` reads the whole range again.
 """
 
 import dataclasses
@@ -31,6 +32,11 @@ CHECKPOINT_PREFIX = "backfill.feishu.chat:"
 # A range is never read closer to now than this: a message sent a moment ago may not be listed
 # yet, and the range would be recorded as read without it. The next run reads that minute.
 SETTLE_MS = 60_000
+# A range is read in windows, each recorded as read once all of it is: the first a day long, then
+# doubled after a window of one page and halved after one of more than WINDOW_PAGES.
+WINDOW_S = 86_400
+MIN_WINDOW_S, MAX_WINDOW_S = 60, 8 * 86_400
+WINDOW_PAGES = 8
 MAX_INVALID_SHOWN = 20  # invalid items listed in the report per chat (all are counted)
 
 
@@ -64,6 +70,7 @@ class _Run:
     end: int  # epoch seconds, exclusive
     dry_run: bool
     progress: object
+    feishu_clock: bool = True  # Feishu told its time (_end): else a checkpoint ends at the newest message
     task: object = NO_PROGRESS  # the current chat's progress bar
     threads_read: set = dataclasses.field(default_factory=set)  # listed once a run, however often seen
 
@@ -74,11 +81,11 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
     reported and the others go on; Feishu unavailable past the retries ends the run (every chat
     would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
-    end = min(until_ms, now_ms() - SETTLE_MS) // 1000
     committer = Committer(outbox, target, dry_run=dry_run, stop=client.stop)
-    run = _Run(client, outbox, committer, since_ms // 1000, end, dry_run, progress)
+    run = _Run(client, outbox, committer, since_ms // 1000, until_ms // 1000, dry_run, progress)
     try:
         client.authenticate()
+        run.end, run.feishu_clock = _end(client, until_ms)
         reports, errors = _chats(client, target, chats)
     except Stopped:
         return _report(run, [], [], True, time.monotonic() - began)
@@ -92,6 +99,18 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
             stopped = True
             break
     return _report(run, reports, errors, stopped, time.monotonic() - began)
+
+
+def _end(client, until_ms):
+    """(the run's end in epoch s, whether Feishu told its time). SETTLE_MS before Feishu's time, by
+    the Date of its answers, never this host's clock: one running ahead would have the future
+    recorded as read, and what is sent meanwhile would never be asked for. Without Feishu's time
+    the host's clock bounds the requests and each chat's newest message bounds what is recorded."""
+    feishu_now = client.feishu_now_ms()
+    if feishu_now is None:
+        log.warning("Feishu's answers carry no Date header: checkpoints stop at each chat's newest message")
+        return min(until_ms, now_ms() - SETTLE_MS) // 1000, False
+    return min(until_ms, feishu_now - SETTLE_MS) // 1000, True
 
 
 # -- which chats ---------------------------------------------------------------------------------
@@ -117,13 +136,8 @@ def _chats(client, target, given):
 
 
 def _listed_chats(client):
-    token = None
-    while True:
-        data = client.list_chats(page_token=token)
-        yield from (c for c in data.get("items") or [] if isinstance(c, dict) and c.get("chat_id"))
-        token = _next_token(data, token)
-        if token is None:
-            return
+    for items in client.chat_pages():
+        yield from (c for c in items if c.get("chat_id"))
 
 
 # -- one chat -------------------------------------------------------------------------------------
@@ -151,40 +165,56 @@ def _backfill_chat(run, chat, recheck):
 
 
 def _read_range(run, chat, covered, start, end):
-    """Page through [start, end) oldest first; checkpoint after every committed page."""
-    page_token = None
-    while True:
-        data = run.client.list_messages("chat", chat.chat_id, start=start, end=end, page_token=page_token)
-        items = _items(data)
-        _store(run, chat, _within(run, items))
-        _read_threads(run, chat, items)
+    """[start, end) in windows, oldest first. A window is recorded as read only when every page of it
+    and of its threads is committed: nothing rests on Feishu's pages being in order, and a crash or
+    a page that fails re-reads one window at most."""
+    size, cursor, newest = WINDOW_S, start, -1
+    while cursor < end:
+        until = min(end, cursor + size)
+        pages, newest = _read_window(run, chat, cursor, until, newest)
+        read_to = until if run.feishu_clock else min(until, (newest - SETTLE_MS) // 1000)
+        covered = _checkpoint(run, chat, covered, start, read_to)
+        cursor, size = until, next_window(size, pages)
+    return covered
+
+
+def _read_window(run, chat, start, end, newest):
+    """Every page of the chat's [start, end), with its threads. -> (pages, the newest create_time
+    seen so far in ms: `newest` or later)."""
+    pages = 0
+    for items in run.client.message_pages("chat", chat.chat_id, start=start, end=end):
+        kept = _within(items, start, end)
+        _store(run, chat, kept)
+        _read_threads(run, chat, items, start, end)
         chat.pages += 1
-        page_token = _next_token(data, page_token)
-        if page_token is None:
-            return _checkpoint(run, chat, covered, start, end)
-        if items:
-            # Oldest first: everything before the second of the page's last message is stored.
-            covered = _checkpoint(run, chat, covered, start, min(end, _ms(items[-1]) // 1000))
+        pages += 1
+        newest = max([newest, *map(_ms, kept)])
+    return pages, newest
 
 
-def _read_threads(run, chat, items):
-    """The replies of each thread a page's messages start: the chat's list leaves them out. Not
-    filtered by time (the API cannot): a late reply to a thread in range belongs to it."""
+def next_window(size, pages):
+    """The next window's span after one of `size` seconds took `pages` pages: doubled after a page
+    or none (a quiet chat costs a few requests), halved after more than WINDOW_PAGES (a busy one
+    re-reads little after a crash)."""
+    if pages <= 1:
+        return min(size * 2, MAX_WINDOW_S)
+    if pages > WINDOW_PAGES:
+        return max(size // 2, MIN_WINDOW_S)
+    return size
+
+
+def _read_threads(run, chat, items, start, end):
+    """The replies of each thread a page's messages in [start, end) start: the chat's list leaves them
+    out. Not filtered by time (the API cannot): a late reply to a thread in range belongs to it."""
     for item in items:
         thread_id = item.get("thread_id")
         if not isinstance(thread_id, str) or not thread_id or thread_id in run.threads_read:
             continue
-        if not _in_range(run, item):
+        if not _in_window(item, start, end):
             continue
         chat.threads += 1
-        page_token = None
-        while True:
-            data = run.client.list_messages("thread", thread_id, page_token=page_token)
-            replies = [i for i in _items(data) if i.get("message_id") != item.get("message_id")]
-            _store(run, chat, replies)
-            page_token = _next_token(data, page_token)
-            if page_token is None:
-                break
+        for replies in run.client.message_pages("thread", thread_id):
+            _store(run, chat, [i for i in replies if i.get("message_id") != item.get("message_id")])
         run.threads_read.add(thread_id)
 
 
@@ -268,20 +298,6 @@ def _is_range(value):
 
 # -- small helpers ----------------------------------------------------------------------------
 
-def _next_token(data, previous):
-    """The next page's token, or None after the last page. The same token again would page forever."""
-    token = data.get("page_token")
-    if not data.get("has_more") or not token:
-        return None
-    if token == previous:
-        raise FeishuApiError(None, "Feishu answered the same page_token twice: paging stopped")
-    return token
-
-
-def _items(data):
-    return [i for i in data.get("items") or [] if isinstance(i, dict)]
-
-
 def _ms(item):
     """create_time in epoch ms, or -1 when the item has none a number can be read from."""
     try:
@@ -290,14 +306,14 @@ def _ms(item):
         return -1
 
 
-def _in_range(run, item):
-    return run.start * 1000 <= _ms(item) < run.end * 1000
+def _in_window(item, start, end):
+    return start * 1000 <= _ms(item) < end * 1000
 
 
-def _within(run, items):
+def _within(items, start, end):
     # The API's bounds are whole seconds and may include end_time itself: keep exactly [start, end).
     # An item without a readable time stays, for the normalizer to accept or report as invalid.
-    return [i for i in items if _in_range(run, i) or _ms(i) < 0]
+    return [i for i in items if _in_window(i, start, end) or _ms(i) < 0]
 
 
 

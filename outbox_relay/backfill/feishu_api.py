@@ -4,7 +4,9 @@ It owns what talking to Feishu takes, and nothing about the outbox: the tenant a
 (fetched on first use, refreshed before it expires, and once more if Feishu calls it invalid),
 a request-rate limit (requests evenly spaced, never a burst), HTTP 429 / code 99991400 honoured
 with `x-ogw-ratelimit-reset`, and capped exponential backoff with full jitter for 5xx answers,
-dropped connections and timeouts. Every wait ends at once when `stop` is set.
+dropped connections and timeouts. Every wait ends at once when `stop` is set, and so does a request
+in flight; one that has not been answered in full within `deadline` seconds is cut off and retried
+(cutoff.py: a server trickling its answer a byte at a time never trips a per-read timeout).
 
 urllib3 rather than urllib: a connection pool (one TLS handshake for a whole backfill instead of
 one per page), separate connect and read timeouts, and errors that say which of the two failed.
@@ -20,6 +22,8 @@ import urllib3
 
 from .. import __version__
 from ..errors import FeishuApiError, FeishuCredentialsError, FeishuUnavailable, Stopped
+from ..timeconv import http_date_to_ms
+from .cutoff import Cutoff, watched_pool
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ RESET_CAP = 300.0  # never wait longer than this on one x-ogw-ratelimit-reset
 # new token only when the old one has less than 30 minutes left, so 10 minutes always works.
 REFRESH_MARGIN = 600.0
 TIMEOUT = urllib3.Timeout(connect=10.0, read=30.0)
+DEADLINE = 60.0  # one request, connect to last byte: beyond the timeouts, which are per read
+USER_AGENT = f"outbox-relay/{__version__}"
 
 
 class RateLimiter:
@@ -68,7 +74,7 @@ class FeishuClient:
     """The Open API as the app `app_id` sees it. Not thread-safe: one backfill, one client."""
 
     def __init__(self, app_id, app_secret, *, base=FEISHU_API_BASE, rate=10.0, stop=None,
-                 attempts=ATTEMPTS, backoff_base=0.5, backoff_max=30.0, timeout=TIMEOUT):
+                 attempts=ATTEMPTS, backoff_base=0.5, backoff_max=30.0, timeout=TIMEOUT, deadline=DEADLINE):
         self.app_id = app_id
         self._secret = app_secret
         self.base = base.rstrip("/")
@@ -77,18 +83,30 @@ class FeishuClient:
         self.attempts = attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.deadline = deadline
+        self._path = urllib3.util.parse_url(self.base).path or ""
+        self._cutoff = Cutoff(self.stop)
         # urllib3's own retries are off: ours count, log, honour the reset header and the stop.
-        self._pool = urllib3.PoolManager(num_pools=2, maxsize=1, timeout=timeout, retries=False,
-                                         headers={"User-Agent": f"outbox-relay/{__version__}"})
+        self._pool = watched_pool(self.base, self._cutoff, maxsize=1, timeout=timeout, retries=False)
         self._token = None
         self._token_refresh_at = 0.0
+        self._feishu_clock = None  # (Feishu's time in ms by its latest answer's Date, time.monotonic() then)
         self.stats = {"requests": 0, "retried": 0, "rate_limited": 0, "token_fetches": 0}
 
     def __repr__(self):
         return f"<FeishuClient {self.app_id} at {self.base}>"  # never the secret or the token
 
     def close(self):
-        self._pool.clear()
+        self._pool.close()
+
+    def feishu_now_ms(self):
+        """Feishu's time now by its own clock, whatever this host's says: the Date header of its
+        latest answer (whole seconds, so never ahead) carried forward on the monotonic clock. None
+        until an answer has one."""
+        if self._feishu_clock is None:
+            return None
+        date_ms, at = self._feishu_clock
+        return date_ms + int((time.monotonic() - at) * 1000)
 
     # -- the calls the backfill makes ---------------------------------------------------------
 
@@ -97,17 +115,18 @@ class FeishuClient:
         (FeishuUnavailable) show before any chat is touched."""
         self._tenant_token()
 
-    def list_chats(self, page_token=None):
-        """One page of the chats the bot is in (groups): data {items, has_more, page_token}."""
-        return self.get(CHATS_PATH, {"page_size": CHAT_PAGE_MAX, "page_token": page_token})
+    def chat_pages(self):
+        """The chats the bot is in (groups), a page (a list of item dicts) at a time."""
+        return pages(lambda token: self.get(CHATS_PATH, {"page_size": CHAT_PAGE_MAX, "page_token": token}),
+                     "the bot's chats")
 
-    def list_messages(self, container_type, container_id, *, start=None, end=None, page_token=None):
-        """One page (oldest first) of a chat's or a thread's messages; start/end in epoch seconds
-        (chats only: the API filters threads by nothing). data {items, has_more, page_token}."""
+    def message_pages(self, container_type, container_id, *, start=None, end=None):
+        """A chat's or a thread's messages, oldest first, a page (a list of item dicts) at a time;
+        start/end in epoch seconds (chats only: the API filters threads by nothing)."""
         params = {"container_id_type": container_type, "container_id": container_id,
-                  "sort_type": "ByCreateTimeAsc", "page_size": MESSAGE_PAGE_MAX,
-                  "start_time": start, "end_time": end, "page_token": page_token}
-        return self.get(MESSAGES_PATH, params)
+                  "sort_type": "ByCreateTimeAsc", "page_size": MESSAGE_PAGE_MAX, "start_time": start, "end_time": end}
+        return pages(lambda token: self.get(MESSAGES_PATH, {**params, "page_token": token}),
+                     f"{container_type} {container_id}")
 
     def get(self, path, params):
         """GET with the tenant token; the answer's `data`. A token Feishu calls invalid is replaced
@@ -170,15 +189,27 @@ class FeishuClient:
         return token
 
     def _send(self, method, path, params, payload, token):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"User-Agent": USER_AGENT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         if payload is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
         self.stats["requests"] += 1
-        try:
-            resp = self._pool.request(method, self.base + path, fields=params, headers=headers,
-                                      body=None if payload is None else json.dumps(payload).encode())
-        except urllib3.exceptions.HTTPError as e:
-            return _Transient(_network_reason(e))
+        resp = failure = None
+        with self._cutoff.watching(self.deadline) as cutoff:
+            try:
+                resp = self._pool.request(method, self._path + path, fields=params, headers=headers,
+                                          body=None if payload is None else json.dumps(payload).encode())
+            except urllib3.exceptions.HTTPError as e:
+                failure = e
+        if cutoff.why == "stopped":
+            raise Stopped()
+        if resp is None:
+            cut = cutoff.why == "deadline"
+            return _Transient(f"no complete answer within {self.deadline:g} s" if cut else _network_reason(failure))
+        date_ms = http_date_to_ms(resp.headers.get("Date"))
+        if date_ms is not None:
+            self._feishu_clock = (date_ms, time.monotonic())
         return _classify(resp)
 
     def _on_rate_limited(self, answer, path, limited):
@@ -229,7 +260,7 @@ def _classify(resp):
 def _json(data):
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit
         return None
     return value if isinstance(value, dict) else None
 
@@ -246,6 +277,43 @@ def _reset_seconds(header):
 def _network_reason(exc):
     reason = getattr(exc, "reason", None) or exc
     return f"{type(exc).__name__}: {reason}"[:200]
+
+
+def pages(fetch, what):
+    """The items of every page of one listing, a page at a time; fetch(page_token) -> the answer's data.
+    FeishuApiError for an answer that is not a page, and for a page_token given before in this
+    listing: a cycle (1 -> 2 -> 1) would page forever, counting the same messages every time round."""
+    seen, token = set(), None
+    while True:
+        items, token = _page(fetch(token), what)
+        yield items
+        if token is None:
+            return
+        if token in seen:
+            raise FeishuApiError(None, f"Feishu's page_token went round in a circle listing {what} (a token it "
+                                       f"had given before came again after {len(seen) + 1} pages): paging stopped")
+        seen.add(token)
+
+
+def _page(data, what):
+    """(the item dicts, the next page's token or None) of one answer, or FeishuApiError saying how
+    it is not a page: guessing would page forever or end a listing early."""
+    more, items, token = data.get("has_more"), data.get("items"), data.get("page_token")
+    problem = None
+    if not isinstance(more, bool):
+        problem = "has_more is missing" if more is None else f"has_more is {_shown(more)}, not true or false"
+    elif items is not None and not isinstance(items, list):
+        problem = f"items is {_shown(items)}, not a list"
+    elif more and not (isinstance(token, str) and token):
+        problem = "has_more is true but there is no page_token"
+    if problem:
+        raise FeishuApiError(None, f"Feishu's answer listing {what} is not a page: {problem}")
+    return [i for i in items or [] if isinstance(i, dict)], token if more else None
+
+
+def _shown(value):
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _data(body, path):

@@ -9,6 +9,9 @@ read wins, and the SQLite store is read first.
 
 Idempotent: the target's existing ids are skipped, the outbox dedupes the rest, and the relay's
 `ON CONFLICT (message_id) DO NOTHING` makes a re-send harmless. Running it twice adds nothing.
+
+A file or store that cannot be read at all, or not to its end, is an unreadable source: listed in
+the report (`unreadable_sources`), and the rest is read and committed all the same.
 """
 
 import logging
@@ -18,6 +21,7 @@ from ..message import normalize
 from ..message.openclaw_text import line_text, queued_items, read_user_line
 from ..progress import NO_PROGRESS
 from .commit import Committer
+from .openclaw_files import SourceUnreadable
 from .openclaw_sources import discover
 
 log = logging.getLogger(__name__)
@@ -45,7 +49,8 @@ def backfill_openclaw(root, outbox, target=None, *, since_ms=None, until_ms=None
     """Read DIR's transcripts and commit what the archive lacks. Returns the report dict:
     found (distinct messages in range), new (committed; with dry_run: would be), already_stored
     (in the target or the outbox), skipped {reason: n}, copies (extra copies of found messages),
-    target_checked, files, agents, examples (the first unreadable/invalid lines, where and why)."""
+    target_checked, files, agents, examples (the first unreadable/invalid lines, where and why),
+    unreadable_sources (every file or store that could not be read, or not to its end: where, error)."""
     agents = discover(root)
     run = _Run(Committer(outbox, target, dry_run=dry_run, stop=stop), since_ms, until_ms, dry_run)
     run.report["agents"] = [a.name for a in agents]
@@ -53,6 +58,8 @@ def backfill_openclaw(root, outbox, target=None, *, since_ms=None, until_ms=None
     run.report["files"] = len(transcripts)
     task = progress.task("openclaw transcripts", total=len(transcripts))
     for agent in agents:
+        for where, error in agent.unreadable:
+            run.unreadable(where, error)
         for transcript in agent.transcripts:
             run.read(agent, transcript)
             task.advance(1)
@@ -69,12 +76,14 @@ class _Run:
         self.seen, self.chunk = set(), []
         self.report = {"found": 0, "new": 0, "already_stored": 0, "skipped": dict.fromkeys(SKIP_REASONS, 0),
                        "copies": 0, "dry_run": dry_run, "target_checked": committer.target_checked,
-                       "files": 0, "agents": [], "examples": []}
+                       "files": 0, "agents": [], "examples": [], "unreadable_sources": []}
 
     def read(self, agent, transcript):
         for position, item in transcript.read():
             where = f"{transcript.where}:{position}"
-            if isinstance(item, Exception):
+            if isinstance(item, SourceUnreadable):
+                self.unreadable(transcript.where, str(item))
+            elif isinstance(item, Exception):
                 self.skip("unreadable", where, str(item))
             elif isinstance(item, dict) and item.get("type") == "session":
                 _adopt_header(transcript, item)
@@ -135,6 +144,10 @@ class _Run:
         self.report["skipped"][reason] += 1
         if where is not None and len(self.report["examples"]) < MAX_EXAMPLES:
             self.report["examples"].append({"where": where, "reason": reason, "error": error})
+
+    def unreadable(self, where, error):
+        log.warning("%s: %s", where, error)
+        self.report["unreadable_sources"].append({"where": where, "error": error})
 
     def flush(self):
         chunk, self.chunk = self.chunk, []

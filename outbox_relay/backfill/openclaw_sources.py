@@ -12,10 +12,14 @@ Layout (openclaw@2026.9.6; see docs-openclaw-transcripts.md):
 Everything is opened for reading only. The SQLite file is opened with `mode=ro` (the gateway writes it
 live in WAL: a reader never blocks it) and read in short chunks, each its own read transaction, so the
 gateway's checkpoints are not held back for the whole backfill.
+
+Nothing under DIR is trusted (openclaw_files.py reads the JSONL and JSON files). What cannot be read
+at all, or not to its end (a symlink loop, a corrupt or locked store, a corrupt zstd frame), is an
+unreadable source: in Agent.unreadable when found while looking for transcripts, a SourceUnreadable
+item when found while reading one.
 """
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -24,15 +28,13 @@ import sqlite3
 from ..errors import OutboxRelayError
 from ..message.openclaw_text import split_session_key
 from ..outbox.sqlitefile import file_uri
+from .openclaw_files import MAX_EVENT_BYTES, SourceUnreadable, jsonl_lines, load_json_file
 
 log = logging.getLogger(__name__)
 
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 SQLITE_FILE = os.path.join("agent", "openclaw-agent.sqlite")
 IMPORT_ARCHIVE = "session-sqlite-import-archive"
 CHUNK_ROWS = 500
-# OpenClaw's own bound on one event (the CHECK on transcript_events.event_utf8_bytes).
-MAX_EVENT_BYTES = 4 * 1024 * 1024
 READ_BUSY_TIMEOUT_S = 5
 # Files beside the transcripts that are not transcripts: runtime traces (another format), lock files
 # and half-written temporaries. Every other name with ".jsonl" in it is read (live files, compaction
@@ -62,6 +64,7 @@ class Agent:
     sessions: dict  # session id -> session dict
     group_names: dict  # a group's display name -> its chat id (for archives whose key is lost)
     transcripts: list
+    unreadable: list = dataclasses.field(default_factory=list)  # (where, why): found while looking
 
 
 def discover(root):
@@ -79,36 +82,60 @@ def check_root(root):
     if not os.path.isdir(agents_dir):
         raise TranscriptsUnreadable(f"{root} has no agents/ directory: not an OpenClaw state directory")
     try:
-        return sorted(e.name for e in os.scandir(agents_dir) if e.is_dir())
+        return sorted(e.name for e in os.scandir(agents_dir) if _dir_or_unknown(e))
     except OSError as e:
         raise TranscriptsUnreadable(f"{agents_dir} cannot be read: {e.strerror}") from None
 
 
+def _dir_or_unknown(entry):
+    """A directory, or an entry that cannot be looked at (a symlink loop): _agent reports that one."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return True
+
+
 def _agent(root, name):
-    base = os.path.join(root, "agents", name)
     agent = Agent(name, {}, {}, [])
+    base = os.path.join(root, "agents", name)
     db = os.path.join(base, SQLITE_FILE)
-    db_sessions, db_names, db_error = _sqlite_sessions(db) if os.path.isfile(db) else ({}, [], None)
-    for path in [os.path.join(base, "sessions", "sessions.json")] + _files(base, IMPORT_ARCHIVE, "sessions.json"):
-        _read_store(path, agent)
-    agent.sessions.update({k: v for k, v in db_sessions.items() if k})  # the SQLite era's is the newer record
+    if not _present(root, agent, base):
+        return agent
+    db_sessions, db_names = (_sqlite_sessions(root, agent, db) if _present(root, agent, db) and os.path.isfile(db)
+                             else ({}, []))
+    for path in [os.path.join(base, "sessions", "sessions.json")] + _files(root, agent, IMPORT_ARCHIVE,
+                                                                           "sessions.json"):
+        _read_store(root, path, agent)
+    agent.sessions.update(db_sessions)  # the SQLite era's is the newer record
     for group_name, info in db_names:
         _learn_group_name(agent, group_name, info)
     for sid in db_sessions:
-        read = _reader(_sqlite_rows, db, sid) if db_error is None else _reader(_failed, f"cannot read: {db_error}")
-        agent.transcripts.append(Transcript(agent.name, f"{os.path.relpath(db, root)}#{sid or ''}", sid,
-                                            db_sessions[sid], read, agent.sessions))
-    _add_jsonl(root, base, agent)
+        agent.transcripts.append(Transcript(agent.name, f"{os.path.relpath(db, root)}#{sid}", sid,
+                                            db_sessions[sid], _reader(_sqlite_rows, db, sid), agent.sessions))
+    _add_jsonl(root, agent)
     return agent
 
 
-def _add_jsonl(root, base, agent):
-    files = _files(base, "sessions", ".jsonl")
+def _present(root, agent, path):
+    """True if `path` can be looked at, False if it is missing, None (noted in agent.unreadable) if
+    looking fails: a symlink loop, a folder that may not be entered."""
+    try:
+        os.stat(path)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        agent.unreadable.append((os.path.relpath(path, root), f"cannot read: {e.strerror}"))
+        return None
+
+
+def _add_jsonl(root, agent):
+    files = _files(root, agent, "sessions", ".jsonl")
     live = [p for p in files if p.endswith(".jsonl")]
     for path in live + [p for p in files if p not in live]:
         # <session id>.jsonl, <id>.jsonl.reset.<ts>, <id>.checkpoint.<uuid>.jsonl: the id comes first.
         agent.transcripts.append(_jsonl_transcript(root, path, agent, os.path.basename(path).split(".")[0]))
-    for path in _files(base, IMPORT_ARCHIVE, ".jsonl"):
+    for path in _files(root, agent, IMPORT_ARCHIVE, ".jsonl"):
         # <session key slug>.<file>.imported-<ms>: the session header inside names the id.
         agent.transcripts.append(_jsonl_transcript(root, path, agent, None))
 
@@ -117,20 +144,27 @@ def _reader(fn, *args):
     return lambda: fn(*args)
 
 
-def _failed(reason):
-    yield 0, OSError(reason)
-
-
-def _files(base, sub, needle):
-    folder = os.path.join(base, sub)
+def _files(root, agent, sub, needle):
+    """The files in the agent's folder `sub` whose names hold `needle`; a folder or an entry that
+    cannot be looked at goes to agent.unreadable."""
+    folder = os.path.join(root, "agents", agent.name, sub)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except FileNotFoundError:
         return []
     except OSError as e:
-        log.warning("cannot list %s: %s", folder, e.strerror)
+        agent.unreadable.append((os.path.relpath(folder, root), f"cannot list: {e.strerror}"))
         return []
-    return [e.path for e in entries if needle in e.name and e.is_file() and not e.name.endswith(NOT_TRANSCRIPTS)]
+    files = []
+    for entry in entries:
+        if needle not in entry.name or entry.name.endswith(NOT_TRANSCRIPTS):
+            continue
+        try:
+            if entry.is_file():
+                files.append(entry.path)
+        except OSError as e:
+            agent.unreadable.append((os.path.relpath(entry.path, root), f"cannot read: {e.strerror}"))
+    return files
 
 
 # -- sessions: key -> chat ------------------------------------------------------------------------
@@ -145,9 +179,11 @@ def session_info(key, channel=None, chat_type=None, chat_id=None):
             "topic": parts["topic"]}
 
 
-def _read_store(path, agent):
+def _read_store(root, path, agent):
     """sessions.json (or an archived copy of it): session key -> {sessionId, displayName, …}."""
-    data = _load_json_file(path)
+    data, problem = load_json_file(path)
+    if problem is not None:
+        agent.unreadable.append((os.path.relpath(path, root), problem))
     if not isinstance(data, dict):
         return
     for key, entry in data.items():
@@ -169,69 +205,11 @@ def _learn_group_name(agent, name, info):
         agent.group_names[name] = None
 
 
-def _load_json_file(path):
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        log.warning("cannot read %s: %s", path, e.strerror)
-        return None
-    try:
-        return json.loads(_maybe_zstd(raw).decode("utf-8"))
-    except (ValueError, OSError) as e:
-        log.warning("%s is not readable JSON (%s): sessions in it are read without their keys", path, e)
-        return None
-
-
 # -- JSONL ----------------------------------------------------------------------------------------
 
 def _jsonl_transcript(root, path, agent, sid):
     return Transcript(agent.name, os.path.relpath(path, root), sid, agent.sessions.get(sid) or session_info(None),
-                      _reader(_jsonl_lines, path), agent.sessions)
-
-
-def _jsonl_lines(path):
-    """(line number, object or the reason it is not one). A last line without its newline is the
-    gateway's append in progress: reported as incomplete, not as a broken line."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-            f.seek(0)
-            stream = _zstd_stream(f) if head == ZSTD_MAGIC else f
-            yield from _parse_lines(stream)
-    except OSError as e:
-        yield 0, OSError(f"cannot read: {e.strerror or e}")
-
-
-def _parse_lines(stream):
-    for number, raw in enumerate(stream, 1):
-        if not raw.strip():
-            continue
-        if not raw.endswith(b"\n"):
-            try:
-                yield number, json.loads(raw)
-            except ValueError:
-                yield number, EOFError("incomplete last line (being written)")
-            return
-        try:
-            yield number, json.loads(raw)
-        except ValueError as e:
-            yield number, ValueError(f"not JSON: {str(e)[:80]}")
-
-
-def _zstd_stream(f):
-    import zstandard
-    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
-
-
-def _maybe_zstd(raw):
-    if raw[:4] != ZSTD_MAGIC:
-        return raw
-    import zstandard
-    with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw)) as r:
-        return r.read()
+                      _reader(jsonl_lines, path), agent.sessions)
 
 
 # -- SQLite ---------------------------------------------------------------------------------------
@@ -249,10 +227,11 @@ def _columns(conn, table):
     return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
-def _sqlite_sessions(path):
+def _sqlite_sessions(root, agent, path):
     """({session id: session dict}, [(group name, session dict)]), from session_windows +
     conversations (whatever columns this schema version has); a session that only has transcript
-    rows is read too, its chat then known from its lines alone."""
+    rows is read too, its chat then known from its lines alone. A store that cannot be read (corrupt,
+    locked past the busy timeout) goes to agent.unreadable."""
     try:
         conn = connect_readonly(path)
         try:
@@ -263,12 +242,12 @@ def _sqlite_sessions(path):
                 for row in _window_rows(conn):
                     sessions[row["session_id"]] = info = _window_info(row)
                     names += [(row.get(k), info) for k in ("display_name", "label")]
-            return sessions, names, None
+            return sessions, names
         finally:
             conn.close()
     except sqlite3.Error as e:
-        # Reported as one unreadable "line", so the summary says this store was not read.
-        return {None: session_info(None)}, [], str(e)
+        agent.unreadable.append((os.path.relpath(path, root), f"cannot read: {e}"))
+        return {}, []
 
 
 def _window_rows(conn):
@@ -297,7 +276,7 @@ def _sqlite_rows(path, sid):
     try:
         conn = connect_readonly(path)
     except sqlite3.Error as e:
-        yield 0, OSError(f"cannot open: {e}")
+        yield 0, SourceUnreadable(f"cannot open: {e}")
         return
     try:
         has_zstd = "event_zstd" in _columns(conn, "transcript_events")
@@ -316,7 +295,7 @@ def _sqlite_rows(path, sid):
                 return
             last = rows[-1][0]
     except sqlite3.Error as e:
-        yield -1, OSError(f"reading stopped: {e}")
+        yield -1, SourceUnreadable(f"reading stopped: {e}")
     finally:
         conn.close()
 

@@ -37,7 +37,8 @@ def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
     DIR is OpenClaw's state directory (default ~/.openclaw): every agent's JSONL sessions
     (with reset and migration archives) and its SQLite store, opened read-only while the
     gateway runs. Assistant lines, compactions, tool output and other channels are skipped
-    and counted.
+    and counted, and so is a line that is not JSON or longer than OpenClaw's 4 MiB bound. Exit 0
+    when everything was read, 1 when a file or store could not be read (the report says which).
     """
     from ..backfill.openclaw import backfill_openclaw
     from ..backfill.openclaw_sources import TranscriptsUnreadable, check_root
@@ -53,6 +54,10 @@ def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
             result = backfill_openclaw(root, outbox, target, since_ms=since_ms, until_ms=until_ms,
                                        dry_run=dry_run, progress=progress, stop=stop)
     show(result, as_json, format_openclaw_backfill)
+    if result["unreadable_sources"]:
+        raise click.ClickException(
+            f"{len(result['unreadable_sources'])} source(s) could not be read (listed above): the messages in them"
+            " are not committed; fix or move them, then run the backfill again")
 
 
 @backfill.command("feishu")
@@ -71,8 +76,8 @@ def backfill_feishu(cfg, chats, since, until, dry_run, recheck, as_json):
 
     Needs --feishu-app-id and --feishu-app-secret (the bot's app; scopes im:message.history:readonly
     or im:message, im:message.group_msg, im:chat:readonly). Requests stay under --feishu-rate per
-    second. SIGTERM/Ctrl-C stops after the page in flight; a rerun continues where it stopped.
-    Exit 0 when every chat is complete, 1 when a chat failed or the run stopped, 2 for a setting
+    second. The first SIGTERM/Ctrl-C stops at once (a request in flight is cut off); a rerun continues
+    where it stopped. Exit 0 when every chat is complete, 1 when a chat failed or the run stopped, 2 for a setting
     (a missing app id or secret, or one Feishu refuses).
     """
     from ..backfill.feishu import backfill_feishu as run_backfill

@@ -136,9 +136,9 @@ def _read_block(lines, i, blocks):
 def _json_or_none(text):
     try:
         value = json.loads(text)
-    except ValueError:
+        return _unfence(value) if isinstance(value, dict) else None
+    except (ValueError, RecursionError):  # RecursionError: nested past Python's limit, in either
         return None
-    return _unfence(value) if isinstance(value, dict) else None
 
 
 def _unfence(value):

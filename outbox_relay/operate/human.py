@@ -179,4 +179,5 @@ def format_openclaw_backfill(report):
              f"{report['files']} transcripts of {len(report['agents'])} agent(s) read"
              + ("" if report["target_checked"] else "; the target was not checked")]
     lines += [f"  {e['where']}: {e['reason']}: {e['error']}" for e in report["examples"]]
+    lines += [f"could not read {s['where']}: {s['error']}" for s in report["unreadable_sources"]]
     return "\n".join(lines)

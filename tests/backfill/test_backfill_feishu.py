@@ -5,12 +5,15 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import threading
+import time
 
 import pytest
 
-from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge
+from outbox_relay.backfill import feishu
+from outbox_relay.backfill.feishu import CHECKPOINT_PREFIX, backfill_feishu, gaps, merge, next_window
 from outbox_relay.backfill.feishu_api import FeishuClient, RateLimiter
 from outbox_relay.errors import FeishuUnavailable
 from outbox_relay.message import RECALLED_TEXT, normalize
@@ -23,6 +26,7 @@ from cliutil import run_exe
 from fakefeishu import FakeFeishu, history
 from relayutil import pg_query, row_stats
 from serverproc import wait_until
+from skiputil import unavailable
 
 START = 1_790_000_000  # 2026-09-21, epoch seconds
 DAYS_30 = 30 * 86400
@@ -207,6 +211,11 @@ def checkpoint(outbox_path, chat_id):
         return outbox.get_meta(CHECKPOINT_PREFIX + chat_id)
 
 
+def first_chat_request(fake, done):
+    """The query of the first page of a chat asked for after the first `done` requests served."""
+    return next(r.query for r in fake.served()[done:] if r.query["container_id_type"] == "chat")
+
+
 def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(spawn, tmp_path, pg_url):
     pairs = history(CHAT_A, 1200, START, DAYS_30)
     outbox_path = str(tmp_path / "outbox.db")
@@ -216,9 +225,9 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
         fake.set_faults(page_delay=0.05)  # slow enough to be caught mid-way
         settings = dict(outbox=outbox_path, target=pg_url, feishu_app_id=fake.app_id,
                         feishu_app_secret=fake.app_secret, feishu_api_base=fake.url, feishu_rate=20)
-        pages = []
         for name, sig in (("term", signal.SIGTERM), ("kill", signal.SIGKILL)):
             done = len(fake.served())
+            resume_from = checkpoint(outbox_path, CHAT_A)["read"][0][1] if sig == signal.SIGKILL else START
             proc = spawn(name, args, **settings)
             wait_until(lambda done=done: len(fake.served()) >= done + 8 and checkpoint(outbox_path, CHAT_A),
                        timeout=30,
@@ -227,8 +236,8 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
             proc.signal(sig)
             code = proc.wait(30)
             wait_until(lambda: fake.in_flight == 0, what="the killed run's last request to be answered")
-            pages.append(len(fake.served()) - done)
-            if sig == signal.SIGTERM:  # stops after the page in flight: exit 1, says why
+            assert first_chat_request(fake, done)["start_time"] == str(resume_from)
+            if sig == signal.SIGTERM:  # stops at once: exit 1, says why
                 assert code == 1, proc.output()
                 assert json.loads(proc.stdout())["stopped"] is True
                 assert "backfill incomplete: stopped before the end" in proc.output()
@@ -243,12 +252,8 @@ def test_sigterm_then_sigkill_mid_run_resume_from_the_checkpoint_exactly_once(sp
         proc = spawn("resume", args, **settings)
         assert proc.wait(60) == 0, proc.output()
         report = json.loads(proc.stdout())
-        first = next(r for r in fake.served()[done:] if r.query["container_id_type"] == "chat")
-        assert int(first.query["start_time"]) == resume_from > START
+        assert int(first_chat_request(fake, done)["start_time"]) == resume_from > START
         assert report["chats"][0]["status"] == "complete"
-        chat_pages = {r.query.get("page_token") for r in fake.served() if r.query["container_id_type"] == "chat"
-                      and r.query["start_time"] == str(START)}
-        assert len(chat_pages) < 23  # the whole chat is 23 pages: the runs shared them out
         assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, START + DAYS_30]]
     proc = spawn("sync", ["sync", "--json"], outbox=outbox_path, target=pg_url)
     assert proc.wait(60) == 0, proc.output()
@@ -395,6 +400,15 @@ def test_ranges_merge_and_gaps():
     assert gaps([], 5, 6) == [(5, 6)]
 
 
+def test_windows_grow_while_a_chat_is_quiet_and_shrink_while_it_is_busy():
+    day, most = feishu.WINDOW_S, feishu.WINDOW_PAGES
+    assert next_window(day, 0) == next_window(day, 1) == 2 * day
+    assert next_window(day, 2) == next_window(day, most) == day
+    assert next_window(day, most + 1) == day // 2
+    assert next_window(feishu.MAX_WINDOW_S, 1) == feishu.MAX_WINDOW_S
+    assert next_window(feishu.MIN_WINDOW_S, 500) == feishu.MIN_WINDOW_S
+
+
 # -- what else a production run meets ------------------------------------------------------------------
 
 def sqlite_target(tmp_path):
@@ -459,13 +473,191 @@ def test_with_overflow_reject_the_backfill_waits_for_the_relay_to_make_room(tmp_
             target.close()
 
 
+def bounded_backfill(client, outbox, target, seconds=30, **kwargs):
+    """backfill_feishu, stopped if it still runs after `seconds`: a listing that pages forever ends
+    as "stopped" and fails the test's assertions instead of hanging it."""
+    timer = threading.Timer(seconds, client.stop.set)
+    timer.start()
+    try:
+        return backfill_feishu(client, outbox, target, **kwargs)
+    finally:
+        timer.cancel()
+
+
+HOURS_2 = [i for i, _ in history(CHAT_A, 200, START, 7200, thread_every=0)]  # four pages in one window
+
+
 def test_a_page_token_that_never_moves_on_fails_the_chat_instead_of_paging_forever(tmp_path):
     with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
-        fake.add_chat(CHAT_A, [i for i, _ in history(CHAT_A, 200, START, DAYS_30, thread_every=0)])
+        fake.add_chat(CHAT_A, HOURS_2)
         fake.set_faults(stuck_paging=True)
         target = sqlite_target(tmp_path)
-        report = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+        report = bounded_backfill(client_for(fake), outbox, target, **RANGE)
         target.close()
     chat = report["chats"][0]
-    assert (chat["status"], chat["error"]) == ("failed", "Feishu answered the same page_token twice: paging stopped")
+    assert chat["status"] == "failed"
+    assert chat["error"] == (f"Feishu's page_token went round in a circle listing chat {CHAT_A} (a token it had"
+                             " given before came again after 2 pages): paging stopped")
     assert chat["pages"] == 2 and chat["new"] == 100  # what was read is kept
+
+
+def test_page_tokens_that_cycle_through_several_pages_fail_the_chat_and_count_each_message_once(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(token_cycle=True)  # page 1 -> 2 -> 3 -> 2 -> ...
+        target = sqlite_target(tmp_path)
+        report = bounded_backfill(client_for(fake), outbox, target, **RANGE)
+        target.close()
+        assert checkpoint(str(tmp_path / "o.db"), CHAT_A) is None  # nothing recorded as read
+    chat = report["chats"][0]
+    assert chat["status"] == "failed" and "went round in a circle" in chat["error"], chat
+    assert (chat["pages"], chat["seen"], chat["new"]) == (3, 150, 150)
+    assert not report["complete"] and not report["stopped"]
+
+
+@pytest.mark.parametrize("fields,words", [
+    ({"has_more": "false"}, "has_more is 'false', not true or false"),
+    ({"has_more": None}, "has_more is missing"),
+    ({"items": 5}, "items is 5, not a list"),
+    ({"has_more": True, "page_token": ""}, "has_more is true but there is no page_token"),
+])
+def test_a_page_of_the_wrong_shape_fails_the_chat_with_a_clear_error(invoke, tmp_path, fields, words):
+    archive, outbox = f"sqlite:///{tmp_path}/archive.db", str(tmp_path / "outbox.db")
+    with FakeFeishu() as fake:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(page_fields=fields)
+        result = invoke("backfill", "feishu", "--since", SINCE, "--until", UNTIL, "--chat", CHAT_A, "--json",
+                        *feishu_flags(fake, outbox, archive))
+        listed = len(fake.served())
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+    chat = json.loads(result.stdout)["chats"][0]
+    assert chat["status"] == "failed"
+    assert chat["error"] == f"Feishu's answer listing chat {CHAT_A} is not a page: {words}"
+    assert listed == 1  # the first answer of the wrong shape ends the chat
+    assert checkpoint(outbox, CHAT_A) is None
+
+
+def test_pages_out_of_order_then_a_failing_page_record_nothing_of_that_window_and_a_rerun_reads_it_all(tmp_path):
+    outbox_path = str(tmp_path / "o.db")
+    with FakeFeishu() as fake, Outbox(outbox_path) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        # Page 1 ends with page 2's newest message, and page 2 cannot be had.
+        fake.set_faults(out_of_order=True, fail_from_page=1)
+        target = sqlite_target(tmp_path)
+        first = backfill_feishu(client_for(fake, attempts=2), outbox, target, **RANGE)
+        assert first["chats"][0]["status"] == "failed" and first["totals"]["new"] == 50
+        assert checkpoint(outbox_path, CHAT_A) is None  # the window holding page 2 is not read yet
+        fake.set_faults(out_of_order=False, fail_from_page=0)
+        second = backfill_feishu(client_for(fake), outbox, target, **RANGE)
+        target.close()
+        assert second["complete"] and second["chats"][0]["status"] == "complete"
+        assert (second["totals"]["new"], second["totals"]["already_stored"]) == (150, 50)
+        assert outbox.counts()["pending"] + outbox.counts()["parked"] == 200
+        assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, START + DAYS_30]]
+
+
+def test_an_answer_nested_past_the_recursion_limit_is_retried_then_fails_the_run_without_a_traceback(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(body=b'{"code": 0, "data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        target = sqlite_target(tmp_path)
+        report = backfill_feishu(client_for(fake, attempts=2), outbox, target, **RANGE)
+        target.close()
+    chat = report["chats"][0]
+    assert (chat["status"], chat["error"]) == (
+        "failed", "Feishu API /open-apis/im/v1/messages: HTTP 200 without a Feishu JSON answer (2 attempts)")
+
+
+# -- the host's clock is not Feishu's -------------------------------------------------------------------
+
+def iso(seconds):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def day_ahead():
+    """run_exe's arguments for a host whose wall clock is a day ahead (libfaketime). Its monotonic
+    clock stays true: faked too (libfaketime's default), every timed wait would last a day, since
+    Python hands that clock's deadline to sem_clockwait, which libfaketime does not intercept."""
+    faketime = shutil.which("faketime") or unavailable("faketime is not installed (Debian package faketime)")
+    return {"under": [faketime, "-f", "+1d"], "env": {"FAKETIME_DONT_FAKE_MONOTONIC": "1"}}
+
+
+def test_a_host_clock_a_day_ahead_records_nothing_past_feishus_time_and_the_next_run_finds_what_came_since(
+        tmp_path):
+    outbox, archive = str(tmp_path / "outbox.db"), f"sqlite:///{tmp_path}/archive.db"
+    with FakeFeishu() as fake:
+        now = int(fake.now())
+        earlier = [i for i, _ in history(CHAT_A, 30, now - 7200, 3600, thread_every=0)]
+        fake.add_chat(CHAT_A, earlier)
+        args = ["backfill", "feishu", "--since", iso(now - 3 * 3600), "--chat", CHAT_A, "--json",
+                *feishu_flags(fake, outbox, archive)]
+        first = run_exe(*args, **day_ahead())
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["totals"]["new"] == 30
+        assert checkpoint(outbox, CHAT_A)["read"][-1][1] <= fake.now() - 60  # Feishu's time less a minute
+
+        # Sent now by Feishu's clock, and read two minutes later: found, although this host's clock
+        # passed their time a day ago.
+        since = [i for i, _ in history(CHAT_A, 5, int(fake.now()), 5, thread_every=0, prefix="om_since")]
+        fake.add_chat(CHAT_A, earlier + since)
+        fake.advance(120)
+        second = run_exe(*args, **day_ahead())
+        assert second.returncode == 0, second.stderr
+        chat = json.loads(second.stdout)["chats"][0]
+        assert (chat["status"], chat["new"], chat["seen"]) == ("complete", 5, 5)
+        assert checkpoint(outbox, CHAT_A)["read"][-1][1] <= fake.now() - 60
+    with Outbox(outbox) as box:
+        assert box.counts()["pending"] + box.counts()["parked"] == 35
+
+
+def test_without_feishus_time_nothing_is_recorded_past_the_newest_message_seen(tmp_path):
+    outbox_path = str(tmp_path / "o.db")
+    with FakeFeishu() as fake, Outbox(outbox_path) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(no_date=True)
+        target = sqlite_target(tmp_path)
+        report = backfill_feishu(client_for(fake), outbox, target, since_ms=START * 1000,
+                                 until_ms=(START + 4 * 86400) * 1000)
+        target.close()
+        assert report["complete"] and report["totals"]["new"] == 200
+        newest = max(int(i["create_time"]) for i in HOURS_2)
+        assert checkpoint(outbox_path, CHAT_A)["read"] == [[START, (newest - 60_000) // 1000]]
+
+
+# -- a server that answers a byte at a time -----------------------------------------------------------
+
+def test_an_answer_trickling_a_byte_at_a_time_is_cut_off_at_the_request_deadline(tmp_path):
+    with FakeFeishu() as fake, Outbox(str(tmp_path / "o.db")) as outbox:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(trickle=0.2)  # each read gets a byte well within the read timeout
+        target = sqlite_target(tmp_path)
+        began = time.monotonic()
+        report = backfill_feishu(client_for(fake, attempts=2, deadline=1.0), outbox, target, **RANGE)
+        took = time.monotonic() - began
+        target.close()
+    chat = report["chats"][0]
+    assert chat["status"] == "failed" and chat["new"] == 0
+    assert chat["error"] == "Feishu API /open-apis/im/v1/messages: no complete answer within 1 s (2 attempts)"
+    assert report["errors"] == [f"stopped: {chat['error']}"]
+    assert took < 5, took  # two tries of a second each, and a backoff between
+
+
+def test_the_first_ctrl_c_stops_the_run_at_once_while_an_answer_trickles(spawn, tmp_path):
+    outbox_path = str(tmp_path / "outbox.db")
+    with FakeFeishu() as fake:
+        fake.add_chat(CHAT_A, HOURS_2)
+        fake.set_faults(trickle=5.0)  # a byte every 5 s: an answer would take hours
+        proc = spawn("backfill", ["backfill", "feishu", "--since", SINCE, "--until", UNTIL, "--json"],
+                     outbox=outbox_path, target=f"sqlite:///{tmp_path}/archive.db", feishu_app_id=fake.app_id,
+                     feishu_app_secret=fake.app_secret, feishu_api_base=fake.url)
+        wait_until(lambda: fake.trickling, timeout=30, what="the backfill's request to be trickled an answer")
+        signalled = time.monotonic()
+        proc.signal(signal.SIGINT)
+        code = proc.wait(15)
+        took = time.monotonic() - signalled
+    assert code == 1, proc.output()
+    assert took < 3, took
+    assert json.loads(proc.stdout())["stopped"] is True
+    log = (tmp_path / "backfill.log").read_text()  # stderr
+    assert log.splitlines()[-1] == "Error: backfill incomplete: stopped before the end; run it again to continue"
+    assert "Traceback" not in log

@@ -247,8 +247,8 @@ def test_an_unreadable_store_is_reported_and_the_rest_is_read(fx, tmp_path):
     fx.ops_db.write_bytes(b"not a database " * 100)
     with Outbox(str(tmp_path / "outbox.db")) as outbox:
         report = backfill_openclaw(str(fx.root), outbox)
-    assert {"where": "agents/ops/agent/openclaw-agent.sqlite#:0", "reason": "unreadable",
-            "error": "cannot read: file is not a database"} in report["examples"]
+    assert report["unreadable_sources"] == [{"where": "agents/ops/agent/openclaw-agent.sqlite",
+                                             "error": "cannot read: file is not a database"}]
     # agents/main whole, and what the migration archive still holds of agents/ops.
     assert report["found"] == sum(1 for m in fx.expected if m in "om_fx_a om_fx_b om_fx_c om_fx_d om_fx_e om_fx_f"
                                   " om_fx_l om_fx_m".split())
