@@ -6,6 +6,7 @@ hands it down.
 """
 
 import dataclasses
+import ipaddress
 import os
 import urllib.parse
 
@@ -21,6 +22,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ENV_PREFIX = "OUTBOX_RELAY_"
+URL_KINDS = ("url", "http_url")  # shown with their passwords masked
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 DEFAULT_CONFIG_FILE = "outbox-relay.toml"
 
@@ -110,6 +112,20 @@ class _Settings:
         return self.target == BY_NAME["target"].default
 
     @property
+    def webhook_open(self):
+        """No credential is set: the webhook takes posts from anyone who can reach it."""
+        return not (self.auth_token or self.feishu_encrypt_key or self.feishu_verification_token)
+
+    def exposed(self):
+        """A sentence when the webhook is open (no credential) on an address other machines can
+        reach, else None: said loudly when `run` starts and kept in `status` until it is fixed."""
+        if not self.webhook_open or is_loopback(self.http_address[0]):
+            return None
+        return (f"the webhook listens on {self.http} with no credential set: anyone who can reach it can store"
+                " messages; set feishu_encrypt_key (Feishu's signatures), feishu_verification_token or"
+                " auth_token, or listen on 127.0.0.1")
+
+    @property
     def http_address(self):
         host, _, port = self.http.rpartition(":")
         return host.strip("[]"), int(port)
@@ -135,7 +151,7 @@ class _Settings:
             value = getattr(self, s.name)
             if s.secret and value:
                 value = "***"
-            elif s.kind == "url":
+            elif s.kind in URL_KINDS:
                 value = mask_url(value)
             out[s.name] = {"value": value, "from": origin.get(s.name, "default")}
         return out
@@ -174,6 +190,16 @@ Config.__module__ = __name__
 Config.__doc__ = "The effective settings: one immutable object, every value parsed and validated."
 
 
+def is_loopback(host):
+    """Is `host` (a name or an address) this machine only?"""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _read_toml(path):
     try:
         with open(path, "rb") as f:
@@ -199,7 +225,7 @@ def _parse(s, value, origin):
     if value is None:
         return None
     where = f"{s.name} ({s.named})"
-    shown = "***" if s.secret else (mask_url(value) if s.kind == "url" and isinstance(value, str) else value)
+    shown = "***" if s.secret else (mask_url(value) if s.kind in URL_KINDS and isinstance(value, str) else value)
 
     def bad(why):
         return ConfigError(f"invalid {where} from {origin}: {shown!r} {why}")
@@ -245,7 +271,11 @@ def _parse(s, value, origin):
         except ValueError as e:
             raise bad(f"is not a valid URL ({e})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise bad("must be an http:// or https:// URL, e.g. https://open.feishu.cn")
+            raise bad("must be an https:// URL, e.g. https://open.feishu.cn")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            # The app secret and every token go to this address: in clear text only to this machine.
+            raise bad("must be an https:// URL: http:// would send the app secret in clear (http:// is"
+                      " accepted for a loopback address only, e.g. a local test server)")
         return value.rstrip("/")
     if value == "":
         raise bad("must not be empty")

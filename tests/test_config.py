@@ -259,3 +259,17 @@ def test_mask_url(url, masked):
 def test_a_raw_at_sign_in_the_password_is_masked_whole():
     values, _ = effective(["--target", "postgresql://relay:s3cr@XYZZY@db.example:5432/feishu"])
     assert values["target"] == "postgresql://relay:***@db.example:5432/feishu"
+
+
+def test_the_feishu_api_base_is_masked_and_must_be_https_outside_this_machine(invoke):
+    """Issue 24, item 13: the base URL carries the app secret's requests: shown without a password,
+    and never plain http:// to another machine."""
+    result = invoke("config", "--feishu-api-base", "https://ops:s3cret@open.example.com")
+    assert result.exit_code == 0 and "s3cret" not in result.output
+    assert "https://ops:***@open.example.com" in result.output
+    result = invoke("config", "--json", "--feishu-api-base", "https://ops:s3cret@open.example.com")
+    assert "s3cret" not in result.output
+    result = invoke("config", "--feishu-api-base", "http://ops:s3cret@open.example.com")
+    assert result.exit_code == 2 and "must be an https:// URL" in result.output and "s3cret" not in result.output
+    assert invoke("config", "--feishu-api-base", "http://127.0.0.1:9000").exit_code == 0
+    assert invoke("config", "--feishu-api-base", "http://[::1]:9000").exit_code == 0

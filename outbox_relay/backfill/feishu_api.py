@@ -22,6 +22,7 @@ import urllib3
 
 from .. import __version__
 from ..errors import FeishuApiError, FeishuCredentialsError, FeishuUnavailable, Stopped
+from ..logs import mask_url
 from ..timeconv import http_date_to_ms
 from .cutoff import Cutoff, watched_pool
 
@@ -94,7 +95,7 @@ class FeishuClient:
         self.stats = {"requests": 0, "retried": 0, "rate_limited": 0, "token_fetches": 0}
 
     def __repr__(self):
-        return f"<FeishuClient {self.app_id} at {self.base}>"  # never the secret or the token
+        return f"<FeishuClient {self.app_id} at {mask_url(self.base)}>"  # never the secret or the token
 
     def close(self):
         self._pool.close()

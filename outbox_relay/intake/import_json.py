@@ -22,6 +22,8 @@ def import_json_file(outbox, path, progress=NO_PROGRESS):
         raise InvalidMessage(f"{path} is not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise InvalidMessage(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidMessage(f"{path} is nested too deeply to be a queue of messages") from None
     except OSError as e:
         raise InvalidMessage(f"{path} cannot be read: {e.strerror}") from None
     if isinstance(data, dict) and "message_id" in data:

@@ -64,7 +64,7 @@ class Webhook:
         self.metrics = metrics
         self.auth_token = cfg.auth_token.encode("utf-8") if cfg.auth_token else None
         self.feishu_auth = bool(cfg.feishu_encrypt_key or cfg.feishu_verification_token)
-        self.open = not (self.auth_token or self.feishu_auth)
+        self.open = cfg.webhook_open
         # Concurrent requests share one transaction and one fsync; each is answered after it.
         self.commits = GroupCommit(outbox, key_ttl=cfg.feishu_replay_window)
 

@@ -65,6 +65,9 @@ def gather(cfg, outbox, *, now=None, relay_thread=None, target=None, outbox_prob
         except TargetError as e:
             facts.target_error = str(e)
     facts.warnings.extend(spool_warnings(facts.spool, view.running))
+    exposed = cfg.exposed()
+    if exposed:
+        facts.warnings.append(exposed)
     return facts
 
 

@@ -104,6 +104,8 @@ class Service:
                                  else "")) from None
         log.info("listening on http://%s:%s (POST /webhook/feishu-message, GET /healthz, GET /metrics)",
                  host, self.http_server.effective_port)
+        if self.cfg.exposed():
+            log.warning("OPEN WEBHOOK: %s", self.cfg.exposed())
 
     def _serve_http(self):
         try:

@@ -317,3 +317,13 @@ def test_script_version_and_help(script):
     p = script("--help", outbox_flag=False)
     assert p.returncode == 0
     assert b"Usage: outbox-relay" in p.stdout
+
+
+def test_import_json_of_a_deeply_nested_file_is_one_line(run, tmp_path):
+    """Issue 24, item 16: a file nested past Python's recursion limit is a bad file, not a traceback."""
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    result = run("import-json", str(deep))
+    assert result.exit_code == 1, result.output
+    assert one_line_error(result) == f"Error: {deep} is nested too deeply to be a queue of messages"
+    assert outbox_counts(run.outbox) == EMPTY

@@ -18,7 +18,7 @@ from outbox_relay.sync import RelayLock
 
 from cliutil import EXE
 from factories import flat_message
-from serverproc import wait_until
+from serverproc import free_port, wait_until
 from serviceutil import health, metric, outbox_ids, post, received, running_service, scrape, service_process, write_lock
 
 
@@ -304,3 +304,23 @@ def test_commit_wakes_the_in_process_relay(tmp_path):
         assert len(ran_on) == 1 and ran_on[0].startswith("waitress")
         wait_until(lambda: outbox_ids(s.cfg.outbox)["om_wake"] == "delivered", timeout=5,
                    what="delivered")
+
+
+def test_an_open_webhook_on_every_address_is_said_at_start_and_in_status(spawn, invoke, tmp_path):
+    """Issue 24, item 12: `run --http 0.0.0.0:…` with no credential takes anyone's posts. It still
+    runs (a firewall may be the credential), but it says so loudly at start, and `status` (so also
+    `health`) keeps saying it until a credential is set or it listens on this machine only."""
+    settings = {"outbox": str(tmp_path / "outbox.db"), "target": f"sqlite:///{tmp_path / 'archive.db'}",
+                "http": f"0.0.0.0:{free_port()}"}
+    run = spawn("run", ["run"], **settings)
+    wait_until(lambda: "listening on" in run.output(), timeout=20, what="the service to listen")
+    assert f"WARNING outbox_relay.service.run: OPEN WEBHOOK: the webhook listens on {settings['http']} with no" \
+           " credential set: anyone who can reach it can store messages" in run.output()
+    flags = [a for k, v in settings.items() for a in (f"--{k}", v)]
+    report = json.loads(invoke("status", "--json", "--no-target", *flags).output)
+    said = f"the webhook listens on {settings['http']} with no credential"
+    assert any(w.startswith(said) for w in report["warnings"])
+    assert report["health"]["level"] == "degraded"
+    for closed in (["--auth-token", "t0ken"], ["--http", "127.0.0.1:8080"]):
+        report = json.loads(invoke("status", "--json", "--no-target", *flags, *closed).output)
+        assert not any("with no credential" in w for w in report["warnings"]), closed
