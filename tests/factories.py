@@ -11,11 +11,15 @@ import pathlib
 
 from outbox_relay.message import normalize
 
-__all__ = ["SAMPLES", "BASE_MS", "RECEIVED", "FEISHU_TOKEN", "FEISHU_KEY", "FEISHU_ENCRYPTED", "FEISHU_TIMESTAMP",
+__all__ = ["SAMPLES", "EVENT_SAMPLES", "BASE_MS", "RECEIVED", "FEISHU_TOKEN", "FEISHU_KEY", "FEISHU_ENCRYPTED",
+           "FEISHU_TIMESTAMP",
            "FEISHU_NONCE", "FEISHU_BODY", "FEISHU_SIGNATURE", "sample", "sample_bytes", "flat_message", "flat", "ids",
            "flats", "rows_of"]
 
 SAMPLES = pathlib.Path(__file__).parent / "samples"
+# Feishu's events about a message (edits, recalls, reactions), each read by tests/message/test_events.py.
+EVENT_SAMPLES = ("v2_message_updated.json", "v2_message_recalled.json", "v2_reaction_created.json",
+                 "v2_reaction_deleted.json")
 BASE_MS = 1_700_000_000_000  # create_time of flat(0), epoch milliseconds
 RECEIVED = 1_750_000_000.25  # epoch seconds, a fixed outbox commit time (rows_of)
 

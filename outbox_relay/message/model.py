@@ -30,6 +30,17 @@ class Message:
     created_at: int | None = None  # epoch milliseconds, UTC
     raw: object = None
 
+    outbox_kind = "message"
+
+    @property
+    def outbox_type(self):
+        return self.msg_type
+
+    @property
+    def key(self):
+        """What the outbox dedupes on (events: message/events.py)."""
+        return self.message_id
+
     def to_dict(self):
         return dataclasses.asdict(self)
 

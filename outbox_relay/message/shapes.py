@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 
 from ..errors import InvalidMessage, NotAMessage
-from . import openclaw_text
+from . import events, openclaw_text
 from .fields import (
     MAX_ID_LENGTH,
     MAX_KIND_LENGTH,
@@ -58,6 +58,8 @@ def normalize(payload):
 def _from_feishu_v2(p):
     header = field(p, "header", dict, required=True, where="")
     event_type = field(header, "event_type", str, required=True, where="header.")
+    if event_type in events.EVENT_TYPES:
+        return events.from_feishu_v2(p, header, event_type)
     if event_type != MESSAGE_EVENT_V2:
         raise NotAMessage(event_type)
     event = field(p, "event", dict, required=True, where="")

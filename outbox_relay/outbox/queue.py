@@ -20,7 +20,7 @@ import os
 import time
 
 from ..errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
-from ..message import Message, normalize
+from ..message import Message, normalize, restore
 from ..schema.outbox import OUTBOX_MIGRATIONS, OUTBOX_VERSION, row_columns
 from .siblings import Siblings
 from .sqlitefile import SqliteFile
@@ -36,7 +36,7 @@ SYNCHRONOUS = ("full", "normal")
 
 PutResult = collections.namedtuple("PutResult", "message_id duplicate id state differs replayed",
                                    defaults=(False, False))
-Row = collections.namedtuple("Row", "id message_id payload received_at attempts")
+Row = collections.namedtuple("Row", "id message_id payload received_at attempts kind")
 
 
 class Outbox:
@@ -225,12 +225,12 @@ class Outbox:
                     results.append(PutResult(m.message_id, True, None, None, replayed=True))
                     continue
                 full = pending is not None and pending >= self.max_pending
-                if full and each and not self._stored(c, m.message_id):
+                if full and each and not self._stored(c, m.key):
                     results.append(self._full(pending))
                     continue
                 cur = c.execute(
-                    "INSERT INTO outbox (message_id, chat_id, sender_id, msg_type, text, created_at,"
-                    " received_at, updated_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO outbox (message_id, kind, chat_id, sender_id, msg_type, text, created_at,"
+                    " received_at, updated_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (message_id) DO NOTHING", _row_values(m, now))
                 if cur.rowcount == 1:
                     if full:
@@ -268,15 +268,16 @@ class Outbox:
                           " overflow=reject); retry later")
 
     @staticmethod
-    def _stored(c, message_id):
-        return c.execute("SELECT 1 FROM outbox WHERE message_id = ?", (message_id,)).fetchone() is not None
+    def _stored(c, key):
+        return c.execute("SELECT 1 FROM outbox WHERE message_id = ?", (key,)).fetchone() is not None
 
     def _duplicate(self, c, m):
-        """The row already stored for m.message_id. Feishu re-delivers the very same event; a
-        message that comes back with other words is worth a log line (the first version is kept)."""
-        row_id, state, payload = c.execute("SELECT id, state, payload FROM outbox WHERE message_id = ?",
-                                           (m.message_id,)).fetchone()
-        stored = Message.from_json(payload)
+        """The row already stored under m's key (a message's id, an event's). Feishu re-delivers the
+        very same event; one that comes back with other words is worth a log line (the first version
+        is kept)."""
+        row_id, state, kind, payload = c.execute("SELECT id, state, kind, payload FROM outbox WHERE message_id = ?",
+                                                 (m.key,)).fetchone()
+        stored = restore(kind, payload)
         differs = (stored.text, stored.content) != (m.text, m.content)
         if differs:
             log.warning("message %s arrived again with different content (source %s, first from %s);"
@@ -322,7 +323,7 @@ class Outbox:
             params.append(json.dumps(list(exclude)))
         # One ordered index range per state (UNION ALL), not `state IN (…) ORDER BY id`, which
         # would sort every parked row of a large backlog to return the first few hundred.
-        parts = [f"SELECT * FROM (SELECT id, message_id, payload, received_at, attempts FROM outbox"
+        parts = [f"SELECT * FROM (SELECT id, message_id, payload, received_at, attempts, kind FROM outbox"
                  f" WHERE state = '{state}'{where} ORDER BY id LIMIT ?)" for state in states]
         sql = " UNION ALL ".join(parts) + " ORDER BY id LIMIT ?"
         args = [a for _ in states for a in (*params, limit)] + [limit]
@@ -500,7 +501,7 @@ class Outbox:
                limit=50, states=("pending", "parked", "dead")):
         """Undelivered messages whose text contains `keyword` (literally), newest first."""
         # lower(): ASCII case ignored, as the target's ILIKE (and the SQLite target) do.
-        sql = ["SELECT state, payload FROM outbox WHERE instr(lower(text), lower(?)) > 0"]
+        sql = ["SELECT state, payload FROM outbox WHERE kind = 'message' AND instr(lower(text), lower(?)) > 0"]
         params = [keyword]
         sql.append(f"AND state IN ({','.join('?' * len(states))})")
         params.extend(states)
@@ -559,8 +560,9 @@ class Outbox:
 
 
 def _row_values(m, now):
-    return (m.message_id, m.chat_id, m.sender_id, m.msg_type, m.text or "", m.created_or(now), now, now,
-            m.to_json())
+    """A Message or an Event as an outbox row (message_id holds its key: an event's is event:<event_id>)."""
+    return (m.key, m.outbox_kind, m.chat_id, m.sender_id, m.outbox_type, m.text or "", m.created_or(now), now,
+            now, m.to_json())
 
 
 def _count(c, state):

@@ -58,6 +58,12 @@ OUTBOX_MIGRATIONS.append(
         "CREATE TABLE request_keys (key TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID",
         "CREATE INDEX request_keys_seen_at ON request_keys (seen_at)",
     ])
+OUTBOX_MIGRATIONS.append(
+    # 3 -> 4: a row holds a message, or an event about one (an edit, a recall, a reaction: message/events.py).
+    # An event's row keeps its key, event:<event_id>, in message_id: the column the outbox dedupes on.
+    [
+        "ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'message' CHECK (kind IN ('message', 'event'))",
+    ])
 OUTBOX_VERSION = len(OUTBOX_MIGRATIONS)
 
 

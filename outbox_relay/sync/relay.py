@@ -22,7 +22,7 @@ import time
 import backoff
 
 from ..errors import OutboxError, RowRejected, TargetUnavailable
-from ..message import Message
+from ..message import restore
 from .heartbeat import Heartbeat, stamp
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class Relay:
         encoded = []
         for r in rows:
             try:
-                encoded.append(self.target.encode(r.id, Message.from_json(r.payload), r.received_at))
+                encoded.append(self.target.encode(r.id, restore(r.kind, r.payload), r.received_at))
             except RowRejected as e:
                 encoded.append(e)
         return Batch(rows, encoded, generation)
