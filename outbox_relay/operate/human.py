@@ -87,6 +87,8 @@ def format_check(info):
         problems = info["table_problems"]
         rows.append(["table columns", "; ".join(problems) if problems else "ok" if problems is not None
                      else "no table yet (`run` creates it where allowed; else `schema --sql` for the DBA)"])
+    if "setting_problems" in info:
+        rows.append(["server settings", "; ".join(info["setting_problems"]) or "ok"])
     return format_table(["check", "value"], rows)
 
 

@@ -121,6 +121,11 @@ class Target:
         """{column: (nullable, has a default)} of our table as the database has it ({} if absent)."""
         raise NotImplementedError
 
+    def setting_problems(self, tx):
+        """What in the server's settings keeps a message the outbox accepts out of the table, each a
+        sentence naming the setting to change ([] when nothing does), for `check`."""
+        return []
+
     def contains(self, column, keyword):
         """(SQL condition, parameter): `column` holds `keyword` literally, ASCII case ignored."""
         raise NotImplementedError
@@ -398,6 +403,8 @@ class Target:
         try:
             result["schema_version"] = self.schema_version()
             result["table_problems"] = self.table_problems()
+            with self.transaction() as tx:
+                result["setting_problems"] = self.setting_problems(tx)
         except TargetError as e:
             result["schema_version"] = f"unknown: {e}"
         result["table"] = self.table
