@@ -74,6 +74,11 @@ class TargetUnavailable(TargetError):
         super().__init__(message, transient=True, sqlstate=sqlstate)
 
 
+class StatementTimeout(TargetUnavailable):
+    """Raised when a statement ran past the target's statement timeout: the rows are fine, but the
+    batch may be too big to pass in time (the relay cuts it)."""
+
+
 class RowRejected(TargetError):
     """Raised when the target refuses the data itself (SQLSTATE class 22, 23): isolate and park it."""
 

@@ -26,6 +26,8 @@ class Heartbeat:
     batches: int = 0
     errors: int = 0  # batches that failed because the target was unavailable
     loop_at: float | None = None  # the last pass of the relay's loop (a hung step stops it)
+    batch_rows: int | None = None  # rows a batch is cut to after a statement timeout (None: batch_size)
+    batch_cut: str | None = None  # why: "a batch of 250 passed statement_timeout (1 s)"
 
     @classmethod
     def parse(cls, value):
@@ -44,6 +46,10 @@ class Heartbeat:
 
     def age(self, now):
         return max(0.0, now - self.beat_at)
+
+    def cut(self):
+        """Why batches are smaller than batch_size, as `status` and the log say it; None when they are not."""
+        return f"batches cut to {self.batch_rows} rows: {self.batch_cut}" if self.batch_rows else None
 
     def outage(self, now):
         """Seconds the relay has not reached the target, or None while it does."""

@@ -34,7 +34,7 @@ import ssl
 import urllib.parse
 import weakref
 
-from ..errors import ConfigError, RowRejected, TargetUnavailable
+from ..errors import ConfigError, RowRejected, StatementTimeout, TargetUnavailable
 from ..logs import mask_url
 from ..message import MAX_MESSAGE_BYTES
 from ..schema import target as schema
@@ -60,10 +60,13 @@ ROW_ERRNOS = {
     3140,  # invalid JSON text (MySQL's native JSON)
     3819, 4025,  # CHECK constraint (MySQL, MariaDB)
 }
+# A statement past its time: MariaDB's max_statement_time, which every session sets (1969), and
+# MySQL's max_execution_time (3024, SELECTs only): transient, and the relay cuts its batches.
+STATEMENT_TIMEOUT_ERRNOS = {1969, 3024}
 # Everything else is transient, the rows stay pending: lost connection / gone away (2006, 2013,
 # 2003, 2055), too many connections (1040, 1203), lock wait timeout (1205), deadlock (1213),
-# read-only after a failover (1290, 1792), shutdown (1053), statement timeout (1969, 3024), and
-# schema or grant problems (1146, 1054, 1142, …) the DBA must fix: the rows themselves are fine.
+# read-only after a failover (1290, 1792), shutdown (1053), and schema or grant problems (1146,
+# 1054, 1142, …) the DBA must fix: the rows themselves are fine.
 
 
 class MySQLTarget(PooledTarget):
@@ -151,6 +154,8 @@ class MySQLTarget(PooledTarget):
             return TargetUnavailable(unfilled_column(self.table, message.split("'")[1], text), code)
         if errno in ROW_ERRNOS or (state or "")[:2] in ROW_SQLSTATE_CLASSES:
             return RowRejected(text, code)
+        if errno in STATEMENT_TIMEOUT_ERRNOS:
+            return StatementTimeout(text, code)
         return TargetUnavailable(text, code)
 
     # -- writing -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import io
 import re
 import urllib.parse
 
-from ..errors import RowRejected, TargetUnavailable
+from ..errors import RowRejected, StatementTimeout, TargetUnavailable
 from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
 
@@ -78,6 +78,8 @@ class PostgresTarget(PooledTarget):
             return TargetUnavailable(unfilled_column(self.table, column, text), sqlstate)
         if sqlstate[:2] in ROW_ERROR_CLASSES:
             return RowRejected(f"{text} (SQLSTATE {sqlstate})", sqlstate)
+        if sqlstate == "57014":  # query_canceled: our SET LOCAL statement_timeout (or a DBA's cancel)
+            return StatementTimeout(f"{text} (SQLSTATE {sqlstate})", sqlstate)
         # 08 connection, 53 resources, 57 operator intervention (shutdown, statement timeout),
         # 40 serialization/deadlock, and everything else (42 undefined table, 28 bad password,
         # …): the rows are fine, the target is not; wait it out.
