@@ -47,6 +47,8 @@ def init_db(cfg, no_trigram):
         result = target.init_db(trigram=not no_trigram)
         problems = target.table_problems()
     click.echo(f"{target.describe()}: schema version {result['from_version']} -> {result['version']}")
+    if result["dropped"]:
+        click.echo(f"table {target.table} had been dropped: made again (its rows went with it)")
     if result["trigram"]:
         click.echo(f"trigram index: {result['trigram']}")
     if problems:

@@ -34,7 +34,7 @@ import ssl
 import urllib.parse
 import weakref
 
-from ..errors import ConfigError, RowRejected, StatementTimeout, TargetUnavailable
+from ..errors import ConfigError, RowRejected, StatementTimeout, TableMissing, TargetUnavailable
 from ..logs import mask_url
 from ..message import MAX_MESSAGE_BYTES
 from ..schema import target as schema
@@ -156,6 +156,8 @@ class MySQLTarget(PooledTarget):
             return RowRejected(text, code)
         if errno in STATEMENT_TIMEOUT_ERRNOS:
             return StatementTimeout(text, code)
+        if errno == 1146:  # Table '…' doesn't exist
+            return TableMissing(text, code)
         return TargetUnavailable(text, code)
 
     # -- writing -------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import io
 import re
 import urllib.parse
 
-from ..errors import RowRejected, StatementTimeout, TargetUnavailable
+from ..errors import RowRejected, StatementTimeout, TableMissing, TargetUnavailable
 from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
 
@@ -80,6 +80,8 @@ class PostgresTarget(PooledTarget):
             return RowRejected(f"{text} (SQLSTATE {sqlstate})", sqlstate)
         if sqlstate == "57014":  # query_canceled: our SET LOCAL statement_timeout (or a DBA's cancel)
             return StatementTimeout(f"{text} (SQLSTATE {sqlstate})", sqlstate)
+        if sqlstate == "42P01":  # undefined_table
+            return TableMissing(f"{text} (SQLSTATE {sqlstate})", sqlstate)
         # 08 connection, 53 resources, 57 operator intervention (shutdown, statement timeout),
         # 40 serialization/deadlock, and everything else (42 undefined table, 28 bad password,
         # …): the rows are fine, the target is not; wait it out.
@@ -134,7 +136,8 @@ class PostgresTarget(PooledTarget):
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("outbox-relay:" + self.table,))
 
     def table_exists(self, tx, name):
-        return tx.value("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        # Quoted as the DDL quotes it: to_regclass folds an unquoted name to lower case.
+        return tx.value("SELECT to_regclass(%s) IS NOT NULL", (self.quote(name),))
 
     def table_columns(self, tx):
         schema_name, _, name = self.table.rpartition(".")

@@ -27,6 +27,7 @@ from scenarios import (
     eight_writers_and_a_relay,
     poison_rows_then_replay,
     run_through_an_outage,
+    table_dropped_under_a_running_relay,
     two_hosts_sync,
 )
 
@@ -119,6 +120,11 @@ def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, maria_url):
     assert_exactly_once(mh.message_ids(maria_url), ids(9000))
     newest = mh.query(maria_url, "SELECT max(relayed_at) FROM feishu_messages")[0][0]
     assert abs((dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - newest).total_seconds()) < 120
+
+
+def test_a_table_dropped_under_the_relay_is_made_again(spawn, invoke, tmp_path, maria_url):
+    table_dropped_under_a_running_relay(spawn, invoke, str(tmp_path / "outbox.db"),
+                                        Database(maria_url, mh.query, mh.row_stats, mh.message_ids), count)
 
 
 # -- max_allowed_packet (issue 24, item 1) ------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from outbox_relay.errors import RelayLocked
+from outbox_relay.errors import RelayLocked, TableMissing
 from outbox_relay.message import Message
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
@@ -169,6 +169,28 @@ def test_embedded_default_sync_and_run_write_the_local_sqlite_archive(spawn, tmp
         assert counts == (2000, 2000)
     finally:
         conn.close()
+
+
+def test_a_table_dropped_from_the_sqlite_archive_is_made_again(tmp_path):
+    """The embedded archive reads its table from the catalog too (issue 24, item 3): the batch that
+    finds it dropped waits (TableMissing), and the next one makes it again and arrives."""
+    archive = str(tmp_path / "archive.db")
+    target = open_target(f"sqlite:///{archive}")
+    try:
+        with Outbox(tmp_path / "outbox.db") as outbox:
+            put_all(outbox, [flat(i) for i in range(10)])
+            relay = Relay(outbox, target)
+            assert relay.drain()["delivered"] == 10
+            conn = sqlite3.connect(archive, isolation_level=None)
+            conn.execute("DROP TABLE feishu_messages")
+            conn.close()
+            put_all(outbox, [flat(i) for i in range(10, 30)])
+            with pytest.raises(TableMissing):
+                relay.step()
+            assert relay.step().delivered == 20
+    finally:
+        target.close()
+    assert archive_count(archive) == 20
 
 
 def refused_to_relay(spawn, outbox_path, url, why):

@@ -1,7 +1,7 @@
 """The relay under real faults: kill -9 mid-drain, the server stopped while messages keep
 coming, a network that cuts connections mid-transaction, a server near its connection limit,
-PgBouncer in transaction mode, SIGTERM, and a table too slow for a whole batch within
-statement_timeout. Every test ends by comparing the set of message_ids
+PgBouncer in transaction mode, SIGTERM, a table too slow for a whole batch within
+statement_timeout, and the table dropped under the relay. Every test ends by comparing the set of message_ids
 in PostgreSQL with the set that was put: each exactly once."""
 
 import json
@@ -29,9 +29,17 @@ from relayutil import (
     pg_query,
     pg_rows,
     put_all,
+    row_stats,
     undelivered_ids,
 )
-from scenarios import count_on, drain_through_kill_9, eight_writers_and_a_relay, run_through_an_outage
+from scenarios import (
+    Database,
+    count_on,
+    drain_through_kill_9,
+    eight_writers_and_a_relay,
+    run_through_an_outage,
+    table_dropped_under_a_running_relay,
+)
 from serverproc import free_port, wait_until
 
 # -- kill -9 -------------------------------------------------------------------------------------
@@ -311,3 +319,11 @@ def test_cut_batches_grow_back_once_the_table_is_fast_again(tmp_outbox, pg_url):
     finally:
         target.close()
     assert_exactly_once(pg_rows(pg_url), ids(4000))
+
+
+# -- the table dropped (issue 24, item 3) ----------------------------------------------------------------
+
+
+def test_a_table_dropped_under_the_relay_is_made_again(spawn, invoke, tmp_path, pg_url):
+    table_dropped_under_a_running_relay(spawn, invoke, str(tmp_path / "outbox.db"),
+                                        Database(pg_url, pg_query, row_stats, pg_rows), pg_count)
