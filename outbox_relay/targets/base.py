@@ -5,6 +5,8 @@ clock, the bulk insert that makes a re-sent batch harmless, and which driver err
 
 Driver errors are classified once, here (`classify`): the relay only ever sees TargetUnavailable
 (wait and retry, rows stay pending) or RowRejected (the data itself is refused: isolate the row).
+Their text goes into logs, `status` and `dead`, so it keeps the server's reason but not what a
+server quotes of the row (each database says how it quotes), unless `error_detail` asks for it.
 
 Longer than the subclasses together, on purpose: what is written here once is what they would
 otherwise each write again.
@@ -70,7 +72,7 @@ class Target:
     begin_with_first_statement = False
 
     def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
-                 statement_timeout=30, host_name=None, create=True):
+                 statement_timeout=30, host_name=None, create=True, error_detail=False):
         self.url = url
         self.table = schema.check_table_name(table)
         self.quoted = self.quote(table)
@@ -78,6 +80,7 @@ class Target:
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         self.host_name = host_name or socket.gethostname()
+        self.error_detail = error_detail  # keep the row's values the server quotes in its errors (debugging)
         self.db = self.open_database(self.connect_args(url), create)
         self._schema_checked = False
 
@@ -96,7 +99,8 @@ class Target:
         return f"{self.title} {self.display_url} (table {self.table})"
 
     def classify_driver_error(self, exc, text):
-        """A TargetError for what this driver's error means, or None for "transient"."""
+        """A TargetError for what this driver's error means, or None for "transient". `text` is the
+        driver's whole text: what the server quotes of the row leaves it here, unless error_detail."""
         return None
 
     def insert_batch(self, tx, values):

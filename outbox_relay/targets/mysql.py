@@ -30,6 +30,7 @@ collation would also equate accents and, in utf8mb4_general_ci/unicode_ci, every
 import functools
 import hashlib
 import os
+import re
 import ssl
 import urllib.parse
 import weakref
@@ -140,6 +141,8 @@ class MySQLTarget(PooledTarget):
         if not type(exc).__module__.startswith("pymysql") or len(exc.args) < 2 or not isinstance(exc.args[0], int):
             return None
         errno, message = exc.args[0], " ".join(str(exc.args[1]).split()) or type(exc).__name__
+        if not self.error_detail:
+            message = _without_values(message)
         state = getattr(exc, "sqlstate", None)
         if errno in (1142, 1143) and message.startswith("UPDATE command denied"):
             message += (" (INSERT … ON DUPLICATE KEY UPDATE, which makes a re-sent batch harmless, needs it:"
@@ -330,6 +333,25 @@ def _statements(head, tail, rows, limit):
         size += len(row) + 1  # the comma
     if chunk:
         yield head + b",".join(chunk) + tail
+
+
+# The server's messages that quote the row's data: the value goes, the server's words stay.
+# Anchored at both ends, so a value holding "' for column" cannot end the match early.
+_QUOTED_VALUES = [re.compile(pattern, re.S) for pattern in (
+    r"^(.*? value: )'.*'( for column \S+ at row \d+)$",  # 1366, 1292: Incorrect string value: '\xF0…'
+    r"^(Duplicate entry )'.*'( for key \S+)$",           # 1062
+    r"^(Truncated incorrect .*? value: )'.*'()$",        # 1292
+    r"^(Invalid \S+ character string: )'.*'()$",         # 1300
+)]
+
+
+def _without_values(message):
+    """message without the row's values a MySQL/MariaDB error quotes ('…' in their place)."""
+    for pattern in _QUOTED_VALUES:
+        message, found = pattern.subn(r"\1'…'\2", message)
+        if found:
+            break
+    return message
 
 
 def sql_literal(value):

@@ -26,6 +26,7 @@ from scenarios import (
     drain_through_kill_9,
     eight_writers_and_a_relay,
     poison_rows_then_replay,
+    refused_rows_keep_their_words_out,
     run_through_an_outage,
     table_dropped_under_a_running_relay,
     two_hosts_sync,
@@ -90,6 +91,18 @@ def test_poison_rows_are_dead_with_the_servers_words_and_replayed_after_the_fix(
     assert mh.query(maria_url, "SELECT msg_type, text FROM feishu_messages WHERE message_id IN"
                                " ('om_000100', 'om_000250') ORDER BY message_id") == [
         ("interactive", "[card]"), ("text", "emoji 😀 here")]
+
+
+@pytest.mark.usefixtures("hermetic")
+def test_refused_rows_keep_the_servers_reason_but_not_the_messages_words(tmp_path, maria_url):
+    """Issue 24, item 14: MariaDB's "Incorrect string value: '\\xF0\\x9F\\x94\\x91 m...'" quotes the
+    message; the dead row's error and the log keep the reason and the column."""
+    refused_rows_keep_their_words_out(
+        run_cli, str(tmp_path / "outbox.db"), Database(maria_url, mh.query, mh.row_stats, mh.message_ids),
+        damage=["ALTER TABLE feishu_messages MODIFY text longtext CHARACTER SET utf8mb3 NOT NULL"],
+        poison={80: {"content": json.dumps({"text": "🔑 my password is hunter2"})}},
+        words="\\xF0\\x9F\\x94\\x91",                         # the key, as the server quotes it
+        reasons={"om_000080": ["Incorrect string value", ".`feishu_messages`.`text` at row 1", "MySQL error 1366"]})
 
 
 def test_eight_writers_and_a_relay_under_max_user_connections_2(spawn, tmp_path, maria_server, maria_url):

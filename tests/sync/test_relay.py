@@ -25,7 +25,7 @@ from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat
 from relayutil import heartbeat, outbox_with, pg_query, pg_rows, put_all, relay_cmd, row_stats
-from scenarios import Database, poison_rows_then_replay, two_hosts_sync
+from scenarios import Database, poison_rows_then_replay, refused_rows_keep_their_words_out, two_hosts_sync
 from serverproc import free_port, wait_until
 
 
@@ -111,6 +111,21 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
     assert result.exit_code == 1 and "1 of the 2 given ids matched no dead row" in result.output
     with Outbox(outbox_path) as outbox:
         assert outbox.counts()["pending"] == 1
+
+
+def test_refused_rows_keep_the_servers_reason_but_not_the_messages_words(invoke, tmp_path, pg_url):
+    """Issue 24, item 14: PostgreSQL's DETAIL ("Failing row contains (…)") and COPY's CONTEXT line
+    quote the row; the dead row's error and the log keep the reason, the column and the constraint."""
+    secret = "my password is hunter2"
+    refused_rows_keep_their_words_out(
+        invoke, str(tmp_path / "outbox.db"), Database(pg_url, pg_query, row_stats, pg_rows),
+        damage=["ALTER TABLE feishu_messages ADD CONSTRAINT no_banned CHECK (chat_id <> 'oc_banned')",
+                "ALTER TABLE feishu_messages ALTER text TYPE varchar(40)"],
+        poison={50: {"chat_id": "oc_banned", "content": json.dumps({"text": secret})},
+                120: {"content": json.dumps({"text": f"{secret}, and then some more words"})}},
+        words="hunter2",
+        reasons={"om_000050": ['violates check constraint "no_banned"', "SQLSTATE 23514"],
+                 "om_000120": ["value too long for type character varying(40)", "column text", "SQLSTATE 22001"]})
 
 
 def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, pg_url):
