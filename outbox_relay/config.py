@@ -77,6 +77,10 @@ SETTINGS = (
     Setting("unhealthy_after", 300, "float",
             "seconds the target may be unreachable before health reports down", minimum=1, unit="SECONDS"),
     Setting("http_threads", 8, "int", "webhook worker threads", minimum=1),
+    Setting("error_detail", "off", "choice",
+            "on: the database's whole error text, with the row's values (PostgreSQL's DETAIL and CONTEXT,"
+            " MySQL's quoted values), in logs, status and dead; off: the server's reason and the"
+            " message_id only (message content stays out)", choices=("off", "on")),
     Setting("check_interval", 600.0, "float",
             "seconds between integrity checks (quick_check) of the outbox file by the relay", minimum=1,
             unit="SECONDS"),

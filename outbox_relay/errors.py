@@ -74,6 +74,16 @@ class TargetUnavailable(TargetError):
         super().__init__(message, transient=True, sqlstate=sqlstate)
 
 
+class TableMissing(TargetUnavailable):
+    """Raised when the target table does not exist (a DBA dropped it): the relay makes it again where
+    it may, else the rows wait for the DBA."""
+
+
+class StatementTimeout(TargetUnavailable):
+    """Raised when a statement ran past the target's statement timeout: the rows are fine, but the
+    batch may be too big to pass in time (the relay cuts it)."""
+
+
 class RowRejected(TargetError):
     """Raised when the target refuses the data itself (SQLSTATE class 22, 23): isolate and park it."""
 

@@ -10,6 +10,8 @@ each test says which server, how to count its rows and how to stop it; the scena
     two_hosts_sync(...)             two hosts' outboxes, overlapping, synced into one table at once
     poison_rows_then_replay(...)    rows the table refuses go dead with the server's words; fixed, replayed
     pool_through_a_server_crash(...) a pooled connection from before a crash is discarded, not reused
+    table_dropped_under_a_running_relay(...) DROP TABLE under `run`: made again; check fails, init-db makes it
+    refused_rows_keep_their_words_out(...) dead rows' errors and the log: the reason, not the message's words
     Database(url, query, row_stats, message_ids)   how a scenario reads one server's table
 """
 
@@ -32,7 +34,8 @@ from serverproc import wait_until
 
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
            "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync", "poison_rows_then_replay",
-           "pool_through_a_server_crash", "Database"]
+           "pool_through_a_server_crash", "table_dropped_under_a_running_relay",
+           "refused_rows_keep_their_words_out", "Database"]
 
 # One server's table as a scenario reads it: query(url, sql) -> rows; row_stats(url) -> (rows, distinct
 # message_ids); message_ids(url) -> every message_id in the table.
@@ -289,3 +292,59 @@ def pool_through_a_server_crash(url, crash, start):
     finally:
         target.close()
 
+
+
+def table_dropped_under_a_running_relay(spawn, invoke, outbox_path, db, count):
+    """`run` delivers 100 messages into db.url; a DBA drops the table under it (outbox_relay_schema
+    still says version 1): the relay makes the table again, and the 200 messages put after it arrive,
+    each once. With the relay stopped and the table dropped again, `check` names the missing table
+    and exits 1, and `init-db` makes it again (version 0 -> 1). count(url): the table's rows, 0 while
+    it does not exist."""
+    common = ["--outbox", outbox_path, "--target", db.url]
+    assert invoke("init-db", *common).exit_code == 0
+    outbox_with(outbox_path, [flat(i) for i in range(100)])
+    proc = spawn("run", ["run", "--no-http"], outbox=outbox_path, target=db.url)
+    wait_until(lambda: count(db.url) == 100, timeout=30, what="the first 100 messages")
+    db.query(db.url, "DROP TABLE feishu_messages")
+    with Outbox(outbox_path) as outbox:
+        put_all(outbox, [flat(i) for i in range(100, 300)])
+    wait_until(lambda: count(db.url) == 200, timeout=30, what="the messages put after the table was dropped")
+    assert_exactly_once(db.message_ids(db.url), ids(200, start=100))
+    assert "was dropped: made again" in proc.output(), proc.output()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(10) == 0, proc.output()
+
+    db.query(db.url, "DROP TABLE feishu_messages")
+    check = invoke("check", *common)
+    assert check.exit_code == 1, check.output
+    assert "table feishu_messages does not exist" in check.output and "Traceback" not in check.output
+    init = invoke("init-db", *common)
+    assert init.exit_code == 0 and "schema version 0 -> 1" in init.output, init.output
+    assert invoke("check", *common).exit_code == 0
+    assert count(db.url) == 0
+
+
+def refused_rows_keep_their_words_out(invoke, outbox_path, db, *, damage, poison, words, reasons):
+    """`init-db`, the table changed by `damage` (SQL) so that it refuses the `poison` rows (index ->
+    fields of flat(i)); 200 messages synced. What the server's error quotes of those rows (`words`,
+    which each of them holds) is in neither the dead rows' errors nor the log, which keep the
+    server's reason (`reasons`: message_id -> substrings) and name the message_id. Requeued and synced
+    again with --error-detail on, the errors and the log hold the whole text, `words` too."""
+    common = ["--outbox", outbox_path, "--target", db.url]
+    assert invoke("init-db", *common).exit_code == 0
+    for sql in damage:
+        db.query(db.url, sql)
+    outbox_with(outbox_path, [flat(i, **poison.get(i, {})) for i in range(200)])
+    for detail, shown in (("off", False), ("on", True)):
+        result = invoke("sync", *common, "--error-detail", detail, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["dead"] == len(poison), result.output
+        dead = {d["message_id"]: d["last_error"] for d in json.loads(invoke("dead", *common, "--json").stdout)}
+        assert set(dead) == set(reasons)
+        for message_id, error in dead.items():
+            assert all(r in error for r in reasons[message_id]), (message_id, error)
+            assert (words in error) is shown, (detail, message_id, error)
+            assert f"message {message_id} rejected by the target" in result.output, result.output
+        assert (words in result.output) is shown, (detail, result.output)
+        assert invoke("replay", *common, "--all").exit_code == 0
+    assert db.row_stats(db.url)[0] == 200 - len(poison)

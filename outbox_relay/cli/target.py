@@ -14,13 +14,16 @@ from .options import friendly_errors, json_option, opened, settings_options, sho
 @json_option
 @friendly_errors
 def check(cfg, as_json):
-    """Connect to the target: server version, round-trip latency, connections in use vs limits."""
+    """Connect to the target: server version, round-trip latency, connections in use vs limits, and
+    what in the table or the server's settings would keep messages out (exit 1)."""
     with opened(cfg, outbox=False, create=False) as (_, target):
         info = target.check()
     info["target"] = target.display_url
     show(info, as_json, format_check)
     if info.get("table_problems"):
         raise click.ClickException("the table cannot take messages as it is: " + "; ".join(info["table_problems"]))
+    if info.get("setting_problems"):
+        raise click.ClickException("the server cannot take every message: " + "; ".join(info["setting_problems"]))
 
 
 @cli.command()
@@ -44,6 +47,8 @@ def init_db(cfg, no_trigram):
         result = target.init_db(trigram=not no_trigram)
         problems = target.table_problems()
     click.echo(f"{target.describe()}: schema version {result['from_version']} -> {result['version']}")
+    if result["dropped"]:
+        click.echo(f"table {target.table} had been dropped: made again (its rows went with it)")
     if result["trigram"]:
         click.echo(f"trigram index: {result['trigram']}")
     if problems:

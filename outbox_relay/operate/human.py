@@ -51,6 +51,8 @@ def format_status(report):
                  f"last success {clock(r['last_success'])}; heartbeat {duration(r['heartbeat_age_s'])} ago")
     if r["last_error"]:
         lines.append(f"         last error {clock(r['last_error_at'])}: {r['last_error']}")
+    if r["batch_cut"]:
+        lines.append(f"         {r['batch_cut']}")
     t = report.get("target")
     if t is not None:
         state = f"reachable ({t['latency_ms']} ms)" if t["reachable"] else f"UNREACHABLE: {t['error']}"
@@ -87,6 +89,8 @@ def format_check(info):
         problems = info["table_problems"]
         rows.append(["table columns", "; ".join(problems) if problems else "ok" if problems is not None
                      else "no table yet (`run` creates it where allowed; else `schema --sql` for the DBA)"])
+    if "setting_problems" in info:
+        rows.append(["server settings", "; ".join(info["setting_problems"]) or "ok"])
     return format_table(["check", "value"], rows)
 
 

@@ -28,7 +28,7 @@ def collect_status(cfg, outbox, target):
                   "heartbeat_age_s": round(beat.age(now), 3) if beat.beat_at else None,
                   "last_success": beat.last_success, "last_error": beat.last_error,
                   "last_error_at": beat.last_error_at, "unavailable_since": beat.unavailable_since,
-                  "pid": beat.pid},
+                  "pid": beat.pid, "batch_rows": beat.batch_rows, "batch_cut": beat.cut()},
         "target": None,
         "spool": facts.spool,
     }

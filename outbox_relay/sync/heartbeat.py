@@ -35,6 +35,8 @@ class Heartbeat:
     batches: int = 0
     errors: int = 0  # batches that failed because the target was unavailable
     loop_at: float | None = None  # the last pass of the relay's loop (a hung step stops it)
+    batch_rows: int | None = None  # rows a batch is cut to after a statement timeout (None: batch_size)
+    batch_cut: str | None = None  # why: "a batch of 250 passed statement_timeout (1 s)"
     # The same moments on the monotonic clock, and the boot they belong to.
     boot_id: str | None = None
     beat_mono: float | None = None
@@ -63,6 +65,10 @@ class Heartbeat:
         """Seconds since this heartbeat was written (`now`: the wall clock, used only when the monotonic
         clock cannot be compared)."""
         return _since(self.beat_mono, self.beat_at, self.boot_id, now)
+
+    def cut(self):
+        """Why batches are smaller than batch_size, as `status` and the log say it; None when they are not."""
+        return f"batches cut to {self.batch_rows} rows: {self.batch_cut}" if self.batch_rows else None
 
     def outage(self, now):
         """Seconds the relay has not reached the target, or None while it does."""

@@ -5,6 +5,9 @@ did; `run()` is a loop around it that idles with a growing delay when there is
 nothing to do and backs off (capped exponential + jitter) when the target is
 unavailable. Every wait ends at once when `stop()` is called.
 
+A batch that runs past the target's statement timeout is retried at half the rows, and the size
+grows back (doubling) once batches pass well within the timeout again; the heartbeat says why.
+
 Order inside a step matters for "nothing lost, nothing duplicated":
   claim -> write to target and COMMIT there -> mark delivered locally.
 A crash between the target commit and the local mark re-sends the batch on the
@@ -21,7 +24,7 @@ import time
 
 import backoff
 
-from ..errors import OutboxError, RowRejected, TargetUnavailable
+from ..errors import OutboxError, RowRejected, StatementTimeout, TargetUnavailable
 from ..message import restore
 from .heartbeat import Heartbeat, stamp
 
@@ -128,12 +131,15 @@ class Relay:
         try:
             # Not only at start-up: a target that was down then must still get its table.
             self.target.ensure_schema()
+            writing = time.perf_counter()
             new, written, refused = self._write(batch)
+            resized = self._grow(len(batch.rows), time.perf_counter() - writing)
         except TargetUnavailable as e:
             self._drop_prefetched()  # the batch that failed goes first next time
             self._settle(quietly=True)
             self.beat.errors += 1
-            self._note_error(e)
+            if not self._cut(e, len(batch.rows)):
+                self._note_error(e)
             self.outbox.record_error([r.id for r in batch.rows], e, batch.generation)
             self._observe(StepResult(claimed=len(batch.rows), error=str(e)), time.perf_counter() - started)
             raise
@@ -151,7 +157,7 @@ class Relay:
         self.beat.batches += 1
         self.beat.delivered += delivered
         self.beat.dead += len(refused)
-        self._note_success(every_time=not overlap)  # after the counters: the heartbeat carries them
+        self._note_success(every_time=not overlap or resized)  # after the counters: the heartbeat carries them
         self._observe(result, time.perf_counter() - started)
         return result
 
@@ -159,7 +165,7 @@ class Relay:
         """Claim the oldest pending rows (but those still in flight) and encode them for the target.
         A row that cannot be encoded at all carries its RowRejected instead."""
         generation = self.outbox.generation
-        rows = self.outbox.claim_oldest(self.batch_size, exclude)
+        rows = self.outbox.claim_oldest(self.beat.batch_rows or self.batch_size, exclude)
         encoded = []
         for r in rows:
             try:
@@ -241,6 +247,35 @@ class Relay:
         if executor is not None:
             executor.shutdown()
         return pruned
+
+    def _cut(self, error, rows):
+        """A batch of `rows` ran past the statement timeout: the next ones are half as big (the rows
+        are fine; there were too many for the time). Not an outage: the target answers, slowly.
+        -> whether batches were cut (a single row cannot be)."""
+        if not isinstance(error, StatementTimeout) or rows < 2:
+            return False
+        beat = self.beat
+        beat.batch_rows = rows // 2
+        beat.batch_cut = f"a batch of {rows} passed statement_timeout ({self.target.statement_timeout:g} s)"
+        beat.last_error, beat.last_error_at = str(error), time.time()
+        log.warning("%s", beat.cut())
+        self.write_heartbeat()
+        return True
+
+    def _grow(self, rows, seconds):
+        """After a batch of `rows` written in `seconds`, cut batches double again (up to batch_size)
+        when twice as many rows at that pace would take under half the statement timeout: a margin,
+        since each timeout costs the whole timeout. -> whether the size changed."""
+        limit = self.beat.batch_rows
+        if limit is None or not rows or seconds / rows * 2 * limit >= self.target.statement_timeout / 2:
+            return False
+        if 2 * limit >= self.batch_size:
+            self.beat.batch_rows = self.beat.batch_cut = None
+            log.info("batches back to %d rows", self.batch_size)
+        else:
+            self.beat.batch_rows = 2 * limit
+            log.info("%s", self.beat.cut())
+        return True
 
     def _refuse_the_table(self, batch, refused):
         reasons = {_reason(e) for _, e in refused}

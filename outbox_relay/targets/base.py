@@ -5,6 +5,8 @@ clock, the bulk insert that makes a re-sent batch harmless, and which driver err
 
 Driver errors are classified once, here (`classify`): the relay only ever sees TargetUnavailable
 (wait and retry, rows stay pending) or RowRejected (the data itself is refused: isolate the row).
+Their text goes into logs, `status` and `dead`, so it keeps the server's reason but not what a
+server quotes of the row (each database says how it quotes), unless `error_detail` asks for it.
 
 Longer than the subclasses together, on purpose: what is written here once is what they would
 otherwise each write again.
@@ -16,7 +18,7 @@ import socket
 import time
 
 from .. import jsonio
-from ..errors import RowRejected, TargetError, TargetUnavailable
+from ..errors import RowRejected, TableMissing, TargetError, TargetUnavailable
 from ..logs import mask_url
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
@@ -70,7 +72,7 @@ class Target:
     begin_with_first_statement = False
 
     def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
-                 statement_timeout=30, host_name=None, create=True):
+                 statement_timeout=30, host_name=None, create=True, error_detail=False):
         self.url = url
         self.table = schema.check_table_name(table)
         self.quoted = self.quote(table)
@@ -78,6 +80,7 @@ class Target:
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
         self.host_name = host_name or socket.gethostname()
+        self.error_detail = error_detail  # keep the row's values the server quotes in its errors (debugging)
         self.db = self.open_database(self.connect_args(url), create)
         self._schema_checked = False
 
@@ -96,7 +99,8 @@ class Target:
         return f"{self.title} {self.display_url} (table {self.table})"
 
     def classify_driver_error(self, exc, text):
-        """A TargetError for what this driver's error means, or None for "transient"."""
+        """A TargetError for what this driver's error means, or None for "transient". `text` is the
+        driver's whole text: what the server quotes of the row leaves it here, unless error_detail."""
         return None
 
     def insert_batch(self, tx, values):
@@ -120,6 +124,11 @@ class Target:
     def table_columns(self, tx):
         """{column: (nullable, has a default)} of our table as the database has it ({} if absent)."""
         raise NotImplementedError
+
+    def setting_problems(self, tx):
+        """What in the server's settings keeps a message the outbox accepts out of the table, each a
+        sentence naming the setting to change ([] when nothing does), for `check`."""
+        return []
 
     def contains(self, column, keyword):
         """(SQL condition, parameter): `column` holds `keyword` literally, ASCII case ignored."""
@@ -292,8 +301,12 @@ class Target:
         """Rows from encode(), in one transaction. -> how many were new."""
         if not encoded:
             return 0
-        with self.transaction(write=True) as tx:
-            return self.insert_batch(tx, encoded)
+        try:
+            with self.transaction(write=True) as tx:
+                return self.insert_batch(tx, encoded)
+        except TableMissing:
+            self._schema_checked = False  # dropped under us: the relay's next ensure_schema makes it again
+            raise
 
     def _values(self, outbox_id, m, received_at):
         return (m.message_id, m.chat_id, m.chat_type, m.thread_id, m.root_id, m.parent_id,
@@ -309,9 +322,16 @@ class Target:
     def schema_version(self):
         """The applied version of our table, 0 when absent. Raises TargetUnavailable."""
         with self.transaction() as tx:
-            return self._version(tx) if self.table_exists(tx, schema.VERSION_TABLE) else 0
+            return self._version(tx)
 
     def _version(self, tx):
+        """The catalog first: a table a DBA dropped is absent (version 0) whatever our version row says."""
+        return self._recorded_version(tx) if self.table_exists(tx, self.table) else 0
+
+    def _recorded_version(self, tx):
+        """What outbox_relay_schema says of our table (0: nothing), whether the table is there or not."""
+        if not self.table_exists(tx, schema.VERSION_TABLE):
+            return 0
         return tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
                         (self.table,)) or 0
 
@@ -324,12 +344,15 @@ class Target:
             self.ddl_lock(tx)
             with self._ddl_unlocked_after(tx):
                 tx.execute(self.version_table_sql())
-                current = self._version(tx)
+                current, recorded = self._version(tx), self._recorded_version(tx)
                 for stmts in migrations[current:]:
                     for sql in stmts:
                         tx.execute(sql)
                 tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
-        report = {"from_version": current, "version": len(migrations), "trigram": None}
+        if recorded > current:
+            log.warning("table %s was dropped: made again (version %s was on record)", self.table, recorded)
+        report = {"from_version": current, "version": len(migrations), "dropped": recorded > current,
+                  "trigram": None}
         if trigram and self.search_index_statements(self.table):
             report["trigram"] = self._try_search_index()
         return report
@@ -361,7 +384,8 @@ class Target:
     def ensure_schema(self):
         """Create or migrate the table when we may; when we may not, say what the DBA must run.
         Once it has succeeded (or told the DBA), later calls return False at once: the relay
-        calls it before every batch, so a target that was down at start-up gets its table."""
+        calls it before every batch, so a target that was down at start-up gets its table, and
+        one whose table was dropped (write_encoded met TableMissing) gets it again."""
         if self._schema_checked:
             return False
         migrations = schema.target_migrations(type(self), self.table)
@@ -398,6 +422,8 @@ class Target:
         try:
             result["schema_version"] = self.schema_version()
             result["table_problems"] = self.table_problems()
+            with self.transaction() as tx:
+                result["setting_problems"] = self.setting_problems(tx)
         except TargetError as e:
             result["schema_version"] = f"unknown: {e}"
         result["table"] = self.table
@@ -410,10 +436,16 @@ class Target:
 
     def table_problems(self):
         """What stops the relay writing into the table as it is now (a DBA's change, a table made by
-        hand): columns we write that it lacks, NOT NULL columns we do not fill. [] when it is fine,
-        None when there is no table yet (the relay creates it where it may)."""
+        hand): columns we write that it lacks, NOT NULL columns we do not fill, the table itself
+        dropped. [] when it is fine, None when there is no table yet (the relay creates it where
+        it may)."""
         with self.transaction() as tx:
             columns = self.table_columns(tx)
+            recorded = 0 if columns else self._recorded_version(tx)
+        if recorded:
+            return [f"table {self.table} does not exist, though outbox-relay made it (version {recorded} is on"
+                    " record in outbox_relay_schema): it was dropped; `init-db`, or a running relay, makes it"
+                    " again where the role may"]
         if not columns:
             return None
         ours = set(schema.TARGET_COLUMNS) | {"relayed_at"}

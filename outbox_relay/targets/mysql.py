@@ -1,9 +1,14 @@
 """MySQL and MariaDB (RDS for MySQL, PolarDB for MySQL, a local MariaDB) through PyMySQL.
 
 A batch is multi-row INSERT … ON DUPLICATE KEY UPDATE statements of up to 1 MiB each, all inside
-one transaction. LOAD DATA LOCAL INFILE into a staging table measured 10-20 % faster on the write
-alone (about 5 % of a drain, bench/mysql_relay.py) and is not used: it stays strict only through a
-staging table of LONGTEXT columns, needs `local_infile` (off by default in MySQL 8; on the client it
+one transaction, and never more than the server's max_allowed_packet (read once per connection;
+MySQL 5.7's default is 4 MiB, and a DBA may set 64 KiB): a statement over it is refused with
+error 1153 and the connection closed, so one too big would stop every batch behind it. A row that
+cannot fit even alone goes dead when it is encoded, with its size and the server's limit.
+
+LOAD DATA LOCAL INFILE into a staging table measured 10-20 % faster on the write alone (about 5 %
+of a drain, bench/mysql_relay.py) and is not used: it stays strict only through a staging table of
+LONGTEXT columns, needs `local_infile` (off by default in MySQL 8; on the client it
 lets a hostile server read the relay host's files), the CREATE TEMPORARY TABLES privilege, and a file
 on disk per batch. Never INSERT IGNORE: it turns data errors into warnings.
 
@@ -22,13 +27,17 @@ in `utf8mb4_bin`: literal, with ASCII (and other) case ignored, as on PostgreSQL
 collation would also equate accents and, in utf8mb4_general_ci/unicode_ci, every emoji.
 """
 
+import functools
 import hashlib
 import os
+import re
 import ssl
 import urllib.parse
+import weakref
 
-from ..errors import ConfigError, RowRejected, TargetUnavailable
+from ..errors import ConfigError, RowRejected, StatementTimeout, TableMissing, TargetUnavailable
 from ..logs import mask_url
+from ..message import MAX_MESSAGE_BYTES
 from ..schema import target as schema
 from ..timeconv import ms_to_datetime, s_to_datetime
 from .base import PooledTarget, unfilled_column
@@ -43,7 +52,7 @@ ROW_SQLSTATE_CLASSES = ("22", "23")
 ROW_ERRNOS = {
     1048,  # column cannot be null (also: our duplicate guard, see the module docstring)
     1062,  # duplicate entry on a unique key other than message_id
-    1153,  # a row bigger than max_allowed_packet: only a single huge row can be (INSERTs are cut at 1 MiB)
+    1153,  # a statement bigger than max_allowed_packet: a limit lowered under us (we cut INSERTs by it)
     1264, 1690,  # out of range
     1265, 1406,  # data truncated / too long for the column
     1292, 1366, 1367, 1411,  # incorrect value (datetime, string for the charset, …)
@@ -52,10 +61,13 @@ ROW_ERRNOS = {
     3140,  # invalid JSON text (MySQL's native JSON)
     3819, 4025,  # CHECK constraint (MySQL, MariaDB)
 }
+# A statement past its time: MariaDB's max_statement_time, which every session sets (1969), and
+# MySQL's max_execution_time (3024, SELECTs only): transient, and the relay cuts its batches.
+STATEMENT_TIMEOUT_ERRNOS = {1969, 3024}
 # Everything else is transient, the rows stay pending: lost connection / gone away (2006, 2013,
 # 2003, 2055), too many connections (1040, 1203), lock wait timeout (1205), deadlock (1213),
-# read-only after a failover (1290, 1792), shutdown (1053), statement timeout (1969, 3024), and
-# schema or grant problems (1146, 1054, 1142, …) the DBA must fix: the rows themselves are fine.
+# read-only after a failover (1290, 1792), shutdown (1053), and schema or grant problems (1146,
+# 1054, 1142, …) the DBA must fix: the rows themselves are fine.
 
 
 class MySQLTarget(PooledTarget):
@@ -95,6 +107,9 @@ class MySQLTarget(PooledTarget):
         except ImportError:
             raise ConfigError("a mysql:// target needs PyMySQL: pip install 'outbox-relay[mysql]'") from None
         from playhouse.pool import PooledMySQLDatabase
+        # Each connection's max_allowed_packet (_max_packet), and the last one read, by which
+        # encode_values refuses a row too big before it is sent.
+        self._packets, self.max_packet = weakref.WeakKeyDictionary(), None
         database = kwargs.pop("database")
         kwargs.update(_ssl_arguments(kwargs.pop("ssl_mode"), kwargs.pop("ssl_ca", None),
                                      kwargs.pop("ssl_cert", None), kwargs.pop("ssl_key", None)))
@@ -126,6 +141,8 @@ class MySQLTarget(PooledTarget):
         if not type(exc).__module__.startswith("pymysql") or len(exc.args) < 2 or not isinstance(exc.args[0], int):
             return None
         errno, message = exc.args[0], " ".join(str(exc.args[1]).split()) or type(exc).__name__
+        if not self.error_detail:
+            message = _without_values(message)
         state = getattr(exc, "sqlstate", None)
         if errno in (1142, 1143) and message.startswith("UPDATE command denied"):
             message += (" (INSERT … ON DUPLICATE KEY UPDATE, which makes a re-sent batch harmless, needs it:"
@@ -140,25 +157,85 @@ class MySQLTarget(PooledTarget):
             return TargetUnavailable(unfilled_column(self.table, message.split("'")[1], text), code)
         if errno in ROW_ERRNOS or (state or "")[:2] in ROW_SQLSTATE_CLASSES:
             return RowRejected(text, code)
+        if errno in STATEMENT_TIMEOUT_ERRNOS:
+            return StatementTimeout(text, code)
+        if errno == 1146:  # Table '…' doesn't exist
+            return TableMissing(text, code)
         return TargetUnavailable(text, code)
 
     # -- writing -------------------------------------------------------------------------------------
 
     def encode_values(self, values):
-        return "(" + ", ".join(map(sql_literal, values)) + ")"
+        # Bytes, as they go on the wire: statements are measured against max_allowed_packet in bytes
+        # (400 Chinese characters are 1,200), and PyMySQL sends bytes as they are.
+        row = ("(" + ", ".join(map(sql_literal, values)) + ")").encode("utf-8")
+        if self.max_packet is not None:  # known once a connection has said it: refused here, not bisected
+            self._check_fits(row, self.max_packet)
+        return row
 
-    def insert_batch(self, tx, values):
-        head = f"INSERT INTO {self.quoted} ({', '.join(schema.TARGET_COLUMNS)}) VALUES "
-        tail = (" ON DUPLICATE KEY UPDATE message_id ="
-                " IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)")
+    def insert_batch(self, tx, rows):
+        limit = self._max_packet(tx.conn)
+        for row in rows:  # rows encoded before the limit was known, or with another connection's
+            self._check_fits(row, limit)
         new = 0
         with tx.conn.cursor() as cur:
-            for sql in _statements(head, tail, values):
-                cur.execute(sql)  # no parameters: PyMySQL leaves the text (and any %) alone
+            for sql in _statements(self._insert_head, INSERT_TAIL, rows, min(MAX_STATEMENT_BYTES, limit - 1)):
+                cur.execute(sql)  # no parameters: PyMySQL leaves the bytes (and any %) alone
                 # 1 per inserted row, 0 per duplicate left as it was (PyMySQL does not set
                 # CLIENT_FOUND_ROWS): the sum is how many were new.
                 new += cur.rowcount
         return new
+
+    @functools.cached_property
+    def _insert_head(self):
+        return f"INSERT INTO {self.quoted} ({', '.join(schema.TARGET_COLUMNS)}) VALUES ".encode()
+
+    def _checkout(self):
+        # Asked as a connection is first used, so before the relay's first batch is encoded
+        # (ensure_schema comes first) and a row too big is refused there, not found by bisecting.
+        conn = super()._checkout()
+        try:
+            self._max_packet(conn)
+        except Exception as e:
+            error = self.classify(e)
+            self._release(error)
+            raise error from None
+        return conn
+
+    def _max_packet(self, conn):
+        """This connection's max_allowed_packet, asked once: a session keeps the value the server had
+        when it connected, so a DBA's SET GLOBAL reaches new connections only."""
+        limit = self._packets.get(conn)
+        if limit is None:
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@SESSION.max_allowed_packet")
+                limit = self._packets[conn] = self.max_packet = int(cur.fetchone()[0])
+        return limit
+
+    def _check_fits(self, row, limit):
+        """RowRejected for a row whose INSERT alone is over max_allowed_packet (with the command byte)."""
+        size = len(self._insert_head) + len(row) + len(INSERT_TAIL) + 1
+        if size > limit:
+            raise RowRejected(f"MySQL error 1153 (Got a packet bigger than 'max_allowed_packet' bytes): this row is"
+                              f" {size:,} bytes as SQL, the server's max_allowed_packet is {limit:,} (raise it,"
+                              f" then `outbox-relay replay` the row)", "08S01")
+
+    def largest_statement(self):
+        """Bytes of the INSERT of a message of the largest input the outbox accepts, at worst: `raw`
+        is that input (MAX_MESSAGE_BYTES of JSON), `content` and `mentions` are parts of it, `text` is
+        at most as long, and SQL escaping at most doubles a byte: six times the input, plus the
+        other columns (ids of at most 128 characters, kinds, times, the host: ROW_FIXED)."""
+        return len(self._insert_head) + 6 * MAX_MESSAGE_BYTES + ROW_FIXED + len(INSERT_TAIL) + 1
+
+    def setting_problems(self, tx):
+        limit, need = self._max_packet(tx.conn), self.largest_statement()
+        if need <= limit:
+            return []
+        at_least = -(-need // (1 << 20))  # MiB, rounded up
+        return [f"the server's max_allowed_packet is {limit:,} bytes, and a message of the largest size outbox-relay"
+                f" accepts ({MAX_MESSAGE_BYTES:,} bytes) can be up to {need:,} bytes as SQL: such a message would go"
+                f" dead; raise max_allowed_packet to at least {at_least}M (SET GLOBAL max_allowed_packet ="
+                f" {at_least << 20}, or the parameter of that name in the RDS console)"]
 
     # -- DDL ---------------------------------------------------------------------------------------
 
@@ -235,23 +312,46 @@ class MySQLTarget(PooledTarget):
         return f"CAST(DATE({column}) AS CHAR(10))"
 
 
-# Characters of one multi-row INSERT: at most 1 MiB of UTF-8, under every server's max_allowed_packet
-# (4 MiB on MySQL 5.7); a single bigger row is a statement of its own.
-MAX_STATEMENT_CHARS = 256 * 1024
+# Bytes of one multi-row INSERT at most (less where the server's max_allowed_packet is less):
+# bigger statements save nothing measurable, a round trip per MiB being nothing beside the bytes.
+MAX_STATEMENT_BYTES = 1 << 20
+# The columns of a row other than raw, content, mentions and text, as SQL, at most (generously).
+ROW_FIXED = 16 * 1024
+INSERT_TAIL = (b" ON DUPLICATE KEY UPDATE message_id ="
+               b" IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)")
 
 
-def _statements(head, tail, items):
-    """Multi-row INSERTs of the rows' SQL literals (encode_values), each at most MAX_STATEMENT_CHARS
-    (or one row)."""
-    chunk, size = [], 0
-    for item in items:
-        if chunk and size + len(item) > MAX_STATEMENT_CHARS:
-            yield head + ",".join(chunk) + tail
-            chunk, size = [], 0
-        chunk.append(item)
-        size += len(item) + 1
+def _statements(head, tail, rows, limit):
+    """Multi-row INSERTs of the rows' SQL literals (encode_values), each at most `limit` bytes
+    (a row alone is never over it: _check_fits saw to that)."""
+    chunk, size = [], len(head) + len(tail)
+    for row in rows:
+        if chunk and size + len(row) + 1 > limit:
+            yield head + b",".join(chunk) + tail
+            chunk, size = [], len(head) + len(tail)
+        chunk.append(row)
+        size += len(row) + 1  # the comma
     if chunk:
-        yield head + ",".join(chunk) + tail
+        yield head + b",".join(chunk) + tail
+
+
+# The server's messages that quote the row's data: the value goes, the server's words stay.
+# Anchored at both ends, so a value holding "' for column" cannot end the match early.
+_QUOTED_VALUES = [re.compile(pattern, re.S) for pattern in (
+    r"^(.*? value: )'.*'( for column \S+ at row \d+)$",  # 1366, 1292: Incorrect string value: '\xF0…'
+    r"^(Duplicate entry )'.*'( for key \S+)$",           # 1062
+    r"^(Truncated incorrect .*? value: )'.*'()$",        # 1292
+    r"^(Invalid \S+ character string: )'.*'()$",         # 1300
+)]
+
+
+def _without_values(message):
+    """message without the row's values a MySQL/MariaDB error quotes ('…' in their place)."""
+    for pattern in _QUOTED_VALUES:
+        message, found = pattern.subn(r"\1'…'\2", message)
+        if found:
+            break
+    return message
 
 
 def sql_literal(value):

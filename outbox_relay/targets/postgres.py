@@ -8,7 +8,8 @@ import io
 import re
 import urllib.parse
 
-from ..errors import RowRejected, TargetUnavailable
+from ..errors import RowRejected, StatementTimeout, TableMissing, TargetUnavailable
+from ..logs import mask_url
 from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
 
@@ -71,17 +72,22 @@ class PostgresTarget(PooledTarget):
         sqlstate = getattr(exc, "pgcode", None)
         if not sqlstate:
             return None
+        text = f"{text} (SQLSTATE {sqlstate})" if self.error_detail else _reason(exc.diag, sqlstate, text)
         # The batch goes through a temporary copy of the table: name the real one.
         text = text.replace('"outbox_relay_batch"', self.quoted).replace("outbox_relay_batch", self.table)
         column = getattr(getattr(exc, "diag", None), "column_name", None)
         if sqlstate == "23502" and column not in schema.TARGET_COLUMNS:
             return TargetUnavailable(unfilled_column(self.table, column, text), sqlstate)
         if sqlstate[:2] in ROW_ERROR_CLASSES:
-            return RowRejected(f"{text} (SQLSTATE {sqlstate})", sqlstate)
+            return RowRejected(text, sqlstate)
+        if sqlstate == "57014":  # query_canceled: our SET LOCAL statement_timeout (or a DBA's cancel)
+            return StatementTimeout(text, sqlstate)
+        if sqlstate == "42P01":  # undefined_table
+            return TableMissing(text, sqlstate)
         # 08 connection, 53 resources, 57 operator intervention (shutdown, statement timeout),
         # 40 serialization/deadlock, and everything else (42 undefined table, 28 bad password,
         # …): the rows are fine, the target is not; wait it out.
-        return TargetUnavailable(f"{text} (SQLSTATE {sqlstate})", sqlstate)
+        return TargetUnavailable(text, sqlstate)
 
     def _values(self, outbox_id, m, received_at):
         # PostgreSQL cannot store U+0000 in text or jsonb: such a message used to go dead forever.
@@ -132,7 +138,8 @@ class PostgresTarget(PooledTarget):
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("outbox-relay:" + self.table,))
 
     def table_exists(self, tx, name):
-        return tx.value("SELECT to_regclass(%s) IS NOT NULL", (name,))
+        # Quoted as the DDL quotes it: to_regclass folds an unquoted name to lower case.
+        return tx.value("SELECT to_regclass(%s) IS NOT NULL", (self.quote(name),))
 
     def table_columns(self, tx):
         schema_name, _, name = self.table.rpartition(".")
@@ -170,6 +177,24 @@ class PostgresTarget(PooledTarget):
 
     def day_of(self, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+# A primary message that ends by quoting the value it refused: 'invalid input syntax for type integer: "oc_1"'.
+_QUOTED_VALUE = re.compile(r': ".*"$', re.S)
+# Where COPY names the column in its CONTEXT line (the line's text follows it: not kept).
+_COPY_COLUMN = re.compile(r"^COPY [^,]+, line \d+, column (\w+)", re.M)
+
+
+def _reason(diag, sqlstate, text):
+    """An error as the server gives it, without the row: the primary message (its quoted value
+    dropped) and the table, column and constraint it does not name already, never DETAIL ("Failing
+    row contains (…)", "Key (message_id)=(…)") nor CONTEXT (COPY's line and values)."""
+    primary = _QUOTED_VALUE.sub(': "…"', diag.message_primary or text.split(" DETAIL:")[0].split(" CONTEXT:")[0])
+    copy_column = _COPY_COLUMN.search(diag.context or "")
+    named = [("table", diag.table_name), ("column", diag.column_name or (copy_column and copy_column.group(1))),
+             ("constraint", diag.constraint_name)]
+    extra = [f"{what} {name}" for what, name in named if name and f'"{name}"' not in primary]
+    return mask_url(f"{' '.join(primary.split())} ({', '.join(extra + [f'SQLSTATE {sqlstate}'])})")[:1000]
 
 
 # \u0000 as JSON writes it, not preceded by another backslash (an escaped backslash + "u0000").

@@ -4,7 +4,7 @@ with no database server. The same table and the same answers as the servers give
 import os
 import sqlite3
 
-from ..errors import ConfigError, RowRejected, TargetUnavailable
+from ..errors import ConfigError, RowRejected, TableMissing, TargetUnavailable
 from ..schema import target as schema
 from .base import Target
 
@@ -58,6 +58,8 @@ class SqliteTarget(Target):
     def classify_driver_error(self, exc, text):
         if isinstance(exc, sqlite3.IntegrityError):
             return RowRejected(text)
+        if isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table"):
+            return TableMissing(text)
         return None
 
     def insert_batch(self, tx, values):

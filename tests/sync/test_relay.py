@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from outbox_relay.errors import RelayLocked
+from outbox_relay.errors import RelayLocked, TableMissing
 from outbox_relay.message import Message
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay, RelayLock
@@ -25,7 +25,7 @@ from outbox_relay.targets import open_target
 
 from factories import BASE_MS, flat
 from relayutil import heartbeat, outbox_with, pg_query, pg_rows, put_all, relay_cmd, row_stats
-from scenarios import Database, poison_rows_then_replay, two_hosts_sync
+from scenarios import Database, poison_rows_then_replay, refused_rows_keep_their_words_out, two_hosts_sync
 from serverproc import free_port, wait_until
 
 
@@ -113,6 +113,21 @@ def test_poison_rows_are_isolated_dead_and_replayed_after_the_fix(invoke, tmp_pa
         assert outbox.counts()["pending"] == 1
 
 
+def test_refused_rows_keep_the_servers_reason_but_not_the_messages_words(invoke, tmp_path, pg_url):
+    """Issue 24, item 14: PostgreSQL's DETAIL ("Failing row contains (…)") and COPY's CONTEXT line
+    quote the row; the dead row's error and the log keep the reason, the column and the constraint."""
+    secret = "my password is hunter2"
+    refused_rows_keep_their_words_out(
+        invoke, str(tmp_path / "outbox.db"), Database(pg_url, pg_query, row_stats, pg_rows),
+        damage=["ALTER TABLE feishu_messages ADD CONSTRAINT no_banned CHECK (chat_id <> 'oc_banned')",
+                "ALTER TABLE feishu_messages ALTER text TYPE varchar(40)"],
+        poison={50: {"chat_id": "oc_banned", "content": json.dumps({"text": secret})},
+                120: {"content": json.dumps({"text": f"{secret}, and then some more words"})}},
+        words="hunter2",
+        reasons={"om_000050": ['violates check constraint "no_banned"', "SQLSTATE 23514"],
+                 "om_000120": ["value too long for type character varying(40)", "column text", "SQLSTATE 22001"]})
+
+
 def test_two_hosts_overlapping_ids_into_one_table(spawn, tmp_path, pg_url):
     """Two gateway hosts got some of the same messages; their relays run at once, against a
     database with no table yet: one row per message_id, both outboxes fully delivered."""
@@ -169,6 +184,28 @@ def test_embedded_default_sync_and_run_write_the_local_sqlite_archive(spawn, tmp
         assert counts == (2000, 2000)
     finally:
         conn.close()
+
+
+def test_a_table_dropped_from_the_sqlite_archive_is_made_again(tmp_path):
+    """The embedded archive reads its table from the catalog too (issue 24, item 3): the batch that
+    finds it dropped waits (TableMissing), and the next one makes it again and arrives."""
+    archive = str(tmp_path / "archive.db")
+    target = open_target(f"sqlite:///{archive}")
+    try:
+        with Outbox(tmp_path / "outbox.db") as outbox:
+            put_all(outbox, [flat(i) for i in range(10)])
+            relay = Relay(outbox, target)
+            assert relay.drain()["delivered"] == 10
+            conn = sqlite3.connect(archive, isolation_level=None)
+            conn.execute("DROP TABLE feishu_messages")
+            conn.close()
+            put_all(outbox, [flat(i) for i in range(10, 30)])
+            with pytest.raises(TableMissing):
+                relay.step()
+            assert relay.step().delivered == 20
+    finally:
+        target.close()
+    assert archive_count(archive) == 20
 
 
 def refused_to_relay(spawn, outbox_path, url, why):

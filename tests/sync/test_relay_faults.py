@@ -1,6 +1,7 @@
 """The relay under real faults: kill -9 mid-drain, the server stopped while messages keep
 coming, a network that cuts connections mid-transaction, a server near its connection limit,
-PgBouncer in transaction mode, and SIGTERM. Every test ends by comparing the set of message_ids
+PgBouncer in transaction mode, SIGTERM, a table too slow for a whole batch within
+statement_timeout, and the table dropped under the relay. Every test ends by comparing the set of message_ids
 in PostgreSQL with the set that was put: each exactly once."""
 
 import json
@@ -9,6 +10,9 @@ import threading
 import time
 import urllib.parse
 
+import pytest
+
+from outbox_relay.errors import StatementTimeout
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
@@ -25,9 +29,17 @@ from relayutil import (
     pg_query,
     pg_rows,
     put_all,
+    row_stats,
     undelivered_ids,
 )
-from scenarios import count_on, drain_through_kill_9, eight_writers_and_a_relay, run_through_an_outage
+from scenarios import (
+    Database,
+    count_on,
+    drain_through_kill_9,
+    eight_writers_and_a_relay,
+    run_through_an_outage,
+    table_dropped_under_a_running_relay,
+)
 from serverproc import free_port, wait_until
 
 # -- kill -9 -------------------------------------------------------------------------------------
@@ -236,3 +248,82 @@ def clients_waiting(bouncer, dbname):
                        if dict(zip(names, row))["database"] == dbname)
     finally:
         conn.close()
+
+
+# -- a batch over statement_timeout (issue 24, item 2) -------------------------------------------------
+
+SLOW_ROWS = ["CREATE FUNCTION slow_row() RETURNS trigger LANGUAGE plpgsql AS"
+             " $$ BEGIN PERFORM pg_sleep(0.005); RETURN NEW; END $$",
+             "CREATE TRIGGER slow BEFORE INSERT ON feishu_messages FOR EACH ROW EXECUTE FUNCTION slow_row()"]
+
+
+def slow_table(url):
+    """The target table, made slow: a trigger that sleeps 5 ms a row (a batch of 500: 2.5 s)."""
+    setup = open_target(url)
+    setup.init_db(trigram=False)
+    setup.close()
+    for sql in SLOW_ROWS:
+        pg_query(url, sql)
+
+
+def test_a_batch_over_statement_timeout_is_cut_until_it_passes(spawn, invoke, tmp_path, pg_url):
+    """statement_timeout 1 s and a table that takes 5 ms a row: a batch of 500 can never pass, and
+    was retried unchanged forever. The relay cuts it (250, then 125 rows) and every message arrives
+    once; `status` says why batches are small while they are."""
+    slow_table(pg_url)
+    outbox_path = outbox_with(tmp_path / "outbox.db", [flat(i) for i in range(1500)])
+    proc = spawn("sync", ["sync", "--json", "--timeout", "60"], outbox=outbox_path, target=pg_url,
+                 statement_timeout=1)
+    common = ["--outbox", outbox_path, "--target", pg_url]
+
+    def cut():
+        relay = json.loads(invoke("status", *common, "--json").stdout)["relay"]
+        return relay if relay["batch_cut"] else None
+
+    relay = wait_until(cut, timeout=30, what="status to say the batches were cut")
+    assert relay["batch_rows"] in (250, 125), relay
+    assert relay["batch_cut"] in ("batches cut to 250 rows: a batch of 500 passed statement_timeout (1 s)",
+                                  "batches cut to 125 rows: a batch of 250 passed statement_timeout (1 s)"), relay
+    assert relay["batch_cut"] in invoke("status", *common).output
+    assert proc.wait(90) == 0, proc.output()
+    assert json.loads(proc.stdout())["delivered"] == 1500
+    assert_exactly_once(pg_rows(pg_url), ids(1500))
+    assert "passed statement_timeout" in proc.output()
+    assert "target unavailable" not in proc.output(), proc.output()   # slow, not down
+    relay = json.loads(invoke("status", *common, "--json").stdout)["relay"]
+    assert relay["batch_rows"] == 125 and "canceling statement due to statement timeout" in relay["last_error"]
+
+
+def test_cut_batches_grow_back_once_the_table_is_fast_again(tmp_outbox, pg_url):
+    """One relay, step by step: cut twice by the slow table; then, the trigger dropped, grown back to
+    batch_size (doubled after a batch that, scaled to twice the rows, would take under half of
+    statement_timeout)."""
+    slow_table(pg_url)
+    target = open_target(pg_url, statement_timeout=1)
+    try:
+        with Outbox(tmp_outbox, max_pending=100_000) as outbox:
+            put_all(outbox, [flat(i) for i in range(4000)])
+            relay = Relay(outbox, target, batch_size=500)
+            for rows in (250, 125):
+                with pytest.raises(StatementTimeout):
+                    relay.step()
+                assert relay.beat.batch_rows == rows
+            assert relay.step().delivered == 125
+            assert relay.beat.batch_rows == 125                # 0.6 s for 125: doubled, it would not pass
+            pg_query(pg_url, "DROP TRIGGER slow ON feishu_messages")
+            # Each batch is claimed while the one before it is written: a size shows one batch late.
+            sizes = [relay.step().delivered for _ in range(4)]
+            assert sizes == [125, 125, 250, 500] and relay.beat.batch_rows is None and relay.beat.batch_cut is None
+            assert heartbeat(tmp_outbox)["batch_rows"] is None
+            relay.drain()
+    finally:
+        target.close()
+    assert_exactly_once(pg_rows(pg_url), ids(4000))
+
+
+# -- the table dropped (issue 24, item 3) ----------------------------------------------------------------
+
+
+def test_a_table_dropped_under_the_relay_is_made_again(spawn, invoke, tmp_path, pg_url):
+    table_dropped_under_a_running_relay(spawn, invoke, str(tmp_path / "outbox.db"),
+                                        Database(pg_url, pg_query, row_stats, pg_rows), pg_count)

@@ -21,7 +21,7 @@ import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from outbox_relay.errors import ConfigError, RowRejected, TargetUnavailable
+from outbox_relay.errors import ConfigError, RowRejected, StatementTimeout, TargetUnavailable
 from outbox_relay.message import normalize
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
@@ -199,6 +199,20 @@ def test_every_session_is_strict_and_utc_whatever_the_servers_defaults(make_mari
         relayed = server.execute("SELECT relayed_at FROM feishu_messages", dbname="relay")[0][0]
         utc_now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
         assert abs((utc_now - relayed).total_seconds()) < 60, relayed
+    finally:
+        t.close()
+
+
+def test_a_batch_past_max_statement_time_is_a_statement_timeout(target, maria_url):
+    """MariaDB's max_statement_time (the relay's statement_timeout, set in every session) stops a batch
+    through a slow trigger: StatementTimeout, which the relay answers by cutting its batches."""
+    mh.query(maria_url, "CREATE TRIGGER slow BEFORE INSERT ON feishu_messages FOR EACH ROW SET @slept = SLEEP(0.01)")
+    t = open_target(maria_url, statement_timeout=1)
+    try:
+        with pytest.raises(StatementTimeout) as err:
+            t.write(rows_of(flats(200)))                  # 2 s of sleeping
+        assert err.value.sqlstate == "70100" and "MySQL error 1969" in str(err.value), err.value
+        assert t.write(rows_of(flats(20))) == 20           # 0.2 s: passes
     finally:
         t.close()
 

@@ -242,7 +242,7 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
     t = open_target(pg_url)
     try:
         assert t.schema_version() == 0
-        assert t.init_db() == {"from_version": 0, "version": 1, "trigram": "created"}
+        assert t.init_db() == {"from_version": 0, "version": 1, "dropped": False, "trigram": "created"}
         assert t.init_db()["from_version"] == 1
         assert t.schema_version() == 1
         indexes = {r[0] for r in pg_query(pg_url, "SELECT indexname FROM pg_indexes"
@@ -257,7 +257,7 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
         def with_v2(db, table):
             return original(db, table) + [[f"ALTER TABLE {db.quote(table)} ADD COLUMN lang varchar(16)"]]
         monkeypatch.setattr(schema, "target_migrations", with_v2)
-        assert t.init_db() == {"from_version": 1, "version": 2, "trigram": "created"}
+        assert t.init_db() == {"from_version": 1, "version": 2, "dropped": False, "trigram": "created"}
         assert t.init_db()["from_version"] == 2           # ADD COLUMN would fail if run twice
         assert t.schema_version() == 2 and t.count() == 3
         cols = {r[0] for r in pg_query(pg_url, "SELECT column_name FROM information_schema.columns"
