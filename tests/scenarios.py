@@ -319,7 +319,7 @@ def table_dropped_under_a_running_relay(spawn, invoke, outbox_path, db, count):
     assert check.exit_code == 1, check.output
     assert "table feishu_messages does not exist" in check.output and "Traceback" not in check.output
     init = invoke("init-db", *common)
-    assert init.exit_code == 0 and "schema version 0 -> 1" in init.output, init.output
+    assert init.exit_code == 0 and "schema version 0 -> 2" in init.output, init.output
     assert invoke("check", *common).exit_code == 0
     assert count(db.url) == 0
 

@@ -98,6 +98,9 @@ def check_token(value, field, limit):
         raise InvalidMessage(f"{field} is longer than {limit} characters")
     if not value.isprintable():
         raise InvalidMessage(f"{field} holds a control character (a line break, a tab …): not an id")
+    if value != value.strip():
+        # MySQL's collations compare 'om_1 ' equal to 'om_1': two ids that are one to the archive.
+        raise InvalidMessage(f"{field} starts or ends with a space: not an id")
     return value
 
 

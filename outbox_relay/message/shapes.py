@@ -32,8 +32,9 @@ RECALLED_TEXT = "[recalled]"  # the text of a message recalled before it was arc
 
 
 def normalize(payload):
-    """Any accepted shape (a dict, or JSON text) -> Message. Raises InvalidMessage / NotAMessage."""
-    if isinstance(payload, Message):
+    """Any accepted shape (a dict, or JSON text) -> Message, or Event (an edit, a recall, a reaction).
+    Raises InvalidMessage / NotAMessage."""
+    if isinstance(payload, (Message, events.Event)):
         return payload
     if isinstance(payload, (str, bytes, bytearray, memoryview)):
         payload = parse_payload(payload)

@@ -308,18 +308,21 @@ class Outbox:
         """Which file at the path the rows come from (changes when it was replaced under us)."""
         return self.file.generation
 
-    def claim_oldest(self, limit, exclude=()):
+    def claim_oldest(self, limit, exclude=(), kinds=None):
         """The relay's claim: the oldest undelivered rows, parked ones included. Parked rows are
         the oldest (overflow parks from the front), so they go first, straight to the target: moving
-        them back to pending first (refill) cost a quarter of a drain's outbox work."""
-        return self._claim(("parked", "pending"), limit, exclude)
+        them back to pending first (refill) cost a quarter of a drain's outbox work. `kinds`: only
+        rows of these kinds (message, event), when the target cannot take the others yet."""
+        return self._claim(("parked", "pending"), limit, exclude, kinds)
 
-    def _claim(self, states, limit, exclude):
+    def _claim(self, states, limit, exclude, kinds=None):
         generation = self.file.generation
         where = ""
         params = []
+        if kinds is not None:
+            where += f" AND kind IN ({', '.join(repr(str(k)) for k in kinds)})"
         if exclude:
-            where = " AND id NOT IN (SELECT value FROM json_each(?))"
+            where += " AND id NOT IN (SELECT value FROM json_each(?))"
             params.append(json.dumps(list(exclude)))
         # One ordered index range per state (UNION ALL), not `state IN (…) ORDER BY id`, which
         # would sort every parked row of a large backlog to return the first few hundred.
@@ -444,8 +447,10 @@ class Outbox:
         counts.update(self._read("SELECT state, n FROM outbox_counts"))
         return counts
 
-    def has_pending(self):
-        return bool(self._read("SELECT 1 FROM outbox WHERE state IN ('pending', 'parked') LIMIT 1"))
+    def has_pending(self, kinds=None):
+        """Is anything waiting (of these kinds)?"""
+        where = "" if kinds is None else f" AND kind IN ({', '.join(repr(str(k)) for k in kinds)})"
+        return bool(self._read(f"SELECT 1 FROM outbox WHERE state IN ('pending', 'parked'){where} LIMIT 1"))
 
     def oldest_pending_age(self, now=None):
         """Seconds since the oldest undelivered (pending or parked) row was committed, or None."""

@@ -9,17 +9,38 @@ Identifiers are the only thing ever formatted into SQL here, and only after
 schema-qualified). Values always go through bind parameters.
 """
 
+import dataclasses
 import re
 
 from ..errors import ConfigError
 
 _TABLE_NAME = re.compile(r"^(?:[A-Za-z_][A-Za-z0-9_]{0,62}\.)?[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
-# The target table, in COPY order: (column, type, constraint). Types are words of our own that each
-# database class maps to its SQL type (`Target.types`); {now} is the database's clock and
-# {empty} a default of '' where the database allows one on a text column. `relayed_at` is not
-# written by the relay (its default is the server's clock), so it is not in TARGET_COLUMNS.
-COLUMNS = (
+# A table, in COPY order: (column, type, constraint). Types are words of our own that each database
+# class maps to its SQL type (`Target.types`); {now} is the database's clock and {empty} a default of
+# '' where the database allows one on a text column. Columns with a default of {now} are not written
+# by the relay (relayed_at: the server's clock).
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """One of our tables: its columns, the key a re-sent row is a duplicate by, its indexes."""
+
+    key: str
+    columns: tuple
+    indexes: tuple  # (name suffix, columns): what search, stats and history filter and sort on
+    unique: tuple = ()  # (name suffix, columns): other facts a row is a duplicate by
+
+    @property
+    def written(self):
+        """The columns the relay writes, in order."""
+        return tuple(name for name, _, constraint in self.columns if "{now}" not in constraint)
+
+    @property
+    def json_columns(self):
+        return tuple(name for name, kind, _ in self.columns if kind == "json")
+
+
+# The messages table, as version 1 made it: one row per message, as it was first archived.
+MESSAGES = Table("message_id", (
     ("message_id", "id", "PRIMARY KEY"),
     ("chat_id", "id", ""),
     ("chat_type", "kind", ""),
@@ -39,16 +60,55 @@ COLUMNS = (
     ("relayed_at", "time", "NOT NULL DEFAULT {now}"),
     ("outbox_host", "host", ""),
     ("outbox_id", "bigint", ""),
-)
-TARGET_COLUMNS = tuple(name for name, _, _ in COLUMNS if name != "relayed_at")
-JSON_COLUMNS = tuple(name for name, kind, _ in COLUMNS if kind == "json")
-# (index name suffix, columns): what search and stats filter and sort on.
-INDEXES = (
+), (
     ("chat_created", ("chat_id", "created_at")),
     ("created", ("created_at",)),
     ("sender_created", ("sender_id", "created_at")),
     ("relayed", ("relayed_at",)),
+))
+# What version 2 adds to a message's row: what the chat shows now. They are set from the message's
+# events (targets/: the latest edit, the first recall), never by the insert; the words first
+# archived move to original_text/original_content when an edit replaces them.
+MESSAGE_STATE = (
+    ("edited_at", "time", ""),
+    ("recalled_at", "time", ""),
+    ("recall_type", "kind", ""),
+    ("original_text", "text", ""),
+    ("original_content", "json", ""),
 )
+# One row per event about a message (message/events.py), append-only.
+EVENTS = Table("event_id", (
+    ("event_id", "id", "PRIMARY KEY"),
+    ("message_id", "id", "NOT NULL"),
+    ("kind", "kind", "NOT NULL"),
+    ("fact", "fact", "NOT NULL"),
+    ("happened_at", "time", "NOT NULL"),
+    ("chat_id", "id", ""),
+    ("operator_id", "id", ""),
+    ("operator_type", "kind", ""),
+    ("msg_type", "kind", ""),
+    ("content", "json", ""),
+    ("text", "text", ""),
+    ("mentions", "json", ""),
+    ("emoji", "kind", ""),
+    ("recall_type", "kind", ""),
+    ("source", "source", "NOT NULL"),
+    ("raw", "json", ""),
+    ("received_at", "time", "NOT NULL"),
+    ("relayed_at", "time", "NOT NULL DEFAULT {now}"),
+    ("outbox_host", "host", ""),
+    ("outbox_id", "bigint", ""),
+), (
+    ("message", ("message_id", "happened_at")),
+    ("happened", ("happened_at",)),
+    ("kind_happened", ("kind", "happened_at")),
+), unique=(("fact", ("message_id", "fact")),))
+
+COLUMNS = MESSAGES.columns
+TARGET_COLUMNS = MESSAGES.written
+JSON_COLUMNS = MESSAGES.json_columns
+INDEXES = MESSAGES.indexes
+EVENT_COLUMNS = EVENTS.written
 
 VERSION_TABLE = "outbox_relay_schema"
 
@@ -65,19 +125,35 @@ def index_name(table, suffix):
     return check_table_name(table).split(".")[-1] + "_" + suffix
 
 
-def column_lines(db):
-    """The column definitions of the target table in `db`'s types (a Target class)."""
-    lines = []
-    for name, kind, constraint in COLUMNS:
-        constraint = constraint.format(now=db.types["now"], empty=db.types["empty"])
-        lines.append(f"    {name:<12} {db.types[kind]} {constraint}".rstrip())
-    return lines
+def events_table(table):
+    """The events table beside a messages table: feishu_messages -> feishu_message_events (x_messages
+    -> x_message_events; any other name gets _events)."""
+    schema_part, dot, name = check_table_name(table).rpartition(".")
+    name = name[:-len("_messages")] + "_message_events" if name.endswith("_messages") else name + "_events"
+    return check_table_name(schema_part + dot + name)
 
 
-def target_migrations(db, table):
+def column_line(db, column):
+    """One column's definition in `db`'s types (a Target class)."""
+    name, kind, constraint = column
+    constraint = constraint.format(now=db.types["now"], empty=db.types["empty"])
+    return f"{name:<12} {db.types[kind]} {constraint}".rstrip()
+
+
+def column_lines(db, columns=COLUMNS):
+    return ["    " + column_line(db, c) for c in columns]
+
+
+def target_migrations(db, table, existing=None):
     """[[sql, ...], ...]: the statements that take `table` from version i to i+1 in database `db`
-    (a Target class: its types, its quoting and its way of creating a table and its indexes)."""
-    return [db.create_table_statements(table)]
+    (a Target class: its types, its quoting and its way of creating a table and its indexes).
+    `existing`: the messages table's columns now, so that a step half done before (MySQL's DDL is not
+    transactional) adds only what it lacks; None: all of them (`schema --sql`)."""
+    missing = [c for c in MESSAGE_STATE if existing is None or c[0] not in existing]
+    return [
+        db.create_table_statements(table, MESSAGES),
+        db.add_column_statements(table, missing) + db.create_table_statements(events_table(table), EVENTS),
+    ]
 
 
 def schema_sql(db, table):

@@ -165,7 +165,7 @@ class Relay:
         """Claim the oldest pending rows (but those still in flight) and encode them for the target.
         A row that cannot be encoded at all carries its RowRejected instead."""
         generation = self.outbox.generation
-        rows = self.outbox.claim_oldest(self.beat.batch_rows or self.batch_size, exclude)
+        rows = self.outbox.claim_oldest(self.beat.batch_rows or self.batch_size, exclude, self._kinds())
         encoded = []
         for r in rows:
             try:
@@ -173,6 +173,11 @@ class Relay:
             except RowRejected as e:
                 encoded.append(e)
         return Batch(rows, encoded, generation)
+
+    def _kinds(self):
+        """What the target can take now: everything, or messages alone while its events table is not
+        made (a role without DDL rights, before the DBA ran this version's `schema --sql`)."""
+        return None if self.target.events_ready else ("message",)
 
     def _write(self, batch):
         """Write the batch; split on a rejected row until it is alone. When every row of a batch is
@@ -357,7 +362,7 @@ class Relay:
             for field in ("claimed", "delivered", "new", "dead", "pruned"):
                 total[field] += getattr(result, field)
             if result.claimed == 0:
-                if not self.outbox.has_pending():
+                if not self.outbox.has_pending(self._kinds()):
                     break
                 continue  # every row was in flight when this batch was claimed: not a batch
             batches += 1

@@ -12,6 +12,7 @@ Longer than the subclasses together, on purpose: what is written here once is wh
 otherwise each write again.
 """
 
+import collections
 import contextlib
 import logging
 import socket
@@ -20,10 +21,15 @@ import time
 from .. import jsonio
 from ..errors import RowRejected, TableMissing, TargetError, TargetUnavailable
 from ..logs import mask_url
+from ..message.events import EDITED, RECALLED
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
 
 log = logging.getLogger(__name__)
+
+
+# One encoded row: its schema.Table, the message it is (or is about), and the data the writer takes.
+Encoded = collections.namedtuple("Encoded", "table message_id data")
 
 
 class Tx:
@@ -33,6 +39,10 @@ class Tx:
         self.conn = conn  # the raw DB-API connection, for what only a driver can do (COPY)
         self.rowcount = None
         self.prefix = prefix  # statements that open the transaction, sent with the first one
+        self.deferred = []  # (sql, params) to run last, before COMMIT (with it, where the driver can)
+
+    def defer(self, sql, params=None):
+        self.deferred.append((sql, params))
 
     def with_prefix(self, sql):
         """`sql` preceded by what is still to be sent before it (one round trip for both)."""
@@ -67,15 +77,17 @@ class Target:
     # default, "empty" a default of '' on a text column where it may have one.
     types = {}
     search_index_note = ""   # what the optional search index needs, for `schema --sql`
-    # A write transaction's opening statements go out with its first statement (a driver that
-    # sends several statements in one query): one round trip less per batch, which counts far away.
-    begin_with_first_statement = False
+    # A driver that sends several statements in one query: a write transaction's opening statements
+    # go out with its first statement, and its last ones with COMMIT. Round trips count far away.
+    several_statements = False
 
     def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
                  statement_timeout=30, host_name=None, create=True, error_detail=False):
         self.url = url
         self.table = schema.check_table_name(table)
         self.quoted = self.quote(table)
+        self.events_table = schema.events_table(table)
+        self._names = {schema.MESSAGES.key: self.table, schema.EVENTS.key: self.events_table}
         self.pool_size = pool_size
         self.connect_timeout = connect_timeout
         self.statement_timeout = statement_timeout
@@ -83,6 +95,9 @@ class Target:
         self.error_detail = error_detail  # keep the row's values the server quotes in its errors (debugging)
         self.db = self.open_database(self.connect_args(url), create)
         self._schema_checked = False
+        # The events table (and the columns it fills) made, so events can be written and applied. A
+        # role that may not run the DDL of a new version keeps delivering messages meanwhile.
+        self.events_ready = False
 
     # -- what each database says for itself --------------------------------------------------
 
@@ -102,11 +117,6 @@ class Target:
         """A TargetError for what this driver's error means, or None for "transient". `text` is the
         driver's whole text: what the server quotes of the row leaves it here, unless error_detail."""
         return None
-
-    def insert_batch(self, tx, values):
-        """Insert rows of column values (schema.TARGET_COLUMNS order), keeping the row already
-        there for a message_id: a re-sent batch must be harmless. -> how many were new."""
-        raise NotImplementedError
 
     def ddl_lock(self, tx):
         """Serialise schema changes between relays starting at once (where the database can)."""
@@ -171,13 +181,22 @@ class Target:
         return ".".join(f"{q}{part}{q}" for part in schema.check_table_name(name).split("."))
 
     @classmethod
-    def create_table_statements(cls, table):
+    def create_table_statements(cls, table, tdef):
+        """CREATE TABLE and its indexes for a schema.Table under the name `table`."""
         t = cls.quote(table)
-        statements = [f"CREATE TABLE IF NOT EXISTS {t} (\n" + ",\n".join(schema.column_lines(cls)) + "\n)"]
-        for suffix, columns in schema.INDEXES:
+        unique = [f"    UNIQUE ({', '.join(columns)})" for _, columns in tdef.unique]
+        statements = [f"CREATE TABLE IF NOT EXISTS {t} (\n" + ",\n".join(schema.column_lines(cls, tdef.columns)
+                                                                        + unique) + "\n)"]
+        for suffix, columns in tdef.indexes:
             statements.append(f"CREATE INDEX IF NOT EXISTS {cls.quote(schema.index_name(table, suffix))}"
                               f" ON {t} ({', '.join(columns)})")
         return statements
+
+    @classmethod
+    def add_column_statements(cls, table, columns):
+        """ALTER TABLE … ADD COLUMN for each (name, type, constraint): nullable columns, which every
+        server adds without rewriting the table (PostgreSQL, MySQL 8 and MariaDB: in place)."""
+        return [f"ALTER TABLE {cls.quote(table)} ADD COLUMN {schema.column_line(cls, c)}" for c in columns]
 
     @classmethod
     def version_table_sql(cls):
@@ -238,14 +257,14 @@ class Target:
         schema changes, which may rightly take longer than a statement of the relay's."""
         conn = self._checkout()
         begin = self.begin_sql(write) if timeout else "BEGIN"
-        tx = Tx(conn, prefix=begin if write and self.begin_with_first_statement else None)
+        tx = Tx(conn, prefix=begin if write and self.several_statements else None)
         # peewee keeps its connections in autocommit mode and opens transactions itself; we do the
         # same, explicitly, so a batch is exactly one transaction.
         try:
             if tx.prefix is None:
                 tx.execute(begin)
             yield tx
-            tx.execute("COMMIT")
+            self._commit(tx)
         except Exception as e:
             error = self.classify(e)
             try:
@@ -257,6 +276,18 @@ class Target:
             self._release(error)
             raise error from None
         self._release()
+
+    def _commit(self, tx):
+        """The deferred statements, then COMMIT: in one round trip where the driver sends several
+        statements at once (the events' update of a batch then costs no round trip of its own)."""
+        deferred, tx.deferred = tx.deferred, []
+        if deferred and self.several_statements:
+            params = [p for _, ps in deferred for p in (ps or ())]
+            tx.execute("; ".join(sql for sql, _ in deferred) + "; COMMIT", params or None)
+            return
+        for sql, params in deferred:
+            tx.execute(sql, params)
+        tx.execute("COMMIT")
 
     def run(self, fn):
         """fn(raw DB-API connection) inside one transaction; commit; classify any failure."""
@@ -279,39 +310,107 @@ class Target:
     # -- writing ----------------------------------------------------------------------------------
 
     def write(self, rows):
-        """rows: [(outbox_id, Message, received_at_epoch_s)]. -> number of rows that were new."""
+        """rows: [(outbox_id, Message or Event, received_at_epoch_s)]. -> number of messages that were new."""
         return self.write_encoded([self.encode(*row) for row in rows])
 
-    def encode(self, outbox_id, m, received_at):
+    def encode(self, outbox_id, item, received_at):
         """One row as this database's batch writer takes it (column values; PostgreSQL: a COPY
-        line), made ahead of the write: the relay encodes the next batch while this one is sent.
-        Raises RowRejected for a row that cannot be written at all."""
+        line) with the table it goes to, made ahead of the write: the relay encodes the next batch
+        while this one is sent. Raises RowRejected for a row that cannot be written at all."""
+        table = schema.EVENTS if item.outbox_kind == "event" else schema.MESSAGES
         try:
-            return self.encode_values(self._values(outbox_id, m, received_at))
+            values = (self._event_values if table is schema.EVENTS else self._values)(outbox_id, item, received_at)
+            return Encoded(table, item.message_id, self.encode_values(table, self.clean_values(table, values)))
         except (ValueError, OverflowError, OSError) as e:
             # A row we cannot even turn into column values (a date outside years 1-9999, stored
             # by an older release) is about the data: isolate it. Not the raw error, which the
             # relay would retry forever with every batch stuck behind that row.
             raise RowRejected(f"cannot be written to the target: {e}") from None
 
-    def encode_values(self, values):
+    def clean_values(self, table, values):
+        """What this database cannot store, made storable (PostgreSQL: U+0000)."""
+        return values
+
+    def encode_values(self, table, values):
         return values
 
     def write_encoded(self, encoded):
-        """Rows from encode(), in one transaction. -> how many were new."""
+        """Rows from encode(), in one transaction: the messages, the events, and the rows of every
+        message the batch names brought up to its events. -> how many messages were new."""
         if not encoded:
             return 0
+        messages = [e.data for e in encoded if e.table is schema.MESSAGES]
+        events = [e.data for e in encoded if e.table is schema.EVENTS]
         try:
             with self.transaction(write=True) as tx:
-                return self.insert_batch(tx, encoded)
+                new = self.insert_rows(tx, schema.MESSAGES, messages) if messages else 0
+                if events:
+                    self.insert_rows(tx, schema.EVENTS, events)
+                if self.events_ready:
+                    self.apply_events(tx, list(dict.fromkeys(e.message_id for e in encoded)))
+                return new
         except TableMissing:
             self._schema_checked = False  # dropped under us: the relay's next ensure_schema makes it again
             raise
+
+    def insert_rows(self, tx, table, rows):
+        """Insert encoded rows of `table` (a schema.Table), keeping the row already there for a key or
+        a unique fact: a re-sent batch must be harmless. -> how many were new."""
+        raise NotImplementedError
+
+    def name_of(self, table):
+        """The name a schema.Table has in this database (the messages table's setting, and the events
+        table's beside it)."""
+        return self._names[table.key]
+
+    def apply_events(self, tx, message_ids):
+        """Bring the rows of these messages up to the events the archive holds for them, whatever
+        the order they came in: the latest edit by Feishu's update_time wins (the words it replaced
+        first are kept in original_*), the recall (one per message) is final. Deferred to the end of
+        the transaction, so a batch's round trips stay as many as without events."""
+        ids_sql, ids_params = self.id_list("message_id", message_ids)
+        events, t = self.quote(self.events_table), self.quoted
+
+        def latest(kind, columns, order):
+            return (f"SELECT {columns} FROM (SELECT {columns}, ROW_NUMBER() OVER (PARTITION BY message_id"
+                    f" ORDER BY happened_at {order}) AS n FROM {events} WHERE kind = '{kind}' AND {ids_sql}) x"
+                    " WHERE n = 1")
+        edit = latest(EDITED, "message_id, happened_at, msg_type, content, text, mentions", "DESC")
+        applies = "(m.edited_at IS NULL OR m.edited_at < e.happened_at)"
+        # Two statements, the words first archived saved before the edit replaces them: MySQL does not
+        # promise the order of a multi-table UPDATE's assignments.
+        tx.defer(self.update_from(t, edit, [("original_text", "COALESCE(m.original_text, m.text)"),
+                                            ("original_content", "COALESCE(m.original_content, m.content)")],
+                                  applies), ids_params)
+        tx.defer(self.update_from(t, edit, [("text", "e.text"), ("content", "e.content"),
+                                            ("msg_type", "COALESCE(e.msg_type, m.msg_type)"),
+                                            ("mentions", "e.mentions"), ("edited_at", "e.happened_at")],
+                                  applies), ids_params)
+        recall = latest(RECALLED, "message_id, happened_at, recall_type", "ASC")
+        tx.defer(self.update_from(t, recall, [("recalled_at", "e.happened_at"), ("recall_type", "e.recall_type")],
+                                  "m.recalled_at IS NULL"), ids_params)
+
+    def update_from(self, table, derived, assignments, where):
+        """UPDATE `table` AS m from the rows of `derived` (AS e, joined on message_id): [(column, SQL
+        expression)]; PostgreSQL's and SQLite's form (MySQL says it with a JOIN)."""
+        sets = ", ".join(f"{column} = {expr}" for column, expr in assignments)
+        return f"UPDATE {table} AS m SET {sets} FROM ({derived}) AS e WHERE m.message_id = e.message_id AND {where}"
+
+    def id_list(self, column, ids):
+        """(SQL condition, parameters): `column` is one of `ids`."""
+        return f"{column} IN ({', '.join([self.param] * len(ids))})", list(ids)
 
     def _values(self, outbox_id, m, received_at):
         return (m.message_id, m.chat_id, m.chat_type, m.thread_id, m.root_id, m.parent_id,
                 m.sender_id, m.sender_type, m.msg_type or "text", _json(m.content), m.text or "",
                 _json(m.mentions), self.created_value(m.created_or(received_at)), m.source, _json(m.raw),
+                self.received_value(received_at), self.host_name, outbox_id)
+
+    def _event_values(self, outbox_id, e, received_at):
+        """An Event's row of the events table, in schema.EVENTS.written order."""
+        return (e.event_id, e.message_id, e.kind, e.fact, self.created_value(e.created_or(received_at)),
+                e.chat_id, e.operator_id, e.operator_type, e.msg_type, _json(e.content), e.text,
+                _json(e.mentions), e.emoji, e.recall_type, e.source, _json(e.raw),
                 self.received_value(received_at), self.host_name, outbox_id)
 
     # -- schema -------------------------------------------------------------------------------------
@@ -325,8 +424,12 @@ class Target:
             return self._version(tx)
 
     def _version(self, tx):
-        """The catalog first: a table a DBA dropped is absent (version 0) whatever our version row says."""
-        return self._recorded_version(tx) if self.table_exists(tx, self.table) else 0
+        """The catalog first: a table a DBA dropped is absent (version 0, or 1 for the events table
+        of version 2) whatever our version row says."""
+        if not self.table_exists(tx, self.table):
+            return 0
+        recorded = self._recorded_version(tx)
+        return recorded if recorded < 2 or self.table_exists(tx, self.events_table) else 1
 
     def _recorded_version(self, tx):
         """What outbox_relay_schema says of our table (0: nothing), whether the table is there or not."""
@@ -337,7 +440,6 @@ class Target:
 
     def init_db(self, trigram=True):
         """Apply the missing migrations; then the search index where permitted. -> report dict."""
-        migrations = schema.target_migrations(type(self), self.table)
         with self.transaction(timeout=False) as tx:
             # Two relays starting at once must not both run the DDL: the lock comes first, since
             # even CREATE TABLE IF NOT EXISTS fails (PostgreSQL: 23505 on pg_type) when two race.
@@ -345,12 +447,14 @@ class Target:
             with self._ddl_unlocked_after(tx):
                 tx.execute(self.version_table_sql())
                 current, recorded = self._version(tx), self._recorded_version(tx)
+                migrations = schema.target_migrations(type(self), self.table, existing=self.table_columns(tx))
                 for stmts in migrations[current:]:
                     for sql in stmts:
                         tx.execute(sql)
                 tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
         if recorded > current:
             log.warning("table %s was dropped: made again (version %s was on record)", self.table, recorded)
+        self.events_ready = True
         report = {"from_version": current, "version": len(migrations), "dropped": recorded > current,
                   "trigram": None}
         if trigram and self.search_index_statements(self.table):
@@ -393,18 +497,34 @@ class Target:
             # The version table may be unreadable too: a DBA who ran the DDL often grants
             # the app role only what it needs on the messages table.
             if self.schema_version() >= len(migrations):
-                self._schema_checked = True
+                self._checked(events_ready=True)
                 return False
             self.init_db(trigram=True)
         except TargetUnavailable as e:
             if e.sqlstate and e.sqlstate.startswith("42"):
                 log.warning("cannot check or create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
                             self.table, e)
-                self._schema_checked = True
+                self._checked(events_ready=self._events_table_ready())
                 return False
             raise
-        self._schema_checked = True
+        self._checked(events_ready=True)
         return True
+
+    def _checked(self, events_ready):
+        self._schema_checked, self.events_ready = True, events_ready
+        if not events_ready:
+            log.warning("%s is not made yet (this version's DDL: `outbox-relay schema --sql`): messages are"
+                        " delivered, edits, recalls and reactions wait in the outbox until it is",
+                        self.events_table)
+
+    def _events_table_ready(self):
+        """Can events be written and applied (a role without DDL, after a DBA ran schema --sql)?"""
+        try:
+            with self.transaction() as tx:
+                return bool(self.table_exists(tx, self.events_table)
+                            and schema.MESSAGE_STATE[0][0] in self.table_columns(tx))
+        except TargetError:
+            return False
 
     # -- reading and diagnostics ---------------------------------------------------------------------
 
@@ -442,16 +562,19 @@ class Target:
         with self.transaction() as tx:
             columns = self.table_columns(tx)
             recorded = 0 if columns else self._recorded_version(tx)
+            events = bool(columns) and self.table_exists(tx, self.events_table)
         if recorded:
             return [f"table {self.table} does not exist, though outbox-relay made it (version {recorded} is on"
                     " record in outbox_relay_schema): it was dropped; `init-db`, or a running relay, makes it"
                     " again where the role may"]
         if not columns:
             return None
-        ours = set(schema.TARGET_COLUMNS) | {"relayed_at"}
-        problems = [f"table {self.table} lacks column {c}" for c in schema.TARGET_COLUMNS if c not in columns]
+        needed = schema.TARGET_COLUMNS + tuple(c for c, _, _ in schema.MESSAGE_STATE)
+        problems = [f"table {self.table} lacks column {c}" for c in needed if c not in columns]
+        if not events:
+            problems.append(f"table {self.events_table} (edits, recalls, reactions) does not exist")
         problems += [unfilled_column(self.table, c) for c, (nullable, has_default) in columns.items()
-                     if c not in ours and not nullable and not has_default]
+                     if c not in needed and c != "relayed_at" and not nullable and not has_default]
         return problems
 
     def count(self):
@@ -485,7 +608,7 @@ class PooledTarget(Target):
 
     # What the servers name alike; each says its JSON, text, time and clock.
     types = {"id": "varchar(128)", "kind": "varchar(64)", "source": "varchar(32)", "host": "varchar(255)",
-             "bigint": "bigint"}
+             "bigint": "bigint", "fact": "varchar(255)"}
 
     def _discard(self):
         self.db.manual_close()

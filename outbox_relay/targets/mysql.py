@@ -27,7 +27,6 @@ in `utf8mb4_bin`: literal, with ASCII (and other) case ignored, as on PostgreSQL
 collation would also equate accents and, in utf8mb4_general_ci/unicode_ci, every emoji.
 """
 
-import functools
 import hashlib
 import os
 import re
@@ -146,7 +145,8 @@ class MySQLTarget(PooledTarget):
         state = getattr(exc, "sqlstate", None)
         if errno in (1142, 1143) and message.startswith("UPDATE command denied"):
             message += (" (INSERT … ON DUPLICATE KEY UPDATE, which makes a re-sent batch harmless, needs it:"
-                        f" GRANT SELECT, INSERT, UPDATE ON {self.table} TO the relay's user)")
+                        f" GRANT SELECT, INSERT, UPDATE ON {self.table} and on {self.events_table} TO the relay's"
+                        " user: a message's row is also brought up to its edits and recall)")
         if errno == 1048 and "'message_id'" in message:
             message += (" (another row's message_id is equal to this one in the table's collation but not"
                         " identical, e.g. the same id without trailing spaces, or this row collides with"
@@ -165,30 +165,34 @@ class MySQLTarget(PooledTarget):
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def encode_values(self, values):
+    def encode_values(self, table, values):
         # Bytes, as they go on the wire: statements are measured against max_allowed_packet in bytes
         # (400 Chinese characters are 1,200), and PyMySQL sends bytes as they are.
         row = ("(" + ", ".join(map(sql_literal, values)) + ")").encode("utf-8")
         if self.max_packet is not None:  # known once a connection has said it: refused here, not bisected
-            self._check_fits(row, self.max_packet)
+            self._check_fits(table, row, self.max_packet)
         return row
 
-    def insert_batch(self, tx, rows):
+    def insert_rows(self, tx, table, rows):
         limit = self._max_packet(tx.conn)
         for row in rows:  # rows encoded before the limit was known, or with another connection's
-            self._check_fits(row, limit)
-        new = 0
+            self._check_fits(table, row, limit)
+        head, tail, new = self._insert_head(table), INSERT_TAILS[table.key], 0
         with tx.conn.cursor() as cur:
-            for sql in _statements(self._insert_head, INSERT_TAIL, rows, min(MAX_STATEMENT_BYTES, limit - 1)):
+            for sql in _statements(head, tail, rows, min(MAX_STATEMENT_BYTES, limit - 1)):
                 cur.execute(sql)  # no parameters: PyMySQL leaves the bytes (and any %) alone
                 # 1 per inserted row, 0 per duplicate left as it was (PyMySQL does not set
                 # CLIENT_FOUND_ROWS): the sum is how many were new.
                 new += cur.rowcount
         return new
 
-    @functools.cached_property
-    def _insert_head(self):
-        return f"INSERT INTO {self.quoted} ({', '.join(schema.TARGET_COLUMNS)}) VALUES ".encode()
+    def _insert_head(self, table):
+        return f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)}) VALUES ".encode()
+
+    def update_from(self, table, derived, assignments, where):
+        # MySQL's multi-table UPDATE: a JOIN, and the columns it sets named with their table.
+        sets = ", ".join(f"m.{column} = {expr}" for column, expr in assignments)
+        return f"UPDATE {table} AS m JOIN ({derived}) AS e ON m.message_id = e.message_id SET {sets} WHERE {where}"
 
     def _checkout(self):
         # Asked as a connection is first used, so before the relay's first batch is encoded
@@ -212,9 +216,9 @@ class MySQLTarget(PooledTarget):
                 limit = self._packets[conn] = self.max_packet = int(cur.fetchone()[0])
         return limit
 
-    def _check_fits(self, row, limit):
+    def _check_fits(self, table, row, limit):
         """RowRejected for a row whose INSERT alone is over max_allowed_packet (with the command byte)."""
-        size = len(self._insert_head) + len(row) + len(INSERT_TAIL) + 1
+        size = len(self._insert_head(table)) + len(row) + len(INSERT_TAILS[table.key]) + 1
         if size > limit:
             raise RowRejected(f"MySQL error 1153 (Got a packet bigger than 'max_allowed_packet' bytes): this row is"
                               f" {size:,} bytes as SQL, the server's max_allowed_packet is {limit:,} (raise it,"
@@ -225,7 +229,8 @@ class MySQLTarget(PooledTarget):
         is that input (MAX_MESSAGE_BYTES of JSON), `content` and `mentions` are parts of it, `text` is
         at most as long, and SQL escaping at most doubles a byte: six times the input, plus the
         other columns (ids of at most 128 characters, kinds, times, the host: ROW_FIXED)."""
-        return len(self._insert_head) + 6 * MAX_MESSAGE_BYTES + ROW_FIXED + len(INSERT_TAIL) + 1
+        head, tail = self._insert_head(schema.MESSAGES), INSERT_TAILS[schema.MESSAGES.key]
+        return len(head) + 6 * MAX_MESSAGE_BYTES + ROW_FIXED + len(tail) + 1
 
     def setting_problems(self, tx):
         limit, need = self._max_packet(tx.conn), self.largest_statement()
@@ -240,11 +245,12 @@ class MySQLTarget(PooledTarget):
     # -- DDL ---------------------------------------------------------------------------------------
 
     @classmethod
-    def create_table_statements(cls, table):
+    def create_table_statements(cls, table, tdef):
         # Indexes inline: MySQL 8 has no CREATE INDEX IF NOT EXISTS.
-        keys = [f"    KEY {cls.quote(schema.index_name(table, suffix))} ({', '.join(columns)})"
-                for suffix, columns in schema.INDEXES]
-        return [f"CREATE TABLE IF NOT EXISTS {cls.quote(table)} (\n" + ",\n".join(schema.column_lines(cls) + keys)
+        keys = [f"    {kind}KEY {cls.quote(schema.index_name(table, suffix))} ({', '.join(columns)})"
+                for kind, keyset in (("", tdef.indexes), ("UNIQUE ", tdef.unique)) for suffix, columns in keyset]
+        return [f"CREATE TABLE IF NOT EXISTS {cls.quote(table)} (\n"
+                + ",\n".join(schema.column_lines(cls, tdef.columns) + keys)
                 + "\n) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"]
 
     @classmethod
@@ -317,8 +323,13 @@ class MySQLTarget(PooledTarget):
 MAX_STATEMENT_BYTES = 1 << 20
 # The columns of a row other than raw, content, mentions and text, as SQL, at most (generously).
 ROW_FIXED = 16 * 1024
-INSERT_TAIL = (b" ON DUPLICATE KEY UPDATE message_id ="
-               b" IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)")
+# What keeps the row already there, per table's key (the module's docstring says why message_id is
+# guarded). An event already there by its id or by the fact it states: kept as it is.
+INSERT_TAILS = {
+    "message_id": (b" ON DUPLICATE KEY UPDATE message_id ="
+                   b" IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)"),
+    "event_id": b" ON DUPLICATE KEY UPDATE event_id = event_id",
+}
 
 
 def _statements(head, tail, rows, limit):

@@ -1,9 +1,11 @@
 """PostgreSQL (RDS for PostgreSQL, PgBouncer in transaction mode, Citus): the real deployment.
 
-The batch is COPYed into a temporary table and moved with INSERT … SELECT … ON CONFLICT
-(message_id) DO NOTHING, all inside one transaction, so nothing outlives it (PgBouncer-safe).
+A batch is COPYed straight into its tables; where a row is there already, through a temporary table
+and INSERT … SELECT … ON CONFLICT DO NOTHING, all inside one transaction, so nothing outlives it
+(PgBouncer-safe).
 """
 
+import functools
 import io
 import re
 import urllib.parse
@@ -30,7 +32,7 @@ class PostgresTarget(PooledTarget):
     types = {**PooledTarget.types, "json": "jsonb", "text": "text", "time": "timestamptz", "now": "now()",
              "empty": " DEFAULT ''"}
     search_index_note = "needs the pg_trgm extension"
-    begin_with_first_statement = True
+    several_statements = True
 
     @classmethod
     def connect_args(cls, url):
@@ -73,10 +75,12 @@ class PostgresTarget(PooledTarget):
         if not sqlstate:
             return None
         text = f"{text} (SQLSTATE {sqlstate})" if self.error_detail else _reason(exc.diag, sqlstate, text)
-        # The batch goes through a temporary copy of the table: name the real one.
-        text = text.replace('"outbox_relay_batch"', self.quoted).replace("outbox_relay_batch", self.table)
+        # A batch may go through a temporary copy of a table: name the real one.
+        for table in (schema.MESSAGES, schema.EVENTS):
+            staging, name = f"outbox_relay_{table.key}_batch", self.name_of(table)
+            text = text.replace(f'"{staging}"', self.quote(name)).replace(staging, name)
         column = getattr(getattr(exc, "diag", None), "column_name", None)
-        if sqlstate == "23502" and column not in schema.TARGET_COLUMNS:
+        if sqlstate == "23502" and column not in schema.TARGET_COLUMNS + schema.EVENT_COLUMNS:
             return TargetUnavailable(unfilled_column(self.table, column, text), sqlstate)
         if sqlstate[:2] in ROW_ERROR_CLASSES:
             return RowRejected(text, sqlstate)
@@ -89,12 +93,6 @@ class PostgresTarget(PooledTarget):
         # …): the rows are fine, the target is not; wait it out.
         return TargetUnavailable(text, sqlstate)
 
-    def _values(self, outbox_id, m, received_at):
-        # PostgreSQL cannot store U+0000 in text or jsonb: such a message used to go dead forever.
-        # It becomes U+FFFD (the replacement character), in the text and inside the JSON columns.
-        return tuple(_without_nul(v, i in _JSON_AT) if isinstance(v, str) else v
-                     for i, v in enumerate(super()._values(outbox_id, m, received_at)))
-
     def begin_sql(self, write):
         # One round trip. The statement timeout is per transaction (PgBouncer refuses it as a
         # startup parameter). The outbox marks rows delivered (and prunes them) once COMMIT returns,
@@ -102,37 +100,45 @@ class PostgresTarget(PooledTarget):
         # database, a server crash right after would lose them. Only `off` is raised; the stronger
         # settings (remote_write, remote_apply) are kept.
         return (f"BEGIN; SET LOCAL statement_timeout = {int(self.statement_timeout * 1000)};"
-                + (" SAVEPOINT outbox_relay_direct;" if write else "")  # insert_batch's fast path
-                + " SELECT set_config('synchronous_commit', 'on', true)"
+                " SELECT set_config('synchronous_commit', 'on', true)"
                 " WHERE current_setting('synchronous_commit') = 'off'")
 
-    def encode_values(self, values):
+    def clean_values(self, table, values):
+        # PostgreSQL cannot store U+0000 in text or jsonb: such a message used to go dead forever.
+        # It becomes U+FFFD (the replacement character), in the text and inside the JSON columns.
+        json_at = _json_positions(table)
+        return tuple(_without_nul(v, i in json_at) if isinstance(v, str) else v for i, v in enumerate(values))
+
+    def encode_values(self, table, values):
         return "\t".join(copy_field(v) for v in values) + "\n"
 
-    def insert_batch(self, tx, lines):
+    def insert_rows(self, tx, table, lines):
         """COPY straight into the table: re-sends are rare (a crash between the target's commit and
         the outbox's mark), so the fast path is the plain COPY a DBA would run, in a savepoint. A
-        row already there (unique violation) rolls back to it and the batch goes through a
-        temporary table and INSERT … ON CONFLICT (message_id) DO NOTHING, which skips it. Nothing
-        outlives the transaction (ON COMMIT DROP), so this works through PgBouncer too."""
-        cols = ", ".join(schema.TARGET_COLUMNS)
-        data = "".join(lines)
-        try:  # the savepoint was set as the transaction began (begin_sql)
+        row already there (a unique violation: its key, or the fact an event states) rolls back to
+        it and the rows go through a temporary table and INSERT … ON CONFLICT DO NOTHING, which
+        skips it. Nothing outlives the transaction (ON COMMIT DROP), so this works through PgBouncer
+        too. The savepoint goes out with the COPY (and with the transaction's opening statements)."""
+        cols, data, quoted = ", ".join(table.written), "".join(lines), self.quote(self.name_of(table))
+        savepoint = f"outbox_relay_{table.key}"
+        try:
             with tx.conn.cursor() as cur:
-                cur.copy_expert(tx.with_prefix(f"COPY {self.quoted} ({cols}) FROM STDIN"), io.StringIO(data),
-                                size=COPY_CHUNK)
+                cur.copy_expert(tx.with_prefix(f"SAVEPOINT {savepoint}; COPY {quoted} ({cols}) FROM STDIN"),
+                                io.StringIO(data), size=COPY_CHUNK)
             return len(lines)
         except Exception as e:
             if getattr(e, "pgcode", None) != "23505":
                 raise
-        tx.execute("ROLLBACK TO SAVEPOINT outbox_relay_direct")
-        tx.execute(f"CREATE TEMP TABLE outbox_relay_batch (LIKE {self.quoted} INCLUDING DEFAULTS)"
-                   " ON COMMIT DROP")
+        tx.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
+        staging = f"outbox_relay_{table.key}_batch"
+        tx.execute(f"CREATE TEMP TABLE {staging} (LIKE {quoted} INCLUDING DEFAULTS) ON COMMIT DROP")
         with tx.conn.cursor() as cur:
-            cur.copy_expert(f"COPY outbox_relay_batch ({cols}) FROM STDIN", io.StringIO(data), size=COPY_CHUNK)
-        tx.execute(f"INSERT INTO {self.quoted} ({cols}) SELECT {cols} FROM outbox_relay_batch"
-                   " ON CONFLICT (message_id) DO NOTHING")
+            cur.copy_expert(f"COPY {staging} ({cols}) FROM STDIN", io.StringIO(data), size=COPY_CHUNK)
+        tx.execute(f"INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT DO NOTHING")
         return tx.rowcount
+
+    def id_list(self, column, ids):
+        return f"{column} = ANY(%s)", [list(ids)]
 
     def ddl_lock(self, tx):
         tx.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("outbox-relay:" + self.table,))
@@ -201,7 +207,9 @@ def _reason(diag, sqlstate, text):
 _JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-_JSON_AT = {schema.TARGET_COLUMNS.index(c) for c in schema.JSON_COLUMNS}
+@functools.lru_cache(maxsize=None)
+def _json_positions(table):
+    return frozenset(table.written.index(c) for c in table.json_columns)
 
 
 def _without_nul(text, is_json):

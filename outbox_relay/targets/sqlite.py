@@ -1,11 +1,11 @@
 """A local SQLite archive: the embedded default, so `outbox-relay run` works on a fresh machine
 with no database server. The same table and the same answers as the servers give."""
 
+import json
 import os
 import sqlite3
 
 from ..errors import ConfigError, RowRejected, TableMissing, TargetUnavailable
-from ..schema import target as schema
 from .base import Target
 
 _NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
@@ -15,7 +15,8 @@ class SqliteTarget(Target):
     name = "sqlite"
     title = "SQLite archive"
     param = "?"
-    types = {"id": "TEXT", "kind": "TEXT", "source": "TEXT", "host": "TEXT", "json": "TEXT", "text": "TEXT",
+    types = {"id": "TEXT", "kind": "TEXT", "fact": "TEXT", "source": "TEXT", "host": "TEXT", "json": "TEXT",
+             "text": "TEXT",
              "time": "TEXT", "bigint": "INTEGER", "now": _NOW, "empty": " DEFAULT ''"}
 
     @classmethod
@@ -62,13 +63,16 @@ class SqliteTarget(Target):
             return TableMissing(text)
         return None
 
-    def insert_batch(self, tx, values):
-        cols = ", ".join(schema.TARGET_COLUMNS)
-        marks = ", ".join("?" * len(schema.TARGET_COLUMNS))
+    def insert_rows(self, tx, table, rows):
+        marks = ", ".join("?" * len(table.written))
         before = tx.conn.total_changes
-        tx.conn.executemany(f"INSERT INTO {self.quoted} ({cols}) VALUES ({marks})"
-                            " ON CONFLICT (message_id) DO NOTHING", values)
+        tx.conn.executemany(f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)})"
+                            f" VALUES ({marks})"
+                            " ON CONFLICT DO NOTHING", rows)
         return tx.conn.total_changes - before
+
+    def id_list(self, column, ids):
+        return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
 
     def table_exists(self, tx, name):
         return bool(tx.value("SELECT count(*) FROM sqlite_master WHERE name = ?", (name,)))

@@ -134,7 +134,7 @@ def test_test_command_keeps_the_row_when_the_role_may_not_delete(pg_url, pg_serv
     pg_server.execute("DROP ROLE IF EXISTS no_delete")
     pg_server.execute("CREATE ROLE no_delete LOGIN")
     try:
-        pg_server.execute("GRANT SELECT, INSERT ON feishu_messages TO no_delete;"
+        pg_server.execute("GRANT SELECT, INSERT, UPDATE ON feishu_messages, feishu_message_events TO no_delete;"
                           " GRANT SELECT ON outbox_relay_schema TO no_delete;"
                           " GRANT TEMPORARY ON DATABASE " + dbname + " TO no_delete", dbname=dbname)
         url = pg_url.replace("postgres@", "no_delete@", 1)

@@ -287,14 +287,14 @@ def test_schema_sql_prints_the_ddl_and_init_db_applies_it_idempotently(invoke, p
     assert "jsonb" not in lite and 'CREATE TABLE IF NOT EXISTS "feishu_messages"' in lite
 
     first = invoke("init-db", "--target", pg_url)
-    assert first.exit_code == 0 and "schema version 0 -> 1" in first.output
+    assert first.exit_code == 0 and "schema version 0 -> 2" in first.output
     assert "trigram index: created" in first.output
     second = invoke("init-db", "--target", pg_url)
-    assert second.exit_code == 0 and "schema version 1 -> 1" in second.output
+    assert second.exit_code == 0 and "schema version 2 -> 2" in second.output
     versions = pg_query(pg_url, "SELECT table_name, version FROM outbox_relay_schema")
-    assert versions == [("feishu_messages", 1)]
+    assert versions == [("feishu_messages", 2)]
     archive = tmp_path / "a.db"
-    assert "schema version 0 -> 1" in invoke("init-db", "--target", f"sqlite:///{archive}").output
+    assert "schema version 0 -> 2" in invoke("init-db", "--target", f"sqlite:///{archive}").output
 
 
 def status_json(invoke, outbox_path, url):
@@ -493,7 +493,7 @@ def test_sync_max_batches_and_a_schema_qualified_table(invoke, tmp_path, pg_url)
     assert (report["batches"], report["delivered"]) == (5, 700)
     assert row_stats(pg_url, "ops\".\"chat_log") == (1000, 1000)
     versions = pg_query(pg_url, "SELECT table_name, version FROM outbox_relay_schema")
-    assert versions == [("ops.chat_log", 1)]
+    assert versions == [("ops.chat_log", 2)]
 
 
 def test_a_relay_starting_while_status_probes_the_lock_is_not_refused(tmp_outbox):

@@ -150,7 +150,7 @@ def test_pgbouncer_transaction_mode_drain(spawn, tmp_path, private_pg, make_pgbo
     assert_exactly_once(pg_rows(private_pg.url("relay")), expected)
     check = spawn("check", ["check", "--json"], target=url)
     assert check.wait(30) == 0, check.output()
-    assert json.loads(check.stdout())["schema_version"] == 1
+    assert json.loads(check.stdout())["schema_version"] == 2
 
 
 # -- SIGTERM --------------------------------------------------------------------------------------------

@@ -242,9 +242,9 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
     t = open_target(pg_url)
     try:
         assert t.schema_version() == 0
-        assert t.init_db() == {"from_version": 0, "version": 1, "dropped": False, "trigram": "created"}
-        assert t.init_db()["from_version"] == 1
-        assert t.schema_version() == 1
+        assert t.init_db() == {"from_version": 0, "version": 2, "dropped": False, "trigram": "created"}
+        assert t.init_db()["from_version"] == 2
+        assert t.schema_version() == 2
         indexes = {r[0] for r in pg_query(pg_url, "SELECT indexname FROM pg_indexes"
                                                   " WHERE tablename = 'feishu_messages'")}
         assert {"feishu_messages_pkey", "feishu_messages_chat_created", "feishu_messages_created",
@@ -254,12 +254,12 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
         # A later release adds a migration: only the missing step runs, the data stays.
         original = schema.target_migrations
 
-        def with_v2(db, table):
-            return original(db, table) + [[f"ALTER TABLE {db.quote(table)} ADD COLUMN lang varchar(16)"]]
-        monkeypatch.setattr(schema, "target_migrations", with_v2)
-        assert t.init_db() == {"from_version": 1, "version": 2, "dropped": False, "trigram": "created"}
-        assert t.init_db()["from_version"] == 2           # ADD COLUMN would fail if run twice
-        assert t.schema_version() == 2 and t.count() == 3
+        def with_v3(db, table, existing=None):
+            return original(db, table, existing) + [[f"ALTER TABLE {db.quote(table)} ADD COLUMN lang varchar(16)"]]
+        monkeypatch.setattr(schema, "target_migrations", with_v3)
+        assert t.init_db() == {"from_version": 2, "version": 3, "dropped": False, "trigram": "created"}
+        assert t.init_db()["from_version"] == 3           # ADD COLUMN would fail if run twice
+        assert t.schema_version() == 3 and t.count() == 3
         cols = {r[0] for r in pg_query(pg_url, "SELECT column_name FROM information_schema.columns"
                                                " WHERE table_name = 'feishu_messages'")}
         assert "lang" in cols
@@ -280,7 +280,7 @@ def test_concurrent_init_db_from_many_relays(pg_url):
     for t in targets:
         t.close()
     assert errors == []
-    assert sorted(r["from_version"] for r in results) == [0, 1, 1, 1]
+    assert sorted(r["from_version"] for r in results) == [0, 2, 2, 2]
     assert all(r["trigram"] == "created" for r in results), results
 
 
@@ -303,11 +303,12 @@ def test_ddl_printed_for_the_dba_creates_a_working_table(pg_server, pg_url, tmp_
         dba.autocommit = True
         with dba.cursor() as cur:
             cur.execute(schema.schema_sql(PostgresTarget, "feishu_messages"))
-            granted = "feishu_messages, outbox_relay_schema" if version_table_readable else "feishu_messages"
-            cur.execute(f'GRANT SELECT, INSERT ON {granted} TO "{role}"')
+            cur.execute(f'GRANT SELECT, INSERT, UPDATE ON feishu_messages, feishu_message_events TO "{role}"')
+            if version_table_readable:
+                cur.execute(f'GRANT SELECT ON outbox_relay_schema TO "{role}"')
         dba.close()
         if version_table_readable:
-            assert t.schema_version() == 1
+            assert t.schema_version() == 2
         assert t.ensure_schema() is False                 # nothing it can or need do
         with Outbox(tmp_outbox) as outbox:
             put_all(outbox, [flat(i) for i in range(4)])
@@ -340,4 +341,4 @@ def test_check_reports_version_latency_and_connections(private_pg):
     assert info["user"] == "relay" and info["role_connection_limit"] == 2
     assert info["relay_connections"] >= 1 and info["role_connections_in_use"] >= 1
     assert info["connections_in_use"] >= 1 and info["pool_size"] == 2
-    assert info["schema_version"] == 1 and info["table"] == "feishu_messages"
+    assert info["schema_version"] == 2 and info["table"] == "feishu_messages"
