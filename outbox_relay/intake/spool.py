@@ -280,12 +280,14 @@ class Spool:
 
     def retry(self, names=None):
         """Move rejected items (these names, or all) back to new/ for another try, after a fix.
-        Returns the names moved; a name that is not a rejected item is skipped."""
+        Returns the names moved; a name that matches no rejected item is skipped. SpoolError, and
+        nothing moved, if any name cannot be an item's name at all (see bad_item_name)."""
+        bad = [f"{name!r} {why}" for name in names or () if (why := bad_item_name(name))]
+        if bad:
+            raise SpoolError(f"not the name of a spool item: {'; '.join(bad)}; nothing moved")
         wanted = self._rejected_names() if names is None else names
         moved = []
         for name in wanted:
-            if os.path.basename(name) != name or name.startswith(".") or name.endswith(REASON):
-                continue
             try:
                 os.rename(os.path.join(self.rejected, name), os.path.join(self.new, name))
             except FileNotFoundError:
@@ -365,6 +367,21 @@ class SpoolIngester:
         if text != self._said:
             (log.exception if exc else log.warning)("%s", text)
             self._said = text
+
+
+def bad_item_name(name):
+    """Why `name` cannot name an item in one of the spool's directories, or None when it can. Every
+    path made of a name the caller gave is made only after this: "" joined to rejected/ is rejected/
+    itself, and renaming that into new/ once moved the whole directory."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\0" in name:
+        return "is not a plain name (it holds / or a NUL byte)"
+    if name.startswith("."):
+        return "is a dot file, never a spool item"
+    if name.endswith(REASON):
+        return "is a reason file, not an item"
+    return None
 
 
 # -- file helpers --------------------------------------------------------------------------------

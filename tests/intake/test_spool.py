@@ -197,12 +197,23 @@ def test_retry_moves_an_item_back_once_it_can_be_read(spool, box):
     drop(spool, "later.json", json.dumps({"type": "message", "action": "received", "context": {}}))
     assert spool.ingest(box).rejected == 1
     assert [i["reason"] for i in spool.rejected_items()] == ["missing context.messageId"]
-    assert spool.retry(["nope", "../etc", "later.json.reason"]) == []
+    assert spool.retry(["nope"]) == []
     # The cause fixed (here: the operator repairs the item), it goes back and flows.
     (pathlib.Path(spool.rejected) / "later.json").write_text(json.dumps(spooled(5)))
     assert spool.retry(["later.json"]) == ["later.json"]
     assert os.listdir(spool.rejected) == []
     assert spool.ingest(box).stored == 1 and "om_spool_00005" in stored_ids(box)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../outbox.db", "sub/a.json", ".hidden", "a.json.reason"])
+def test_retry_refuses_a_name_no_item_can_have_and_moves_nothing(spool, box, bad):
+    drop(spool, "a.json", "not a message")
+    drop(spool, "b.json", "not a message")
+    assert spool.ingest(box).rejected == 2
+    before = sorted(os.listdir(spool.rejected))
+    with pytest.raises(SpoolError, match=f"not the name of a spool item: {bad!r} .*; nothing moved"):
+        spool.retry(["a.json", bad])
+    assert sorted(os.listdir(spool.rejected)) == before and os.listdir(spool.new) == []
 
 
 def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
@@ -282,3 +293,14 @@ def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
     assert missing.exit_code == 1 and "1 name(s) matched no set-aside item: nope.json" in missing.output
     assert spool.waiting() == ["notes.txt"]
     assert run_cli("spool", "--retry", "x", "--retry-all").exit_code == 2
+
+
+def test_spool_retry_of_an_empty_name_is_one_line_and_moves_nothing(hermetic, tmp_path):
+    spool = Spool(tmp_path / "data" / "spool").ensure()
+    drop(spool, "notes.txt", "hello")
+    with Outbox("data/outbox.db") as outbox:
+        assert spool.ingest(outbox).rejected == 1
+    result = run_cli("spool", "--retry", "")  # rejected/ + "" is rejected/ itself
+    assert result.exit_code == 1 and "'' is empty; nothing moved" in result.output, result.output
+    assert sorted(os.listdir(spool.rejected)) == ["notes.txt", "notes.txt.reason"]
+    assert os.listdir(spool.new) == []
