@@ -1,12 +1,15 @@
 """Running the CLI from tests: in-process through CliRunner, or as the installed script."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 from click.testing import CliRunner
 
 from outbox_relay.cli import cli
+
+from skiputil import unavailable
 
 EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
 
@@ -30,3 +33,13 @@ def clean_env(**extra):
 def run_exe(*args, timeout=60):
     """The installed `outbox-relay` script in a subprocess, with no OUTBOX_RELAY_* environment."""
     return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=clean_env())
+
+
+def without_dac_override(*args, cwd=None):
+    """The installed script as root without CAP_DAC_OVERRIDE (and DAC_READ_SEARCH): file modes then
+    apply to it, as to any user, so a permission denied is real although the tests run as root."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        unavailable("setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
+    return subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", EXE, *map(str, args)],
+                          capture_output=True, text=True, env=clean_env(), timeout=60, cwd=cwd)

@@ -86,7 +86,9 @@ class Spool:
         self._warned = set()  # names we could not move: said once, not every POLL
 
     def exists(self):
-        return os.path.isdir(self.new)
+        """Whether the spool is there (its new/). SpoolError when that cannot be known (permission
+        denied, a symlink loop): a spool we may not look into is not a spool that does not exist."""
+        return _is_dir(self.new)
 
     def ensure(self):
         """Create the spool and its three directories (the service does this at start). Each
@@ -96,7 +98,7 @@ class Spool:
             os.makedirs(self.path, exist_ok=True)
             mode = stat.S_IMODE(os.stat(self.path).st_mode)
             for d in (self.tmp, self.new, self.rejected):
-                if not os.path.isdir(d):
+                if not _is_dir(d):
                     os.makedirs(d, exist_ok=True)
                     os.chmod(d, mode)
         except OSError as e:
@@ -247,10 +249,12 @@ class Spool:
         return sorted(e.name for e in _scan(self.new))
 
     def status(self, now=None):
-        """Counts for `status`: waiting, rejected, being written (tmp/), the oldest waiting item's age."""
+        """Counts for `status`: waiting, rejected, being written (tmp/), the oldest waiting item's age.
+        "error": why the spool cannot be read, where "exists" false means it is not there."""
         now = time.time() if now is None else now
-        report = {"path": os.path.abspath(self.path), "exists": self.exists(), "error": None}
+        report = {"path": os.path.abspath(self.path), "exists": False, "error": None}
         try:
+            report["exists"] = self.exists()
             waiting = self.waiting()
             oldest = _mtime_of(os.path.join(self.new, waiting[0])) if waiting else None
             report.update(waiting=len(waiting), rejected=len(self._rejected_names()), writing=len(_scan(self.tmp)),
@@ -443,6 +447,17 @@ def _open_error(path, e):
     return f"cannot be opened: {e.strerror}"
 
 
+def _is_dir(path):
+    """Whether path is a directory (False: missing, or something else); SpoolError when it cannot be
+    known (permission denied, a symlink loop), never a False that means "we may not look"."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
 def _scan(directory):
     """Entries of a directory, dot files skipped; none if it does not exist; SpoolError if it
     cannot be read (never an empty answer for a directory we may not look into)."""
@@ -452,7 +467,11 @@ def _scan(directory):
     except (FileNotFoundError, NotADirectoryError):
         return []
     except OSError as e:
-        raise SpoolError(f"cannot read {directory}: {e.strerror}") from None
+        raise _unreadable(directory, e) from None
+
+
+def _unreadable(path, e):
+    return SpoolError(f"cannot read the spool directory {path}: {e.strerror}")
 
 
 def _mtime(entry):

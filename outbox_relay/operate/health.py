@@ -114,7 +114,7 @@ def _outbox_facts(outbox, facts):
 def spool_warnings(spool, relay_running):
     """What the spool's state says is wrong (degraded), given whether a relay runs to ingest it."""
     if spool["error"]:
-        return [f"the spool cannot be read: {spool['error']}"]
+        return [spool["error"]]  # "cannot read the spool directory …: Permission denied"
     out = []
     if spool["rejected"]:
         out.append(f"{spool['rejected']} spool item(s) set aside as not messages: see `outbox-relay spool`")

@@ -151,6 +151,14 @@ def format_spool(data):
     return head + "\n" + format_table(["name", "bytes", "set aside", "reason"], rows)
 
 
+def format_sync_spool(spooled):
+    """`sync`'s line about the spool it ingested."""
+    done = (f"spool: {spooled['stored']} stored, {spooled['duplicates']} already stored, "
+            f"{spooled['rejected']} set aside")
+    left = [f"{spooled['waiting']} waiting"] if spooled["waiting"] is not None else []
+    return ", ".join([done, *left]) + (f" ({spooled['error']})" if spooled["error"] else "")
+
+
 def format_feishu_backfill(report):
     """The summary table for a person: one line per chat, then the totals and what went wrong."""
     rows = [[chat_label(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"],

@@ -121,7 +121,8 @@ def _files(v):
 
 def _spool(v):
     s = v["spool"]
-    return s and (s["error"] or f"{s['waiting']:,} waiting · {s['rejected']:,} set aside", "")
+    return s and ((s["error"], "red") if s["error"] else
+                  (f"{s['waiting']:,} waiting · {s['rejected']:,} set aside", ""))
 
 
 # The screen's lines, top to bottom: label, and what makes (text, style) of the view (None: no line).
@@ -176,7 +177,7 @@ def line(v):
     if v["files"]:
         fields += [("db", bytes_text(v["files"]["db"])), ("wal", bytes_text(v["files"]["wal"]))]
     if v["spool"]:
-        fields.append(("spool_waiting", v["spool"]["waiting"]))
+        fields += [("spool_waiting", v["spool"]["waiting"]), ("spool_error", v["spool"]["error"])]
     fields += [(f"in.{i['via']}.{i['source']}", _per_s(i["per_s"])) for i in v["intake"]]
     return v["at"] + " " + " ".join(f"{k}={_quoted(val)}" for k, val in fields if val is not None)
 

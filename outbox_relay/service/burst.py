@@ -5,6 +5,7 @@ import contextlib
 import logging
 import threading
 
+from ..errors import SpoolError
 from ..intake.spool import Spool
 from ..progress import NO_PROGRESS
 from ..sync import Relay, RelayLock
@@ -16,8 +17,9 @@ log = logging.getLogger(__name__)
 
 def sync_once(cfg, *, max_batches=None, timeout=None, progress=NO_PROGRESS):
     """Ingest the spool, drain the outbox into the target, return the report: batches, delivered, new,
-    dead, pruned, outbox (counts after), spool (None without one), and `unfinished`: why rows are
-    still waiting (stopped, timed out, --max-batches reached), None when nothing is."""
+    dead, pruned, outbox (counts after), spool (None without one; see _ingest_spool), and
+    `unfinished`: why rows are still waiting (stopped, timed out, --max-batches reached), None when
+    nothing is."""
     with contextlib.closing(cfg.open_outbox()) as outbox, contextlib.closing(open_from_config(cfg)) as target:
         with RelayLock(cfg.outbox):
             announce_target(cfg, target)
@@ -49,12 +51,19 @@ def sync_once(cfg, *, max_batches=None, timeout=None, progress=NO_PROGRESS):
 
 
 def _ingest_spool(path, outbox):
-    """What the spool holds goes into the outbox before the drain. None without a spool."""
+    """What the spool holds goes into the outbox before the drain. None without a spool; else what
+    was stored, found already stored, set aside, what still waits, and `error`: why ingestion
+    stopped early or could not start (the spool cannot be read, the outbox is full), None when it
+    did not."""
     spool = Spool(path)
-    if not spool.exists():
-        return None
-    report = spool.ingest(outbox)
+    try:
+        if not spool.exists():
+            return None
+        report = spool.ingest(outbox)
+    except SpoolError as e:  # said by the caller: `sync` exits 1 with it
+        return {"stored": 0, "duplicates": 0, "rejected": 0, "waiting": None, "error": str(e)}
     if report.error:
         log.warning("spool items left waiting in %s: %s", spool.new, report.error)
+    left = spool.status()
     return {"stored": report.stored, "duplicates": report.duplicates, "rejected": report.rejected,
-            "waiting": len(spool.waiting())}
+            "waiting": left["waiting"], "error": report.error or left["error"]}

@@ -21,7 +21,7 @@ from outbox_relay.intake.spool import STALE_TMP, Spool, SpoolIngester, item_name
 from outbox_relay.message import MAX_MESSAGE_BYTES
 from outbox_relay.outbox import Outbox
 
-from cliutil import run_cli
+from cliutil import run_cli, without_dac_override
 from factories import BASE_MS, flat_message
 from serverproc import wait_until
 
@@ -225,7 +225,7 @@ def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
     status = spool.status()
     assert status["waiting"] is None and "Too many levels" in status["error"]
     from outbox_relay.operate.health import spool_warnings
-    assert spool_warnings(status, relay_running=True) == [f"the spool cannot be read: {status['error']}"]
+    assert spool_warnings(status, relay_running=True) == [status["error"]]
 
 
 def test_ingester_thread_ingests_within_a_second(spool, box):
@@ -278,7 +278,8 @@ def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
 
     result = run_cli("sync", "--json")  # ingests the spool, then drains into the default archive
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["spool"] == {"stored": 1, "duplicates": 0, "rejected": 1, "waiting": 0}
+    assert json.loads(result.stdout)["spool"] == {"stored": 1, "duplicates": 0, "rejected": 1, "waiting": 0,
+                                                  "error": None}
 
     listing = json.loads(run_cli("spool", "--json").stdout)
     assert [(i["name"], i["from"]) for i in listing["rejected"]] == [("notes.txt", "new")]
@@ -304,3 +305,33 @@ def test_spool_retry_of_an_empty_name_is_one_line_and_moves_nothing(hermetic, tm
     assert result.exit_code == 1 and "'' is empty; nothing moved" in result.output, result.output
     assert sorted(os.listdir(spool.rejected)) == ["notes.txt", "notes.txt.reason"]
     assert os.listdir(spool.new) == []
+
+
+@pytest.mark.parametrize("locked", ["spool", "new"])
+def test_a_spool_that_may_not_be_read_is_said_by_every_command_and_fails_sync(tmp_path, locked):
+    """Permission denied is not "no spool". Made real although the tests run as root: the commands run
+    without CAP_DAC_OVERRIDE, so the directory's mode 000 applies to them."""
+    spool = Spool(tmp_path / "spool").ensure()
+    name = spool.write(spooled(1))
+    Outbox(tmp_path / "outbox.db").close()
+    where = spool.path if locked == "spool" else spool.new
+    mode = stat.S_IMODE(os.stat(where).st_mode)
+    settings = ("--outbox", tmp_path / "outbox.db", "--spool", spool.path)
+    os.chmod(where, 0)
+    try:
+        sync = without_dac_override("sync", "--json", *settings, cwd=tmp_path)
+        listing = without_dac_override("spool", *settings, cwd=tmp_path)
+        status = without_dac_override("status", "--no-target", "--json", *settings, cwd=tmp_path)
+        health = without_dac_override("health", *settings, cwd=tmp_path)
+        top = without_dac_override("top", "--once", *settings, cwd=tmp_path)
+    finally:
+        os.chmod(where, mode)
+    denied = f"cannot read the spool directory {spool.new}: Permission denied"  # new/ or what holds it
+    assert sync.returncode == 1 and json.loads(sync.stdout)["spool"]["error"] == denied, sync
+    assert sync.stderr.strip().splitlines()[-1] == f"Error: {denied}", sync.stderr
+    assert listing.returncode == 1 and listing.stderr.strip() == f"Error: {denied}", listing
+    assert status.returncode == 0 and json.loads(status.stdout)["spool"]["error"] == denied, status
+    assert health.returncode == 1 and denied in health.stdout, health
+    assert top.returncode == 0 and f'spool_error="{denied}"' in top.stdout, top
+    assert not any("Traceback" in r.stderr for r in (sync, listing, status, health, top))
+    assert spool.waiting() == [name]  # handed over, still there: nothing lost, nothing moved
