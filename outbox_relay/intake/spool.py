@@ -15,12 +15,19 @@ committed with put_many in chunks, and unlinked only after that commit. A crash 
 and the unlink re-puts the file next time: the outbox calls it a duplicate. The unlinks are not
 fsynced for the same reason: one undone by a power cut is a harmless duplicate.
 
+Ingestion lists new/ once, keeps only the oldest LISTING names (bounded memory) and takes them chunk
+by chunk, listing again only when they are used up: its time grows with the items taken, not with
+what waits (sorting all of a million names for every chunk of 500 took it down to 217 items/s).
+What arrives meanwhile is taken at the next listing, oldest first.
+
 One file, on purpose: it is the whole contract with writers in other languages (the layout, how to
 write, what is read, what is set aside and why), for a hook's author to read in one place.
 """
 
 import collections
 import dataclasses
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -39,6 +46,7 @@ log = logging.getLogger(__name__)
 SUBDIRS = ("tmp", "new", "rejected")
 REASON = ".reason"
 CHUNK = 500  # items per outbox transaction
+LISTING = 50_000  # oldest names kept from one listing of new/ (~5 MB): 1,000,000 waiting take 20 listings
 POLL = 0.1  # seconds between looks at new/ while idle: a handed-over message reaches the target in < 1 s
 STALE_TMP = 3600.0  # a tmp/ file this old belongs to a writer that died
 SWEEP_EVERY = 60.0
@@ -84,6 +92,7 @@ class Spool:
         self.tmp, self.new, self.rejected = (os.path.join(self.path, d) for d in SUBDIRS)
         self._next_sweep = 0.0
         self._warned = set()  # names we could not move: said once, not every POLL
+        self._listed = collections.deque()  # the oldest names of the last listing of new/, not yet taken
 
     def exists(self):
         """Whether the spool is there (its new/). SpoolError when that cannot be known (permission
@@ -129,20 +138,32 @@ class Spool:
     # -- ingesting ----------------------------------------------------------------------------
 
     def ingest(self, outbox, limit=None):
-        """Move up to `limit` waiting items (default all) into `outbox`, oldest first. Never raises
-        for the outbox's state: a full or unavailable outbox ends the pass with report.error."""
+        """Move up to `limit` waiting items (default: until new/ is empty) into `outbox`, oldest first,
+        one outbox transaction per chunk. Never raises for the outbox's state: a full or unavailable
+        outbox ends the pass with report.error. SpoolError if the spool cannot be read."""
         report = IngestReport()
         self.ensure()
         self.sweep_tmp()
-        names = self.waiting()
-        if limit is not None:
-            names = names[:limit]
         size = max(1, min(CHUNK, outbox.max_pending))  # a chunk must fit an empty outbox (overflow=reject)
-        for start in range(0, len(names), size):
-            report.add(self._ingest_chunk(outbox, names[start:start + size]))
-            if report.error:
+        taken = 0
+        while limit is None or taken < limit:
+            names = self._next(size if limit is None else min(size, limit - taken))
+            if not names:
                 break
+            chunk = self._ingest_chunk(outbox, names)
+            report.add(chunk)
+            if chunk.error:
+                break  # these names stay first in line for the next pass
+            for _ in names:
+                self._listed.popleft()
+            taken += len(names)
         return report
+
+    def _next(self, n):
+        """The next n names to ingest: from the last listing of new/ while it lasts, else a new one."""
+        if not self._listed:
+            self._listed.extend(self.waiting(LISTING))
+        return list(itertools.islice(self._listed, n))
 
     def _ingest_chunk(self, outbox, names):
         report = IngestReport()
@@ -244,9 +265,11 @@ class Spool:
 
     # -- looking ------------------------------------------------------------------------------
 
-    def waiting(self):
-        """Names in new/, oldest first (dot files are ignored, as Maildir readers do)."""
-        return sorted(e.name for e in _scan(self.new))
+    def waiting(self, limit=None):
+        """Names in new/, oldest first: all of them, or the oldest `limit` (one pass over new/ that
+        holds no more than `limit` names). Dot files are ignored, as Maildir readers do."""
+        names = (e.name for e in _entries(self.new))
+        return sorted(names) if limit is None else heapq.nsmallest(limit, names)
 
     def status(self, now=None):
         """Counts for `status`: waiting, rejected, being written (tmp/), the oldest waiting item's age.
@@ -459,13 +482,19 @@ def _is_dir(path):
 
 
 def _scan(directory):
-    """Entries of a directory, dot files skipped; none if it does not exist; SpoolError if it
-    cannot be read (never an empty answer for a directory we may not look into)."""
+    """Entries of a directory as a list (see _entries)."""
+    return list(_entries(directory))
+
+
+def _entries(directory, limit=None):
+    """Entries of a directory, lazily, in its own order, up to `limit`; dot files skipped; none if it
+    does not exist; SpoolError if it cannot be read (never an empty answer for a directory we may
+    not look into)."""
     try:
         with os.scandir(directory) as it:
-            return [e for e in it if not e.name.startswith(".")]
+            yield from itertools.islice((e for e in it if not e.name.startswith(".")), limit)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return
     except OSError as e:
         raise _unreadable(directory, e) from None
 

@@ -17,6 +17,7 @@ import time
 import pytest
 
 from outbox_relay.errors import InvalidMessage, SpoolError
+from outbox_relay.intake import spool as spool_module
 from outbox_relay.intake.spool import STALE_TMP, Spool, SpoolIngester, item_name
 from outbox_relay.message import MAX_MESSAGE_BYTES
 from outbox_relay.outbox import Outbox
@@ -73,6 +74,27 @@ def test_oldest_first_by_name(spool, box):
     assert spool.waiting() == [early, late]
     spool.ingest(box)
     assert [r["message_id"] for r in box.rows("pending")] == ["om_spool_00001", "om_spool_00002"]
+
+
+def test_a_pass_takes_its_items_from_one_listing_and_later_arrivals_at_the_next(spool, box, monkeypatch):
+    """new/ is listed once for LISTING items (only the oldest LISTING names kept), not once per pass:
+    sorting a million names for every chunk of 500 made a big spool crawl. What arrives meanwhile is
+    taken at the next listing, oldest first, even when its name sorts before the rest."""
+    monkeypatch.setattr(spool_module, "LISTING", 10)
+    for i in range(1, 16):
+        drop(spool, item_name(now=1_700_000_000 + i), json.dumps(spooled(i)))
+
+    def ingested(limit):
+        before = stored_ids(box)
+        assert spool.ingest(box, limit=limit).stored == limit
+        return sorted(stored_ids(box) - before)
+
+    assert spool.waiting(3) == spool.waiting()[:3]
+    assert ingested(4) == [f"om_spool_{i:05d}" for i in range(1, 5)]
+    drop(spool, item_name(now=1_700_000_000), json.dumps(spooled(0)))  # older than every other item
+    assert ingested(6) == [f"om_spool_{i:05d}" for i in range(5, 11)]  # the rest of the first listing
+    assert ingested(2) == ["om_spool_00000", "om_spool_00011"]  # a new listing: oldest first
+    assert spool.ingest(box).stored == 4 and spool.waiting() == []
 
 
 def test_write_refuses_bad_input_and_writes_nothing(spool):
