@@ -49,7 +49,7 @@ def sync(cfg, max_batches, timeout, as_json):
     (stopped, timed out, or --max-batches reached) or the spool could not be read. Dead rows are
     reported, not retried.
     """
-    from ..operate.human import format_sync_spool
+    from ..operate.human import format_sync_spool, spool_count
     from ..service import sync_once
     with progress_for() as progress:
         result = sync_once(cfg, max_batches=max_batches, timeout=timeout, progress=progress)
@@ -66,5 +66,6 @@ def sync(cfg, max_batches, timeout, as_json):
         raise click.ClickException(f"{counts['pending'] + counts['parked']} message(s) still waiting "
                                    f"in the outbox ({result['unfinished']} before the drain finished)")
     if spooled and (spooled["error"] or spooled["waiting"]):
-        left = "" if spooled["waiting"] is None else f"{spooled['waiting']} message(s) still waiting in the spool"
+        left = ("" if spooled["waiting"] is None
+                else f"{spool_count(spooled, 'waiting')} message(s) still waiting in the spool")
         raise click.ClickException(": ".join(filter(None, (left, spooled["error"]))))

@@ -18,7 +18,8 @@ fsynced for the same reason: one undone by a power cut is a harmless duplicate.
 Ingestion lists new/ once, keeps only the oldest LISTING names (bounded memory) and takes them chunk
 by chunk, listing again only when they are used up: its time grows with the items taken, not with
 what waits (sorting all of a million names for every chunk of 500 took it down to 217 items/s).
-What arrives meanwhile is taken at the next listing, oldest first.
+What arrives meanwhile is taken at the next listing, oldest first. `status` reads no more than
+SCAN_LIMIT entries of each directory and says "at least N" beyond them.
 
 One file, on purpose: it is the whole contract with writers in other languages (the layout, how to
 write, what is read, what is set aside and why), for a hook's author to read in one place.
@@ -47,6 +48,7 @@ SUBDIRS = ("tmp", "new", "rejected")
 REASON = ".reason"
 CHUNK = 500  # items per outbox transaction
 LISTING = 50_000  # oldest names kept from one listing of new/ (~5 MB): 1,000,000 waiting take 20 listings
+SCAN_LIMIT = 10_000  # entries `status` reads of each directory (~10 ms): constant whatever the spool holds
 POLL = 0.1  # seconds between looks at new/ while idle: a handed-over message reaches the target in < 1 s
 STALE_TMP = 3600.0  # a tmp/ file this old belongs to a writer that died
 SWEEP_EVERY = 60.0
@@ -224,7 +226,7 @@ class Spool:
             return 0
         self._next_sweep = now + SWEEP_EVERY
         moved = 0
-        for entry in _scan(self.tmp):
+        for entry in list(_entries(self.tmp)):
             age = now - _mtime(entry)
             if age > STALE_TMP:
                 moved += self._reject(self.tmp, entry.name, "incomplete write: the writer stopped before "
@@ -272,22 +274,32 @@ class Spool:
         return sorted(names) if limit is None else heapq.nsmallest(limit, names)
 
     def status(self, now=None):
-        """Counts for `status`: waiting, rejected, being written (tmp/), the oldest waiting item's age.
+        """What `status`, `health`, `top` and /healthz show, in constant time and memory whatever the
+        spool holds: items waiting, set aside (rejected), being written (tmp/), the oldest waiting
+        item's age. Each directory is read up to SCAN_LIMIT entries: a count that reached it is a
+        lower bound, named in "at_least" (the age is then the oldest of the items looked at).
         "error": why the spool cannot be read, where "exists" false means it is not there."""
         now = time.time() if now is None else now
-        report = {"path": os.path.abspath(self.path), "exists": False, "error": None}
+        report = {"path": os.path.abspath(self.path), "exists": False, "error": None, "waiting": None,
+                  "rejected": None, "writing": None, "oldest_waiting_age_s": None, "at_least": []}
         try:
             report["exists"] = self.exists()
-            waiting = self.waiting()
-            oldest = _mtime_of(os.path.join(self.new, waiting[0])) if waiting else None
-            report.update(waiting=len(waiting), rejected=len(self._rejected_names()), writing=len(_scan(self.tmp)),
-                          oldest_waiting_age_s=round(max(0.0, now - oldest), 3) if oldest else None)
+            surveys = {"waiting": _survey(self.new), "rejected": _survey(self.rejected, _is_item),
+                       "writing": _survey(self.tmp)}
         except SpoolError as e:
-            report.update(error=str(e), waiting=None, rejected=None, writing=None, oldest_waiting_age_s=None)
+            report["error"] = str(e)
+            return report
+        for key, survey in surveys.items():
+            report[key] = survey.count
+            if survey.more:
+                report["at_least"].append(key)
+        oldest = surveys["waiting"].smallest
+        mtime = _mtime_of(os.path.join(self.new, oldest)) if oldest else None
+        report["oldest_waiting_age_s"] = round(max(0.0, now - mtime), 3) if mtime else None
         return report
 
     def _rejected_names(self):
-        return sorted(e.name for e in _scan(self.rejected) if not e.name.endswith(REASON))
+        return sorted(e.name for e in _entries(self.rejected) if _is_item(e.name))
 
     def rejected_items(self, limit=None):
         """[{name, size, rejected_at, from, reason}] of what was set aside, oldest first."""
@@ -411,6 +423,10 @@ def bad_item_name(name):
     return None
 
 
+def _is_item(name):
+    return not name.endswith(REASON)
+
+
 # -- file helpers --------------------------------------------------------------------------------
 
 
@@ -481,11 +497,6 @@ def _is_dir(path):
         raise _unreadable(path, e) from None
 
 
-def _scan(directory):
-    """Entries of a directory as a list (see _entries)."""
-    return list(_entries(directory))
-
-
 def _entries(directory, limit=None):
     """Entries of a directory, lazily, in its own order, up to `limit`; dot files skipped; none if it
     does not exist; SpoolError if it cannot be read (never an empty answer for a directory we may
@@ -501,6 +512,21 @@ def _entries(directory, limit=None):
 
 def _unreadable(path, e):
     return SpoolError(f"cannot read the spool directory {path}: {e.strerror}")
+
+
+Survey = collections.namedtuple("Survey", "count more smallest")
+
+
+def _survey(directory, wanted=None):
+    """The first SCAN_LIMIT entries of a directory: how many are `wanted` (all by default), whether
+    the directory holds more (the count is then a lower bound), and the smallest wanted name."""
+    count, smallest, seen = 0, None, 0
+    for seen, entry in enumerate(_entries(directory, SCAN_LIMIT + 1), 1):
+        if seen > SCAN_LIMIT or not (wanted is None or wanted(entry.name)):
+            continue
+        count += 1
+        smallest = entry.name if smallest is None else min(smallest, entry.name)
+    return Survey(count, seen > SCAN_LIMIT, smallest)
 
 
 def _mtime(entry):

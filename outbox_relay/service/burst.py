@@ -52,18 +52,19 @@ def sync_once(cfg, *, max_batches=None, timeout=None, progress=NO_PROGRESS):
 
 def _ingest_spool(path, outbox):
     """What the spool holds goes into the outbox before the drain. None without a spool; else what
-    was stored, found already stored, set aside, what still waits, and `error`: why ingestion
-    stopped early or could not start (the spool cannot be read, the outbox is full), None when it
-    did not."""
+    was stored, found already stored, set aside, what still waits (Spool.status's count: "at_least"
+    ["waiting"] when it is a lower bound) and `error`: why ingestion stopped early or could not
+    start (the spool cannot be read, the outbox is full), None when it did not."""
     spool = Spool(path)
     try:
         if not spool.exists():
             return None
         report = spool.ingest(outbox)
     except SpoolError as e:  # said by the caller: `sync` exits 1 with it
-        return {"stored": 0, "duplicates": 0, "rejected": 0, "waiting": None, "error": str(e)}
+        return {"stored": 0, "duplicates": 0, "rejected": 0, "waiting": None, "at_least": [], "error": str(e)}
     if report.error:
         log.warning("spool items left waiting in %s: %s", spool.new, report.error)
     left = spool.status()
     return {"stored": report.stored, "duplicates": report.duplicates, "rejected": report.rejected,
-            "waiting": left["waiting"], "error": report.error or left["error"]}
+            "waiting": left["waiting"], "at_least": [k for k in left["at_least"] if k == "waiting"],
+            "error": report.error or left["error"]}

@@ -97,6 +97,27 @@ def test_a_pass_takes_its_items_from_one_listing_and_later_arrivals_at_the_next(
     assert spool.ingest(box).stored == 4 and spool.waiting() == []
 
 
+def test_status_reads_no_more_than_SCAN_LIMIT_entries_and_says_at_least(hermetic, tmp_path, monkeypatch):
+    """status (and health, top, /healthz) must not read a whole big spool: past SCAN_LIMIT entries of a
+    directory a count is a lower bound, and says so."""
+    monkeypatch.setattr(spool_module, "SCAN_LIMIT", 5)
+    spool = Spool(tmp_path / "data" / "spool").ensure()
+    Outbox("data/outbox.db").close()
+    for i in range(4):
+        spool.write(spooled(i))
+    small = spool.status()
+    assert (small["waiting"], small["rejected"], small["at_least"]) == (4, 0, [])
+    for i in range(4, 12):
+        spool.write(spooled(i))
+    big = spool.status()
+    assert (big["waiting"], big["at_least"]) == (5, ["waiting"]) and big["oldest_waiting_age_s"] is not None
+    text = run_cli("status", "--no-target").stdout
+    assert "at least 5 waiting" in text and "at least 5 message(s) wait in the spool" in text
+    assert json.loads(run_cli("status", "--no-target", "--json").stdout)["spool"]["at_least"] == ["waiting"]
+    assert "at least 5 waiting" in run_cli("spool").stdout
+    assert "spool_waiting=>=5" in run_cli("top", "--once", "--interval", "0.2").stdout
+
+
 def test_write_refuses_bad_input_and_writes_nothing(spool):
     for bad in ({"no": "id"}, "not json", {"type": "message", "action": "sent", "context": {"messageId": "x"}}):
         with pytest.raises(InvalidMessage):
@@ -301,7 +322,7 @@ def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
     result = run_cli("sync", "--json")  # ingests the spool, then drains into the default archive
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["spool"] == {"stored": 1, "duplicates": 0, "rejected": 1, "waiting": 0,
-                                                  "error": None}
+                                                  "at_least": [], "error": None}
 
     listing = json.loads(run_cli("spool", "--json").stdout)
     assert [(i["name"], i["from"]) for i in listing["rejected"]] == [("notes.txt", "new")]
