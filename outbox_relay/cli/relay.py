@@ -45,7 +45,7 @@ def sync(cfg, max_batches, timeout, as_json):
     """Drain everything pending into the target, then exit (for cron and tests).
 
     Waits out an unavailable target with backoff (at most --timeout seconds); Ctrl-C stops after
-    the batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
+    the chunk or batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
     (stopped, timed out, or --max-batches reached) or the spool could not be read. Dead rows are
     reported, not retried.
     """

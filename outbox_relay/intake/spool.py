@@ -139,16 +139,17 @@ class Spool:
 
     # -- ingesting ----------------------------------------------------------------------------
 
-    def ingest(self, outbox, limit=None):
+    def ingest(self, outbox, limit=None, stop=None):
         """Move up to `limit` waiting items (default: until new/ is empty) into `outbox`, oldest first,
-        one outbox transaction per chunk. Never raises for the outbox's state: a full or unavailable
-        outbox ends the pass with report.error. SpoolError if the spool cannot be read."""
+        one outbox transaction per chunk; `stop()` returning true ends it between chunks (sync's
+        Ctrl-C). Never raises for the outbox's state: a full or unavailable outbox ends the pass with
+        report.error. SpoolError if the spool cannot be read."""
         report = IngestReport()
         self.ensure()
         self.sweep_tmp()
         size = max(1, min(CHUNK, outbox.max_pending))  # a chunk must fit an empty outbox (overflow=reject)
         taken = 0
-        while limit is None or taken < limit:
+        while (limit is None or taken < limit) and not (stop is not None and stop()):
             names = self._next(size if limit is None else min(size, limit - taken))
             if not names:
                 break
