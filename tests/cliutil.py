@@ -35,11 +35,11 @@ def run_exe(*args, timeout=60):
     return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=clean_env())
 
 
-def without_dac_override(*args, cwd=None):
+def without_dac_override(*args, cwd=None, timeout=60):
     """The installed script as root without CAP_DAC_OVERRIDE (and DAC_READ_SEARCH): file modes then
     apply to it, as to any user, so a permission denied is real although the tests run as root."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         unavailable("setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
     return subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", EXE, *map(str, args)],
-                          capture_output=True, text=True, env=clean_env(), timeout=60, cwd=cwd)
+                          capture_output=True, text=True, env=clean_env(), timeout=timeout, cwd=cwd)

@@ -18,8 +18,9 @@ fsynced for the same reason: one undone by a power cut is a harmless duplicate.
 Ingestion lists new/ once, keeps only the oldest LISTING names (bounded memory) and takes them chunk
 by chunk, listing again only when they are used up: its time grows with the items taken, not with
 what waits (sorting all of a million names for every chunk of 500 took it down to 217 items/s).
-What arrives meanwhile is taken at the next listing, oldest first. `status` reads no more than
-SCAN_LIMIT entries of each directory and says "at least N" beyond them.
+What arrives meanwhile is taken at the next listing, oldest first (`sync` takes as many items as
+waited when it began). `status` reads no more than SCAN_LIMIT entries of each directory and says
+"at least N" beyond them.
 
 One file, on purpose: it is the whole contract with writers in other languages (the layout, how to
 write, what is read, what is set aside and why), for a hook's author to read in one place.
@@ -140,7 +141,7 @@ class Spool:
     # -- ingesting ----------------------------------------------------------------------------
 
     def ingest(self, outbox, limit=None, stop=None):
-        """Move up to `limit` waiting items (default: until new/ is empty) into `outbox`, oldest first,
+        """Move up to `limit` waiting items (default: as many as wait now) into `outbox`, oldest first,
         one outbox transaction per chunk; `stop()` returning true ends it between chunks (sync's
         Ctrl-C). Never raises for the outbox's state: a full or unavailable outbox ends the pass with
         report.error. SpoolError if the spool cannot be read."""
@@ -148,9 +149,13 @@ class Spool:
         self.ensure()
         self.sweep_tmp()
         size = max(1, min(CHUNK, outbox.max_pending))  # a chunk must fit an empty outbox (overflow=reject)
+        if limit is None:
+            # Counted, not "until new/ is empty": an item that cannot be removed (new/ not writable)
+            # is in every listing, and sync would take it again and again.
+            limit = self._list()
         taken = 0
-        while (limit is None or taken < limit) and not (stop is not None and stop()):
-            names = self._next(size if limit is None else min(size, limit - taken))
+        while taken < limit and not (stop is not None and stop()):
+            names = self._next(min(size, limit - taken))
             if not names:
                 break
             chunk = self._ingest_chunk(outbox, names)
@@ -165,8 +170,20 @@ class Spool:
     def _next(self, n):
         """The next n names to ingest: from the last listing of new/ while it lasts, else a new one."""
         if not self._listed:
-            self._listed.extend(self.waiting(LISTING))
+            self._list()
         return list(itertools.islice(self._listed, n))
+
+    def _list(self):
+        """List new/ afresh, keeping its oldest LISTING names to take; returns how many it holds."""
+        total = 0
+
+        def names():
+            nonlocal total
+            for entry in _entries(self.new):
+                total += 1
+                yield entry.name
+        self._listed = collections.deque(heapq.nsmallest(LISTING, names()))
+        return total
 
     def _ingest_chunk(self, outbox, names):
         report = IngestReport()

@@ -378,3 +378,23 @@ def test_a_spool_that_may_not_be_read_is_said_by_every_command_and_fails_sync(tm
     assert top.returncode == 0 and f'spool_error="{denied}"' in top.stdout, top
     assert not any("Traceback" in r.stderr for r in (sync, listing, status, health, top))
     assert spool.waiting() == [name]  # handed over, still there: nothing lost, nothing moved
+
+
+def test_sync_ends_with_items_it_cannot_remove_from_new_and_says_they_wait(tmp_path):
+    """A new/ the relay may read but not write (made real: no CAP_DAC_OVERRIDE, mode 555): each item
+    is committed, then stays. sync takes what waited when it started, once, and ends; it must not
+    take the same items again and again."""
+    spool = Spool(tmp_path / "spool").ensure()
+    names = sorted(spool.write(spooled(i)) for i in range(3))
+    Outbox(tmp_path / "outbox.db").close()
+    mode = stat.S_IMODE(os.stat(spool.new).st_mode)
+    os.chmod(spool.new, 0o555)
+    try:
+        sync = without_dac_override("sync", "--json", "--outbox", tmp_path / "outbox.db", "--spool", spool.path,
+                                    cwd=tmp_path, timeout=30)
+    finally:
+        os.chmod(spool.new, mode)
+    assert sync.returncode == 1 and "3 message(s) still waiting in the spool" in sync.stderr, sync
+    report = json.loads(sync.stdout)
+    assert (report["spool"]["stored"], report["spool"]["duplicates"], report["delivered"]) == (3, 0, 3)
+    assert spool.waiting() == names
