@@ -6,8 +6,8 @@ the filesystem alone does with the same directories; and what Spool.status (stat
 The same number of items is taken from both spools, so each rate includes the listings of new/ it
 needed. A file operation in a directory of a million entries costs more than in a small one whatever
 reads it (measured on ext4: an unlink took 16 µs in a directory of 30,000, 108 µs in one of 200,000), so
-ingestion is judged against the filesystem's own ratio, measured on the oldest items of the same two
-directories just before: read and unlinked by plain os calls, no outbox.
+ingestion is judged against the filesystem's own ratio (at most 1), measured on the oldest items of
+the same two directories just before: read and unlinked by plain os calls, no outbox.
 
 The items are handed over by the writer's protocol (tmp/, then a rename into new/) without its
 fsyncs: building the spool is preparation, not what is measured.
@@ -24,20 +24,21 @@ from common import Line, median, ratio_line
 from outbox_relay.intake.spool import Spool, SpoolIngester, item_name
 from outbox_relay.outbox import Outbox
 
-SHARE = 0.8  # of the filesystem's own large/small ratio that ingestion must keep
+SHARE = 0.8  # of the filesystem's own large/small ratio (at most 1) that ingestion must keep
 
 
 def bench_spool(workdir, large, small, statuses=15):
-    raw = max(100, small // 10)  # items read and unlinked by plain os calls first, from each spool
+    raw = max(100, small // 5)  # items read and unlinked by plain os calls first, from each spool
     big, little = fill(workdir, "large", large + raw), fill(workdir, "small", small + raw)
     fs_big, fs_little = fs_rate(big, raw), fs_rate(little, raw)
     status_big, status_little = status_seconds(big, statuses), status_seconds(little, statuses)
     rate_big, rate_little = ingest_rate(big, workdir, small), ingest_rate(little, workdir, small)
     ratio, fs_ratio = rate_big / rate_little, fs_big / fs_little
+    bar = SHARE * min(1.0, fs_ratio)  # a filesystem that measured faster on the big one is noise, not a bar
     return [
         Line(f"spool ingestion with {large:,} waiting vs {small:,} waiting", f"{rate_big:,.0f} msg/s",
-             f"{rate_little:,.0f} msg/s", ratio, f"≥ {SHARE * fs_ratio:.2f}× ({SHARE:g} × the filesystem's)",
-             ratio >= SHARE * fs_ratio,
+             f"{rate_little:,.0f} msg/s", ratio, f"≥ {bar:.2f}× ({SHARE:g} × the filesystem's, ≤ 1)",
+             ratio >= bar,
              note=f"{small:,} Feishu events taken from each spool by SpoolIngester.step (what `run` does:"
                   " passes of 500, one put_many each, then the unlinks) into a fresh outbox; new/ is listed"
                   " once per LISTING items taken (before issue 24's fix every pass listed and sorted all"
