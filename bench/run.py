@@ -22,11 +22,12 @@ from common import Line
 
 FULL = dict(put=2000, put_rounds=3, json=1000, many=20_000, many_rounds=2, web_seconds=10,
             web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000,
-            mysql=100_000, link=20_000, link_old={0: 300, 1: 200, 5: 80, 20: 25}, chart_puts=2000)
+            mysql=100_000, link=20_000, link_old={0: 300, 1: 200, 5: 80, 20: 25}, chart_puts=2000,
+            spool_large=200_000, spool_small=50_000)
 QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seconds=2,
              web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100, mysql=3000,
-             link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200)
-SECTIONS = ("ingest", "webhook", "relay", "link", "e2e", "memory", "hook", "mysql")
+             link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200, spool_large=3000, spool_small=1000)
+SECTIONS = ("ingest", "webhook", "relay", "link", "e2e", "memory", "spool", "hook", "mysql")
 
 
 def log(msg):
@@ -50,6 +51,7 @@ def run_sections(args, size, workdir, pg):
     import link
     import memory
     import relay
+    import spool
     import webhook
 
     def section(name, what, fn, target="—"):
@@ -99,6 +101,8 @@ def run_sections(args, size, workdir, pg):
     lines += section("memory", f"peak RSS of `outbox-relay sync` over {size['memory']:,} rows",
                      lambda: memory.bench_memory(workdir, common.fresh_database(pg, "bench_memory"),
                                                  size["memory"]))
+    lines += section("spool", f"spool ingestion and status, {size['spool_large']:,} vs {size['spool_small']:,} waiting",
+                     lambda: spool.bench_spool(workdir, size["spool_large"], size["spool_small"]))
     lines += section("hook", f"OpenClaw hook under Node, {size['hook']:,} events stopped / running",
                      lambda: hook.bench_hook(workdir, common.fresh_database(pg, "bench_hook"), size["hook"]))
     lines += section("mysql", f"drain {size['mysql']:,} into MariaDB vs LOAD DATA",

@@ -100,7 +100,8 @@ class DecryptError(InvalidMessage):
 
 
 class SpoolError(OutboxRelayError):
-    """Raised when the handoff spool cannot be written or read (missing, unwritable, full)."""
+    """Raised when the handoff spool cannot be written or read (missing, unreadable, unwritable, full),
+    or is given a name no spool item can have."""
 
 
 class FeishuError(OutboxRelayError):

@@ -1,12 +1,15 @@
 """Running the CLI from tests: in-process through CliRunner, or as the installed script."""
 
 import os
+import shutil
 import subprocess
 import sys
 
 from click.testing import CliRunner
 
 from outbox_relay.cli import cli
+
+from skiputil import unavailable
 
 EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
 
@@ -32,3 +35,13 @@ def run_exe(*args, timeout=60, under=(), env=None):
     `env`); `under` is a command line to run it under (["faketime", "-f", "+1d"])."""
     return subprocess.run([*under, EXE, *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env=clean_env(**(env or {})))
+
+
+def without_dac_override(*args, cwd=None, timeout=60):
+    """The installed script as root without CAP_DAC_OVERRIDE (and DAC_READ_SEARCH): file modes then
+    apply to it, as to any user, so a permission denied is real although the tests run as root."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        unavailable("setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
+    return subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", EXE, *map(str, args)],
+                          capture_output=True, text=True, env=clean_env(), timeout=timeout, cwd=cwd)

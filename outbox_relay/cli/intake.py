@@ -5,6 +5,7 @@ import os
 import click
 
 from ..config import BY_NAME
+from ..errors import SpoolError
 from ..intake.import_json import import_json_file
 from ..intake.spool import Spool
 from ..message import parse_lines
@@ -82,7 +83,10 @@ def spool_cmd(cfg, names, retry_all, limit, as_json):
     if names or retry_all:
         _retry_spool(spool, None if retry_all else list(names), as_json)
         return
-    show({"spool": spool.status(), "rejected": spool.rejected_items(limit)}, as_json, format_spool)
+    status = spool.status()
+    if status["error"]:
+        raise SpoolError(status["error"])
+    show({"spool": status, "rejected": spool.rejected_items(limit)}, as_json, format_spool)
 
 
 def _retry_spool(spool, names, as_json):

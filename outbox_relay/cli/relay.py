@@ -45,9 +45,11 @@ def sync(cfg, max_batches, timeout, as_json):
     """Drain everything pending into the target, then exit (for cron and tests).
 
     Waits out an unavailable target with backoff (at most --timeout seconds); Ctrl-C stops after
-    the batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
-    (stopped, timed out, or --max-batches reached). Dead rows are reported, not retried.
+    the chunk or batch in flight. Exit 0 when nothing is left pending, 1 when rows are still waiting
+    (stopped, timed out, or --max-batches reached) or the spool could not be read. Dead rows are
+    reported, not retried.
     """
+    from ..operate.human import format_sync_spool, spool_count
     from ..service import sync_once
     with progress_for() as progress:
         result = sync_once(cfg, max_batches=max_batches, timeout=timeout, progress=progress)
@@ -59,10 +61,11 @@ def sync(cfg, max_batches, timeout, as_json):
                    f"{result['batches']} batches; {result['dead']} dead; outbox now: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()))
         if spooled:
-            click.echo(f"spool: {spooled['stored']} stored, {spooled['duplicates']} already stored, "
-                       f"{spooled['rejected']} set aside, {spooled['waiting']} waiting")
+            click.echo(format_sync_spool(spooled))
     if result["unfinished"]:
         raise click.ClickException(f"{counts['pending'] + counts['parked']} message(s) still waiting "
                                    f"in the outbox ({result['unfinished']} before the drain finished)")
-    if spooled and spooled["waiting"]:
-        raise click.ClickException(f"{spooled['waiting']} message(s) still waiting in the spool")
+    if spooled and (spooled["error"] or spooled["waiting"]):
+        left = ("" if spooled["waiting"] is None
+                else f"{spool_count(spooled, 'waiting')} message(s) still waiting in the spool")
+        raise click.ClickException(": ".join(filter(None, (left, spooled["error"]))))

@@ -15,12 +15,21 @@ committed with put_many in chunks, and unlinked only after that commit. A crash 
 and the unlink re-puts the file next time: the outbox calls it a duplicate. The unlinks are not
 fsynced for the same reason: one undone by a power cut is a harmless duplicate.
 
+Ingestion lists new/ once, keeps only the oldest LISTING names (bounded memory) and takes them chunk
+by chunk, listing again only when they are used up: its time grows with the items taken, not with
+what waits (sorting all of a million names for every chunk of 500 took it down to 217 items/s).
+What arrives meanwhile is taken at the next listing, oldest first (`sync` takes as many items as
+waited when it began). `status` reads no more than SCAN_LIMIT entries of each directory and says
+"at least N" beyond them.
+
 One file, on purpose: it is the whole contract with writers in other languages (the layout, how to
 write, what is read, what is set aside and why), for a hook's author to read in one place.
 """
 
 import collections
 import dataclasses
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -39,6 +48,8 @@ log = logging.getLogger(__name__)
 SUBDIRS = ("tmp", "new", "rejected")
 REASON = ".reason"
 CHUNK = 500  # items per outbox transaction
+LISTING = 50_000  # oldest names kept from one listing of new/ (~5 MB): 1,000,000 waiting take 20 listings
+SCAN_LIMIT = 10_000  # entries `status` reads of each directory (~10 ms): constant whatever the spool holds
 POLL = 0.1  # seconds between looks at new/ while idle: a handed-over message reaches the target in < 1 s
 STALE_TMP = 3600.0  # a tmp/ file this old belongs to a writer that died
 SWEEP_EVERY = 60.0
@@ -84,9 +95,12 @@ class Spool:
         self.tmp, self.new, self.rejected = (os.path.join(self.path, d) for d in SUBDIRS)
         self._next_sweep = 0.0
         self._warned = set()  # names we could not move: said once, not every POLL
+        self._listed = collections.deque()  # the oldest names of the last listing of new/, not yet taken
 
     def exists(self):
-        return os.path.isdir(self.new)
+        """Whether the spool is there (its new/). SpoolError when that cannot be known (permission
+        denied, a symlink loop): a spool we may not look into is not a spool that does not exist."""
+        return _is_dir(self.new)
 
     def ensure(self):
         """Create the spool and its three directories (the service does this at start). Each
@@ -96,7 +110,7 @@ class Spool:
             os.makedirs(self.path, exist_ok=True)
             mode = stat.S_IMODE(os.stat(self.path).st_mode)
             for d in (self.tmp, self.new, self.rejected):
-                if not os.path.isdir(d):
+                if not _is_dir(d):
                     os.makedirs(d, exist_ok=True)
                     os.chmod(d, mode)
         except OSError as e:
@@ -126,21 +140,50 @@ class Spool:
 
     # -- ingesting ----------------------------------------------------------------------------
 
-    def ingest(self, outbox, limit=None):
-        """Move up to `limit` waiting items (default all) into `outbox`, oldest first. Never raises
-        for the outbox's state: a full or unavailable outbox ends the pass with report.error."""
+    def ingest(self, outbox, limit=None, stop=None):
+        """Move up to `limit` waiting items (default: as many as wait now) into `outbox`, oldest first,
+        one outbox transaction per chunk; `stop()` returning true ends it between chunks (sync's
+        Ctrl-C). Never raises for the outbox's state: a full or unavailable outbox ends the pass with
+        report.error. SpoolError if the spool cannot be read."""
         report = IngestReport()
         self.ensure()
         self.sweep_tmp()
-        names = self.waiting()
-        if limit is not None:
-            names = names[:limit]
         size = max(1, min(CHUNK, outbox.max_pending))  # a chunk must fit an empty outbox (overflow=reject)
-        for start in range(0, len(names), size):
-            report.add(self._ingest_chunk(outbox, names[start:start + size]))
-            if report.error:
+        if limit is None:
+            # Counted, not "until new/ is empty": an item that cannot be removed (new/ not writable)
+            # is in every listing, and sync would take it again and again.
+            limit = self._list()
+        taken = 0
+        while taken < limit and not (stop is not None and stop()):
+            names = self._next(min(size, limit - taken))
+            if not names:
                 break
+            chunk = self._ingest_chunk(outbox, names)
+            report.add(chunk)
+            if chunk.error:
+                break  # these names stay first in line for the next pass
+            for _ in names:
+                self._listed.popleft()
+            taken += len(names)
         return report
+
+    def _next(self, n):
+        """The next n names to ingest: from the last listing of new/ while it lasts, else a new one."""
+        if not self._listed:
+            self._list()
+        return list(itertools.islice(self._listed, n))
+
+    def _list(self):
+        """List new/ afresh, keeping its oldest LISTING names to take; returns how many it holds."""
+        total = 0
+
+        def names():
+            nonlocal total
+            for entry in _entries(self.new):
+                total += 1
+                yield entry.name
+        self._listed = collections.deque(heapq.nsmallest(LISTING, names()))
+        return total
 
     def _ingest_chunk(self, outbox, names):
         report = IngestReport()
@@ -201,7 +244,7 @@ class Spool:
             return 0
         self._next_sweep = now + SWEEP_EVERY
         moved = 0
-        for entry in _scan(self.tmp):
+        for entry in list(_entries(self.tmp)):
             age = now - _mtime(entry)
             if age > STALE_TMP:
                 moved += self._reject(self.tmp, entry.name, "incomplete write: the writer stopped before "
@@ -242,25 +285,39 @@ class Spool:
 
     # -- looking ------------------------------------------------------------------------------
 
-    def waiting(self):
-        """Names in new/, oldest first (dot files are ignored, as Maildir readers do)."""
-        return sorted(e.name for e in _scan(self.new))
+    def waiting(self, limit=None):
+        """Names in new/, oldest first: all of them, or the oldest `limit` (one pass over new/ that
+        holds no more than `limit` names). Dot files are ignored, as Maildir readers do."""
+        names = (e.name for e in _entries(self.new))
+        return sorted(names) if limit is None else heapq.nsmallest(limit, names)
 
     def status(self, now=None):
-        """Counts for `status`: waiting, rejected, being written (tmp/), the oldest waiting item's age."""
+        """What `status`, `health`, `top` and /healthz show, in constant time and memory whatever the
+        spool holds: items waiting, set aside (rejected), being written (tmp/), the oldest waiting
+        item's age. Each directory is read up to SCAN_LIMIT entries: a count that reached it is a
+        lower bound, named in "at_least" (the age is then the oldest of the items looked at).
+        "error": why the spool cannot be read, where "exists" false means it is not there."""
         now = time.time() if now is None else now
-        report = {"path": os.path.abspath(self.path), "exists": self.exists(), "error": None}
+        report = {"path": os.path.abspath(self.path), "exists": False, "error": None, "waiting": None,
+                  "rejected": None, "writing": None, "oldest_waiting_age_s": None, "at_least": []}
         try:
-            waiting = self.waiting()
-            oldest = _mtime_of(os.path.join(self.new, waiting[0])) if waiting else None
-            report.update(waiting=len(waiting), rejected=len(self._rejected_names()), writing=len(_scan(self.tmp)),
-                          oldest_waiting_age_s=round(max(0.0, now - oldest), 3) if oldest else None)
+            report["exists"] = self.exists()
+            surveys = {"waiting": _survey(self.new), "rejected": _survey(self.rejected, _is_item),
+                       "writing": _survey(self.tmp)}
         except SpoolError as e:
-            report.update(error=str(e), waiting=None, rejected=None, writing=None, oldest_waiting_age_s=None)
+            report["error"] = str(e)
+            return report
+        for key, survey in surveys.items():
+            report[key] = survey.count
+            if survey.more:
+                report["at_least"].append(key)
+        oldest = surveys["waiting"].smallest
+        mtime = _mtime_of(os.path.join(self.new, oldest)) if oldest else None
+        report["oldest_waiting_age_s"] = round(max(0.0, now - mtime), 3) if mtime else None
         return report
 
     def _rejected_names(self):
-        return sorted(e.name for e in _scan(self.rejected) if not e.name.endswith(REASON))
+        return sorted(e.name for e in _entries(self.rejected) if _is_item(e.name))
 
     def rejected_items(self, limit=None):
         """[{name, size, rejected_at, from, reason}] of what was set aside, oldest first."""
@@ -280,12 +337,14 @@ class Spool:
 
     def retry(self, names=None):
         """Move rejected items (these names, or all) back to new/ for another try, after a fix.
-        Returns the names moved; a name that is not a rejected item is skipped."""
+        Returns the names moved; a name that matches no rejected item is skipped. SpoolError, and
+        nothing moved, if any name cannot be an item's name at all (see bad_item_name)."""
+        bad = [f"{name!r} {why}" for name in names or () if (why := bad_item_name(name))]
+        if bad:
+            raise SpoolError(f"not the name of a spool item: {'; '.join(bad)}; nothing moved")
         wanted = self._rejected_names() if names is None else names
         moved = []
         for name in wanted:
-            if os.path.basename(name) != name or name.startswith(".") or name.endswith(REASON):
-                continue
             try:
                 os.rename(os.path.join(self.rejected, name), os.path.join(self.new, name))
             except FileNotFoundError:
@@ -367,6 +426,25 @@ class SpoolIngester:
             self._said = text
 
 
+def bad_item_name(name):
+    """Why `name` cannot name an item in one of the spool's directories, or None when it can. Every
+    path made of a name the caller gave is made only after this: "" joined to rejected/ is rejected/
+    itself, and renaming that into new/ once moved the whole directory."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\0" in name:
+        return "is not a plain name (it holds / or a NUL byte)"
+    if name.startswith("."):
+        return "is a dot file, never a spool item"
+    if name.endswith(REASON):
+        return "is a reason file, not an item"
+    return None
+
+
+def _is_item(name):
+    return not name.endswith(REASON)
+
+
 # -- file helpers --------------------------------------------------------------------------------
 
 
@@ -426,16 +504,47 @@ def _open_error(path, e):
     return f"cannot be opened: {e.strerror}"
 
 
-def _scan(directory):
-    """Entries of a directory, dot files skipped; none if it does not exist; SpoolError if it
-    cannot be read (never an empty answer for a directory we may not look into)."""
+def _is_dir(path):
+    """Whether path is a directory (False: missing, or something else); SpoolError when it cannot be
+    known (permission denied, a symlink loop), never a False that means "we may not look"."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise _unreadable(path, e) from None
+
+
+def _entries(directory, limit=None):
+    """Entries of a directory, lazily, in its own order, up to `limit`; dot files skipped; none if it
+    does not exist; SpoolError if it cannot be read (never an empty answer for a directory we may
+    not look into)."""
     try:
         with os.scandir(directory) as it:
-            return [e for e in it if not e.name.startswith(".")]
+            yield from itertools.islice((e for e in it if not e.name.startswith(".")), limit)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return
     except OSError as e:
-        raise SpoolError(f"cannot read {directory}: {e.strerror}") from None
+        raise _unreadable(directory, e) from None
+
+
+def _unreadable(path, e):
+    return SpoolError(f"cannot read the spool directory {path}: {e.strerror}")
+
+
+Survey = collections.namedtuple("Survey", "count more smallest")
+
+
+def _survey(directory, wanted=None):
+    """The first SCAN_LIMIT entries of a directory: how many are `wanted` (all by default), whether
+    the directory holds more (the count is then a lower bound), and the smallest wanted name."""
+    count, smallest, seen = 0, None, 0
+    for seen, entry in enumerate(_entries(directory, SCAN_LIMIT + 1), 1):
+        if seen > SCAN_LIMIT or not (wanted is None or wanted(entry.name)):
+            continue
+        count += 1
+        smallest = entry.name if smallest is None else min(smallest, entry.name)
+    return Survey(count, seen > SCAN_LIMIT, smallest)
 
 
 def _mtime(entry):

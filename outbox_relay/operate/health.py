@@ -13,6 +13,7 @@ from ..errors import OutboxError, TargetError
 from ..intake.spool import Spool
 from ..outbox.faults import replaced_warning
 from ..sync import BACKOFF_MAX, Heartbeat, relay_running
+from .human import spool_count
 
 # Undelivered messages older than this while a relay runs mean it is behind.
 BEHIND_AFTER = 120.0
@@ -126,16 +127,19 @@ def _outbox_facts(outbox, facts, now):
 def spool_warnings(spool, relay_running):
     """What the spool's state says is wrong (degraded), given whether a relay runs to ingest it."""
     if spool["error"]:
-        return [f"the spool cannot be read: {spool['error']}"]
+        return [spool["error"]]  # "cannot read the spool directory …: Permission denied"
     out = []
     if spool["rejected"]:
-        out.append(f"{spool['rejected']} spool item(s) set aside as not messages: see `outbox-relay spool`")
+        out.append(f"{spool_count(spool, 'rejected')} spool item(s) set aside as not messages: "
+                   "see `outbox-relay spool`")
     if spool["waiting"] and not relay_running:
-        out.append(f"{spool['waiting']} message(s) wait in the spool and no relay is running: "
+        out.append(f"{spool_count(spool, 'waiting')} message(s) wait in the spool and no relay is running: "
                    "start `outbox-relay run` (or run `outbox-relay sync`)")
     age = spool["oldest_waiting_age_s"]
     if relay_running and age is not None and age > SPOOL_BEHIND_AFTER:
-        out.append(f"the oldest spool item has waited {age:.0f} s: is the relay ingesting? (see its log)")
+        # With "waiting" in at_least the age is a lower bound: still true when it says "behind".
+        out.append(f"the oldest spool item has waited {'at least ' if 'waiting' in spool['at_least'] else ''}"
+                   f"{age:.0f} s: is the relay ingesting? (see its log)")
     return out
 
 

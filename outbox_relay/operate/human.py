@@ -59,9 +59,9 @@ def format_status(report):
         lines.append(f"target   {t['url']} table {t['table']}: {state}")
     sp = report.get("spool")
     if sp is not None:
-        lines.append(f"spool    {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting (oldest "
-                     f"{duration(sp['oldest_waiting_age_s'])}), {sp['rejected']} set aside, "
-                     f"{sp['writing']} being written"))
+        lines.append(f"spool    {sp['path']}: " + (sp["error"] or f"{spool_count(sp, 'waiting')} waiting (oldest "
+                     f"{duration(sp['oldest_waiting_age_s'])}), {spool_count(sp, 'rejected')} set aside, "
+                     f"{spool_count(sp, 'writing')} being written"))
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
@@ -144,15 +144,29 @@ def format_stats(s):
     return "\n".join(lines)
 
 
+def spool_count(report, key):
+    """A count of a spool report (Spool.status, sync's): "at least N" where only part was looked at."""
+    return f"at least {report[key]:,}" if key in report["at_least"] else f"{report[key]:,}"
+
+
 def format_spool(data):
     """`outbox-relay spool` for people: the counts, then one line per item set aside."""
     sp = data["spool"]
-    head = f"spool {sp['path']}: " + (sp["error"] or f"{sp['waiting']} waiting, {sp['rejected']} set aside, "
-                                                      f"{sp['writing']} being written")
+    head = f"spool {sp['path']}: " + (sp["error"] or f"{spool_count(sp, 'waiting')} waiting, "
+                                      f"{spool_count(sp, 'rejected')} set aside, "
+                                      f"{spool_count(sp, 'writing')} being written")
     if not data["rejected"]:
         return head + "\nnothing set aside"
     rows = [[r["name"], r["size"], clock(r["rejected_at"]), (r["reason"] or "")[:100]] for r in data["rejected"]]
     return head + "\n" + format_table(["name", "bytes", "set aside", "reason"], rows)
+
+
+def format_sync_spool(spooled):
+    """`sync`'s line about the spool it ingested."""
+    done = (f"spool: {spooled['stored']} stored, {spooled['duplicates']} already stored, "
+            f"{spooled['rejected']} set aside")
+    left = [f"{spool_count(spooled, 'waiting')} waiting"] if spooled["waiting"] is not None else []
+    return ", ".join([done, *left]) + (f" ({spooled['error']})" if spooled["error"] else "")
 
 
 def format_feishu_backfill(report):

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-from .human import bytes_text, duration
+from .human import bytes_text, duration, spool_count
 
 QUIT_KEYS = ("q", "Q")
 COLORS = {"running": "green", "backing off": "yellow", "stuck": "red", "stopped": "red",
@@ -43,7 +43,7 @@ def view(prev, cur, *, source, interval):
         "round_trip_ms": _round_trip(prev.batches if prev else None, cur.batches),
         "connections": dict(zip(("in_use", "idle", "pool_size"), cur.connections)) if cur.connections else None,
         "files": cur.files,
-        "spool": {k: cur.spool[k] for k in ("waiting", "rejected", "error")} if cur.spool else None,
+        "spool": {k: cur.spool[k] for k in ("waiting", "rejected", "error", "at_least")} if cur.spool else None,
     }
 
 
@@ -121,7 +121,8 @@ def _files(v):
 
 def _spool(v):
     s = v["spool"]
-    return s and (s["error"] or f"{s['waiting']:,} waiting · {s['rejected']:,} set aside", "")
+    return s and ((s["error"], "red") if s["error"] else
+                  (f"{spool_count(s, 'waiting')} waiting · {spool_count(s, 'rejected')} set aside", ""))
 
 
 # The screen's lines, top to bottom: label, and what makes (text, style) of the view (None: no line).
@@ -176,7 +177,9 @@ def line(v):
     if v["files"]:
         fields += [("db", bytes_text(v["files"]["db"])), ("wal", bytes_text(v["files"]["wal"]))]
     if v["spool"]:
-        fields.append(("spool_waiting", v["spool"]["waiting"]))
+        s = v["spool"]
+        fields += [("spool_waiting", s["waiting"] if s["waiting"] is None or "waiting" not in s["at_least"]
+                    else f">={s['waiting']}"), ("spool_error", s["error"])]
     fields += [(f"in.{i['via']}.{i['source']}", _per_s(i["per_s"])) for i in v["intake"]]
     return v["at"] + " " + " ".join(f"{k}={_quoted(val)}" for k, val in fields if val is not None)
 

@@ -93,7 +93,7 @@ class OutboxSource:
             snap.problem = str(e)
             snap.spool = self.spool_status(now)
             return snap
-        snap.spool = facts.spool if self.spool.exists() else None
+        snap.spool = _shown(facts.spool)
         snap.counts, snap.oldest_pending_age = facts.counts, facts.oldest_pending_age
         snap.problem = facts.outbox_problem
         snap.files = {"db": sizes["file"], "wal": sizes["wal"], "free": sizes["free_bytes"]}
@@ -121,7 +121,12 @@ class OutboxSource:
         snap.intake = dict(self._intake)
 
     def spool_status(self, now=None):
-        return self.spool.status(now) if self.spool.exists() else None
+        return _shown(self.spool.status(now))
+
+
+def _shown(spool):
+    """A spool status worth a line: one that is there, or cannot be read (not one that is not there)."""
+    return spool if spool["exists"] or spool["error"] else None
 
 
 # -- a running service's /metrics and /healthz ----------------------------------------------------

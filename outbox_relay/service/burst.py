@@ -5,6 +5,7 @@ import contextlib
 import logging
 import threading
 
+from ..errors import SpoolError
 from ..intake.spool import Spool
 from ..progress import NO_PROGRESS
 from ..sync import Relay, RelayLock
@@ -16,8 +17,10 @@ log = logging.getLogger(__name__)
 
 def sync_once(cfg, *, max_batches=None, timeout=None, progress=NO_PROGRESS):
     """Ingest the spool, drain the outbox into the target, return the report: batches, delivered, new,
-    dead, pruned, outbox (counts after), spool (None without one), and `unfinished`: why rows are
-    still waiting (stopped, timed out, --max-batches reached), None when nothing is."""
+    dead, pruned, outbox (counts after), spool (None without one; see _ingest_spool), and
+    `unfinished`: why rows are still waiting (stopped, timed out, --max-batches reached), None when
+    nothing is. A stop (the first Ctrl-C, --timeout) ends the ingestion between chunks as it ends
+    the drain between batches."""
     with contextlib.closing(cfg.open_outbox()) as outbox, contextlib.closing(open_from_config(cfg)) as target:
         with RelayLock(cfg.outbox):
             announce_target(cfg, target)
@@ -30,7 +33,7 @@ def sync_once(cfg, *, max_batches=None, timeout=None, progress=NO_PROGRESS):
                 if timer is not None:
                     timer.daemon = True
                     timer.start()
-                spooled = _ingest_spool(cfg.spool, outbox)
+                spooled = _ingest_spool(cfg.spool, outbox, stop=lambda: relay.stopping)
                 waiting = outbox.counts()
                 task = progress.task("syncing", total=waiting["pending"] + waiting["parked"])
                 totals = relay.drain(max_batches, on_step=lambda r: task.advance(r.claimed))
@@ -48,13 +51,21 @@ def sync_once(cfg, *, max_batches=None, timeout=None, progress=NO_PROGRESS):
             "unfinished": unfinished}
 
 
-def _ingest_spool(path, outbox):
-    """What the spool holds goes into the outbox before the drain. None without a spool."""
+def _ingest_spool(path, outbox, stop):
+    """What the spool holds goes into the outbox before the drain, until stop(). None without a
+    spool; else what was stored, found already stored, set aside, what still waits (Spool.status's
+    count: "at_least" ["waiting"] when it is a lower bound) and `error`: why ingestion stopped early
+    or could not start (the spool cannot be read, the outbox is full), None when it did not."""
     spool = Spool(path)
-    if not spool.exists():
-        return None
-    report = spool.ingest(outbox)
+    try:
+        if not spool.exists():
+            return None
+        report = spool.ingest(outbox, stop=stop)
+    except SpoolError as e:  # said by the caller: `sync` exits 1 with it
+        return {"stored": 0, "duplicates": 0, "rejected": 0, "waiting": None, "at_least": [], "error": str(e)}
     if report.error:
         log.warning("spool items left waiting in %s: %s", spool.new, report.error)
+    left = spool.status()
     return {"stored": report.stored, "duplicates": report.duplicates, "rejected": report.rejected,
-            "waiting": len(spool.waiting())}
+            "waiting": left["waiting"], "at_least": [k for k in left["at_least"] if k == "waiting"],
+            "error": report.error or left["error"]}

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from outbox_relay.intake.spool import Spool, item_name
+from outbox_relay.intake.spool import SCAN_LIMIT, Spool, item_name
 
 from cliutil import clean_env
 from factories import sample
@@ -149,6 +149,35 @@ def test_sigkill_during_ingestion_of_20000_handed_over_messages(node, spawn, tmp
     assert set(got) == {f"om_hook_{i:05d}" for i in range(n)}
     assert os.listdir(spool.new) == [] and spool.rejected_items() == []
     print(f"spool items left at each kill: {kills}")
+
+
+# -- sync's Ctrl-C during ingestion ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sync_stops_ingesting_at_the_first_ctrl_c_and_loses_nothing(spawn, tmp_path):
+    """The first SIGINT ends `sync`'s ingestion after the chunk in flight, as it ends the drain after
+    the batch in flight: every item is then committed to the outbox or still in new/, never both."""
+    n = 20_000
+    spool = Spool(tmp_path / "spool").ensure()
+    hand_over_fast(spool, gateway_events(n))
+    proc = spawn("sync", ["sync", "--json"], outbox=tmp_path / "outbox.db", spool=spool.path)
+    wait_until(lambda: len(os.listdir(spool.new)) < n, timeout=60, what="sync ingesting the spool")
+    proc.signal(signal.SIGINT)
+    signalled = time.monotonic()
+    code = proc.wait(60)
+    took = time.monotonic() - signalled
+    left = os.listdir(spool.new)
+    assert code == 1 and left, f"sync went on ingesting after Ctrl-C (exit {code}, {len(left)} left):\n{proc.output()}"
+    assert took < 3.0, f"sync took {took:.1f} s to stop"
+    committed = set(outbox_ids(str(tmp_path / "outbox.db")))
+    waiting = {json.loads((pathlib.Path(spool.new) / name).read_text())["context"]["messageId"] for name in left}
+    assert committed | waiting == {f"om_hook_{i:05d}" for i in range(n)} and not committed & waiting
+    assert os.listdir(spool.rejected) == []
+    report = json.loads(proc.stdout())["spool"]  # the count read as status reads it: at most SCAN_LIMIT
+    assert (report["waiting"], report["at_least"]) == ((SCAN_LIMIT, ["waiting"]) if len(left) > SCAN_LIMIT
+                                                       else (len(left), []))
+    print(f"stopped {took:.2f} s after SIGINT with {len(committed)} committed, {len(left)} still handed over")
 
 
 # -- storage full or unwritable -------------------------------------------------------------------------

@@ -18,11 +18,12 @@ import time
 import pytest
 
 from outbox_relay.errors import InvalidMessage, SpoolError
+from outbox_relay.intake import spool as spool_module
 from outbox_relay.intake.spool import STALE_TMP, Spool, SpoolIngester, item_name
 from outbox_relay.message import MAX_MESSAGE_BYTES
 from outbox_relay.outbox import Outbox
 
-from cliutil import EXE, clean_env, run_cli
+from cliutil import EXE, clean_env, run_cli, without_dac_override
 from factories import BASE_MS, flat_message
 from serverproc import wait_until
 
@@ -74,6 +75,48 @@ def test_oldest_first_by_name(spool, box):
     assert spool.waiting() == [early, late]
     spool.ingest(box)
     assert [r["message_id"] for r in box.rows("pending")] == ["om_spool_00001", "om_spool_00002"]
+
+
+def test_a_pass_takes_its_items_from_one_listing_and_later_arrivals_at_the_next(spool, box, monkeypatch):
+    """new/ is listed once for LISTING items (only the oldest LISTING names kept), not once per pass:
+    sorting a million names for every chunk of 500 made a big spool crawl. What arrives meanwhile is
+    taken at the next listing, oldest first, even when its name sorts before the rest."""
+    monkeypatch.setattr(spool_module, "LISTING", 10)
+    for i in range(1, 16):
+        drop(spool, item_name(now=1_700_000_000 + i), json.dumps(spooled(i)))
+
+    def ingested(limit):
+        before = stored_ids(box)
+        assert spool.ingest(box, limit=limit).stored == limit
+        return sorted(stored_ids(box) - before)
+
+    assert spool.waiting(3) == spool.waiting()[:3]
+    assert ingested(4) == [f"om_spool_{i:05d}" for i in range(1, 5)]
+    drop(spool, item_name(now=1_700_000_000), json.dumps(spooled(0)))  # older than every other item
+    assert ingested(6) == [f"om_spool_{i:05d}" for i in range(5, 11)]  # the rest of the first listing
+    assert ingested(2) == ["om_spool_00000", "om_spool_00011"]  # a new listing: oldest first
+    assert spool.ingest(box).stored == 4 and spool.waiting() == []
+
+
+def test_status_reads_no_more_than_SCAN_LIMIT_entries_and_says_at_least(hermetic, tmp_path, monkeypatch):
+    """status (and health, top, /healthz) must not read a whole big spool: past SCAN_LIMIT entries of a
+    directory a count is a lower bound, and says so."""
+    monkeypatch.setattr(spool_module, "SCAN_LIMIT", 5)
+    spool = Spool(tmp_path / "data" / "spool").ensure()
+    Outbox("data/outbox.db").close()
+    for i in range(4):
+        spool.write(spooled(i))
+    small = spool.status()
+    assert (small["waiting"], small["rejected"], small["at_least"]) == (4, 0, [])
+    for i in range(4, 12):
+        spool.write(spooled(i))
+    big = spool.status()
+    assert (big["waiting"], big["at_least"]) == (5, ["waiting"]) and big["oldest_waiting_age_s"] is not None
+    text = run_cli("status", "--no-target").stdout
+    assert "at least 5 waiting" in text and "at least 5 message(s) wait in the spool" in text
+    assert json.loads(run_cli("status", "--no-target", "--json").stdout)["spool"]["at_least"] == ["waiting"]
+    assert "at least 5 waiting" in run_cli("spool").stdout
+    assert "spool_waiting=>=5" in run_cli("top", "--once", "--interval", "0.2").stdout
 
 
 def test_write_refuses_bad_input_and_writes_nothing(spool):
@@ -198,12 +241,23 @@ def test_retry_moves_an_item_back_once_it_can_be_read(spool, box):
     drop(spool, "later.json", json.dumps({"type": "message", "action": "received", "context": {}}))
     assert spool.ingest(box).rejected == 1
     assert [i["reason"] for i in spool.rejected_items()] == ["missing context.messageId"]
-    assert spool.retry(["nope", "../etc", "later.json.reason"]) == []
+    assert spool.retry(["nope"]) == []
     # The cause fixed (here: the operator repairs the item), it goes back and flows.
     (pathlib.Path(spool.rejected) / "later.json").write_text(json.dumps(spooled(5)))
     assert spool.retry(["later.json"]) == ["later.json"]
     assert os.listdir(spool.rejected) == []
     assert spool.ingest(box).stored == 1 and "om_spool_00005" in stored_ids(box)
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "../outbox.db", "sub/a.json", ".hidden", "a.json.reason"])
+def test_retry_refuses_a_name_no_item_can_have_and_moves_nothing(spool, box, bad):
+    drop(spool, "a.json", "not a message")
+    drop(spool, "b.json", "not a message")
+    assert spool.ingest(box).rejected == 2
+    before = sorted(os.listdir(spool.rejected))
+    with pytest.raises(SpoolError, match=f"not the name of a spool item: {bad!r} .*; nothing moved"):
+        spool.retry(["a.json", bad])
+    assert sorted(os.listdir(spool.rejected)) == before and os.listdir(spool.new) == []
 
 
 def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
@@ -215,7 +269,7 @@ def test_a_spool_that_cannot_be_read_is_an_error_not_an_empty_spool(spool, box):
     status = spool.status()
     assert status["waiting"] is None and "Too many levels" in status["error"]
     from outbox_relay.operate.health import spool_warnings
-    assert spool_warnings(status, relay_running=True) == [f"the spool cannot be read: {status['error']}"]
+    assert spool_warnings(status, relay_running=True) == [status["error"]]
 
 
 def test_ingester_thread_ingests_within_a_second(spool, box):
@@ -268,7 +322,8 @@ def test_spool_command_lists_set_aside_items_and_retries(hermetic, tmp_path):
 
     result = run_cli("sync", "--json")  # ingests the spool, then drains into the default archive
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["spool"] == {"stored": 1, "duplicates": 0, "rejected": 1, "waiting": 0}
+    assert json.loads(result.stdout)["spool"] == {"stored": 1, "duplicates": 0, "rejected": 1, "waiting": 0,
+                                                  "at_least": [], "error": None}
 
     listing = json.loads(run_cli("spool", "--json").stdout)
     assert [(i["name"], i["from"]) for i in listing["rejected"]] == [("notes.txt", "new")]
@@ -297,3 +352,64 @@ def test_a_spool_file_name_cannot_forge_a_log_line(tmp_path):
     assert any("set aside" in line and "\\n2026-12-04 10:00:00,000 CRITICAL" in line for line in lines), lines
     assert not any(line.startswith("2026-12-04 10:00:00,000 CRITICAL") for line in lines), lines
     assert "\x1b" not in result.stderr
+
+
+def test_spool_retry_of_an_empty_name_is_one_line_and_moves_nothing(hermetic, tmp_path):
+    spool = Spool(tmp_path / "data" / "spool").ensure()
+    drop(spool, "notes.txt", "hello")
+    with Outbox("data/outbox.db") as outbox:
+        assert spool.ingest(outbox).rejected == 1
+    result = run_cli("spool", "--retry", "")  # rejected/ + "" is rejected/ itself
+    assert result.exit_code == 1 and "'' is empty; nothing moved" in result.output, result.output
+    assert sorted(os.listdir(spool.rejected)) == ["notes.txt", "notes.txt.reason"]
+    assert os.listdir(spool.new) == []
+
+
+@pytest.mark.parametrize("locked", ["spool", "new"])
+def test_a_spool_that_may_not_be_read_is_said_by_every_command_and_fails_sync(tmp_path, locked):
+    """Permission denied is not "no spool". Made real although the tests run as root: the commands run
+    without CAP_DAC_OVERRIDE, so the directory's mode 000 applies to them."""
+    spool = Spool(tmp_path / "spool").ensure()
+    name = spool.write(spooled(1))
+    Outbox(tmp_path / "outbox.db").close()
+    where = spool.path if locked == "spool" else spool.new
+    mode = stat.S_IMODE(os.stat(where).st_mode)
+    settings = ("--outbox", tmp_path / "outbox.db", "--spool", spool.path)
+    os.chmod(where, 0)
+    try:
+        sync = without_dac_override("sync", "--json", *settings, cwd=tmp_path)
+        listing = without_dac_override("spool", *settings, cwd=tmp_path)
+        status = without_dac_override("status", "--no-target", "--json", *settings, cwd=tmp_path)
+        health = without_dac_override("health", *settings, cwd=tmp_path)
+        top = without_dac_override("top", "--once", *settings, cwd=tmp_path)
+    finally:
+        os.chmod(where, mode)
+    denied = f"cannot read the spool directory {spool.new}: Permission denied"  # new/ or what holds it
+    assert sync.returncode == 1 and json.loads(sync.stdout)["spool"]["error"] == denied, sync
+    assert sync.stderr.strip().splitlines()[-1] == f"Error: {denied}", sync.stderr
+    assert listing.returncode == 1 and listing.stderr.strip() == f"Error: {denied}", listing
+    assert status.returncode == 0 and json.loads(status.stdout)["spool"]["error"] == denied, status
+    assert health.returncode == 1 and denied in health.stdout, health
+    assert top.returncode == 0 and f'spool_error="{denied}"' in top.stdout, top
+    assert not any("Traceback" in r.stderr for r in (sync, listing, status, health, top))
+    assert spool.waiting() == [name]  # handed over, still there: nothing lost, nothing moved
+
+
+def test_sync_ends_with_items_it_cannot_remove_from_new_and_says_they_wait(tmp_path):
+    """A new/ the relay may read but not write (made real: no CAP_DAC_OVERRIDE, mode 555): each item
+    is committed, then stays. sync takes what waited when it started, once, and ends; it must not
+    take the same items again and again."""
+    spool = Spool(tmp_path / "spool").ensure()
+    names = sorted(spool.write(spooled(i)) for i in range(3))
+    Outbox(tmp_path / "outbox.db").close()
+    mode = stat.S_IMODE(os.stat(spool.new).st_mode)
+    os.chmod(spool.new, 0o555)
+    try:
+        sync = without_dac_override("sync", "--json", "--outbox", tmp_path / "outbox.db", "--spool", spool.path,
+                                    cwd=tmp_path, timeout=30)
+    finally:
+        os.chmod(spool.new, mode)
+    assert sync.returncode == 1 and "3 message(s) still waiting in the spool" in sync.stderr, sync
+    report = json.loads(sync.stdout)
+    assert (report["spool"]["stored"], report["spool"]["duplicates"], report["delivered"]) == (3, 0, 3)
+    assert spool.waiting() == names

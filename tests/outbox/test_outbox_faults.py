@@ -7,7 +7,6 @@ import contextlib
 import glob
 import json
 import os
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -19,7 +18,7 @@ from outbox_relay.outbox.siblings import Siblings
 from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
-from cliutil import EXE, clean_env, run_exe
+from cliutil import EXE, clean_env, run_exe, without_dac_override
 from factories import flat
 from relayutil import pg_query, put_all, row_stats
 from serverproc import wait_until
@@ -279,15 +278,6 @@ def test_reading_commands_work_on_a_full_disk_and_puts_say_it_is_full(small_disk
     report = json.loads(status.stdout)["outbox"]
     assert report["counts"]["pending"] + report["counts"]["parked"] == n and report["free_bytes"] < 4096
     assert run_exe("dead", "--outbox", path).returncode == 0
-
-
-def without_dac_override(*args):
-    """Run the CLI as root without CAP_DAC_OVERRIDE: file modes then apply to us, as to any user."""
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        unavailable("setpriv (util-linux) is missing: cannot drop CAP_DAC_OVERRIDE")
-    return subprocess.run([setpriv, "--bounding-set", "-dac_override,-dac_read_search", EXE, *map(str, args)],
-                          capture_output=True, text=True, env=clean_env(), timeout=60)
 
 
 def test_a_read_only_directory_and_a_read_only_file_are_named_as_such(tmp_path):
