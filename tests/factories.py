@@ -12,9 +12,9 @@ import pathlib
 from outbox_relay.message import normalize
 
 __all__ = ["SAMPLES", "EVENT_SAMPLES", "BASE_MS", "RECEIVED", "FEISHU_TOKEN", "FEISHU_KEY", "FEISHU_ENCRYPTED",
-           "FEISHU_TIMESTAMP",
-           "FEISHU_NONCE", "FEISHU_BODY", "FEISHU_SIGNATURE", "sample", "sample_bytes", "flat_message", "flat", "ids",
-           "flats", "rows_of"]
+           "FEISHU_TIMESTAMP", "FEISHU_NONCE", "FEISHU_BODY", "FEISHU_SIGNATURE", "sample", "sample_bytes",
+           "flat_message", "flat", "ids", "flats", "rows_of", "feishu_message", "feishu_edit", "feishu_recall",
+           "feishu_reaction"]
 
 SAMPLES = pathlib.Path(__file__).parent / "samples"
 # Feishu's events about a message (edits, recalls, reactions), each read by tests/message/test_events.py.
@@ -72,3 +72,43 @@ def flats(n, prefix="om", **extra):
 def rows_of(messages, first_id=1):
     """Target.write's rows for messages: (outbox id from first_id on, Message, RECEIVED)."""
     return [(first_id + n, m, RECEIVED) for n, m in enumerate(messages)]
+
+
+# -- Feishu's events, built from the samples ---------------------------------------------------------------
+
+
+def feishu_message(message_id, text, at, chat_id="oc_events_1", sender="ou_sender_1"):
+    """An im.message.receive_v1 event: a text message sent at `at` (epoch ms)."""
+    event = sample("v2_text.json")
+    event["header"]["event_id"] = "receive-" + message_id
+    msg = event["event"]["message"]
+    msg.update(message_id=message_id, chat_id=chat_id, create_time=str(at), root_id="", parent_id="", thread_id="",
+               content=json.dumps({"text": text}, ensure_ascii=False), mentions=[])
+    event["event"]["sender"]["sender_id"]["open_id"] = sender
+    return event
+
+
+def feishu_edit(message_id, event_id, text, at, chat_id="oc_events_1", sender="ou_sender_1"):
+    """im.message.updated_v1: the message's words are `text` from `at` (its update_time)."""
+    event = sample("v2_message_updated.json")
+    event["header"]["event_id"] = event_id
+    msg = event["event"]["message"]
+    msg.update(message_id=message_id, chat_id=chat_id, update_time=str(at),
+               content=json.dumps({"text": text}, ensure_ascii=False), mentions=[])
+    event["event"]["sender"]["sender_id"]["open_id"] = sender
+    return event
+
+
+def feishu_recall(message_id, event_id, at, chat_id="oc_events_1", recall_type="message_owner"):
+    event = sample("v2_message_recalled.json")
+    event["header"]["event_id"] = event_id
+    event["event"].update(message_id=message_id, chat_id=chat_id, recall_time=str(at), recall_type=recall_type)
+    return event
+
+
+def feishu_reaction(message_id, event_id, at, emoji="THUMBSUP", user="ou_reactor_1", added=True):
+    event = sample("v2_reaction_created.json" if added else "v2_reaction_deleted.json")
+    event["header"]["event_id"] = event_id
+    event["event"].update(message_id=message_id, action_time=str(at), reaction_type={"emoji_type": emoji})
+    event["event"]["user_id"]["open_id"] = user
+    return event

@@ -10,12 +10,14 @@ each test says which server, how to count its rows and how to stop it; the scena
     two_hosts_sync(...)             two hosts' outboxes, overlapping, synced into one table at once
     poison_rows_then_replay(...)    rows the table refuses go dead with the server's words; fixed, replayed
     pool_through_a_server_crash(...) a pooled connection from before a crash is discarded, not reused
+    every_order_of_five_events(...) a message and five events about it, in each of the 5! orders
     table_dropped_under_a_running_relay(...) DROP TABLE under `run`: made again; check fails, init-db makes it
     refused_rows_keep_their_words_out(...) dead rows' errors and the log: the reason, not the message's words
     Database(url, query, row_stats, message_ids)   how a scenario reads one server's table
 """
 
 import collections
+import itertools
 import json
 import random
 import signal
@@ -24,13 +26,15 @@ import time
 
 import pytest
 
+from outbox_relay.archive.history import message_history
 from outbox_relay.errors import TargetUnavailable
 from outbox_relay.outbox import Outbox
 from outbox_relay.targets import open_target
 
-from factories import flat, flats, ids, rows_of
+from factories import feishu_edit, feishu_message, feishu_reaction, feishu_recall, flat, flats, ids, rows_of
 from relayutil import SEED, Writer, assert_exactly_once, heartbeat, outbox_counts, outbox_with, put_all
 from serverproc import wait_until
+from serviceutil import post, running_service
 
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
            "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync", "poison_rows_then_replay",
@@ -348,3 +352,55 @@ def refused_rows_keep_their_words_out(invoke, outbox_path, db, *, damage, poison
         assert (words in result.output) is shown, (detail, result.output)
         assert invoke("replay", *common, "--all").exit_code == 0
     assert db.row_stats(db.url)[0] == 200 - len(poison)
+
+
+# -- events about a message, in every order (issue 19) ------------------------------------------------------
+
+FIVE_EVENTS_BASE = 1_790_000_000_000  # epoch ms: the message is sent then, its events follow
+
+
+def five_events(message_id):
+    """A message and five events about it, each with Feishu's time: two edits, a reaction added then
+    removed, and a recall. -> (the message, [the five events])."""
+    at = FIVE_EVENTS_BASE
+    return feishu_message(message_id, "as first sent", at), [
+        feishu_edit(message_id, f"{message_id}-e1", "the first edit", at + 10_000),
+        feishu_edit(message_id, f"{message_id}-e2", "the second edit", at + 20_000),
+        feishu_reaction(message_id, f"{message_id}-r1", at + 5_000, added=True),
+        feishu_reaction(message_id, f"{message_id}-r2", at + 15_000, added=False),
+        feishu_recall(message_id, f"{message_id}-x", at + 30_000),
+    ]
+
+
+def every_order_of_five_events(tmp_path, url):
+    """Through a running service into `url`: for each of the 5! orders of the five events, once with
+    the message first and once with it last, every event POSTed twice. Every message ends the same:
+    the second edit's words, recalled, no reaction, five history rows, its first words kept."""
+    plans = []
+    for n, order in enumerate(itertools.permutations(range(5))):
+        for message_last in (False, True):
+            message_id = f"om_order_{n:03d}_{int(message_last)}"
+            message, events = five_events(message_id)
+            sequence = [events[i] for i in order]
+            plans.append((message_id, sequence + [message] if message_last else [message] + sequence))
+    with running_service(tmp_path, target=url) as s:
+        for _, sequence in plans:
+            for payload in sequence:
+                for _ in (1, 2):  # Feishu delivers more than once
+                    r = post(s.url, json.dumps(payload).encode())
+                    assert r.status == 200, r.json()
+        wait_until(lambda: not s.service.outbox.has_pending(), timeout=60, what="the relay to deliver it all")
+    target = open_target(url)
+    try:
+        finals = set()
+        for message_id, _ in plans:
+            h = message_history(target, None, message_id)
+            now, first = h["now"], h["first"]
+            finals.add((now["text"], now["edited_at"], now["recalled_at"], now["recall_type"], first["text"],
+                        tuple(e["kind"] for e in h["events"]), json.dumps(h["reactions"])))
+    finally:
+        target.close()
+    assert finals == {("the second edit", "2026-09-21T14:13:40.000+00:00", "2026-09-21T14:13:50.000+00:00",
+                       "message_owner", "as first sent",
+                       ("reaction_added", "edited", "reaction_removed", "edited", "recalled"), "{}")}, finals
+    return [message_id for message_id, _ in plans]

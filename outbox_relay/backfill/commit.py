@@ -1,6 +1,7 @@
 """The one way every backfill commits what it found, with one set of rules:
 
-  * the target is asked which of the messages it already holds, and those are skipped. When it cannot
+  * the target is asked which of the messages (and of the events about them: an edit, a recall) it
+    already holds, and those are skipped. When it cannot
     be asked (down, or none given), every message goes to the outbox and the report says the target
     was not checked: a backfill is a local commit like any put, and the relay's conflict clause keeps
     one row of each;
@@ -29,23 +30,24 @@ class Committer:
         self.stop = stop or threading.Event()
         self.target_checked = target is not None
 
-    def commit(self, messages):
-        """Commit what the archive lacks of `messages` (Message objects). -> (new, already stored)."""
-        if not messages:
+    def commit(self, items):
+        """Commit what the archive lacks of `items` (Messages, and Events about them). -> (new,
+        already stored)."""
+        if not items:
             return 0, 0
-        held = self._in_target([m.message_id for m in messages])
-        fresh = [m for m in messages if m.message_id not in held]
+        held = self._in_target(items)
+        fresh = [m for m in items if m.key not in held]
         if self.dry_run:
-            new = sum(self.outbox is None or self.outbox.get(m.message_id) is None for m in fresh)
+            new = sum(self.outbox is None or self.outbox.get(m.key) is None for m in fresh)
         else:
             new = sum(not r.duplicate for r in self._put_with_room(fresh)) if fresh else 0
-        return new, len(messages) - new
+        return new, len(items) - new
 
-    def _in_target(self, ids):
+    def _in_target(self, items):
         if not self.target_checked:
             return set()
         try:
-            return self.target.existing_ids(ids)
+            return self.target.held(items)
         except TargetError as e:
             log.warning("cannot check the target for messages it already has (%s): every message found goes"
                         " to the outbox, the target keeps one row of each", e)

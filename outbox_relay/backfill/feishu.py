@@ -22,6 +22,7 @@ import time
 
 from ..errors import FeishuApiError, FeishuUnavailable, InvalidMessage, Stopped, TargetError
 from ..message import normalize
+from ..message.events import from_history
 from ..progress import NO_PROGRESS
 from ..timeconv import now_ms, s_to_datetime
 from .commit import Committer
@@ -53,6 +54,7 @@ class ChatReport:
     already_stored: int = 0
     recalled: int = 0
     edited: int = 0
+    events: int = 0  # recalls and edits new to the archive (the history API's deleted/updated flags)
     invalid: int = 0
     threads: int = 0
     pages: int = 0
@@ -219,11 +221,13 @@ def _read_threads(run, chat, items, start, end):
 
 
 def _store(run, chat, items):
-    """Normalize one page, skip what the target holds, commit the rest in one transaction."""
-    messages = []
+    """Normalize one page, skip what the target holds, commit the rest: its messages, then what the
+    page says happened to them (a recall, an edit: the same facts the webhook's events state)."""
+    messages, events = [], []
     for item in items:
         try:
             message = normalize(item)
+            events += from_history(message, item)
         except InvalidMessage as e:
             _note_invalid(chat, item, e)
             continue
@@ -237,6 +241,7 @@ def _store(run, chat, items):
     new, already = run.committer.commit(messages)
     chat.new += new
     chat.already_stored += already
+    chat.events += run.committer.commit(events)[0]
 
 
 def _note_invalid(chat, item, error):
@@ -321,7 +326,7 @@ def _within(items, start, end):
 def _report(run, chats, errors, stopped, elapsed):
     rows = [{k: v for k, v in dataclasses.asdict(c).items() if k != "unavailable"} for c in chats]
     totals = {k: sum(r[k] for r in rows) for k in
-              ("seen", "new", "already_stored", "recalled", "edited", "invalid", "threads", "pages")}
+              ("seen", "new", "already_stored", "recalled", "edited", "events", "invalid", "threads", "pages")}
     totals["chats"] = len(rows)
     totals["failed"] = sum(r["status"] == "failed" for r in rows)
     return {"since": _iso(run.start), "until": _iso(run.end), "dry_run": run.dry_run, "chats": rows,

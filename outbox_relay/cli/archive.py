@@ -1,8 +1,8 @@
-"""Commands that read the archive: search, stats."""
+"""Commands that read the archive: search, stats, history."""
 
 import click
 
-from ..operate.human import format_search, format_stats
+from ..operate.human import format_history, format_search, format_stats
 from .group import cli
 from .options import friendly_errors, json_option, opened, settings_options, show, time_range
 
@@ -47,3 +47,24 @@ def stats(cfg, days, top, as_json):
     with opened(cfg, create=False, readonly=True) as (outbox, target):
         result = collect_stats(outbox, target, days=days, top=top)
     show(result, as_json, format_stats)
+
+
+@cli.command()
+@settings_options
+@click.argument("message_id")
+@json_option
+@friendly_errors
+def history(cfg, message_id, as_json):
+    """One message's history: as first archived, as the chat shows it now, and every edit, recall
+    and reaction in Feishu's order (with those still waiting in the outbox); its current reactions.
+
+    Exit 1 when the archive knows nothing of MESSAGE_ID.
+    """
+    from ..archive.history import message_history
+    with opened(cfg, create=False, readonly=True) as (outbox, target):
+        result = message_history(target, outbox, message_id)
+    show(result, as_json, format_history)
+    if result["message"] is None and not result["events"] and not result["waiting"]:
+        raise click.ClickException(f"the archive holds nothing of message {message_id}"
+                                   + (f" (the target could not be read: {result['target_error']})"
+                                      if result["target_error"] else ""))

@@ -133,8 +133,11 @@ class Webhook:
                 return source, "replayed", {"ok": True, "message_id": result.message_id, "duplicate": True,
                                             "replayed": True}
             outcome = ("duplicate_changed" if result.differs else "duplicate") if result.duplicate else "stored"
-            return source, outcome, {
-                "ok": True, "message_id": result.message_id, "duplicate": result.duplicate}
+            answer = {"ok": True, "message_id": result.message_id, "duplicate": result.duplicate}
+            if message.outbox_kind == "event":
+                self.metrics.count_event(message.kind, "duplicate" if result.duplicate else "stored")
+                answer.update(event_id=message.event_id, event=message.kind)
+            return source, outcome, answer
         except (InvalidMessage, Rejected) as e:
             if isinstance(e, InvalidMessage):
                 e = Rejected(400, "invalid", str(e))

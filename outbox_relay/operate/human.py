@@ -114,6 +114,42 @@ def format_search(result):
     return "\n".join(lines)
 
 
+def format_history(h):
+    """`outbox-relay history` for people: the message first and now, then its events in order."""
+    lines = []
+    if h["target_error"]:
+        lines.append(f"warning: the target could not be read ({h['target_error']})")
+    m = h["message"]
+    if m is None:
+        lines.append(f"message {h['message_id']}: not in the archive" + (" yet" if h["events"] or h["waiting"] else ""))
+    else:
+        first, now = h["first"], h["now"]
+        lines.append(f"message {m['message_id']} in {m['chat_id']} from {m['sender_id']} ({m['msg_type']}),"
+                     f" sent {m['created_at'][:19].replace('T', ' ')} UTC")
+        lines.append(f"first archived: {first['text']}")
+        if now["edited_at"]:
+            lines.append(f"now (edited {now['edited_at'][:19].replace('T', ' ')}): {now['text']}")
+        if now["recalled_at"]:
+            lines.append(f"recalled {now['recalled_at'][:19].replace('T', ' ')} ({now['recall_type'] or 'unknown'});"
+                         " the words above are kept")
+    rows = [[e["happened_at"][:23].replace("T", " ") if e["happened_at"] else "", e["kind"],
+             e.get("operator_id") or "", _event_detail(e), e.get("where", "archive")]
+            for e in h["events"] + h["waiting"]]
+    if rows:
+        lines.append(format_table(["when (UTC)", "event", "who", "what", "where"], rows))
+    reactions = ", ".join(f"{emoji} ×{len(who)}" for emoji, who in h["reactions"].items())
+    lines.append(f"reactions now: {reactions or 'none'}")
+    return "\n".join(lines)
+
+
+def _event_detail(e):
+    if e["kind"] == "edited":
+        return " ".join((e.get("text") or "").split())[:60]
+    if e["kind"] == "recalled":
+        return e.get("recall_type") or ""
+    return e.get("emoji") or ""
+
+
 def format_stats(s):
     lines = []
     if s.get("target_error"):
@@ -171,14 +207,15 @@ def format_sync_spool(spooled):
 
 def format_feishu_backfill(report):
     """The summary table for a person: one line per chat, then the totals and what went wrong."""
-    rows = [[chat_label(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"],
-             c["invalid"]] for c in report["chats"]]
+    rows = [[chat_label(c), c["status"], c["seen"], c["new"], c["already_stored"], c["recalled"], c["edited"],
+             c["events"], c["invalid"]] for c in report["chats"]]
     t = report["totals"]
     rows.append(["total", f"{t['chats']} chats", t["seen"], t["new"], t["already_stored"], t["recalled"],
-                 t["invalid"]])
+                 t["edited"], t["events"], t["invalid"]])
     lines = [("dry run: nothing committed\n" if report["dry_run"] else "")
              + f"Feishu history {report['since']} .. {report['until']}",
-             format_table(["chat", "status", "seen", "new", "already stored", "recalled", "invalid"], rows)]
+             format_table(["chat", "status", "seen", "new", "already stored", "recalled", "edited", "new events",
+                           "invalid"], rows)]
     lines += [f"{c['chat_id']}: {c['error']}" for c in report["chats"] if c["error"]]
     lines += report["errors"]
     api = report["api"]

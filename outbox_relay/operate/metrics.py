@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import OutboxError
 from ..message import SOURCES
+from ..message.events import KINDS as EVENT_KINDS
 from ..sync import Heartbeat
 from . import health
 
@@ -67,6 +68,12 @@ class Metrics:
         self._spool_instruments(registry, spool)
         if cfg is not None:
             self._thresholds(registry, cfg)
+        self.events = Counter(
+            "outbox_relay_events_received", "Events about a message the webhook took (edits, recalls,"
+            " reactions), by kind and outcome", ("kind", "outcome"), registry=registry)
+        for kind in EVENT_KINDS:
+            for outcome in ("stored", "duplicate"):
+                self.events.labels(kind, outcome)
         self.ignored = Counter(
             "outbox_relay_events_ignored", "Feishu/OpenClaw events acknowledged but not stored, by type",
             ("event_type",), registry=registry)
@@ -125,6 +132,9 @@ class Metrics:
 
     def count(self, source, outcome):
         self.received.labels(source if source in SOURCE_LABELS else "unknown", outcome).inc()
+
+    def count_event(self, kind, outcome):
+        self.events.labels(kind, outcome).inc()
 
     def count_ignored(self, event_type):
         event_type = event_type if isinstance(event_type, str) and _EVENT_TYPE.match(event_type) else "other"

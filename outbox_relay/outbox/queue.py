@@ -478,6 +478,11 @@ class Outbox:
                           " WHERE id > ? GROUP BY 1", (after_id,))
         return {source or "unknown": n for source, n, _ in rows}, max([after_id] + [r[2] for r in rows])
 
+    def events_about(self, message_id):
+        """(state, payload) of the undelivered events about one message, oldest first."""
+        return self._read("SELECT state, payload FROM outbox WHERE kind = 'event' AND state != 'delivered'"
+                          " AND json_extract(payload, '$.message_id') = ? ORDER BY id", (message_id,))
+
     def states_of(self, ids):
         """{state: rows} among these outbox ids; ids no longer present were delivered and pruned."""
         return dict(self._read("SELECT state, count(*) FROM outbox WHERE id IN (SELECT value FROM json_each(?))"

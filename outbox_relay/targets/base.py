@@ -580,17 +580,36 @@ class Target:
     def count(self):
         return self.query(f"SELECT count(*) FROM {self.quoted}")[0][0]
 
+    def held(self, items):
+        """The keys of `items` (Messages, Events) the archive holds already: a message by its id, an
+        event by the fact it states (a recall the webhook brought and the same recall a backfill
+        found are one)."""
+        messages = [i.message_id for i in items if i.outbox_kind == "message"]
+        events = [i for i in items if i.outbox_kind != "message"]
+        held = self.existing_ids(messages) if messages else set()
+        if events:
+            facts = self._existing_facts({e.message_id for e in events})
+            held.update(e.key for e in events if (e.message_id, e.fact) in facts)
+        return held
+
+    def _existing_facts(self, message_ids):
+        return {tuple(row) for row in self._in_chunks(
+            f"SELECT message_id, fact FROM {self.quote(self.events_table)} WHERE message_id IN ({{marks}})",
+            list(message_ids))}
+
+    def _in_chunks(self, sql, values, size=500):
+        """The rows of `sql` ({marks}: a chunk of `values` as parameters), over all of `values`."""
+        rows = []
+        with self.transaction() as tx:
+            for start in range(0, len(values), size):
+                chunk = values[start:start + size]
+                rows += tx.execute(sql.format(marks=", ".join([self.param] * len(chunk))), chunk)
+        return rows
+
     def existing_ids(self, message_ids):
         """The subset of `message_ids` already in the target table (backfills skip those)."""
-        ids = list(dict.fromkeys(message_ids))
-        found = set()
-        with self.transaction() as tx:
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                found.update(r[0] for r in tx.execute(
-                    f"SELECT message_id FROM {self.quoted} WHERE message_id IN"
-                    f" ({', '.join([self.param] * len(chunk))})", chunk))
-        return found
+        return {row[0] for row in self._in_chunks(f"SELECT message_id FROM {self.quoted} WHERE message_id IN"
+                                                  " ({marks})", list(dict.fromkeys(message_ids)))}
 
     def chat_ids(self):
         """Every chat_id the target holds a message of (backfills read these chats too)."""
