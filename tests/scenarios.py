@@ -11,6 +11,7 @@ each test says which server, how to count its rows and how to stop it; the scena
     poison_rows_then_replay(...)    rows the table refuses go dead with the server's words; fixed, replayed
     pool_through_a_server_crash(...) a pooled connection from before a crash is discarded, not reused
     every_order_of_five_events(...) a message and five events about it, in each of the 5! orders
+    bad_events_beside_good_ones(...) events that cannot be archived: a 400 each; the good ones all arrive
     table_dropped_under_a_running_relay(...) DROP TABLE under `run`: made again; check fails, init-db makes it
     refused_rows_keep_their_words_out(...) dead rows' errors and the log: the reason, not the message's words
     Database(url, query, row_stats, message_ids)   how a scenario reads one server's table
@@ -39,7 +40,8 @@ from serviceutil import post, running_service
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
            "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync", "poison_rows_then_replay",
            "pool_through_a_server_crash", "table_dropped_under_a_running_relay",
-           "refused_rows_keep_their_words_out", "Database"]
+           "refused_rows_keep_their_words_out", "every_order_of_five_events", "bad_events_beside_good_ones",
+           "Database"]
 
 # One server's table as a scenario reads it: query(url, sql) -> rows; row_stats(url) -> (rows, distinct
 # message_ids); message_ids(url) -> every message_id in the table.
@@ -404,3 +406,46 @@ def every_order_of_five_events(tmp_path, url):
                        "message_owner", "as first sent",
                        ("reaction_added", "edited", "reaction_removed", "edited", "recalled"), "{}")}, finals
     return [message_id for message_id, _ in plans]
+
+
+def bad_events_beside_good_ones(tmp_path, url):
+    """Through a running service into `url`: events Feishu's shapes allow but that cannot be archived as
+    they are, each between good ones. Each bad one gets a 400 with a JSON reason naming its field
+    (never a 500) and stores nothing; a recall of a message the archive has never seen, with no chat
+    id, is an event like any other and is stored. Every good one arrives."""
+    message_id = "om_bad_events_1"
+    no_message_id = feishu_edit(message_id, "bad-1", "words", FIVE_EVENTS_BASE + 1)
+    del no_message_id["event"]["message"]["message_id"]
+    blank_message_id = feishu_recall("", "bad-2", FIVE_EVENTS_BASE + 2)
+    emoji_number = feishu_reaction(message_id, "bad-3", FIVE_EVENTS_BASE + 3)
+    emoji_number["event"]["reaction_type"] = {"emoji_type": 5}
+    emoji_list = feishu_reaction(message_id, "bad-4", FIVE_EVENTS_BASE + 4)
+    emoji_list["event"]["reaction_type"] = ["THUMBSUP"]
+    no_event = feishu_recall(message_id, "bad-5", FIVE_EVENTS_BASE + 5)
+    no_event["event"] = None
+    bad = [(no_message_id, "event.message.message_id"), (blank_message_id, "event.message_id"),
+           (emoji_number, "emoji_type"), (emoji_list, "emoji_type"), (no_event, "event")]
+    unknown_recall = feishu_recall("om_never_seen_1", "good-recall", FIVE_EVENTS_BASE + 6)
+    del unknown_recall["event"]["chat_id"]
+    good = [feishu_message(message_id, "as first sent", FIVE_EVENTS_BASE),
+            feishu_reaction(message_id, "good-reaction", FIVE_EVENTS_BASE + 7, emoji="SMILE"),
+            unknown_recall, feishu_edit(message_id, "good-edit", "edited", FIVE_EVENTS_BASE + 8)]
+    with running_service(tmp_path, target=url) as s:
+        for (payload, named), good_one in itertools.zip_longest(bad, good):
+            r = post(s.url, json.dumps(payload).encode())
+            assert r.status == 400 and named in r.json()["error"], (named, r)
+            if good_one is not None:
+                r = post(s.url, json.dumps(good_one).encode())
+                assert r.status == 200, r
+        wait_until(lambda: not s.service.outbox.has_pending(), timeout=30, what="the relay to deliver it all")
+        assert s.service.outbox.counts()["dead"] == 0
+    target = open_target(url)
+    try:
+        seen = message_history(target, None, message_id)
+        never = message_history(target, None, "om_never_seen_1")
+    finally:
+        target.close()
+    assert seen["now"]["text"] == "edited" and seen["reactions"] == {"SMILE": ["ou_reactor_1"]}, seen
+    assert [e["event_id"] for e in seen["events"]] == ["good-reaction", "good-edit"], seen["events"]
+    assert never["message"] is None and [(e["kind"], e["event_id"]) for e in never["events"]] == [
+        ("recalled", "good-recall")], never

@@ -3,7 +3,7 @@ delivers them in, through a running service into real PostgreSQL and MariaDB ser
 
 import pytest
 
-from scenarios import every_order_of_five_events
+from scenarios import bad_events_beside_good_ones, every_order_of_five_events
 
 mh = pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
 
@@ -14,3 +14,11 @@ def test_every_order_of_five_events_ends_the_same_on_postgresql(tmp_path, pg_url
 
 def test_every_order_of_five_events_ends_the_same_on_mariadb(tmp_path, maria_url):
     every_order_of_five_events(tmp_path, maria_url)
+
+
+def test_bad_events_get_a_400_and_good_ones_all_arrive_on_postgresql(tmp_path, pg_url):
+    bad_events_beside_good_ones(tmp_path, pg_url)
+
+
+def test_bad_events_get_a_400_and_good_ones_all_arrive_on_mariadb(tmp_path, maria_url):
+    bad_events_beside_good_ones(tmp_path, maria_url)
