@@ -661,3 +661,45 @@ def test_the_first_ctrl_c_stops_the_run_at_once_while_an_answer_trickles(spawn, 
     log = (tmp_path / "backfill.log").read_text()  # stderr
     assert log.splitlines()[-1] == "Error: backfill incomplete: stopped before the end; run it again to continue"
     assert "Traceback" not in log
+
+
+# -- issue 19: the history API's deleted/updated flags become the webhook's events ----------------------
+
+
+def test_recalls_and_edits_whose_events_never_came_are_added_by_a_backfill_once(invoke, tmp_path, pg_url):
+    """500 messages archived from their webhook events; Feishu's history says 50 were recalled and 50
+    edited since, and none of those events came. The backfill adds the 100 events, the relay marks the
+    50 recalled and the 50 edited; a second run, and a --recheck reading it all again, add nothing."""
+    pairs = history(CHAT_A, 500, START, DAYS_30, recalled_every=10, edited_every=10)
+    recalled = {i["message_id"]: int(i["update_time"]) for i, _ in pairs if i["deleted"]}  # when, by Feishu
+    edited = {i["message_id"]: int(i["update_time"]) for i, _ in pairs if i["updated"]}
+    assert len(recalled) == len(edited) == 50 and not set(recalled) & set(edited)
+    webhook_outbox = str(tmp_path / "webhook.db")
+    with Outbox(webhook_outbox) as outbox:
+        outbox.put_many([event for _, event in pairs])
+    deliver(webhook_outbox, pg_url)
+
+    outbox = str(tmp_path / "outbox.db")
+    with FakeFeishu() as fake:
+        fake.add_chat(CHAT_A, [i for i, _ in pairs], name="项目群 A")
+        flags = feishu_flags(fake, outbox, pg_url)
+        runs = [invoke("backfill", "feishu", "--since", SINCE, "--until", UNTIL, "--json", *flags),
+                invoke("sync", "--json", "--outbox", outbox, "--target", pg_url)]
+        for again in ([], ["--recheck"]):
+            runs += [invoke("backfill", "feishu", "--since", SINCE, "--until", UNTIL, "--json", *again, *flags),
+                     invoke("sync", "--json", "--outbox", outbox, "--target", pg_url)]
+    assert all(r.exit_code == 0 for r in runs), [r.output for r in runs]
+    first, _, second, _, recheck, _ = (json.loads(r.stdout) for r in runs)
+    assert (first["totals"]["new"], first["totals"]["already_stored"], first["totals"]["events"]) == (0, 500, 100)
+    assert second["totals"]["events"] == 0 and recheck["totals"]["events"] == 0, (second, recheck)
+    assert recheck["totals"]["seen"] == 500
+    events = pg_query(pg_url, "SELECT message_id, kind, (extract(epoch FROM happened_at) * 1000)::bigint, source"
+                              " FROM feishu_message_events")
+    assert sorted(events) == sorted([(m, "recalled", at, "feishu.history") for m, at in recalled.items()]
+                                    + [(m, "edited", at, "feishu.history") for m, at in edited.items()]), events[:5]
+    rows = {r[0]: r[1:] for r in pg_query(
+        pg_url, "SELECT message_id, recalled_at IS NOT NULL, (extract(epoch FROM edited_at) * 1000)::bigint"
+                " FROM feishu_messages")}
+    assert len(rows) == 500
+    assert {m for m, (was_recalled, _) in rows.items() if was_recalled} == set(recalled)
+    assert {m: at for m, (_, at) in rows.items() if at is not None} == edited
