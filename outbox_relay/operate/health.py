@@ -176,6 +176,8 @@ def judge(facts, cfg, *, expect_relay, now=None):
         down.append(f"target unreachable: {facts.target_error}")
     elif facts.target_error and outage is None:
         degraded.append(f"target unreachable: {facts.target_error}")
+    if relay.running and beat is not None and beat.events_waiting:
+        degraded.append(beat.events_waiting)
     degraded.extend(facts.warnings)
     degraded.extend(_backlog_warnings(facts, relay))
     if down:

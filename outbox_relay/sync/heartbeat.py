@@ -37,6 +37,7 @@ class Heartbeat:
     loop_at: float | None = None  # the last pass of the relay's loop (a hung step stops it)
     batch_rows: int | None = None  # rows a batch is cut to after a statement timeout (None: batch_size)
     batch_cut: str | None = None  # why: "a batch of 250 passed statement_timeout (1 s)"
+    events_waiting: str | None = None  # why events stay in the outbox: the target cannot take them yet
     # The same moments on the monotonic clock, and the boot they belong to.
     boot_id: str | None = None
     beat_mono: float | None = None

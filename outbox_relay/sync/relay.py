@@ -131,6 +131,9 @@ class Relay:
         try:
             # Not only at start-up: a target that was down then must still get its table.
             self.target.ensure_schema()
+            self.beat.events_waiting = None if self.target.events_ready else (
+                f"{self.target.events_table} is not made, or not granted to this role, yet: edits, recalls and"
+                " reactions wait in the outbox (the DBA runs `outbox-relay schema --sql` and grants it)")
             writing = time.perf_counter()
             new, written, refused = self._write(batch)
             resized = self._grow(len(batch.rows), time.perf_counter() - writing)

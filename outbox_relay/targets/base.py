@@ -25,6 +25,9 @@ from ..message.events import EDITED, RECALLED
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
 
+# How often (seconds) a relay whose role could not make the events table looks again for it.
+EVENTS_RECHECK = 5.0
+
 log = logging.getLogger(__name__)
 
 
@@ -96,8 +99,10 @@ class Target:
         self.db = self.open_database(self.connect_args(url), create)
         self._schema_checked = False
         # The events table (and the columns it fills) made, so events can be written and applied. A
-        # role that may not run the DDL of a new version keeps delivering messages meanwhile.
+        # role that may not run the DDL of a new version keeps delivering messages meanwhile, and looks
+        # again now and then (EVENTS_RECHECK) for the DBA to have run it.
         self.events_ready = False
+        self._events_recheck_at = 0.0
 
     # -- what each database says for itself --------------------------------------------------
 
@@ -491,6 +496,8 @@ class Target:
         calls it before every batch, so a target that was down at start-up gets its table, and
         one whose table was dropped (write_encoded met TableMissing) gets it again."""
         if self._schema_checked:
+            if not self.events_ready and time.monotonic() >= self._events_recheck_at:
+                self._recheck_events()
             return False
         migrations = schema.target_migrations(type(self), self.table)
         try:
@@ -512,17 +519,29 @@ class Target:
 
     def _checked(self, events_ready):
         self._schema_checked, self.events_ready = True, events_ready
+        self._events_recheck_at = time.monotonic() + EVENTS_RECHECK
         if not events_ready:
-            log.warning("%s is not made yet (this version's DDL: `outbox-relay schema --sql`): messages are"
-                        " delivered, edits, recalls and reactions wait in the outbox until it is",
-                        self.events_table)
+            log.warning("%s is not made yet, or this role may not write it (this version's DDL and grants:"
+                        " `outbox-relay schema --sql`): messages are delivered, edits, recalls and reactions"
+                        " wait in the outbox until it is", self.events_table)
+
+    def _recheck_events(self):
+        self._events_recheck_at = time.monotonic() + EVENTS_RECHECK
+        if self._events_table_ready():
+            self.events_ready = True
+            log.info("%s is ready: edits, recalls and reactions are delivered", self.events_table)
 
     def _events_table_ready(self):
-        """Can events be written and applied (a role without DDL, after a DBA ran schema --sql)?"""
+        """Can this role write events and apply them (a role without DDL, after a DBA ran schema --sql
+        and granted it)? Asked of the server with statements that touch no row: each needs the
+        table, the columns and the privilege a batch will need."""
+        events, columns = self.quote(self.events_table), ", ".join(schema.EVENTS.written)
+        state = schema.MESSAGE_STATE[0][0]
         try:
             with self.transaction() as tx:
-                return bool(self.table_exists(tx, self.events_table)
-                            and schema.MESSAGE_STATE[0][0] in self.table_columns(tx))
+                tx.execute(f"INSERT INTO {events} ({columns}) SELECT {columns} FROM {events} WHERE 1 = 0")
+                tx.execute(f"UPDATE {self.quoted} SET {state} = {state} WHERE 1 = 0")
+            return True
         except TargetError:
             return False
 

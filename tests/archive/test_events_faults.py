@@ -102,7 +102,7 @@ def test_events_exactly_once_through_kill_9_and_a_postgresql_outage(spawn, tmp_p
             # PostgreSQL stops under a running relay, which keeps its rows and carries on once it is back.
             private_pg.stop(mode="immediate")
             stopped_at = time.time()
-            wait_until(lambda: (heartbeat(outbox_path).get("last_error_at") or 0) > stopped_at, timeout=20,
+            wait_until(lambda t=stopped_at: (heartbeat(outbox_path).get("last_error_at") or 0) > t, timeout=20,
                        what="the relay to record the outage")
             assert proc.alive(), proc.output()
             private_pg.start()
