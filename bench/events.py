@@ -11,8 +11,7 @@ import random
 import time
 
 import payloads
-import psycopg2
-from common import harness, ratio_line, remove_sqlite
+from common import harness, query_one, ratio_line, remove_sqlite
 
 from outbox_relay.outbox import Outbox
 from outbox_relay.sync import Relay
@@ -73,13 +72,7 @@ def drain_rate(path, url, n, n_events):
 
 
 def archived(url):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT (SELECT count(*) FROM feishu_messages), (SELECT count(*) FROM feishu_message_events)")
-            return cur.fetchone()
-    finally:
-        conn.close()
+    return query_one(url, "SELECT (SELECT count(*) FROM feishu_messages), (SELECT count(*) FROM feishu_message_events)")
 
 
 def bench_events(workdir, pg, n, rounds=3):
