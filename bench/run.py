@@ -23,7 +23,7 @@ from common import Line
 FULL = dict(put=2000, put_rounds=3, json=1000, many=20_000, many_rounds=2, web_seconds=10,
             web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000,
             mysql=100_000, link=20_000, link_old={0: 300, 1: 200, 5: 80, 20: 25}, chart_puts=2000,
-            spool_large=200_000, spool_small=50_000, events=50_000)
+            spool_large=200_000, spool_small=50_000, events=20_000)
 QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seconds=2,
              web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100, mysql=3000,
              link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200, spool_large=3000, spool_small=1000,
