@@ -190,7 +190,7 @@ def test_search_json_fields_and_human_table(corpus):
     rows = {r["message_id"]: r for r in data["results"]}
     assert rows["d_zh"] == {"message_id": "d_zh", "chat_id": "oc_a", "sender_id": "ou_1", "msg_type": "text",
                             "text": "今天测试一下系统", "created_at": iso_ms(NOW - HOUR), "source": "api",
-                            "where": "target"}
+                            "where": "target", "edited_at": None, "recalled_at": None}
     assert rows["p_zh"]["where"] == "outbox (pending)"
     assert rows["p_zh"]["created_at"] == iso_ms(NOW - 10 * 60 * 1000)
     result = run_cli("search", "测试", "--outbox", corpus["outbox"], "--target", corpus["url"])
