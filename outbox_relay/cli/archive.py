@@ -69,8 +69,10 @@ def history(cfg, message_id, as_json):
     from ..archive.history import message_history
     with opened(cfg, create=False, readonly=True) as (outbox, target):
         result = message_history(target, outbox, message_id)
-    show(result, as_json, format_history)
-    if result["message"] is None and not result["events"] and not result["waiting"]:
+    unknown = result["message"] is None and not result["events"] and not result["waiting"]
+    if as_json or not unknown:  # a person asking for an unknown id gets the one line below, not an empty report
+        show(result, as_json, format_history)
+    if unknown:
         raise click.ClickException(f"the archive holds nothing of message {message_id}"
                                    + (f" (the target could not be read: {result['target_error']})"
                                       if result["target_error"] else ""))
