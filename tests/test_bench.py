@@ -33,6 +33,7 @@ EXPECTED = [
     ("relay: drain 3,000 backlog vs raw COPY", True),
     ("relay: drain 3,000 backlog vs connect+insert per msg", True),
     ("relay: max connections held (pool_size=2)", False),
+    ("events: drain 2,000 rows, 30% of them events, vs messages only", True),
     ("relay over a 5 ms RTT link with TLS vs the old way on it", True),
     ("relay over a 5 ms RTT link vs the same at 0 ms", True),
     ("end-to-end: put -> visible in PG, 200/s, p50", False),

@@ -203,8 +203,10 @@ def test_a_dba_migrates_under_a_running_relay_which_keeps_delivering(spawn, invo
                    what="the events that waited, once the table is there")
         assert proc.alive(), proc.output()
         assert "feishu_message_events is ready" in proc.output()
-        status = invoke("status", "--json", "--outbox", outbox_path, "--target", relay_url)
-        assert not any("not granted" in w for w in json.loads(status.stdout)["warnings"]), status.output
+        # status reads the relay's heartbeat, written after its next batch or idle tick: soon, not at once.
+        wait_until(lambda: not any("not granted" in w for w in json.loads(
+            invoke("status", "--json", "--outbox", outbox_path, "--target", relay_url).stdout)["warnings"]),
+            timeout=30, what="status to stop saying the events wait")
     finally:
         live = writer.stop()
     wait_until(lambda: archive.count() == OLD + len(live), timeout=60, what="every message written")
