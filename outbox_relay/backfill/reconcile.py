@@ -1,0 +1,192 @@
+"""The reconciler: every feishu_reconcile_interval, `run` reads each active chat's trailing window
+(feishu_reconcile_window) back from Feishu and commits what the archive lacks, through backfill
+feishu's own reader (feishu.read_chat_window: the normalizer, checkpoints, the client's rate limiter,
+token handling and retries, the history's recall/edit flags, the one commit path). What it commits is a
+gap: a message (or a recall, an edit) the archive and the outbox did not hold, which a way in should
+have brought.
+
+Active chats: the bot's chats (listed at most once an hour) and every chat with a message in the
+outbox or the target within the window. They are read busiest first (the most messages Feishu
+listed in the chat's last pass, or else the archive holds in the window) so that a budget too small
+for all still covers the chats where a gap is likeliest. The budget: at most feishu_reconcile_budget
+requests in any hour, every request counted (token fetches, retries, 429s: Feishu counts them too);
+each request's time is recorded before it goes out, so a kill -9 cannot hand out more.
+
+One pass per call (`run_pass`); the thread's loop around it is trivial (service/run.py).
+"""
+
+import logging
+import os
+import time
+
+from ..errors import (
+    BudgetSpent,
+    FeishuApiError,
+    FeishuCredentialsError,
+    FeishuError,
+    FeishuUnavailable,
+    Stopped,
+    TargetError,
+)
+from .feishu import ChatReport, open_run, read_chat_window
+from .reconcile_state import HOUR, ReconcileState, read_calls, write_calls
+
+log = logging.getLogger(__name__)
+
+
+class CallBudget:
+    """At most `limit` requests in any hour; `spend()` before each, BudgetSpent when there is no room."""
+
+    def __init__(self, outbox, limit):
+        self.outbox, self.limit = outbox, limit
+        self.calls, self.total = read_calls(outbox)
+
+    def spend(self):
+        now = time.time()
+        self.calls = self._recent(now)
+        if len(self.calls) >= self.limit:
+            raise BudgetSpent(f"the hour's {self.limit} calls are spent (feishu_reconcile_budget)")
+        self.calls.append(now)
+        self.total += 1
+        write_calls(self.outbox, self.calls, self.total)  # before the request: a kill -9 must not forget it
+
+    def _recent(self, now=None):
+        now = time.time() if now is None else now
+        return [t for t in self.calls if t > now - HOUR]
+
+
+def expected_way(source):
+    """The way a message of a chat should have come, for the gaps' `source` label: the way the chat's
+    newest message in the outbox came. Feishu pushes every message (and every recall, edit) to the
+    app's event subscription, which reaches us at the webhook, or through OpenClaw's gateway and its
+    hook when OpenClaw holds the subscription; a chat whose messages come through the hook missed
+    them there. No message of the chat in the outbox: the webhook, the way Feishu's events come."""
+    return "hook" if isinstance(source, str) and source.startswith("openclaw") else "webhook"
+
+
+class Reconciler:
+    """One outbox's reconciliation through one FeishuClient (its token lasts across passes); the
+    client's `stop` ends a pass at once (a request in flight is cut off). close() when done."""
+
+    def __init__(self, cfg, outbox, target, client):
+        self.cfg, self.outbox, self.target, self.client = cfg, outbox, target, client
+
+    def close(self):
+        self.client.close()
+
+    def run_pass(self):
+        """Read every active chat's trailing window, busiest first, within the budget. -> the state."""
+        state = ReconcileState.read(self.outbox)
+        state.pid, state.pass_started_at, state.error = os.getpid(), time.time(), None
+        budget = CallBudget(self.outbox, self.cfg.feishu_reconcile_budget)
+        client = self.client
+        client.before_request = budget.spend
+        try:
+            self._pass(state, client, budget)
+        except Stopped:
+            log.info("reconciliation stopped mid-pass; the next pass resumes where it got to")
+        except (BudgetSpent, FeishuError, FeishuCredentialsError) as e:  # the token, the chat list
+            state.error = f"pass ended early: {e}"
+            log.warning("reconciliation: %s", state.error)
+        finally:
+            state.forget_old_gaps(time.time())
+            state.write(self.outbox)
+        return state
+
+    def _pass(self, state, client, budget):
+        run = open_run(client, self.outbox, self.target, start_s=0, until_ms=int(time.time() * 1000))
+        start = run.end - self.cfg.feishu_reconcile_window
+        state.active = self._active(state, client, start)
+        state.uncovered = []
+        for n, chat_id in enumerate(state.active):
+            try:
+                self._chat(state, run, chat_id, start)
+            except BudgetSpent:
+                state.uncovered = state.active[n:]
+                log.warning("reconciliation: the budget (%d calls/h) did not reach %d chat(s) this pass: %s",
+                            budget.limit, len(state.uncovered), ", ".join(state.uncovered))
+                break
+            except FeishuUnavailable as e:
+                state.error = f"pass ended early: {e}"
+                log.warning("reconciliation: %s", state.error)
+                break
+        state.passes += 1
+        state.pass_finished_at = time.time()
+
+    # -- which chats, busiest first -----------------------------------------------------------
+
+    def _active(self, state, client, start):
+        self._list_chats(state, client)
+        since_ms = start * 1000
+        traffic = {chat_id: n for chat_id, (n, _) in self.outbox.recent_chats(since_ms).items()}
+        try:
+            for chat_id, n in self.target.recent_chats(since_ms).items():
+                traffic[chat_id] = max(n, traffic.get(chat_id, 0))
+        except TargetError as e:  # the outbox's and the bot's chats still go on
+            log.warning("reconciliation: cannot list the target's recent chats: %s", e)
+        for chat_id, name in state.listed:
+            traffic.setdefault(chat_id, 0)
+            state.chat(chat_id).name = name
+        busy = {c: max(n, state.chats[c].seen if c in state.chats else 0) for c, n in traffic.items()}
+        return sorted(busy, key=lambda c: (-busy[c], c))
+
+    def _list_chats(self, state, client):
+        """The bot's chats, asked at most once an hour (the list changes rarely; calls are counted)."""
+        if state.listed_at is not None and time.time() - state.listed_at < HOUR:
+            return
+        try:
+            state.listed = [[c["chat_id"], c.get("name")] for items in client.chat_pages()
+                            for c in items if isinstance(c.get("chat_id"), str)]
+        except FeishuApiError as e:  # a missing scope, say: the chats the archive holds still go on
+            log.warning("reconciliation: cannot list the bot's chats: %s", e)
+        state.listed_at = time.time()
+
+    # -- one chat -------------------------------------------------------------------------------
+
+    def _chat(self, state, run, chat_id, start):
+        """Read [start, now - settle) of one chat again; resume an unfinished pass where it got to, and
+        catch up from where the chat was last checked when that is older than the window."""
+        cs = state.chat(chat_id)
+        if cs.checked_until is not None and cs.checked_until < start:
+            start = cs.checked_until
+        if cs.unfinished() and start < cs.read_to < run.end:
+            start = cs.read_to  # the pass a kill -9 or a stop cut short had read this far
+        cs.pass_end, cs.read_to, cs.error = run.end, start, None
+        state.write(self.outbox)
+        chat = ChatReport(chat_id, cs.name)
+        way = expected_way(self.outbox.recent_chats(start * 1000).get(chat_id, (0, None))[1])
+        counted = [0]
+
+        def on_window(chat, read_to):
+            if read_to > cs.read_to:
+                if cs.checked_until is None or cs.read_to <= cs.checked_until:  # contiguous with it
+                    cs.checked_until = max(cs.checked_until or 0, read_to)
+                    cs.checked_since = start if cs.checked_since is None else min(cs.checked_since, start)
+                cs.read_to = read_to
+            counted[0] += self._count_gaps(run, state, cs, chat, counted[0], way)
+            state.write(self.outbox)
+
+        try:
+            read_chat_window(run, chat, start, run.end, on_window)
+        except FeishuApiError as e:
+            cs.error = str(e)
+            log.warning("reconciliation: chat %s: %s", chat_id, e)
+        finally:
+            cs.seen = chat.seen
+            found = chat.new + chat.events
+            if found and not run.committer.target_checked:
+                log.warning("reconciliation: chat %s: %d message(s)/event(s) committed while the target could not"
+                            " be asked what it holds: not counted as gaps", chat_id, found)
+            elif found:
+                log.warning("reconciliation: chat %s: %d gap(s) filled (%d message(s), %d recall(s)/edit(s)) that"
+                            " the %s did not bring", chat_id, found, chat.new, chat.events, way)
+
+    def _count_gaps(self, run, state, cs, chat, counted, way):
+        """Add what the chat's windows committed since the last count to its gaps; -> how many that
+        was. Not counted while the target cannot be asked what it holds: then everything found goes
+        to the outbox (the relay keeps one row of each), and would count as a gap."""
+        fresh = chat.new + chat.events - counted
+        if fresh > 0 and run.committer.target_checked:
+            cs.gaps.append([time.time(), fresh, way])
+            state.gaps_total[way] = state.gaps_total.get(way, 0) + fresh
+        return fresh
