@@ -34,6 +34,14 @@ from .reconcile_state import HOUR, ReconcileState, read_calls, write_calls
 log = logging.getLogger(__name__)
 
 
+class TargetNotReady(Exception):
+    """The target cannot be asked what it holds (down, or its table not made yet): the pass is skipped
+    and tried again soon (RETRY_SOON)."""
+
+
+RETRY_SOON = 2.0  # seconds before a pass skipped for the target is tried again (not a whole interval)
+
+
 class CallBudget:
     """At most `limit` requests in any hour; `spend()` before each, BudgetSpent when there is no room."""
 
@@ -77,7 +85,12 @@ class Reconciler:
     def run_pass(self):
         """Read every active chat's trailing window, busiest first, within the budget. -> the state."""
         state = ReconcileState.read(self.outbox)
-        state.pid, state.pass_started_at, state.error = os.getpid(), time.time(), None
+        if self._resumes(state):
+            log.info("reconciliation resumes the pass cut short at %s (%d chat(s) done)",
+                     time.strftime("%H:%M:%S", time.localtime(state.pass_started_at)), len(state.done))
+        else:
+            state.pass_started_at, state.done = time.time(), []
+        state.pid, state.error, state.retry_soon = os.getpid(), None, False
         budget = CallBudget(self.outbox, self.cfg.feishu_reconcile_budget)
         client = self.client
         client.before_request = budget.spend
@@ -85,13 +98,21 @@ class Reconciler:
             self._pass(state, client, budget)
         except Stopped:
             log.info("reconciliation stopped mid-pass; the next pass resumes where it got to")
-        except (BudgetSpent, FeishuError, FeishuCredentialsError) as e:  # the token, the chat list
+        except (BudgetSpent, FeishuError, FeishuCredentialsError, TargetNotReady) as e:  # before any chat
             state.error = f"pass ended early: {e}"
+            state.retry_soon = isinstance(e, TargetNotReady)
             log.warning("reconciliation: %s", state.error)
         finally:
             state.forget_old_gaps(time.time())
             state.write(self.outbox)
         return state
+
+    def _resumes(self, state):
+        """A pass cut short (kill -9, a stop) less than an interval ago goes on where it got to: the
+        chats it finished are not read again, the one it was reading goes on from its last window."""
+        began, ended = state.pass_started_at, state.pass_finished_at
+        return (began is not None and (ended is None or ended < began)
+                and time.time() - began < self.cfg.feishu_reconcile_interval)
 
     def _pass(self, state, client, budget):
         run = open_run(client, self.outbox, self.target, start_s=0, until_ms=int(time.time() * 1000))
@@ -99,10 +120,13 @@ class Reconciler:
         state.active = self._active(state, client, start)
         state.uncovered = []
         for n, chat_id in enumerate(state.active):
+            if chat_id in state.done:
+                continue
             try:
                 self._chat(state, run, chat_id, start)
+                state.done.append(chat_id)
             except BudgetSpent:
-                state.uncovered = state.active[n:]
+                state.uncovered = [c for c in state.active[n:] if c not in state.done]
                 log.warning("reconciliation: the budget (%d calls/h) did not reach %d chat(s) this pass: %s",
                             budget.limit, len(state.uncovered), ", ".join(state.uncovered))
                 break
@@ -116,14 +140,16 @@ class Reconciler:
     # -- which chats, busiest first -----------------------------------------------------------
 
     def _active(self, state, client, start):
-        self._list_chats(state, client)
         since_ms = start * 1000
-        traffic = {chat_id: n for chat_id, (n, _) in self.outbox.recent_chats(since_ms).items()}
         try:
-            for chat_id, n in self.target.recent_chats(since_ms).items():
-                traffic[chat_id] = max(n, traffic.get(chat_id, 0))
-        except TargetError as e:  # the outbox's and the bot's chats still go on
-            log.warning("reconciliation: cannot list the target's recent chats: %s", e)
+            archived = self.target.recent_chats(since_ms)
+        except TargetError as e:
+            # Without asking the target what it holds, every message read would count as a gap.
+            raise TargetNotReady(f"the target cannot be asked what it holds ({e}): pass skipped") from None
+        self._list_chats(state, client)
+        traffic = {chat_id: n for chat_id, (n, _) in self.outbox.recent_chats(since_ms).items()}
+        for chat_id, n in archived.items():
+            traffic[chat_id] = max(n, traffic.get(chat_id, 0))
         for chat_id, name in state.listed:
             traffic.setdefault(chat_id, 0)
             state.chat(chat_id).name = name
@@ -171,8 +197,10 @@ class Reconciler:
         except FeishuApiError as e:
             cs.error = str(e)
             log.warning("reconciliation: chat %s: %s", chat_id, e)
-        finally:
-            cs.seen = chat.seen
+        finally:  # a chat cut short (the budget, a stop) counts what it committed, and keeps it
+            counted[0] += self._count_gaps(run, state, cs, chat, counted[0], way)
+            cs.seen = max(cs.seen, chat.seen) if cs.unfinished() else chat.seen
+            state.write(self.outbox)
             found = chat.new + chat.events
             if found and not run.committer.target_checked:
                 log.warning("reconciliation: chat %s: %d message(s)/event(s) committed while the target could not"

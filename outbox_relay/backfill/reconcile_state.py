@@ -47,7 +47,9 @@ class ReconcileState:
     listed: list = dataclasses.field(default_factory=list)  # [[chat_id, name], …]
     active: list = dataclasses.field(default_factory=list)  # the last pass's chats, busiest first
     uncovered: list = dataclasses.field(default_factory=list)  # of those, the ones the budget did not reach
+    done: list = dataclasses.field(default_factory=list)  # of those, the ones this pass has read
     error: str | None = None  # why the last pass ended early (Feishu unavailable, credentials)
+    retry_soon: bool = False  # it ended before any chat for the target: the next comes in seconds
     chats: dict = dataclasses.field(default_factory=dict)  # chat_id -> ChatState
 
     @classmethod

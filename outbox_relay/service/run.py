@@ -76,13 +76,15 @@ class ReconcilerThread:
         self.thread.start()
 
     def _main(self):
+        from ..backfill.reconcile import RETRY_SOON
         while not self.stop_event.is_set():
-            began = time.monotonic()
+            began, interval = time.monotonic(), self.interval
             try:
-                self.reconciler.run_pass()
+                if self.reconciler.run_pass().retry_soon:
+                    interval = min(interval, RETRY_SOON)
             except Exception:  # noqa: BLE001 - the next pass tries again; intake and the relay go on
                 log.exception("reconciliation pass failed")
-            self.stop_event.wait(max(0.0, self.interval - (time.monotonic() - began)))
+            self.stop_event.wait(max(0.0, interval - (time.monotonic() - began)))
 
     def request_stop(self):
         """Signal-handler safe: sets a flag only."""

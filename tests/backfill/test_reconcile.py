@@ -13,6 +13,7 @@ from outbox_relay.backfill.feishu import SETTLE_MS
 from outbox_relay.backfill.reconcile_state import ReconcileState, read_calls
 from outbox_relay.outbox import Outbox
 
+import fakefeishu
 from fakefeishu import FakeFeishu, history
 from relayutil import pg_query, row_stats
 from serverproc import wait_until
@@ -123,3 +124,130 @@ def test_three_chats_of_3000_messages_with_4_percent_missed_by_the_webhook_are_c
     assert gap_lines and len(gap_lines) < 120
     assert sum(int(line.split(": ")[2].split(" ")[0]) for line in gap_lines) == 120
     assert not any(m in line for line in gap_lines for m in missed)
+
+
+# -- acceptance 2: 429s, expiring tokens, and a budget too small for every chat -----------------------
+
+BUSY = {"oc_recon0000000000000dd1": 1000, "oc_recon0000000000000cc2": 300,  # ids sort against traffic
+        "oc_recon0000000000000bb3": 100, "oc_recon0000000000000aa4": 50}
+
+
+def a_chat_set(fake, now, heard=0.9, rng=None):
+    """BUSY's chats over the last hour in the fake; -> ({chat: pairs}, the events the webhook got)."""
+    rng = rng or random.Random(7)
+    pairs = {c: history(c, n, now - 3600, 3000, thread_every=0) for c, n in BUSY.items()}
+    for chat_id, chat_pairs in pairs.items():
+        fake.add_chat(chat_id, [i for i, _ in chat_pairs])
+    heard_events = [e for chat in pairs.values() for _, e in chat if rng.random() < heard]
+    return pairs, heard_events
+
+
+def test_under_429s_and_expiring_tokens_the_budget_holds_and_covers_the_busiest_chats_first(invoke, tmp_path, pg_url):
+    # The busiest chat takes 20 pages, the next 6, the others 2 and 1, and the faults add about one
+    # request in three: 45 is enough for the first and not for the second.
+    budget = 45
+    with FakeFeishu() as fake:
+        pairs, heard = a_chat_set(fake, int(fake.now()))
+        outbox = str(tmp_path / "outbox.db")
+        with Outbox(outbox) as box:
+            box.put_many(heard)  # what the webhook brought before: how busy each chat is
+        fake.set_faults(rate_limit_every=6, reset_seconds=0, revoke_every=4)
+        settings = feishu_settings(fake, feishu_reconcile_interval=3600, feishu_reconcile_window=7200,
+                                   feishu_reconcile_budget=budget)
+        with running_service(tmp_path, target=pg_url, outbox=outbox, **settings):
+            wait_until(lambda: passes(outbox) >= 1, timeout=60, what="a pass")
+            wait_until(lambda: row_stats(pg_url)[0] == len(heard) + sum(state_of(outbox).gaps_total.values()),
+                       timeout=30, what="delivery of what the webhook brought and the gaps")
+            assert fake.calls() <= budget  # the server's own count: the budget was never exceeded
+        assert fake.calls() <= budget
+        assert read_calls_total(outbox) == fake.calls()
+        assert any(r.outcome == "429" for r in fake.requests) and any(r.outcome == "revoked" for r in fake.requests)
+        assert len(fake.served(fakefeishu.TOKEN_PATH)) > 1  # tokens revoked and fetched again
+        state = state_of(outbox)
+        order = sorted(BUSY, key=lambda c: -BUSY[c])
+        assert state.active == order  # busiest first, whatever their ids
+        covered = [c for c in order if c not in state.uncovered]
+        assert covered == order[:len(covered)] and 0 < len(covered) < len(order)
+        report = status_json(invoke, outbox, pg_url, fake, feishu_reconcile_budget=budget)
+        rc = report["reconcile"]
+        assert [c["chat_id"] for c in rc["uncovered"]] == order[len(covered):]
+        assert any("did not cover" in w and order[-1] in w for w in report["warnings"])
+        assert report["health"]["level"] == "degraded"
+        archived = {r[0] for r in pg_query(pg_url, "SELECT message_id FROM feishu_messages")}
+        for chat_id in covered:  # what the webhook missed in a covered chat is in the archive now
+            assert {i["message_id"] for i, _ in pairs[chat_id]} <= archived
+            assert state.chats[chat_id].checked_until is not None
+        for chat_id in order[len(covered) + 1:]:
+            assert state.chats.get(chat_id) is None or state.chats[chat_id].checked_until is None
+
+
+# -- acceptance 3: kill -9 mid-pass, the next pass resumes, nothing twice -----------------------------
+
+def test_kill_9_mid_pass_then_the_next_pass_resumes_and_nothing_is_committed_twice(tmp_path, pg_url):
+    with FakeFeishu() as fake:
+        pairs, heard = a_chat_set(fake, int(fake.now()), rng=random.Random(9))
+        missed = {i["message_id"] for chat in pairs.values() for i, e in chat if e not in heard}
+        outbox = str(tmp_path / "outbox.db")
+        with Outbox(outbox) as box:
+            box.put_many(heard)
+        fake.set_faults(page_delay=0.15)
+        settings = feishu_settings(fake, feishu_reconcile_interval=3600, target=pg_url)
+        with service_process(tmp_path, **settings) as svc:
+            wait_until(lambda: len(state_of(outbox).done) >= 2, timeout=60, what="two chats of the pass read")
+            svc.proc.kill()  # kill -9 while the third chat's pages are read
+            svc.proc.wait(10)
+        killed = state_of(outbox)
+        assert killed.pass_finished_at is None and len(killed.done) in (2, 3)
+        mark = time.monotonic()
+        fake.set_faults(page_delay=0.0)
+        with service_process(tmp_path, **settings) as svc:
+            wait_until(lambda: passes(outbox) >= 1, timeout=60, what="the resumed pass")
+            wait_until(lambda: row_stats(pg_url)[0] == sum(BUSY.values()), timeout=30, what="delivery")
+            assert svc.stop() == 0
+            assert "resumes the pass cut short" in svc.log()
+        again = {r.query["container_id"] for r in fake.requests if r.at >= mark and r.path == fakefeishu.MESSAGES_PATH}
+        assert not again & set(killed.done)  # the chats done before the kill were not read again
+        assert row_stats(pg_url) == (sum(BUSY.values()), sum(BUSY.values()))  # each message once
+        assert sum(state_of(outbox).gaps_total.values()) <= len(missed)  # no gap counted twice
+
+
+# -- acceptance 4: no credentials, `run` works as today ------------------------------------------------
+
+def test_without_credentials_run_works_as_today_and_status_says_reconciliation_is_off(invoke, tmp_path, pg_url):
+    outbox = str(tmp_path / "outbox.db")
+    with running_service(tmp_path, target=pg_url, outbox=outbox) as svc:
+        assert svc.service.reconciler_thread is None
+        _, event = history(CHATS[0], 1, int(time.time()) - 60, 1)[0]
+        assert post(svc.url, event).status == 200
+        wait_until(lambda: row_stats(pg_url) == (1, 1), what="the message delivered")
+        assert not [k for k in scrape(svc.url) if k[0].startswith("outbox_relay_reconcile")]
+    report = status_json(invoke, outbox, pg_url)
+    assert report["reconcile"] == {"enabled": False,
+                                   "off": "off: no Feishu app credentials (feishu_app_id / feishu_app_secret)"}
+    result = invoke("status", "--outbox", outbox, "--target", pg_url)
+    assert "reconcile off: no Feishu app credentials" in result.output
+    assert not any("reconcil" in w for w in report["warnings"])
+
+
+# -- acceptance 5: SIGTERM during a pass --------------------------------------------------------------
+
+def test_sigterm_during_a_pass_stops_the_service_as_quickly_as_without_one(tmp_path, pg_url):
+    with FakeFeishu() as fake:
+        a_chat_set(fake, int(fake.now()))
+        fake.set_faults(trickle=0.5)  # every message page crawls: a request is in flight when the signal comes
+        with service_process(tmp_path, **feishu_settings(fake, target=pg_url)) as svc:
+            wait_until(lambda: fake.trickling > 0, timeout=30, what="a page request in flight")
+            began = time.monotonic()
+            svc.proc.send_signal(signal.SIGTERM)
+            assert svc.proc.wait(30) == 0
+            took = time.monotonic() - began
+            assert "reconciliation stopped mid-pass" in svc.log() and "stopped in" in svc.log()
+    with FakeFeishu() as idle:  # the same service with nothing in flight, for the usual time
+        with service_process(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
+                             **feishu_settings(idle, target=pg_url)) as svc:
+            wait_until(lambda: passes(svc.outbox) >= 1, timeout=30, what="a pass")
+            began = time.monotonic()
+            svc.proc.send_signal(signal.SIGTERM)
+            assert svc.proc.wait(30) == 0
+            usual = time.monotonic() - began
+    assert took < usual + 5.0, (took, usual)
