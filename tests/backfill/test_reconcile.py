@@ -173,6 +173,11 @@ def test_under_429s_and_expiring_tokens_the_budget_holds_and_covers_the_busiest_
         assert [c["chat_id"] for c in rc["uncovered"]] == order[len(covered):]
         assert any("did not cover" in w and order[-1] in w for w in report["warnings"])
         assert report["health"]["level"] == "degraded"
+        top = invoke("top", "--once", "--json", "--interval", "0.2", "--outbox", outbox, "--feishu-app-id", fake.app_id,
+                     "--feishu-app-secret", fake.app_secret, "--feishu-reconcile-budget", budget)
+        shown = json.loads(top.stdout.strip().splitlines()[-1])["reconcile"]
+        assert [c["chat_id"] for c in shown["chats"] if not c["covered"]] == order[len(covered):]
+        assert shown["calls_last_hour"] == fake.calls()
         archived = {r[0] for r in pg_query(pg_url, "SELECT message_id FROM feishu_messages")}
         for chat_id in covered:  # what the webhook missed in a covered chat is in the archive now
             assert {i["message_id"] for i, _ in pairs[chat_id]} <= archived
