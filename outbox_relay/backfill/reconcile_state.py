@@ -71,8 +71,11 @@ class ReconcileState:
         return self.chats.setdefault(chat_id, ChatState())
 
     def complete_up_to(self):
-        """Every chat of the last pass checked below this instant (None until each has been)."""
-        ends = [self.chats[c].checked_until if c in self.chats else None for c in self.active]
+        """Every chat of the last pass checked below this instant (None until each has been). A chat
+        Feishu will not let us read (the bot is not in it, no permission) cannot be: it is left out
+        here and listed with its error."""
+        ends = [self.chats[c].checked_until if c in self.chats else None for c in self.active
+                if c not in self.chats or not self.chats[c].error]
         return None if not ends or None in ends else min(ends)
 
     def forget_old_gaps(self, now):
