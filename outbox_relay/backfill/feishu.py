@@ -105,11 +105,11 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
     reported and the others go on; Feishu unavailable past the retries ends the run (every chat
     would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
-    committer = Committer(outbox, target, dry_run=dry_run, stop=client.stop)
-    run = _Run(client, outbox, committer, since_ms // 1000, until_ms // 1000, dry_run, progress)
+    run = _Run(client, outbox, Committer(outbox, target, dry_run=dry_run, stop=client.stop), since_ms // 1000,
+               until_ms // 1000, dry_run, progress)
     try:
-        client.authenticate()
-        run.end, run.feishu_clock = _end(client, until_ms)
+        run = open_run(client, outbox, target, start_s=since_ms // 1000, until_ms=until_ms, dry_run=dry_run,
+                       progress=progress)
         reports, errors = _chats(client, target, chats)
     except Stopped:
         return _report(run, [], [], True, time.monotonic() - began)

@@ -247,12 +247,49 @@ def test_sigterm_during_a_pass_stops_the_service_as_quickly_as_without_one(tmp_p
             assert svc.proc.wait(30) == 0
             took = time.monotonic() - began
             assert "reconciliation stopped mid-pass" in svc.log() and "stopped in" in svc.log()
-    with FakeFeishu() as idle:  # the same service with nothing in flight, for the usual time
-        with service_process(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
-                             **feishu_settings(idle, target=pg_url)) as svc:
+    idle_dir = tmp_path / "idle"
+    idle_dir.mkdir()
+    with FakeFeishu() as idle:  # the same service between passes, for the usual time
+        with service_process(idle_dir, **feishu_settings(idle, target=pg_url)) as svc:
             wait_until(lambda: passes(svc.outbox) >= 1, timeout=30, what="a pass")
             began = time.monotonic()
             svc.proc.send_signal(signal.SIGTERM)
             assert svc.proc.wait(30) == 0
             usual = time.monotonic() - began
     assert took < usual + 5.0, (took, usual)
+
+
+# -- a gap is logged once per pass and chat, with its count -------------------------------------------
+
+def test_gaps_are_logged_once_per_pass_and_chat_with_their_count_never_per_message(tmp_path, caplog):
+    from outbox_relay.backfill.feishu_api import FeishuClient
+    from outbox_relay.backfill.reconcile import Reconciler
+    from outbox_relay.config import Config
+    from outbox_relay.targets import open_target
+
+    caplog.set_level(logging.INFO, logger="outbox_relay")
+    with FakeFeishu() as fake:
+        pairs = {c: history(c, 200, int(fake.now()) - 3000, 2400) for c in CHATS[:2]}
+        for chat_id, chat_pairs in pairs.items():
+            fake.add_chat(chat_id, [i for i, _ in chat_pairs])
+        missed = {c: {i["message_id"] for i, _ in chat_pairs[::20]} for c, chat_pairs in pairs.items()}  # 10 each
+        cfg = Config(**feishu_settings(fake), outbox=str(tmp_path / "outbox.db"),
+                     target=f"sqlite:///{tmp_path / 'archive.db'}")
+        with Outbox(cfg.outbox) as box:
+            box.put_many([e for c, chat_pairs in pairs.items() for i, e in chat_pairs
+                          if i["message_id"] not in missed[c]])  # what the webhook brought
+            target = open_target(cfg.target)
+            target.ensure_schema()
+            reconciler = Reconciler(cfg, box, target, FeishuClient(fake.app_id, fake.app_secret, base=fake.url,
+                                                                  rate=500, stop=threading.Event()))
+            try:
+                for _ in range(2):
+                    reconciler.run_pass()
+            finally:
+                reconciler.close()
+                target.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "outbox_relay.backfill.reconcile"
+             and "gap" in r.getMessage()]
+    assert sorted(lines) == sorted(f"reconciliation: chat {c}: 10 gap(s) filled (10 message(s), 0 recall(s)/edit(s))"
+                                   " that the webhook did not bring" for c in missed)  # the second pass: none
+    assert not [r for r in caplog.records if any(m in r.getMessage() for ids in missed.values() for m in ids)]
