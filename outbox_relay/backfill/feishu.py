@@ -76,6 +76,7 @@ class _Run:
     task: object = NO_PROGRESS  # the current chat's progress bar
     threads_read: set = dataclasses.field(default_factory=set)  # listed once a run, however often seen
     on_window: object = None  # on_window(chat, read_to): after each window is committed and recorded
+    on_page: object = None  # on_page(chat): after each page's messages and events are committed
 
 
 def open_run(client, outbox, target, *, start_s, until_ms, dry_run=False, progress=NO_PROGRESS):
@@ -88,14 +89,15 @@ def open_run(client, outbox, target, *, start_s, until_ms, dry_run=False, progre
     return run
 
 
-def read_chat_window(run, chat, start, end, on_window=None):
+def read_chat_window(run, chat, start, end, on_window=None, on_page=None):
     """One chat's [start, end) (epoch s) read back again, whatever the checkpoints say, and what the
     archive lacks committed (messages, and the recalls and edits the history's flags state): the
     trailing window the reconciler checks every pass. Each window is recorded in the backfill's
-    checkpoint ranges (so `backfill feishu` skips it too) and then given to on_window(chat, read_to).
+    checkpoint ranges (so `backfill feishu` skips it too) and then given to on_window(chat, read_to);
+    on_page(chat) follows each page's commit.
     FeishuApiError, FeishuUnavailable, Stopped and BudgetSpent go to the caller; `chat` (a
     ChatReport) counts what was read and found."""
-    run.on_window = on_window
+    run.on_window, run.on_page = on_window, on_page
     _read_range(run, chat, _covered(run, chat.chat_id), start, min(end, run.end))
 
 
@@ -266,6 +268,8 @@ def _store(run, chat, items):
     chat.new += new
     chat.already_stored += already
     chat.events += run.committer.commit(events)[0]
+    if run.on_page is not None:
+        run.on_page(chat)
 
 
 def _note_invalid(chat, item, error):

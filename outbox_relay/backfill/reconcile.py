@@ -192,8 +192,16 @@ class Reconciler:
             counted[0] += self._count_gaps(run, state, cs, chat, counted[0], way)
             state.write(self.outbox)
 
+        def on_page(chat):
+            # Counted as soon as committed: a kill -9 after the commit and before this write is
+            # the one way a gap goes uncounted (never twice: the next pass finds it in the outbox).
+            fresh = self._count_gaps(run, state, cs, chat, counted[0], way)
+            if fresh:
+                counted[0] += fresh
+                state.write(self.outbox)
+
         try:
-            read_chat_window(run, chat, start, run.end, on_window)
+            read_chat_window(run, chat, start, run.end, on_window, on_page)
         except FeishuApiError as e:
             cs.error = str(e)
             log.warning("reconciliation: chat %s: %s", chat_id, e)
