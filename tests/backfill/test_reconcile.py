@@ -295,3 +295,24 @@ def test_gaps_are_logged_once_per_pass_and_chat_with_their_count_never_per_messa
     assert sorted(lines) == sorted(f"reconciliation: chat {c}: 10 gap(s) filled (10 message(s), 0 recall(s)/edit(s))"
                                    " that the webhook did not bring" for c in missed)  # the second pass: none
     assert not [r for r in caplog.records if any(m in r.getMessage() for ids in missed.values() for m in ids)]
+
+
+def test_a_recall_the_webhook_brought_and_the_relay_has_not_delivered_is_not_a_gap(tmp_path):
+    """The outbox dedupes on keys: the webhook's recall (Feishu's event id) and the same recall stated by
+    the history's deleted flag (a derived id) are one fact, and only the first counts."""
+    from outbox_relay.backfill.commit import Committer
+    from outbox_relay.message import normalize
+    from outbox_relay.message.events import from_history
+
+    from factories import sample
+
+    recall = sample("v2_message_recalled.json")
+    message_id, chat_id = recall["event"]["message_id"], recall["event"]["chat_id"]
+    item, _ = history(chat_id, 1, int(time.time()) - 600, 1, thread_every=0)[0]
+    item.update(message_id=message_id, deleted=True)
+    with Outbox(str(tmp_path / "outbox.db")) as box:
+        box.put(recall)  # the webhook's, waiting for the relay
+        events = from_history(normalize(item), item)
+        assert [e.kind for e in events] == ["recalled"]
+        assert Committer(box).commit(events) == (0, 1)
+        assert Committer(box).commit([normalize(item)]) == (1, 0)  # the message itself was never seen
