@@ -63,13 +63,21 @@ class CallBudget:
         return [t for t in self.calls if t > now - HOUR]
 
 
-def expected_way(source):
-    """The way a message of a chat should have come, for the gaps' `source` label: the way the chat's
-    newest message in the outbox came. Feishu pushes every message (and every recall, edit) to the
+# Rows committed by a backfill (this reconciler's own among them) say nothing of the way a chat's
+# messages come: the way is read from the newest row any other way brought.
+BACKFILLED = ("feishu.history", "openclaw.transcript")
+
+
+def expected_way(source, before="webhook"):
+    """The way a message of a chat should have come, for the gaps' `source` label, from the source of
+    the chat's newest row in the outbox. Feishu pushes every message (and every recall, edit) to the
     app's event subscription, which reaches us at the webhook, or through OpenClaw's gateway and its
-    hook when OpenClaw holds the subscription; a chat whose messages come through the hook missed
-    them there. No message of the chat in the outbox: the webhook, the way Feishu's events come."""
-    return "hook" if isinstance(source, str) and source.startswith("openclaw") else "webhook"
+    hook when OpenClaw holds the subscription: a chat whose messages come by the hook missed them
+    there. A row a backfill committed keeps the way known `before` (at first: the webhook, the way
+    Feishu's events come)."""
+    if not isinstance(source, str) or source in BACKFILLED:
+        return before
+    return "hook" if source.startswith("openclaw") else "webhook"
 
 
 class Reconciler:
@@ -78,6 +86,7 @@ class Reconciler:
 
     def __init__(self, cfg, outbox, target, client):
         self.cfg, self.outbox, self.target, self.client = cfg, outbox, target, client
+        self._ways = {}  # chat_id -> the way its messages come (expected_way), for this pass
 
     def close(self):
         self.client.close()
@@ -147,7 +156,9 @@ class Reconciler:
             # Without asking the target what it holds, every message read would count as a gap.
             raise TargetNotReady(f"the target cannot be asked what it holds ({e}): pass skipped") from None
         self._list_chats(state, client)
-        traffic = {chat_id: n for chat_id, (n, _) in self.outbox.recent_chats(since_ms).items()}
+        recent = self.outbox.recent_chats(since_ms)
+        self._ways = {chat_id: expected_way(source, state.chat(chat_id).way) for chat_id, (_, source) in recent.items()}
+        traffic = {chat_id: n for chat_id, (n, _) in recent.items()}
         for chat_id, n in archived.items():
             traffic[chat_id] = max(n, traffic.get(chat_id, 0))
         for chat_id, name in state.listed:
@@ -180,7 +191,7 @@ class Reconciler:
         cs.pass_end, cs.read_to, cs.error = run.end, start, None
         state.write(self.outbox)
         chat = ChatReport(chat_id, cs.name)
-        way = expected_way(self.outbox.recent_chats(start * 1000).get(chat_id, (0, None))[1])
+        way = cs.way = self._ways.get(chat_id, cs.way)
         counted = [0]
 
         def on_window(chat, read_to):

@@ -28,6 +28,7 @@ class ChatState:
     seen: int = 0  # messages Feishu listed in the chat's last pass: how busy it is
     gaps: list = dataclasses.field(default_factory=list)  # [[host time, count, source], …] of 24 h
     error: str | None = None  # why the chat's last pass failed
+    way: str = "webhook"  # how its messages come (reconcile.expected_way): its gaps' source label
 
     def unfinished(self):
         return self.pass_end is not None and self.read_to is not None and self.read_to < self.pass_end

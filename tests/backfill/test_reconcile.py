@@ -316,3 +316,11 @@ def test_a_recall_the_webhook_brought_and_the_relay_has_not_delivered_is_not_a_g
         assert [e.kind for e in events] == ["recalled"]
         assert Committer(box).commit(events) == (0, 1)
         assert Committer(box).commit([normalize(item)]) == (1, 0)  # the message itself was never seen
+
+
+def test_a_gap_is_labelled_with_the_way_the_chats_messages_come():
+    from outbox_relay.backfill.reconcile import expected_way
+    assert expected_way("feishu.v2") == expected_way("feishu.v1") == expected_way("api") == "webhook"
+    assert expected_way("openclaw") == "hook"
+    assert expected_way(None) == "webhook"  # nothing of the chat here: Feishu's events come to the webhook
+    assert expected_way("feishu.history", "hook") == expected_way("openclaw.transcript", "hook") == "hook"
