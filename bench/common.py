@@ -130,6 +130,19 @@ def fresh_database(pg, name):
     return pg.url(name)
 
 
+def query_one(url, sql):
+    """One row of one query on a connection of its own: what a benchmark checks before it reports."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchone()
+    finally:
+        conn.close()
+
+
 def wait_for(predicate, timeout, interval=0.01, what="condition"):
     """serverproc.wait_until with a fixed poll interval (that one's grows to 0.25 s): a benchmark's
     end is timed by it."""

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import psycopg2
-from common import ROOT, TESTS, Line, free_port, na_line, percentile, port_open, wait_for
+from common import ROOT, TESTS, Line, free_port, na_line, percentile, port_open, query_one, wait_for
 
 RUN_HOOK = os.path.join(ROOT, "integrations", "openclaw", "run-hook.mjs")
 STOPPED = "hook: per message, service stopped (spool), p99"
@@ -71,15 +71,10 @@ def start_service(workdir, url, spool):
 
 
 def rows(url):
-    conn = psycopg2.connect(url)
     try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*), count(DISTINCT message_id) FROM feishu_messages")
-            return cur.fetchone()
-    except psycopg2.Error:
+        return query_one(url, "SELECT count(*), count(DISTINCT message_id) FROM feishu_messages")
+    except psycopg2.Error:  # the table is not there yet
         return (0, 0)
-    finally:
-        conn.close()
 
 
 def bench_hook(workdir, url, count):

@@ -39,6 +39,19 @@ def sample(name):
     return json.loads((SAMPLES / name).read_text(encoding="utf-8"))
 
 
+def assert_normalizes_to(name, cls, expected):
+    """tests/samples/<name> goes through normalize() to one `cls` whose fields hold `expected`.
+    Returns (what it became, the sample it came from)."""
+    from outbox_relay.message import normalize
+
+    payload = sample(name)
+    got = normalize(payload)
+    assert isinstance(got, cls)
+    for key, value in expected.items():
+        assert getattr(got, key) == value, key
+    return got, payload
+
+
 def sample_bytes(name):
     """tests/samples/<name> as it is on disk: the exact bytes a sender would post."""
     return (SAMPLES / name).read_bytes()

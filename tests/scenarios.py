@@ -35,7 +35,7 @@ from outbox_relay.targets import open_target
 from factories import feishu_edit, feishu_message, feishu_reaction, feishu_recall, flat, flats, ids, rows_of
 from relayutil import SEED, Writer, assert_exactly_once, heartbeat, outbox_counts, outbox_with, put_all
 from serverproc import wait_until
-from serviceutil import post, running_service
+from serviceutil import metric, post, running_service, scrape
 
 __all__ = ["in_threads", "Sampler", "count_on", "write_through_one_pool", "kill_9_repeatedly",
            "run_through_an_outage", "eight_writers_and_a_relay", "two_hosts_sync", "poison_rows_then_replay",
@@ -439,6 +439,11 @@ def bad_events_beside_good_ones(tmp_path, url):
                 assert r.status == 200, r
         wait_until(lambda: not s.service.outbox.has_pending(), timeout=30, what="the relay to deliver it all")
         assert s.service.outbox.counts()["dead"] == 0
+        samples = scrape(s.url)
+    # /metrics counts the events the webhook took by kind; the refused ones are not events.
+    taken = {kind: metric(samples, "outbox_relay_events_received_total", kind=kind, outcome="stored")
+             for kind in ("edited", "recalled", "reaction_added", "reaction_removed")}
+    assert taken == {"edited": 1, "recalled": 1, "reaction_added": 1, "reaction_removed": 0}, taken
     target = open_target(url)
     try:
         seen = message_history(target, None, message_id)

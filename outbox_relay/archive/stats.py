@@ -3,7 +3,9 @@
 import time
 
 from ..errors import TargetError
+from ..message.events import KINDS
 from ..timeconv import day_start_ms, ms_to_iso, now_ms, to_ms
+from .search import archive_shape
 
 
 def target_stats(target, *, days=7, top=10, now=None):
@@ -27,9 +29,21 @@ def target_stats(target, *, days=7, top=10, now=None):
             out[key] = [{column: k, "count": n} for k, n in rows]
         rows = tx.execute(f"SELECT msg_type, count(*) AS n FROM {t} GROUP BY msg_type ORDER BY n DESC, msg_type")
         out["by_type"] = [{"msg_type": k, "count": n} for k, n in rows]
+        out["history"] = _history(target, tx)
         out["relayed_last_hour"] = tx.value(f"SELECT count(*) FROM {t} WHERE relayed_at >= {p}",
                                             (target.created_value(now - 3_600_000),))
     return out
+
+
+def _history(target, tx):
+    """Edits, recalls and reactions archived, and the messages they marked; None where the archive has
+    no history yet (a role that could not run this version's DDL)."""
+    state, events = archive_shape(target, tx)
+    if not events:
+        return None
+    counts = dict(tx.execute(f"SELECT kind, count(*) FROM {target.quote(target.events_table)} GROUP BY kind"))
+    edited, recalled = tx.execute(f"SELECT count(edited_at), count(recalled_at) FROM {target.quoted}")[0]
+    return {**{kind: counts.get(kind, 0) for kind in KINDS}, "messages_edited": edited, "messages_recalled": recalled}
 
 
 def collect_stats(outbox, target, *, days=7, top=10):

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 
 from ..errors import InvalidMessage, NotAMessage
-from . import events, openclaw_text
+from . import events, exported, openclaw_text
 from .fields import (
     MAX_ID_LENGTH,
     MAX_KIND_LENGTH,
@@ -340,6 +340,7 @@ class Shape:
     source: str  # Message.source of what it parses, and the metrics label of the sender
     matches: object  # callable(dict) -> bool, cheap: only top-level keys
     parse: object  # callable(dict) -> Message, or InvalidMessage / NotAMessage
+    more: object = None  # callable(dict) -> [Event]: what else one payload carries (an exported line's history)
 
 
 # In order: the first shape whose `matches` is true reads the payload. The flat dict comes last,
@@ -351,6 +352,8 @@ SHAPES = (
     Shape("openclaw.transcript", lambda p: "openclaw_transcript" in p, _from_openclaw_transcript),
     # An Open API item has a message_id too: it must come before the flat dict, which has no `body`.
     Shape("feishu.history", lambda p: "message_id" in p and "body" in p, _from_open_api),
+    # A line of `outbox-relay export` (message/exported.py): the message, then its history.
+    Shape("archive", exported.matches, exported.parse, exported.events),
     Shape("api", lambda p: "message_id" in p, _from_flat),
 )
 SOURCES = tuple(shape.source for shape in SHAPES)
@@ -360,6 +363,14 @@ def detect(payload):
     """The Shape that reads this dict, or None. The webhook labels its metrics with it even when
     the event turns out not to be a message."""
     return next((shape for shape in SHAPES if shape.matches(payload)), None)
+
+
+def normalize_all(payload):
+    """normalize(), followed by what else the payload carries: an exported line's history (the webhook
+    takes one item a request; `put` takes them all)."""
+    item = normalize(payload)
+    shape = detect(payload) if isinstance(payload, dict) else None
+    return [item] + (shape.more(payload) if shape is not None and shape.more is not None else [])
 
 
 def parse_lines(data):
@@ -373,7 +384,7 @@ def parse_lines(data):
     if not text.strip():
         raise InvalidMessage("no input: give a JSON object or JSON lines")
     try:
-        return [normalize(parse_payload(text))]
+        return normalize_all(parse_payload(text))
     except InvalidMessage as whole:
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         if len(lines) < 2:
@@ -381,7 +392,7 @@ def parse_lines(data):
     messages = []
     for n, line in lines:
         try:
-            messages.append(normalize(parse_payload(line)))
+            messages.extend(normalize_all(parse_payload(line)))
         except InvalidMessage as e:
             raise InvalidMessage(f"line {n}: {e}") from None
     return messages

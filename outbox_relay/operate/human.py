@@ -124,11 +124,18 @@ def format_search(result):
         lines.append(f"no message contains {result['keyword']!r}")
         return "\n".join(lines)
     rows = [[r["created_at"][:19].replace("T", " ") if r["created_at"] else "", r["chat_id"], r["sender_id"],
-             r["msg_type"], r["where"], " ".join((r["text"] or "").split())[:60]] for r in result["results"]]
+             r["msg_type"], r["where"], _marks(r) + " ".join((r["text"] or "").split())[:60]]
+            for r in result["results"]]
     lines.append(format_table(["created (UTC)", "chat", "sender", "type", "where", "text"], rows))
     lines.append(f"{result['count']} message(s)" + (f", the newest {result['count']}: more match (raise --limit)"
                                                      if result["truncated"] else ""))
     return "\n".join(lines)
+
+
+def _marks(r):
+    """What the chat would show beside a search result: [recalled], [edited] (its words now are shown)."""
+    return "".join(f"[{word}] " for word, at in (("recalled", r.get("recalled_at")), ("edited", r.get("edited_at")))
+                   if at)
 
 
 def format_history(h):
@@ -184,6 +191,12 @@ def format_stats(s):
                                   [[r["sender_id"], r["count"]] for r in s["top_senders"]]))
         lines.append("")
         lines.append(format_table(["type", "messages"], [[r["msg_type"], r["count"]] for r in s["by_type"]]))
+        if s.get("history"):
+            h = s["history"]
+            lines.append("")
+            lines.append(f"history  {h['edited']} edits ({h['messages_edited']} messages edited),"
+                         f" {h['recalled']} recalls ({h['messages_recalled']} messages recalled),"
+                         f" {h['reaction_added']} reactions added, {h['reaction_removed']} removed")
     o = s["outbox"]
     lines.append("")
     lines.append(f"outbox   {o['path']}: " + ", ".join(f"{k} {v}" for k, v in o["counts"].items())

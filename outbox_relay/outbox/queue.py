@@ -20,7 +20,8 @@ import os
 import time
 
 from ..errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
-from ..message import Message, normalize, restore
+from ..message import normalize, restore
+from ..message.events import EDITED
 from ..schema.outbox import OUTBOX_MIGRATIONS, OUTBOX_VERSION, row_columns
 from .siblings import Siblings
 from .sqlitefile import SqliteFile
@@ -518,13 +519,17 @@ class Outbox:
 
     def search(self, keyword, *, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None,
                limit=50, states=("pending", "parked", "dead")):
-        """Undelivered messages whose text contains `keyword` (literally), newest first."""
+        """Undelivered messages and edits (Messages, Events) whose text contains `keyword` (literally),
+        newest first (an edit by when it was made)."""
         # lower(): ASCII case ignored, as the target's ILIKE (and the SQLite target) do.
-        sql = ["SELECT state, payload FROM outbox WHERE kind = 'message' AND instr(lower(text), lower(?)) > 0"]
-        params = [keyword]
+        sql = ["SELECT state, kind, payload FROM outbox WHERE (kind = 'message' OR (kind = 'event' AND msg_type = ?))"
+               " AND instr(lower(text), lower(?)) > 0"]
+        params = [EDITED, keyword]
         sql.append(f"AND state IN ({','.join('?' * len(states))})")
         params.extend(states)
-        for column, value in (("chat_id", chat), ("sender_id", sender), ("msg_type", msg_type)):
+        # An event's row keeps its kind in msg_type: the type an edit gives the message is in its payload.
+        type_of = "CASE kind WHEN 'message' THEN msg_type ELSE json_extract(payload, '$.msg_type') END"
+        for column, value in (("chat_id", chat), ("sender_id", sender), (type_of, msg_type)):
             if value is not None:
                 sql.append(f"AND {column} = ?")
                 params.append(value)
@@ -536,7 +541,7 @@ class Outbox:
             params.append(until_ms)
         sql.append("ORDER BY created_at DESC, id DESC LIMIT ?")
         params.append(limit)
-        return [(state, Message.from_json(payload)) for state, payload in self._read(" ".join(sql), params)]
+        return [(state, restore(kind, payload)) for state, kind, payload in self._read(" ".join(sql), params)]
 
     # -- small key/value store: relay heartbeat and the like -----------------------------
 

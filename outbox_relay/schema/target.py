@@ -39,6 +39,15 @@ class Table:
         return tuple(name for name, kind, _ in self.columns if kind == "json")
 
 
+# What every relayed row ends with: which way it came, what it was, and where and when it was relayed.
+ARRIVAL = (
+    ("source", "source", "NOT NULL"),
+    ("raw", "json", ""),
+    ("received_at", "time", "NOT NULL"),
+    ("relayed_at", "time", "NOT NULL DEFAULT {now}"),
+    ("outbox_host", "host", ""),
+    ("outbox_id", "bigint", ""),
+)
 # The messages table, as version 1 made it: one row per message, as it was first archived.
 MESSAGES = Table("message_id", (
     ("message_id", "id", "PRIMARY KEY"),
@@ -54,12 +63,7 @@ MESSAGES = Table("message_id", (
     ("text", "text", "NOT NULL{empty}"),
     ("mentions", "json", ""),
     ("created_at", "time", "NOT NULL"),
-    ("source", "source", "NOT NULL"),
-    ("raw", "json", ""),
-    ("received_at", "time", "NOT NULL"),
-    ("relayed_at", "time", "NOT NULL DEFAULT {now}"),
-    ("outbox_host", "host", ""),
-    ("outbox_id", "bigint", ""),
+    *ARRIVAL,
 ), (
     ("chat_created", ("chat_id", "created_at")),
     ("created", ("created_at",)),
@@ -92,12 +96,7 @@ EVENTS = Table("event_id", (
     ("mentions", "json", ""),
     ("emoji", "kind", ""),
     ("recall_type", "kind", ""),
-    ("source", "source", "NOT NULL"),
-    ("raw", "json", ""),
-    ("received_at", "time", "NOT NULL"),
-    ("relayed_at", "time", "NOT NULL DEFAULT {now}"),
-    ("outbox_host", "host", ""),
-    ("outbox_id", "bigint", ""),
+    *ARRIVAL,
 ), (
     ("message", ("message_id", "happened_at")),
     ("happened", ("happened_at",)),

@@ -645,6 +645,26 @@ class Target:
         """Remove one row (the end-to-end test's own message). Raises TargetError where not allowed."""
         self.query(f"DELETE FROM {self.quoted} WHERE message_id = {self.param}", (message_id,))
 
+    # -- reading in constant memory (export) -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def streamed(self, sql, params=None, size=1000):
+        """The rows of one query as an iterator that holds `size` of them at a time (a server-side
+        cursor where the database has one), inside one transaction: a consistent snapshot where the
+        database gives one. No statement timeout: a whole archive may rightly take longer."""
+        with self.transaction(timeout=False) as tx:
+            yield self.stream_rows(tx, sql, params, size)
+
+    def stream_rows(self, tx, sql, params, size):
+        """SQLite's cursor steps through the result as it is read."""
+        cur = tx.conn.cursor()
+        try:
+            cur.execute(sql) if params is None else cur.execute(sql, params)
+            while rows := cur.fetchmany(size):
+                yield from rows
+        finally:
+            cur.close()
+
 
 class PooledTarget(Target):
     """A database server reached through peewee's pool (peewee's pool mixins are the model): a

@@ -184,6 +184,14 @@ class PostgresTarget(PooledTarget):
     def day_of(self, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
+    def stream_rows(self, tx, sql, params, size):
+        # A server-side cursor by DECLARE/FETCH: psycopg2's named cursors refuse a connection in
+        # autocommit mode (peewee's), even inside our BEGIN; its withhold=True would copy the whole
+        # result on the server at COMMIT.
+        tx.execute(f"DECLARE outbox_relay_stream NO SCROLL CURSOR FOR {sql}", params)
+        while rows := tx.execute(f"FETCH FORWARD {int(size)} FROM outbox_relay_stream"):
+            yield from rows
+
 
 # A primary message that ends by quoting the value it refused: 'invalid input syntax for type integer: "oc_1"'.
 _QUOTED_VALUE = re.compile(r': ".*"$', re.S)

@@ -9,7 +9,7 @@ from outbox_relay.errors import InvalidMessage
 from outbox_relay.message import Event, normalize, restore
 from outbox_relay.message.events import from_history
 
-from factories import EVENT_SAMPLES, sample
+from factories import EVENT_SAMPLES, assert_normalizes_to, sample
 
 MESSAGE = "om_5ce6d572455d361153b7cb51da133945"
 EXPECTED_EVENTS = {
@@ -40,11 +40,7 @@ def test_the_event_samples_are_the_ones_read_here():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_EVENTS))
 def test_each_feishu_event_is_one_event(name):
-    payload = sample(name)
-    event = normalize(payload)
-    assert isinstance(event, Event)
-    for key, value in EXPECTED_EVENTS[name].items():
-        assert getattr(event, key) == value, key
+    event, payload = assert_normalizes_to(name, Event, EXPECTED_EVENTS[name])
     assert event.key == "event:" + event.event_id and event.raw == payload
     assert restore("event", event.to_json()) == event  # the outbox's payload round trip
 

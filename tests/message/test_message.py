@@ -24,7 +24,7 @@ from outbox_relay.message import (
 from outbox_relay.message.text import strip_at_tags
 from outbox_relay.outbox import Outbox
 
-from factories import EVENT_SAMPLES, SAMPLES, sample, sample_bytes
+from factories import EVENT_SAMPLES, SAMPLES, assert_normalizes_to, sample, sample_bytes
 
 
 def v2_event(message_fields=None, *, sender=None, header=None):
@@ -101,11 +101,7 @@ def test_every_sample_is_covered():
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_sample_normalizes_to_expected_fields(name):
-    payload = sample(name)
-    m = normalize(payload)
-    assert isinstance(m, Message)
-    for field, value in EXPECTED[name].items():
-        assert getattr(m, field) == value, field
+    m, payload = assert_normalizes_to(name, Message, EXPECTED[name])
     assert m.raw == payload
     # The same bytes off the wire give the same Message.
     assert normalize(sample_bytes(name)) == m
