@@ -93,6 +93,18 @@ SETTINGS = (
             "Feishu Open API base URL (Lark: https://open.larksuite.com)"),
     Setting("feishu_rate", 10.0, "float",
             "most Open API requests per second (Feishu allows 50/s, 1,000/min for history)", minimum=0.1),
+    # Reconciliation (issue 21): `run` reads each active chat's trailing window back from Feishu.
+    Setting("feishu_reconcile_interval", 600.0, "float",
+            "seconds between reconciliation passes of `run` (needs the app credentials); 0 turns it off",
+            minimum=0, unit="SECONDS"),
+    Setting("feishu_reconcile_window", 7200, "int",
+            "seconds of each active chat's history every pass reads back (overlapping the previous pass)",
+            minimum=60, unit="SECONDS"),
+    # 134 = 10 % of the basic plan's 1,000,000 calls a month (shared by the tenant's apps) over the
+    # longest month, 744 h: 99,696 calls.
+    Setting("feishu_reconcile_budget", 134, "int",
+            "most Open API calls reconciliation makes in any hour (retries and token fetches count)", minimum=1,
+            unit="N"),
     # 8 h: longer than Feishu's whole retry schedule (15 s, 5 min, 1 h, 6 h), so a retry is taken
     # whether Feishu signs it anew or sends it as it was; a repeat within it is caught by its key.
     Setting("feishu_replay_window", 28800, "int",

@@ -125,6 +125,11 @@ class FeishuUnavailable(FeishuError):
     """Raised when the Open API kept failing (5xx, dropped connections, timeouts) past the retries."""
 
 
+class BudgetSpent(FeishuError):
+    """Raised before an Open API request the reconciler's hourly budget (feishu_reconcile_budget) has
+    no room for: the request is not sent, and the pass ends there."""
+
+
 class FeishuCredentialsError(ConfigError):
     """Raised when Feishu refuses the app id / app secret: a setting to fix, not a fault to retry."""
 

@@ -22,7 +22,8 @@ those being sent); every message page's body replaced by `body` (bytes).
 Every request is recorded (`requests`) with its arrival time and how it was answered.
 
 Its clock is the test's: every answer's Date header tells `now()`, the real time moved on by
-`advance(seconds)`; `faults["no_date"]` leaves the header out.
+`advance(seconds)` or standing still (`freeze(at)`); `faults["no_date"]` leaves the header out. A
+message created after `now()` is not listed yet. `calls()` counts the requests that reached it.
 """
 
 import base64
@@ -66,13 +67,25 @@ class FakeFeishu:
         self._lock = threading.Lock()
         self._server = None
         self._ahead = 0.0  # seconds this fake's clock is ahead of the real one
+        self._frozen = None  # a time the clock stands still at (freeze)
 
     def now(self):
-        """The fake's time (epoch seconds): its answers' Date header says it."""
-        return time.time() + self._ahead
+        """The fake's time (epoch seconds): its answers' Date header says it. Nothing created after it
+        is listed: Feishu cannot list a message before it is sent."""
+        return self._frozen if self._frozen is not None else time.time() + self._ahead
 
     def advance(self, seconds):
         self._ahead += seconds
+
+    def freeze(self, at):
+        """The clock stands at `at` (epoch seconds) until frozen elsewhere: a test sends Feishu's
+        messages of a time span, then moves the clock past them."""
+        self._frozen = at
+
+    def calls(self, since=0.0):
+        """Requests that reached the server since `since` (time.monotonic()), whatever the answer:
+        Feishu counts each one against the tenant's monthly calls."""
+        return sum(r.at >= since for r in self.requests)
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -214,14 +227,14 @@ class FakeFeishu:
         if kind == "thread":
             if "start_time" in query or "end_time" in query:
                 return self._fail("GET", MESSAGES_PATH, query, 400, 230001, "time range not supported for thread")
-            items = list(self.threads.get(cid, []))
+            items = self._sent(self.threads.get(cid, []))
         else:
             chat = self.chats.get(cid)
             if chat is None:
                 return self._fail("GET", MESSAGES_PATH, query, 400, *BOT_NOT_IN_CHAT)
             if chat["forbidden"]:
                 return self._fail("GET", MESSAGES_PATH, query, 400, *chat["forbidden"])
-            items = _in_seconds(chat["items"], query.get("start_time"), query.get("end_time"))
+            items = _in_seconds(self._sent(chat["items"]), query.get("start_time"), query.get("end_time"))
             if self.faults["out_of_order"] and len(items) >= 2 * size:
                 items[size - 1], items[2 * size - 1] = items[2 * size - 1], items[size - 1]
         if query.get("sort_type") == "ByCreateTimeDesc":
@@ -229,6 +242,10 @@ class FakeFeishu:
         if self.faults["page_delay"]:
             time.sleep(self.faults["page_delay"])  # a slow server, so a test can kill the client mid-run
         return self._page(MESSAGES_PATH, query, items, size)
+
+    def _sent(self, items):
+        now_ms = self.now() * 1000
+        return [i for i in items if int(i["create_time"]) <= now_ms]
 
     def _page(self, path, query, items, size):
         offset = _offset(query.get("page_token"))

@@ -1,7 +1,8 @@
 """The one way every backfill commits what it found, with one set of rules:
 
   * the target is asked which of the messages (and of the events about them: an edit, a recall) it
-    already holds, and those are skipped. When it cannot
+    already holds, and those are skipped, and so is an event whose fact one waiting in the outbox
+    states already (the webhook's, under Feishu's event id). When it cannot
     be asked (down, or none given), every message goes to the outbox and the report says the target
     was not checked: a backfill is a local commit like any put, and the relay's conflict clause keeps
     one row of each;
@@ -17,6 +18,7 @@ import threading
 import time
 
 from ..errors import OutboxFull, Stopped, TargetError
+from ..message.events import restore
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +37,7 @@ class Committer:
         already stored)."""
         if not items:
             return 0, 0
-        held = self._in_target(items)
+        held = self._in_target(items) | self._waiting_in_outbox(items)
         fresh = [m for m in items if m.key not in held]
         if self.dry_run:
             new = sum(self.outbox is None or self.outbox.get(m.key) is None for m in fresh)
@@ -53,6 +55,17 @@ class Committer:
                         " to the outbox, the target keeps one row of each", e)
             self.target_checked = False
             return set()
+
+    def _waiting_in_outbox(self, items):
+        """The keys of the events among `items` whose fact an event waiting in the outbox already states
+        under another key (the webhook's recall of a message, not yet relayed, and the same recall
+        the history's flag states): the outbox dedupes on keys only, and the target holds neither yet."""
+        if self.outbox is None:
+            return set()
+        events = [i for i in items if i.outbox_kind != "message"]
+        waiting = {(m, restore("event", payload).fact)
+                   for m in {e.message_id for e in events} for _, payload in self.outbox.events_about(m)}
+        return {e.key for e in events if (e.message_id, e.fact) in waiting}
 
     def _put_with_room(self, messages):
         deadline = time.monotonic() + ROOM_WAIT

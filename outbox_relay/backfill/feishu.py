@@ -75,6 +75,30 @@ class _Run:
     feishu_clock: bool = True  # Feishu told its time (_end): else a checkpoint ends at the newest message
     task: object = NO_PROGRESS  # the current chat's progress bar
     threads_read: set = dataclasses.field(default_factory=set)  # listed once a run, however often seen
+    on_window: object = None  # on_window(chat, read_to): after each window is committed and recorded
+    on_page: object = None  # on_page(chat): after each page's messages and events are committed
+
+
+def open_run(client, outbox, target, *, start_s, until_ms, dry_run=False, progress=NO_PROGRESS):
+    """What reading chats takes, for a reader other than backfill_feishu (the reconciler): the
+    client authenticated, the end SETTLE_MS before Feishu's own time (never this host's)."""
+    committer = Committer(outbox, target, dry_run=dry_run, stop=client.stop)
+    run = _Run(client, outbox, committer, start_s, until_ms // 1000, dry_run, progress)
+    client.authenticate()
+    run.end, run.feishu_clock = _end(client, until_ms)
+    return run
+
+
+def read_chat_window(run, chat, start, end, on_window=None, on_page=None):
+    """One chat's [start, end) (epoch s) read back again, whatever the checkpoints say, and what the
+    archive lacks committed (messages, and the recalls and edits the history's flags state): the
+    trailing window the reconciler checks every pass. Each window is recorded in the backfill's
+    checkpoint ranges (so `backfill feishu` skips it too) and then given to on_window(chat, read_to);
+    on_page(chat) follows each page's commit.
+    FeishuApiError, FeishuUnavailable, Stopped and BudgetSpent go to the caller; `chat` (a
+    ChatReport) counts what was read and found."""
+    run.on_window, run.on_page = on_window, on_page
+    _read_range(run, chat, _covered(run, chat.chat_id), start, min(end, run.end))
 
 
 def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, dry_run=False,
@@ -83,11 +107,11 @@ def backfill_feishu(client, outbox, target, *, since_ms, until_ms, chats=None, d
     reported and the others go on; Feishu unavailable past the retries ends the run (every chat
     would wait out the same outage). `outbox` may be None only with dry_run."""
     began = time.monotonic()
-    committer = Committer(outbox, target, dry_run=dry_run, stop=client.stop)
-    run = _Run(client, outbox, committer, since_ms // 1000, until_ms // 1000, dry_run, progress)
+    run = _Run(client, outbox, Committer(outbox, target, dry_run=dry_run, stop=client.stop), since_ms // 1000,
+               until_ms // 1000, dry_run, progress)
     try:
-        client.authenticate()
-        run.end, run.feishu_clock = _end(client, until_ms)
+        run = open_run(client, outbox, target, start_s=since_ms // 1000, until_ms=until_ms, dry_run=dry_run,
+                       progress=progress)
         reports, errors = _chats(client, target, chats)
     except Stopped:
         return _report(run, [], [], True, time.monotonic() - began)
@@ -176,6 +200,8 @@ def _read_range(run, chat, covered, start, end):
         pages, newest = _read_window(run, chat, cursor, until, newest)
         read_to = until if run.feishu_clock else min(until, (newest - SETTLE_MS) // 1000)
         covered = _checkpoint(run, chat, covered, start, read_to)
+        if run.on_window is not None:
+            run.on_window(chat, read_to)
         cursor, size = until, next_window(size, pages)
     return covered
 
@@ -242,6 +268,8 @@ def _store(run, chat, items):
     chat.new += new
     chat.already_stored += already
     chat.events += run.committer.commit(events)[0]
+    if run.on_page is not None:
+        run.on_page(chat)
 
 
 def _note_invalid(chat, item, error):

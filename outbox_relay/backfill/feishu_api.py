@@ -93,6 +93,9 @@ class FeishuClient:
         self._token_refresh_at = 0.0
         self._feishu_clock = None  # (Feishu's time in ms by its latest answer's Date, time.monotonic() then)
         self.stats = {"requests": 0, "retried": 0, "rate_limited": 0, "token_fetches": 0}
+        # Called before every request goes out (token fetches, retries and 429s included: Feishu
+        # counts them all); it raises (BudgetSpent) to keep the request from being sent.
+        self.before_request = None
 
     def __repr__(self):
         return f"<FeishuClient {self.app_id} at {mask_url(self.base)}>"  # never the secret or the token
@@ -195,6 +198,8 @@ class FeishuClient:
             headers["Authorization"] = f"Bearer {token}"
         if payload is not None:
             headers["Content-Type"] = "application/json; charset=utf-8"
+        if self.before_request is not None:
+            self.before_request()
         self.stats["requests"] += 1
         resp = failure = None
         with self._cutoff.watching(self.deadline) as cutoff:

@@ -18,7 +18,10 @@ from .options import emit_json, friendly_errors, json_option, settings_options
 def run(cfg, no_http):
     """Run the relay (and the HTTP webhook server, unless --no-http) until SIGTERM/SIGINT.
 
-    The first signal finishes the batch in flight and exits 0; a second exits at once.
+    With --feishu-app-id and --feishu-app-secret it also reconciles the archive with Feishu's
+    history every --feishu-reconcile-interval seconds (0: never), within --feishu-reconcile-budget
+    calls an hour; `status` says how far the archive is proven complete. The first signal finishes
+    the batch in flight and exits 0; a second exits at once.
     """
     from ..service import Service
     sys.exit(Service(cfg, http=not no_http, relay=True).run_forever())

@@ -9,6 +9,7 @@ trip to the target) and `judge()` turns them into ok / degraded / down with the 
 import dataclasses
 import time
 
+from ..backfill import reconcile_state
 from ..errors import OutboxError, TargetError
 from ..intake.spool import Spool
 from ..outbox.faults import replaced_warning
@@ -50,6 +51,7 @@ class Facts:
     spool: dict | None = None           # Spool.status()
     target_error: str | None = None     # a direct round trip failed (None: it worked, or none was made)
     target_latency_ms: float | None = None
+    reconcile: dict | None = None       # reconcile_state.summary(): off and why, or how far it is sure
 
 
 def gather(cfg, outbox, *, now=None, relay_thread=None, target=None, outbox_problem=None):
@@ -66,6 +68,9 @@ def gather(cfg, outbox, *, now=None, relay_thread=None, target=None, outbox_prob
         except TargetError as e:
             facts.target_error = str(e)
     facts.warnings.extend(spool_warnings(facts.spool, view.running))
+    if facts.counts is not None:
+        facts.reconcile = reconcile_state.summary(cfg, outbox, now)
+        facts.warnings.extend(reconcile_state.warnings(facts.reconcile))
     exposed = cfg.exposed()
     if exposed:
         facts.warnings.append(exposed)

@@ -62,9 +62,26 @@ def format_status(report):
         lines.append(f"spool    {sp['path']}: " + (sp["error"] or f"{spool_count(sp, 'waiting')} waiting (oldest "
                      f"{duration(sp['oldest_waiting_age_s'])}), {spool_count(sp, 'rejected')} set aside, "
                      f"{spool_count(sp, 'writing')} being written"))
+    if report.get("reconcile") is not None:
+        lines.extend(format_reconcile(report["reconcile"]))
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def format_reconcile(rc, chats=True):
+    """Reconciliation with Feishu's history for people: off and why, or how far the archive is
+    checked (in total and per chat), the gaps it filled and the calls it spent."""
+    if not rc["enabled"]:
+        return [f"reconcile {rc['off']}"]
+    lines = [f"reconcile complete up to {clock(rc['complete_up_to'])} ({duration(rc['behind_s'])} ago);"
+             f" {rc['gaps_24h']} gap(s) filled in 24 h; {rc['calls_last_hour']}/{rc['budget_per_hour']} calls"
+             f" this hour, {rc['calls_total']} in all; last pass {clock(rc['last_pass_at'])}"]
+    if chats and rc["chats"]:
+        rows = [[chat_label(c), clock(c["complete_up_to"]), duration(c["behind_s"]), c["gaps_24h"],
+                 "yes" if c["covered"] else "NOT COVERED (budget)", c["error"] or ""] for c in rc["chats"]]
+        lines.append(format_table(["chat", "complete up to", "behind", "gaps 24 h", "covered", "error"], rows))
+    return lines
 
 
 def bytes_text(n):

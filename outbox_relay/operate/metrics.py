@@ -22,9 +22,10 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from ..backfill import reconcile_state
 from ..errors import OutboxError
 from ..message import SOURCES
 from ..message.events import KINDS as EVENT_KINDS
@@ -88,7 +89,7 @@ class Metrics:
         if relay is not None:
             self._relay_instruments(registry)
             relay.observers.append(self.observe_step)
-        registry.register(_OutboxCollector(outbox, relay))
+        registry.register(_OutboxCollector(outbox, relay, cfg))
 
     def _relay_instruments(self, registry):
         self.batches = Counter("outbox_relay_relay_batches", "Batches the relay wrote to the target",
@@ -164,9 +165,10 @@ class _OutboxCollector(Collector):
     """Gauges computed when scraped: outbox rows by state, the oldest pending row's age, the relay
     heartbeat, and the target pool's connections when the relay runs in this process."""
 
-    def __init__(self, outbox, relay):
+    def __init__(self, outbox, relay, cfg=None):
         self.outbox = outbox
         self.relay = relay
+        self.cfg = cfg
 
     def collect(self):
         readable = GaugeMetricFamily("outbox_relay_outbox_readable",
@@ -203,7 +205,31 @@ class _OutboxCollector(Collector):
                                 "Age of the oldest undelivered (pending or parked) row; 0 when none",
                                 value=age or 0.0)
         yield from self._heartbeat(beat)
+        yield from self._reconcile()
         yield from self._target()
+
+    def _reconcile(self):
+        # From the state the reconciler keeps in the outbox, like the rest: it survives restarts, so
+        # these counters only grow (Prometheus's increase() sees a gap whichever process served it).
+        rc = reconcile_state.summary(self.cfg, self.outbox) if self.cfg is not None else None
+        if rc is None or not rc["enabled"]:
+            return
+        gaps = CounterMetricFamily("outbox_relay_reconcile_gaps",
+                                   "Messages and events reconciliation found missing and filled, by the way in"
+                                   " that should have brought them", labels=["source"])
+        for source in sorted({"webhook", *rc["gaps_total"]}):
+            gaps.add_metric([source], rc["gaps_total"].get(source, 0))
+        yield gaps
+        yield CounterMetricFamily("outbox_relay_reconcile_calls", "Open API requests reconciliation made",
+                                  value=rc["calls_total"])
+        yield GaugeMetricFamily("outbox_relay_reconcile_budget_calls_per_hour",
+                                "The feishu_reconcile_budget setting", value=rc["budget_per_hour"])
+        yield GaugeMetricFamily("outbox_relay_reconcile_uncovered_chats",
+                                "Active chats the last pass could not read for the budget", value=len(rc["uncovered"]))
+        if rc["complete_up_to"] is not None:
+            yield GaugeMetricFamily("outbox_relay_reconcile_checked_until_seconds",
+                                    "Every active chat is checked against Feishu's history below this instant"
+                                    " (epoch seconds)", value=rc["complete_up_to"])
 
     def _heartbeat(self, beat):
         if beat is None:

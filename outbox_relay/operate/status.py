@@ -31,6 +31,7 @@ def collect_status(cfg, outbox, target):
                   "pid": beat.pid, "batch_rows": beat.batch_rows, "batch_cut": beat.cut()},
         "target": None,
         "spool": facts.spool,
+        "reconcile": facts.reconcile,
     }
     if target is not None:
         report["target"] = {"url": target.display_url, "table": target.table, "dialect": target.name,

@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 
-from .human import bytes_text, duration, spool_count
+from .human import bytes_text, clock, duration, spool_count
 
 QUIT_KEYS = ("q", "Q")
+MAX_CHATS_SHOWN = 10  # the busiest; `status` lists every chat
+
 COLORS = {"running": "green", "backing off": "yellow", "stuck": "red", "stopped": "red",
           "ok": "green", "degraded": "yellow", "down": "red", "up": "green"}
 
@@ -44,6 +46,7 @@ def view(prev, cur, *, source, interval):
         "connections": dict(zip(("in_use", "idle", "pool_size"), cur.connections)) if cur.connections else None,
         "files": cur.files,
         "spool": {k: cur.spool[k] for k in ("waiting", "rejected", "error", "at_least")} if cur.spool else None,
+        "reconcile": cur.reconcile,
     }
 
 
@@ -125,10 +128,27 @@ def _spool(v):
                   (f"{spool_count(s, 'waiting')} waiting · {spool_count(s, 'rejected')} set aside", ""))
 
 
+def _reconcile(v):
+    """Reconciliation in total: off and why, or complete up to when, the gaps, the calls."""
+    rc = v.get("reconcile")
+    if rc is None:
+        return None
+    if not rc["enabled"]:
+        return rc["off"], "dim"
+    uncovered = rc["uncovered"] if isinstance(rc["uncovered"], int) else len(rc["uncovered"])
+    gaps = (f"{rc['gaps_24h']} gaps in 24 h" if rc["gaps_24h"] is not None
+            else f"{sum(rc['gaps_total'].values()):.0f} gaps since the start")
+    calls = (f"{rc['calls_last_hour']}/{rc['budget_per_hour']} calls this hour" if rc["calls_last_hour"] is not None
+             else f"{rc['calls_total']:.0f} calls")
+    text = (f"complete up to {clock(rc['complete_up_to'])} ({duration(rc['behind_s'])} ago) · {gaps} · {calls}"
+            + (f" · {uncovered} chat(s) NOT COVERED (budget)" if uncovered else ""))
+    return text, "yellow" if uncovered or rc["gaps_24h"] else ""
+
+
 # The screen's lines, top to bottom: label, and what makes (text, style) of the view (None: no line).
 LINES = (("service", _service), ("problem", _problem), ("health", _health), ("relay", _relay), ("in", _in),
          ("delivered", _delivered), ("backlog", _backlog), ("target", _target), ("outbox", _files),
-         ("spool", _spool))
+         ("spool", _spool), ("reconcile", _reconcile))
 
 
 def rows(v):
@@ -158,7 +178,17 @@ def render(v):
         intake.add_row(i["via"], i["source"], _num(i["per_s"]), f"{i['total']:,}")
     if not v["intake"]:
         intake.add_row("-", "no messages yet", "", "")
-    return Group(head, Text(""), grid, Text(""), intake)
+    parts = [head, Text(""), grid, Text(""), intake]
+    chats = (v.get("reconcile") or {}).get("chats") or []
+    if chats:
+        per_chat = Table(box=None, padding=(0, 2), show_edge=False, header_style="bold")
+        for column in ("chat", "complete up to", "gaps 24 h", "covered"):
+            per_chat.add_column(column)
+        for c in chats[:MAX_CHATS_SHOWN]:
+            per_chat.add_row(c["name"] or c["chat_id"], clock(c["complete_up_to"]), str(c["gaps_24h"]),
+                             Text("yes") if c["covered"] else Text("NO (budget)", style="yellow"))
+        parts += [Text(""), per_chat]
+    return Group(*parts)
 
 
 def line(v):
@@ -180,6 +210,10 @@ def line(v):
         s = v["spool"]
         fields += [("spool_waiting", s["waiting"] if s["waiting"] is None or "waiting" not in s["at_least"]
                     else f">={s['waiting']}"), ("spool_error", s["error"])]
+    rc = v.get("reconcile")
+    if rc and rc["enabled"]:
+        fields += [("reconcile_behind", None if rc["behind_s"] is None else f"{rc['behind_s']:.0f}s"),
+                   ("reconcile_gaps_24h", rc["gaps_24h"])]
     fields += [(f"in.{i['via']}.{i['source']}", _per_s(i["per_s"])) for i in v["intake"]]
     return v["at"] + " " + " ".join(f"{k}={_quoted(val)}" for k, val in fields if val is not None)
 

@@ -50,6 +50,7 @@ class Snapshot:
     batches: tuple | None = None                # ... (seconds, count) of relay batches
     connections: tuple | None = None            # (in use, idle, pool size)
     spool: dict | None = None
+    reconcile: dict | None = None               # reconcile_state.summary() (from /metrics: its totals only)
 
 
 def relay_state(running, problem, outage, last_error, outbox_problem=None):
@@ -96,6 +97,7 @@ class OutboxSource:
         snap.spool = _shown(facts.spool)
         snap.counts, snap.oldest_pending_age = facts.counts, facts.oldest_pending_age
         snap.problem = facts.outbox_problem
+        snap.reconcile = facts.reconcile
         snap.files = {"db": sizes["file"], "wal": sizes["wal"], "free": sizes["free_bytes"]}
         self._relay(snap, facts.relay, now)
         verdict = health.judge(facts, self.cfg, expect_relay=self.expect_relay, now=now)
@@ -222,6 +224,7 @@ def from_metrics(samples, healthz):
     snap.epoch = ("metrics", min(created.values()) if created else None)  # the service's start
     _outbox_from_metrics(snap, samples)
     _relay_from_metrics(snap, samples)
+    snap.reconcile = _reconcile_from_metrics(samples)
     relay = healthz["checks"]["relay"]
     snap.relay = relay_state(relay["running"], relay["problem"], relay["target_unavailable_for"], relay["last_error"])
     snap.health = (healthz["status"], healthz["reasons"])
@@ -244,6 +247,20 @@ def _outbox_from_metrics(snap, samples):
                       ("spool", "outbox_relay_spool_ingested_total")):
         for source, total in _by_label(samples, name, "source", outcome="stored").items():
             snap.intake[via, source] = total
+
+
+def _reconcile_from_metrics(samples):
+    """Reconciliation's totals as /metrics has them (no series: off, or this is not the service that runs it)."""
+    calls = _value(samples, "outbox_relay_reconcile_calls_total")
+    if calls is None:
+        return None
+    until = _value(samples, "outbox_relay_reconcile_checked_until_seconds")
+    return {"enabled": True, "off": None, "complete_up_to": until,
+            "behind_s": None if until is None else max(0.0, time.time() - until),
+            "gaps_total": _by_label(samples, "outbox_relay_reconcile_gaps_total", "source"), "gaps_24h": None,
+            "calls_total": calls, "calls_last_hour": None,
+            "budget_per_hour": _value(samples, "outbox_relay_reconcile_budget_calls_per_hour"),
+            "uncovered": int(_value(samples, "outbox_relay_reconcile_uncovered_chats") or 0), "chats": []}
 
 
 def _relay_from_metrics(snap, samples):

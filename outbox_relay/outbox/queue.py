@@ -479,6 +479,15 @@ class Outbox:
                           " WHERE id > ? GROUP BY 1", (after_id,))
         return {source or "unknown": n for source, n, _ in rows}, max([after_id] + [r[2] for r in rows])
 
+    def recent_chats(self, since_ms):
+        """{chat_id: (messages created at or after since_ms, the source of the newest row)} over the
+        rows kept here: the reconciler's active chats, how busy each is and how its messages come."""
+        # SQLite takes the bare column from the row max() picks: the newest row's source.
+        rows = self._read("SELECT chat_id, count(*), max(id), json_extract(payload, '$.source') FROM outbox"
+                          " WHERE kind = 'message' AND created_at >= ? AND chat_id IS NOT NULL GROUP BY chat_id",
+                          (since_ms,))
+        return {chat_id: (n, source) for chat_id, n, _, source in rows}
+
     def events_about(self, message_id):
         """(state, payload) of the undelivered events about one message, oldest first."""
         return self._read("SELECT state, payload FROM outbox WHERE kind = 'event' AND state != 'delivered'"

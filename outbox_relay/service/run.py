@@ -55,6 +55,50 @@ class RelayThread:
         return not self.thread.is_alive()
 
 
+class ReconcilerThread:
+    """The reconciler (backfill/reconcile.py) on a thread of its own: a pass every
+    feishu_reconcile_interval, counted from the start of the one before. Its own target connection
+    and its own stop, so neither intake nor the relay ever waits for it; the stop also cuts off a
+    request in flight, so a SIGTERM mid-pass ends it at once."""
+
+    def __init__(self, cfg, outbox):
+        from ..backfill.feishu_api import FeishuClient
+        from ..backfill.reconcile import Reconciler
+        self.stop_event = threading.Event()
+        self.interval = cfg.feishu_reconcile_interval
+        client = FeishuClient(cfg.feishu_app_id, cfg.feishu_app_secret, base=cfg.feishu_api_base,
+                              rate=cfg.feishu_rate, stop=self.stop_event)
+        self.target = open_from_config(cfg)
+        self.reconciler = Reconciler(cfg, outbox, self.target, client)
+        self.thread = threading.Thread(target=self._main, name="outbox-relay-reconcile", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def _main(self):
+        from ..backfill.reconcile import RETRY_SOON
+        while not self.stop_event.is_set():
+            began, interval = time.monotonic(), self.interval
+            try:
+                if self.reconciler.run_pass().retry_soon:
+                    interval = min(interval, RETRY_SOON)
+            except Exception:  # noqa: BLE001 - the next pass tries again; intake and the relay go on
+                log.exception("reconciliation pass failed")
+            self.stop_event.wait(max(0.0, interval - (time.monotonic() - began)))
+
+    def request_stop(self):
+        """Signal-handler safe: sets a flag only."""
+        self.stop_event.set()
+
+    def stop(self, timeout=SHUTDOWN_GRACE):
+        self.stop_event.set()
+        if self.thread.ident is not None:
+            self.thread.join(timeout)
+        self.reconciler.close()
+        self.target.close()
+        return not self.thread.is_alive()
+
+
 class Service:
     def __init__(self, cfg, *, http=True, relay=True):
         self.cfg = cfg
@@ -65,6 +109,7 @@ class Service:
         self.lock = None
         self.relay_thread = None
         self.spool_ingester = None
+        self.reconciler_thread = None
         self.http_server = None
         self.http_thread = None
         self._stop = threading.Event()
@@ -83,15 +128,29 @@ class Service:
             # The handoff spool is ingested where the relay runs: one ingester per outbox. Made
             # before the app, whose /metrics counts it; started with the relay.
             self.spool_ingester = SpoolIngester(Spool(cfg.spool), self.outbox)
+            self._make_reconciler()
         if self.want_http:
             self._bind_http()  # before anything runs: a port in use is one line, nothing started
         if self.relay_thread is not None:
             self.relay_thread.start()
             self.spool_ingester.start()
+        if self.reconciler_thread is not None:
+            self.reconciler_thread.start()
         if self.http_server is not None:
             self.http_thread = threading.Thread(target=self._serve_http, name="outbox-relay-http", daemon=True)
             self.http_thread.start()
         return self
+
+    def _make_reconciler(self):
+        from ..backfill.reconcile_state import off_reason
+        off = off_reason(self.cfg)
+        if off:
+            log.info("reconciliation with Feishu's history is %s", off)
+            return
+        self.reconciler_thread = ReconcilerThread(self.cfg, self.outbox)
+        log.info("reconciling the archive with Feishu's history every %g s (window %d s, at most %d calls/h)",
+                 self.cfg.feishu_reconcile_interval, self.cfg.feishu_reconcile_window,
+                 self.cfg.feishu_reconcile_budget)
 
     def _bind_http(self):
         app = create_app(self.cfg, self.outbox, relay_thread=self.relay_thread, spool_ingester=self.spool_ingester)
@@ -119,11 +178,17 @@ class Service:
         self._stop.set()
         if self.relay_thread is not None:
             self.relay_thread.relay.stop()
+        if self.reconciler_thread is not None:
+            self.reconciler_thread.request_stop()
 
     def shutdown(self):
         if self.http_server is not None:
             drain_http_server(self.http_server, self.http_thread, SHUTDOWN_GRACE)
             self.http_server = None
+        if self.reconciler_thread is not None:
+            if not self.reconciler_thread.stop():
+                log.warning("the reconciliation pass did not stop in %.0f s; exiting anyway", SHUTDOWN_GRACE)
+            self.reconciler_thread = None
         if self.spool_ingester is not None:
             self.spool_ingester.stop()
             self.spool_ingester = None

@@ -635,6 +635,12 @@ class Target:
         rows = self.query(f"SELECT DISTINCT chat_id FROM {self.quoted} WHERE chat_id IS NOT NULL")
         return sorted(r[0] for r in rows)
 
+    def recent_chats(self, since_ms):
+        """{chat_id: messages created at or after since_ms}: the chats the reconciler checks, and how busy."""
+        rows = self.query(f"SELECT chat_id, count(*) FROM {self.quoted} WHERE created_at >= {self.param}"
+                          " AND chat_id IS NOT NULL GROUP BY chat_id", (self.created_value(since_ms),))
+        return {chat_id: n for chat_id, n in rows}
+
     def delete(self, message_id):
         """Remove one row (the end-to-end test's own message). Raises TargetError where not allowed."""
         self.query(f"DELETE FROM {self.quoted} WHERE message_id = {self.param}", (message_id,))

@@ -33,6 +33,7 @@ from outbox_relay.outbox import Outbox
 import pgharness
 from cliutil import run_cli
 from factories import flat_message
+from fakefeishu import FakeFeishu, history
 from relayutil import pg_query, wait_until
 from serverproc import REPO
 from serviceutil import metric, outbox_ids, post, scrape, service_process
@@ -42,7 +43,9 @@ ROOT = pathlib.Path(REPO)
 DASHBOARD = ROOT / "deploy" / "grafana" / "outbox-relay.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERTS = {"OutboxRelayBacklogGrowing", "OutboxRelayOldestPendingTooOld", "OutboxRelayDeadRows",
-          "OutboxRelayTargetUnreachable", "OutboxRelayDown"}
+          "OutboxRelayTargetUnreachable", "OutboxRelayDown", "OutboxRelayReconcileGapsFound",
+          "OutboxRelayReconcileBehind"}
+RECONCILED_CHAT = "oc_dashboard000000000001"
 # What Grafana puts in for its variables, for a Prometheus that scrapes every second
 # ($__rate_interval is at least four scrape intervals) and "All" selected.
 GRAFANA_VARIABLES = {"__rate_interval": "5s", "__interval": "1s", "job": ".*", "instance": ".*"}
@@ -295,13 +298,18 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_alerts_fire(t
     assert run_cli("init-db", "--target", url, "--outbox", tmp_path / "unused.db").exit_code == 0
     pg_query(url, "ALTER TABLE feishu_messages ADD CONSTRAINT no_banned_chat CHECK (chat_id <> 'oc_banned')")
     spool = tmp_path / "spool"
-    with service_process(tmp_path, target=url, spool=spool, unhealthy_after=UNHEALTHY_AFTER) as svc:
+    fake = FakeFeishu().__enter__()  # reconciliation's series: a chat of the bot's, nothing missing yet
+    fake.add_chat(RECONCILED_CHAT, [])
+    reconcile = {"feishu_app_id": fake.app_id, "feishu_app_secret": fake.app_secret, "feishu_api_base": fake.url,
+                 "feishu_rate": 100, "feishu_reconcile_interval": 1, "feishu_reconcile_budget": 100_000}
+    with service_process(tmp_path, target=url, spool=spool, unhealthy_after=UNHEALTHY_AFTER, **reconcile) as svc:
         prom = Prometheus(tmp_path, svc.port, rules_path)
         try:
             with Load(svc.url, rate=40, spool=spool, spool_rate=5):
                 _healthy_under_load(prom)
                 _target_stopped(prom, private_pg)
                 _dead_row(prom, svc)
+            _gap(prom, fake)
             # Each alert became active only after the fault that causes it, and fired `for:` later.
             killed = time.time()
             svc.proc.kill()
@@ -309,6 +317,17 @@ def test_every_dashboard_and_alert_expression_returns_data_and_the_alerts_fire(t
             assert 0 < active and fired >= active + SHORT_FOR, (active, fired)
         finally:
             prom.close()
+            fake.__exit__(None, None, None)
+
+
+def _gap(prom, fake):
+    """A message only Feishu's history has: reconciliation fills it, and the gaps alert fires."""
+    made = time.time()
+    item, _ = history(RECONCILED_CHAT, 1, int(fake.now()) - 120, 1)[0]
+    fake.add_chat(RECONCILED_CHAT, [item])
+    active, firing = _wait_firing(prom, {"OutboxRelayReconcileGapsFound"}, made, timeout=30)[
+        "OutboxRelayReconcileGapsFound"]
+    assert 0 < active and firing >= active + SHORT_FOR, (active, firing)
 
 
 def _healthy_under_load(prom):
