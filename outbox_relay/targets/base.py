@@ -360,8 +360,37 @@ class Target:
 
     def insert_rows(self, tx, table, rows):
         """Insert encoded rows of `table` (a schema.Table), keeping the row already there for a key or
-        a unique fact: a re-sent batch must be harmless. -> how many were new."""
+        a unique fact: a re-sent batch must be harmless. A message's row already there gets what it
+        lacks from the new copy (gap_fills) in the same statement. -> how many were new."""
         raise NotImplementedError
+
+    # One message comes several ways (webhook, OpenClaw's hook, either backfill) and some ways know
+    # less: OpenClaw's hook event names no parent, root or thread, and a direct chat only by the
+    # sender's ou_ id. The copy that arrives first makes the row; a later copy that knows more fills
+    # those gaps, and only those: the words stay as first archived (a change of words is an edit,
+    # which the events table records), and nothing a row has is overwritten.
+    FILLED_IDS = ("parent_id", "root_id", "thread_id")
+
+    def gap_fills(self, old, new):
+        """[(column, SQL expression)] that give the row already there what it lacks and the incoming
+        copy has; old(c) / new(c) name column c of the row / of the copy in this database's upsert."""
+        fills = [(c, f"CASE WHEN {_blank(old(c))} AND NOT {_blank(new(c))} THEN {new(c)} ELSE {old(c)} END")
+                 for c in self.FILLED_IDS]
+        chat = f"CASE WHEN {self.p2p_gap(old, new)} THEN {new('chat_id')} ELSE {old('chat_id')} END"
+        return fills + [("chat_id", chat)]
+
+    def gap_found(self, old, new):
+        """SQL: the row already there lacks something the incoming copy has (an UPDATE that would
+        change nothing is not made: no new row version, no binlog entry)."""
+        ids = [f"({_blank(old(c))} AND NOT {_blank(new(c))})" for c in self.FILLED_IDS]
+        return "(" + " OR ".join(ids + [f"({self.p2p_gap(old, new)})"]) + ")"
+
+    @staticmethod
+    def p2p_gap(old, new):
+        """A direct chat stored under the sender's open id (ou_…, all OpenClaw's hook knows), and a
+        copy with the chat's own id (oc_…)."""
+        return (f"{old('chat_type')} = 'p2p' AND substr({old('chat_id')}, 1, 3) = 'ou_'"
+                f" AND substr({new('chat_id')}, 1, 3) = 'oc_'")
 
     def name_of(self, table):
         """The name a schema.Table has in this database (the messages table's setting, and the events
@@ -661,6 +690,10 @@ def unfilled_column(table, column, error=None):
     return (f"table {table} has a NOT NULL column {column} without a default, which outbox-relay does not"
             f" fill: every message is refused (add a default or drop NOT NULL)"
             + (f": {error}" if error else ""))
+
+
+def _blank(sql):
+    return f"({sql} IS NULL OR {sql} = '')"
 
 
 def _json(value):
