@@ -22,6 +22,7 @@ from .. import jsonio
 from ..errors import RowRejected, TableMissing, TargetError, TargetUnavailable
 from ..logs import mask_url
 from ..message.events import EDITED, RECALLED
+from ..message.model import FILLED_IDS, gap_fills
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
 
@@ -369,7 +370,7 @@ class Target:
     # sender's ou_ id. The copy that arrives first makes the row; a later copy that knows more fills
     # those gaps, and only those: the words stay as first archived (a change of words is an edit,
     # which the events table records), and nothing a row has is overwritten.
-    FILLED_IDS = ("parent_id", "root_id", "thread_id")
+    FILLED_IDS = FILLED_IDS
 
     def gap_fills(self, old, new):
         """[(column, SQL expression)] that give the row already there what it lacks and the incoming
@@ -632,9 +633,12 @@ class Target:
         """The keys of `items` (Messages, Events) the archive holds already: a message by its id, an
         event by the fact it states (a recall the webhook brought and the same recall a backfill
         found are one)."""
-        messages = [i.message_id for i in items if i.outbox_kind == "message"]
+        messages = [i for i in items if i.outbox_kind == "message"]
         events = [i for i in items if i.outbox_kind != "message"]
-        held = self.existing_ids(messages) if messages else set()
+        rows = self._existing_rows([m.message_id for m in messages]) if messages else {}
+        # A message whose row lacks what this copy knows is not held: the copy goes out, and the
+        # target's upsert fills the row (gap_fills).
+        held = {m.message_id for m in messages if m.message_id in rows and not gap_fills(rows[m.message_id], m)}
         if events:
             facts = self._existing_facts({e.message_id for e in events})
             held.update(e.key for e in events if (e.message_id, e.fact) in facts)
@@ -653,6 +657,13 @@ class Target:
                 chunk = values[start:start + size]
                 rows += tx.execute(sql.format(marks=", ".join([self.param] * len(chunk))), chunk)
         return rows
+
+    def _existing_rows(self, message_ids):
+        """{message_id: {chat_id, chat_type, parent_id, root_id, thread_id}} of the rows already here."""
+        columns = ("message_id", "chat_id", "chat_type", *FILLED_IDS)
+        return {row[0]: dict(zip(columns, row)) for row in self._in_chunks(
+            f"SELECT {', '.join(columns)} FROM {self.quoted} WHERE message_id IN ({{marks}})",
+            list(dict.fromkeys(message_ids)))}
 
     def existing_ids(self, message_ids):
         """The subset of `message_ids` already in the target table (backfills skip those)."""

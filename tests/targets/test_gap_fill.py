@@ -90,3 +90,31 @@ def test_one_copy_at_a_time_fills_too(target):
     assert write(target, [webhook("om_one", "一", "oc_group", "group", parent="om_q", root="om_r")]) == 0
     got = rows(target)["om_one"]
     assert (got["chat_id"], got["parent_id"], got["root_id"]) == ("oc_group", "om_p", "om_r")
+
+
+def test_a_later_copy_through_the_outbox_and_a_backfill_fills_the_row(target, tmp_path):
+    """The outbox keeps delivered rows (keep_delivered) to drop re-deliveries: a later copy that knows
+    more is not dropped but fills the stored payload, and a delivered row goes out again; a backfill
+    does not skip a message whose row lacks what its copy knows."""
+    from outbox_relay.backfill.commit import Committer
+    from outbox_relay.outbox import Outbox
+    from outbox_relay.sync import Relay
+
+    with Outbox(str(tmp_path / "outbox.db")) as outbox:
+        relay = Relay(outbox, target)
+        outbox.put_many([hook("om_o1", "私聊"), hook("om_o2", "收到", chat="chat:oc_group")])
+        relay.drain()
+        result = outbox.put(webhook("om_o1", "私聊", "oc_p2p_real", "p2p"))
+        assert result.duplicate and result.state == "pending"  # delivered, and going out again filled
+        assert outbox.put(hook("om_o1", "私聊")).state == "pending"  # a copy that adds nothing changes nothing
+        relay.drain()
+        assert rows(target)["om_o1"]["chat_id"] == "oc_p2p_real"
+        # A backfill's copy with a parent the row lacks is sent; one that adds nothing is skipped.
+        committer = Committer(outbox, target)
+        later = webhook("om_o2", "收到", "oc_group", "group", parent="om_parent")
+        assert target.held([later, webhook("om_o1", "私聊", "oc_p2p_real", "p2p")]) == {"om_o1"}
+        assert committer.commit([later]) == (0, 1)  # a duplicate in the outbox, whose payload it fills
+        relay.drain()
+        assert rows(target)["om_o2"]["parent_id"] == "om_parent"
+        assert target.held([later]) == {"om_o2"}
+        assert rows(target)["om_o2"]["text"] == "收到" and target.count() == 2
