@@ -25,7 +25,8 @@ def test_install_hook_makes_the_hooks_directory_where_openclaw_looks(tmp_path, w
     home, spool = tmp_path / "home", tmp_path / "spool"
     home.mkdir()
     spool.mkdir()
-    env = {"OPENCLAW_STATE_DIR": "", "OPENCLAW_HOME": "", "HOME": str(home), "OUTBOX_RELAY_SPOOL": str(spool), "OUTBOX_RELAY_AUTH_TOKEN": "s3cret-token"}
+    env = {"OPENCLAW_STATE_DIR": "", "OPENCLAW_HOME": "", "HOME": str(home), "OUTBOX_RELAY_SPOOL": str(spool),
+           "OUTBOX_RELAY_AUTH_TOKEN": "s3cret-token"}
     args = ["openclaw", "install-hook"]
     expected = {"home": home / ".openclaw" / "hooks", "openclaw_home": tmp_path / "oh" / ".openclaw" / "hooks",
                 "state_dir": tmp_path / "state" / "hooks", "dir": tmp_path / "a" / "b" / "hooks"}[where]
