@@ -846,13 +846,14 @@ class ReadmeGateway(Gateway):
     """A Gateway whose state is a fresh temporary HOME's ~/.openclaw (no OPENCLAW_STATE_DIR), with our
     hook installed by following integrations/openclaw/README.md: `outbox-relay openclaw install-hook`
     (which makes ~/.openclaw/hooks), the lines it prints written to ~/.openclaw/.env, `openclaw hooks
-    enable outbox-relay`. What the steps printed is kept in ``install_output`` and ``hooks_list``.
+    enable outbox-relay`. What the steps printed is kept in ``install_output`` and ``hooks_list``
+    (`openclaw hooks list`).
     Only the plugin's install record is the harness's (see Gateway.prepare)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.state = self.home / ".openclaw"
-        self.install_output = self.hooks_list = self.hooks_info = None
+        self.install_output = self.hooks_list = None
 
     def _env(self):
         env = super()._env()
@@ -879,5 +880,17 @@ class ReadmeGateway(Gateway):
         lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip().startswith("OUTBOX_RELAY_")]
         (self.state / ".env").write_text("\n".join(lines) + "\n")
         self._cli("hooks", "enable", "outbox-relay")
-        self.hooks_list = self._cli("hooks", "list")
-        self.hooks_info = self._cli("hooks", "info", "outbox-relay")
+        # `openclaw hooks list` (~20 s of CLI start on a loaded machine) runs while the gateway starts.
+        self._listing = threading.Thread(target=self._list_hooks, name="openclaw-hooks-list", daemon=True)
+        self._listing.start()
+
+    def _list_hooks(self):
+        try:
+            self.hooks_list = self._cli("hooks", "list")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            self.hooks_list = f"openclaw hooks list failed: {exc}"
+
+    def start(self, timeout=120):
+        super().start(timeout)
+        self._listing.join(timeout=120)
+        return self

@@ -64,8 +64,10 @@ def world(openclaw_install, pg_server, tmp_path_factory):
     spool.mkdir()
     chats = {og.GROUP: og.GROUP_NAME, og.OTHER_GROUP: "另一个群"}
     try:
-        with og.FeishuStandIn(work / "feishu", chats=chats) as feishu, og.ModelStandIn() as model:
-            gw = og.ReadmeGateway(openclaw_install, feishu, work / "gateway", spool=spool, model=model)
+        # No model: each agent run fails right after OpenClaw has written the user line, which is all
+        # the hook and the transcript need, and a turn takes a fraction of a completed one's time.
+        with og.FeishuStandIn(work / "feishu", chats=chats) as feishu:
+            gw = og.ReadmeGateway(openclaw_install, feishu, work / "gateway", spool=spool)
             try:
                 gw.start()
             except RuntimeError as exc:
@@ -117,7 +119,6 @@ def test_a_fresh_host_installs_as_the_readme_says(world):
     assert (gw.state / ".env").read_text() == f"OUTBOX_RELAY_SPOOL={world.spool}\n"
     listed = [line for line in gw.hooks_list.splitlines() if "outbox-relay" in line]
     assert listed and "ready" in listed[0].lower(), gw.hooks_list
-    assert "Ready" in gw.hooks_info, gw.hooks_info
     event = og.event_builders(prefix="fresh-")["text"]()
     deliver(world, event)
     mid = event["event"]["message"]["message_id"]
@@ -191,12 +192,16 @@ def test_a_burst_through_the_gateway_with_the_relay_killed_twice(world):
     """200 messages of every type through the real gateway while `outbox-relay run` is killed -9 twice:
     200 rows, each the webhook's row for the same event (or its documented difference)."""
     kinds, base = [k for k in KINDS], int(time.time() * 1000) - 200_000
+    # Groups spread over four chats: OpenClaw handles one chat's messages one after another.
+    groups = [og.GROUP, og.OTHER_GROUP, "oc_b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1", "oc_b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2"]
     events = []
     for i in range(BURST):
         kind = kinds[i % len(kinds)]
         event = og.event_builders(prefix=f"burst{i}-")[kind]()
         m = event["event"]["message"]
         m["create_time"] = m["update_time"] = str(base + i * 10)
+        if m["chat_type"] == "group":
+            m["chat_id"] = groups[i % len(groups)]
         events.append((kind, event))
     kills, sent = [], []
 
