@@ -13,6 +13,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["outbox_relay", "outbox_relay.*"]),
+    # The OpenClaw hook (integrations/openclaw/outbox-relay, linked as intake/openclaw-hook) for
+    # `outbox-relay openclaw install-hook`: copied into the wheel, the link followed.
+    package_data={"outbox_relay.intake": ["openclaw-hook/*"]},
     python_requires=">=3.10",
     install_requires=[
         "peewee>=3.17,<5",

@@ -104,6 +104,10 @@ class SpoolError(OutboxRelayError):
     or is given a name no spool item can have."""
 
 
+class HookInstallError(OutboxRelayError):
+    """Raised when the OpenClaw hook cannot be installed into the hooks directory given."""
+
+
 class FeishuError(OutboxRelayError):
     """Raised when Feishu's Open API cannot give the backfill what it asked for."""
 

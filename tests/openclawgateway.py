@@ -41,6 +41,7 @@ import signal
 import sqlite3
 import ssl
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -229,6 +230,11 @@ class FeishuStandIn:
             return self._json({"code": 0, "msg": "success", "data": {"user": {
                 "open_id": uid, "name": self.users.get(uid, "User " + uid[-4:]), "en_name": "",
                 "avatar": {}, "status": {}}}})
+        if route == "open-apis/im/v1/chats" and len(parts) == 4 and method == "GET":  # the bot's groups
+            with self._lock:
+                items = [{"chat_id": cid, "name": name, "owner_id": TOM, "tenant_key": TENANT}
+                         for cid, name in self.chats.items()]
+            return self._json({"code": 0, "msg": "success", "data": {"items": items, "has_more": False}})
         if route == "open-apis/im/v1/chats" and len(parts) == 5 and method == "GET":
             cid = urllib.parse.unquote(parts[4])
             return self._json({"code": 0, "msg": "success", "data": {
@@ -595,18 +601,7 @@ class Gateway:
     def post_event(self, event, timeout=30):
         """POST event as Feishu does (encrypted, signed) to the webhook: (status, body text)."""
         self.posted.append(event["event"]["message"]["message_id"])
-        body = json.dumps({"encrypt": encrypt(event_bytes(event).decode(), ENCRYPT_KEY)},
-                          separators=(",", ":")).encode()
-        timestamp, nonce = str(int(time.time())), secrets.token_hex(8)
-        headers = {"Content-Type": "application/json; charset=utf-8", "X-Lark-Request-Timestamp": timestamp,
-                   "X-Lark-Request-Nonce": nonce, "X-Lark-Signature": signature(timestamp, nonce, ENCRYPT_KEY, body)}
-        conn = http.client.HTTPConnection("127.0.0.1", self.webhook_port, timeout=timeout)
-        try:
-            conn.request("POST", self.webhook_path, body=body, headers=headers)
-            res = conn.getresponse()
-            return res.status, res.read().decode("utf-8", "replace")
-        finally:
-            conn.close()
+        return post_encrypted(self.webhook_port, self.webhook_path, event, timeout)
 
     # -- what the gateway keeps ---------------------------------------------------------------------------
 
@@ -639,6 +634,22 @@ class Gateway:
             with _readonly(db) as conn:
                 rows += [dict(r) for r in conn.execute(f"SELECT * FROM {name}")]  # noqa: S608 - our names
         return rows
+
+
+def post_encrypted(port, path, event, timeout=30):
+    """POST event to 127.0.0.1:port/path as Feishu does (encrypted and signed with ENCRYPT_KEY): the
+    gateway's webhook, or outbox-relay's. -> (HTTP status, body text)."""
+    body = json.dumps({"encrypt": encrypt(event_bytes(event).decode(), ENCRYPT_KEY)}, separators=(",", ":")).encode()
+    timestamp, nonce = str(int(time.time())), secrets.token_hex(8)
+    headers = {"Content-Type": "application/json; charset=utf-8", "X-Lark-Request-Timestamp": timestamp,
+               "X-Lark-Request-Nonce": nonce, "X-Lark-Signature": signature(timestamp, nonce, ENCRYPT_KEY, body)}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        res = conn.getresponse()
+        return res.status, res.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
 
 
 def merged(base, over):
@@ -776,15 +787,22 @@ def message_id_of(kind):
     return "om_" + hashlib.sha256(f"outbox-relay gateway sample {kind}".encode()).hexdigest()[:32]
 
 
-def event_builders():
+def event_builders(created_ms=None, prefix=""):
     """{type name: () -> event}: one message of every type the gateway test posts (ids stable per
-    type). Group messages go to GROUP (whose name the stand-in knows) unless said otherwise."""
+    type and prefix). Group messages go to GROUP (whose name the stand-in knows) unless said otherwise.
+    created_ms: the create_time of the first type (the next ones a second apart), else now."""
     builders = _builders()
-    return {kind: (lambda kind=kind, build=build: _with_id(build(), kind)) for kind, build in builders.items()}
+    return {kind: (lambda kind=kind, build=build, n=n: _with_id(build(), prefix + kind,
+                                                              None if created_ms is None else created_ms + n * 1000))
+            for n, (kind, build) in enumerate(builders.items())}
 
 
-def _with_id(event, kind):
-    event["event"]["message"]["message_id"] = message_id_of(kind)
+def _with_id(event, kind, created_ms=None):
+    m = event["event"]["message"]
+    m["message_id"] = message_id_of(kind)
+    if created_ms is not None:
+        m["create_time"] = m["update_time"] = str(created_ms)
+        event["header"]["create_time"] = str(created_ms + 40)
     return event
 
 
@@ -812,9 +830,67 @@ def _builders():
     }
 
 
-def reply_event(parent):
+def reply_event(parent, prefix="", create_time=None):
     """A reply (parent_id = root_id = the parent's message_id) to the message parent (an event);
     the stand-in must know the parent (add_message) for OpenClaw to quote it."""
     pid = parent["event"]["message"]["message_id"]
     return receive_event("text", {"text": "收到，下午三点见"}, sender=LILEI, parent_id=pid, root_id=pid,
-                         chat_id=parent["event"]["message"]["chat_id"], message_id=message_id_of("reply"))
+                         chat_id=parent["event"]["message"]["chat_id"], message_id=message_id_of(prefix + "reply"),
+                         create_time=create_time)
+
+
+# -- a gateway installed as the README says, on a fresh host --------------------------------------------
+
+
+class ReadmeGateway(Gateway):
+    """A Gateway whose state is a fresh temporary HOME's ~/.openclaw (no OPENCLAW_STATE_DIR), with our
+    hook installed by following integrations/openclaw/README.md: `outbox-relay openclaw install-hook`
+    (which makes ~/.openclaw/hooks), the lines it prints written to ~/.openclaw/.env, `openclaw hooks
+    enable outbox-relay`. What the steps printed is kept in ``install_output`` and ``hooks_list``
+    (`openclaw hooks list`).
+    Only the plugin's install record is the harness's (see Gateway.prepare)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.state = self.home / ".openclaw"
+        self.install_output = self.hooks_list = None
+
+    def _env(self):
+        env = super()._env()
+        del env["OPENCLAW_STATE_DIR"]  # a user's gateway: ~/.openclaw
+        return env
+
+    def prepare(self):
+        for d in (self.home, self.state, self.tmp):
+            d.mkdir(parents=True, exist_ok=True)
+        self.webhook_port, self.gateway_port = free_port(), free_port()
+        (self.state / "openclaw.json").write_text(json.dumps(self.config(), indent=2))
+        (self.state / "state").mkdir(exist_ok=True)
+        shutil.copy2(self.install.plugin_registry, self.state / "state" / "openclaw.sqlite")
+        if (self.state / "hooks").exists():
+            raise RuntimeError("not a fresh host: ~/.openclaw/hooks exists before the install")
+        exe = pathlib.Path(os.path.dirname(os.path.realpath(sys.executable)), "outbox-relay")
+        exe = exe if exe.exists() else pathlib.Path(os.path.dirname(sys.executable), "outbox-relay")
+        env = {k: v for k, v in self._env().items() if not k.startswith("OUTBOX_RELAY_")}
+        res = subprocess.run([str(exe), "openclaw", "install-hook", "--spool", str(self.spool)], env=env,
+                             capture_output=True, text=True, timeout=60, cwd=self.workdir)
+        if res.returncode != 0:
+            raise RuntimeError(f"outbox-relay openclaw install-hook failed: {res.stderr}")
+        self.install_output = res.stdout
+        lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip().startswith("OUTBOX_RELAY_")]
+        (self.state / ".env").write_text("\n".join(lines) + "\n")
+        self._cli("hooks", "enable", "outbox-relay")
+        # `openclaw hooks list` (~20 s of CLI start on a loaded machine) runs while the gateway starts.
+        self._listing = threading.Thread(target=self._list_hooks, name="openclaw-hooks-list", daemon=True)
+        self._listing.start()
+
+    def _list_hooks(self):
+        try:
+            self.hooks_list = self._cli("hooks", "list")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            self.hooks_list = f"openclaw hooks list failed: {exc}"
+
+    def start(self, timeout=120):
+        super().start(timeout)
+        self._listing.join(timeout=120)
+        return self

@@ -111,6 +111,9 @@ class _Run:
                 self.skip("no_message_id")
             else:
                 payload = {"openclaw_transcript": line, "session": session}
+                conversation = agent.conversations.get(fields["conversation_ref"])
+                if conversation:
+                    payload["conversation"] = conversation
                 if index is not None:
                     payload["queued_item"] = index
                 out.append(payload)

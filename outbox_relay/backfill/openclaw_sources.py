@@ -64,6 +64,9 @@ class Agent:
     sessions: dict  # session id -> session dict
     group_names: dict  # a group's display name -> its chat id (for archives whose key is lost)
     transcripts: list
+    # conversation_id -> {kind, native_channel_id}: the SQLite store's conversations, which a line's
+    # __openclaw.transport.conversationRef names (the p2p oc_ chat id is only there)
+    conversations: dict = dataclasses.field(default_factory=dict)
     unreadable: list = dataclasses.field(default_factory=list)  # (where, why): found while looking
 
 
@@ -103,6 +106,8 @@ def _agent(root, name):
         return agent
     db_sessions, db_names = (_sqlite_sessions(root, agent, db) if _present(root, agent, db) and os.path.isfile(db)
                              else ({}, []))
+    if db_sessions:
+        agent.conversations = _conversations(db)
     for path in [os.path.join(base, "sessions", "sessions.json")] + _files(root, agent, IMPORT_ARCHIVE,
                                                                            "sessions.json"):
         _read_store(root, path, agent)
@@ -248,6 +253,23 @@ def _sqlite_sessions(root, agent, path):
     except sqlite3.Error as e:
         agent.unreadable.append((os.path.relpath(path, root), f"cannot read: {e}"))
         return {}, []
+
+
+def _conversations(path):
+    """conversation_id -> {kind, native_channel_id} of the store's conversations table ({} when this
+    schema has none, or it cannot be read: the lines' chats then come from their sessions)."""
+    try:
+        conn = connect_readonly(path)
+        try:
+            if not {"conversation_id", "kind", "native_channel_id"} <= _columns(conn, "conversations"):
+                return {}
+            rows = conn.execute("SELECT conversation_id, kind, native_channel_id FROM conversations")
+            return {cid: {"kind": kind, "native_channel_id": native} for cid, kind, native in rows}
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        log.warning("%s: conversations unreadable: %s", path, e)
+        return {}
 
 
 def _window_rows(conn):

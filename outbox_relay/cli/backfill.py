@@ -10,6 +10,7 @@ from ..operate.human import format_feishu_backfill, format_openclaw_backfill
 from ..progress import progress_for
 from ..timeconv import now_ms
 from .group import cli
+from .openclaw import openclaw_state_dir
 from .options import BadSetting, friendly_errors, json_option, opened, require, settings_options, show, time_range
 
 
@@ -34,16 +35,18 @@ def backfill():
 def backfill_openclaw_cmd(directory, since, until, dry_run, cfg, as_json):
     """Commit the inbound Feishu messages in OpenClaw's transcripts that the archive lacks.
 
-    DIR is OpenClaw's state directory (default ~/.openclaw): every agent's JSONL sessions
-    (with reset and migration archives) and its SQLite store, opened read-only while the
-    gateway runs. Assistant lines, compactions, tool output and other channels are skipped
-    and counted, and so is a line that is not JSON or longer than OpenClaw's 4 MiB bound. Exit 0
-    when everything was read, 1 when a file or store could not be read (the report says which).
+    DIR is OpenClaw's state directory (default: $OPENCLAW_STATE_DIR, else
+    $OPENCLAW_HOME/.openclaw, else ~/.openclaw, as the gateway resolves it): every agent's JSONL
+    sessions (with reset and migration archives) and its SQLite store, opened read-only while the
+    gateway runs. Run it as the gateway's user: OpenClaw makes agents/ mode 0700. Assistant
+    lines, compactions, tool output and other channels are skipped and counted, and so is a line
+    that is not JSON or longer than OpenClaw's 4 MiB bound. Exit 0 when everything was read, 1
+    when a file or store could not be read (the report says which).
     """
     from ..backfill.openclaw import backfill_openclaw
     from ..backfill.openclaw_sources import TranscriptsUnreadable, check_root
     since_ms, until_ms = time_range(since, until)
-    root = os.path.expanduser(directory or "~/.openclaw")
+    root = os.path.expanduser(directory) if directory else openclaw_state_dir()
     try:
         check_root(root)  # before the outbox is opened: a wrong DIR changes nothing
     except TranscriptsUnreadable as e:

@@ -65,6 +65,23 @@ class Message:
 
 _FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Message))
 
+# What a later copy of a message may give the row an earlier copy made (issue 23; the README's "One
+# message, one row"): an id the row lacks, and a direct chat's own oc_ id where the row has only the
+# sender's ou_ id (all OpenClaw's hook knows). The target's upsert says the same in SQL
+# (targets/base.py gap_fills); this copy decides, before the target, whether a copy is worth sending.
+FILLED_IDS = ("parent_id", "root_id", "thread_id")
+
+
+def gap_fills(row, later):
+    """{field: value} that `later` (a Message) gives `row` (a mapping or an object with chat_id,
+    chat_type, parent_id, root_id, thread_id) and row lacks; {} when it adds nothing."""
+    get = row.get if isinstance(row, dict) else (lambda f: getattr(row, f))
+    fills = {f: getattr(later, f) for f in FILLED_IDS if not get(f) and getattr(later, f)}
+    chat = later.chat_id or ""
+    if get("chat_type") == "p2p" and str(get("chat_id") or "").startswith("ou_") and chat.startswith("oc_"):
+        fills["chat_id"] = chat
+    return fills
+
 
 def parse_payload(data):
     """Bytes or str of JSON -> a dict, or InvalidMessage. Size is checked before parsing."""

@@ -19,7 +19,10 @@ A "collect" queue drain writes several messages into one line:
 """
 
 import json
+import posixpath
 import re
+
+from .text import extract_text
 
 MARKER = "⟦openclaw:ctx⟧"
 QUEUED_TITLE = "[Queued messages while agent was busy]"
@@ -169,6 +172,10 @@ def parse_feishu_body(body, senders=()):
         if "\n" not in name and rest.startswith(name + ": "):
             sender, rest = name, rest[len(name) + 2:]
             break
+        if name and "\n" not in name and rest.rstrip() == name + ":":
+            # A message without words (an image, a file): the body was trimmed after "<name>: ".
+            sender, rest = name, ""
+            break
     quote = None
     if rest.startswith(_REPLY_START) and _REPLY_END in rest:
         end = rest.index(_REPLY_END)
@@ -249,16 +256,22 @@ def read_user_line(message, queued_item=None):
     sender_block = blocks.get("Sender") or {}
     names = [label] if items is not None else [meta.get("senderName"), meta.get("senderUsername"),
                                                  meta.get("senderId"), sender_block.get("label")]
-    feishu = parse_feishu_body(body, [n for n in names if isinstance(n, str)])
-    words, mentions = at_tags(feishu["text"])
+    media = media_facts(meta.get("media")) if items is None else []
+    feishu = parse_feishu_body(cut_media_notes(body) if media else body, [n for n in names if isinstance(n, str)])
+    transport = meta.get("transport") if isinstance(meta.get("transport"), dict) else {}
+    own = items is None  # a queued line's transport names one of its messages only
     return {
-        "message_id": feishu["message_id"] or _str(info.get("message_id")),
+        # The line's transport names its message and what it replies to (current releases); the
+        # text and the Conversation-info block, older ones.
+        "message_id": (own and _str(transport.get("messageId"))) or feishu["message_id"]
+        or _str(info.get("message_id")),
         "sender_id": _sender_id(meta, sender_block, info, label if items is not None else None),
-        "text": words,
-        "mentions": mentions,
-        "parent_id": (_str(meta.get("replyToId")) or _str(info.get("reply_to_id"))) if items is None else None,
+        **as_feishu(feishu["text"], media),
+        "parent_id": (_str(transport.get("replyToId")) or _str(meta.get("replyToId"))
+                      or _str(info.get("reply_to_id"))) if own else None,
+        "conversation_ref": _str(transport.get("conversationRef")) if own else None,
         "chat": {k: info.get(k) for k in ("chat_id", "is_group_chat", "group_subject")},
-        "feishu_body": feishu["message_id"] is not None,
+        "feishu_body": feishu["message_id"] is not None or bool(own and _str(transport.get("messageId"))),
     }
 
 
@@ -275,3 +288,82 @@ def _sender_id(meta, sender_block, info, queued_label):
 
 def _str(value):
     return value if isinstance(value, str) and value.strip() else None
+
+
+# -- what kind of Feishu message a hook event or a transcript line is --------------------------------
+#
+# Neither names Feishu's message_type. What OpenClaw does give is its media facts (the hook's
+# `context.media`, the line's `__openclaw.media`): @openclaw/feishu@2026.9.5 downloads the media of
+# image, file, audio and media (video) messages, one fact each, whose `kind` it takes from the
+# message_type alone (resolveFeishuMediaKind: image -> image, file -> document, audio -> audio,
+# media -> video), and the embedded images and videos of a post, which has words too. A text message
+# has no media. So: a fact of kind audio, or media without words, is that media message; words with
+# media are a post; words alone are text (a post without media, a sticker, a card and a
+# merge_forward give words alone too: OpenClaw's rendering of them, which says no more).
+MEDIA_TYPES = {"image": "image", "document": "file", "audio": "audio", "video": "media"}
+# OpenClaw's media store names a download `<sanitized original name>---<uuid><ext>`
+# (buildSavedMediaId); extractOriginalFilename reads the name back the same way. A staged copy (the
+# transcript's) adds `input-` in an `openclaw-staged-<id>` folder (stagedInputFileName).
+_SAVED_NAME = re.compile(r"^(.+)---[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
+_STAGED_DIR = "openclaw-staged-"
+# formatMediaUnderstandingBody (a model described or transcribed the media): the body goes under
+# "User text:", before the first output's label (one output) or the first numbered section.
+_UNDERSTOOD_ONE = re.compile(r"^\[(?:Audio|Image|Video)\]\nUser text:\n(.*?)\n(?:Transcript|Description):\n", re.S)
+_UNDERSTOOD_MANY = re.compile(r"^User text:\n(.*?)\n\n\[(?:Audio|Image|Video) 1/\d+\]\n", re.S)
+# What media understanding appends after a blank line (appendFileBlocks): file blocks
+# (renderFileContextBlock) and the markers of media it did not analyze (renderMediaAttachmentDisposition,
+# renderSkippedFileOverflowSummary).
+_MEDIA_NOTE = re.compile(r"\n\n(?:<file name=\"|\[(?:Image|Audio|Video) attachment |\[\d+ more attachments? skipped\])")
+
+
+def media_facts(value):
+    """The media facts OpenClaw gives (a list of {kind, contentType, path…}), only the dicts."""
+    return [m for m in value if isinstance(m, dict)] if isinstance(value, list) else []
+
+
+def is_envelope(content, message_id):
+    """True when the hook's content is OpenClaw's envelope line (`[Feishu <chat>:<sender> <time>]
+    [message_id: <this id>]` then `<sender>: `): what `context.content` falls back to when the message
+    has no words (deriveInboundMessageHookContextBase: BodyForCommands, RawBody, then Body). Keyed on
+    the message's own id, which no sender can type before the message exists."""
+    first = content.split("\n", 1)[0]
+    return bool(message_id) and first.startswith("[") and first.endswith(f"] [message_id: {message_id}]")
+
+
+def cut_media_notes(text):
+    """A transcript line's body without what media understanding added to it: the "User text:"
+    layout of a described or transcribed attachment, and the file blocks and markers after it."""
+    m = _UNDERSTOOD_ONE.match(text) or _UNDERSTOOD_MANY.match(text)
+    if m:
+        text = m.group(1)
+    note = _MEDIA_NOTE.search(text)
+    return text[:note.start()] if note else text
+
+
+def saved_file_name(path):
+    """The original file name OpenClaw keeps in a downloaded file's path (sanitized by it: characters
+    other than letters, digits, `._-` become `_`, at most 60), or None."""
+    if not isinstance(path, str) or not path:
+        return None
+    folder, base = posixpath.split(path)
+    if posixpath.basename(folder).startswith(_STAGED_DIR) and base.startswith("input-"):
+        base = base[len("input-"):]
+    stem, ext = posixpath.splitext(base)
+    m = _SAVED_NAME.match(stem)
+    return m.group(1) + ext if m else None
+
+
+def as_feishu(words, media):
+    """The sender's words (Feishu's mention tags still in) and OpenClaw's media facts -> the fields
+    the webhook gives the same message: {msg_type, content, text, mentions}. A media message's text
+    is the webhook's placeholder (`[image]`, `[file] <name>` …): OpenClaw has no words for it, only
+    its envelope or notes, which are not the sender's."""
+    kind = media[0].get("kind") if media else None
+    if kind in MEDIA_TYPES and (kind == "audio" or not words.strip()):
+        msg_type = MEDIA_TYPES[kind]
+        name = saved_file_name(media[0].get("path")) if msg_type == "file" else None
+        content = {"file_name": name} if name else {}
+        return {"msg_type": msg_type, "content": content, "text": extract_text(msg_type, content), "mentions": []}
+    text, mentions = at_tags(words)
+    return {"msg_type": "post" if media else "text", "content": {"text": words}, "text": text,
+            "mentions": mentions}

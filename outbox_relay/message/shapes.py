@@ -126,25 +126,25 @@ def _from_openclaw(p):
     ctx = field(p, "context", dict, required=True, where="")
     meta = field(ctx, "metadata", dict, where="context.") or {}
     body = field(ctx, "content", str, where="context.") or ""
+    message_id = id_field(ctx, "messageId", "context.", required=True, name="message_id")
     chat_id, chat_type = _openclaw_chat(field(ctx, "conversationId", str, where="context.") or "",
                                         field(ctx, "from", str, where="context.") or "")
-    # context.timestamp is when OpenClaw processed the message (Date.now()), not Feishu's
-    # create_time: the event carries no other time. Usually within a second of it.
+    # A message without words has OpenClaw's envelope as content: not the sender's words.
+    words = "" if openclaw_text.is_envelope(body, message_id) else body
+    # @openclaw/feishu sets context.timestamp from Feishu's create_time (messageCreateTimeMs, now
+    # only when the event has none); the event's own top-level timestamp is when the hook fired.
     created = ctx.get("timestamp")
     if created is None:
         created = p.get("timestamp")
     return Message(
         source="openclaw",
-        message_id=id_field(ctx, "messageId", "context.", required=True, name="message_id"),
+        message_id=message_id,
         chat_id=check_token(chat_id, "context.conversationId", MAX_ID_LENGTH),
         chat_type=check_token(chat_type, "context.from", MAX_KIND_LENGTH),
         thread_id=id_field(meta, "threadId", "context.metadata."),
         sender_id=id_field(meta, "senderId", "context.metadata.") or _openclaw_sender(ctx),
         sender_type="user",
-        msg_type="text",
-        content={"text": body},
-        text=body,
-        mentions=[],
+        **openclaw_text.as_feishu(words, openclaw_text.media_facts(ctx.get("media"))),
         created_at=optional_time(created, "context.timestamp"),
         raw=p,
     )
@@ -261,8 +261,9 @@ def _unknown_field(name):
 
 def _from_openclaw_transcript(p):
     """{"openclaw_transcript": <a transcript line>, "session": {key, channel, chat_type, chat_id,
-    topic}, "queued_item": n} (built by backfill/openclaw.py) -> Message. The session's chat wins;
-    the line's Conversation-info block fills what the session key does not name."""
+    topic}, "conversation": {kind, native_channel_id}, "queued_item": n} (built by
+    backfill/openclaw.py) -> Message. The store's conversation names the chat; else the session's
+    chat wins and the line's Conversation-info block fills what the session key does not name."""
     line = field(p, "openclaw_transcript", dict, required=True, where="")
     session = field(p, "session", dict, where="") or {}
     msg = field(line, "message", dict, required=True, where="openclaw_transcript.")
@@ -274,7 +275,8 @@ def _from_openclaw_transcript(p):
         raise InvalidMessage(str(e)) from None
     if fields["message_id"] is None:
         raise InvalidMessage("transcript line has no [message_id: …] line and no Conversation-info message_id")
-    chat_type, chat_id = _transcript_chat(session, fields)
+    conversation = field(p, "conversation", dict, where="") or {}
+    chat_type, chat_id = _transcript_chat(session, fields, conversation)
     topic = session.get("topic") if isinstance(session.get("topic"), str) else None
     created = msg.get("timestamp") if msg.get("timestamp") is not None else line.get("timestamp")
     return Message(
@@ -287,8 +289,8 @@ def _from_openclaw_transcript(p):
         parent_id=check_token(fields["parent_id"], "replyToId", MAX_ID_LENGTH),
         sender_id=check_token(fields["sender_id"], "senderId", MAX_ID_LENGTH),
         sender_type="user",
-        msg_type="text",
-        content={"text": fields["text"]},
+        msg_type=fields["msg_type"],
+        content=fields["content"],
         text=fields["text"],
         mentions=fields["mentions"],
         created_at=optional_time(created, "message.timestamp"),
@@ -296,11 +298,16 @@ def _from_openclaw_transcript(p):
     )
 
 
-def _transcript_chat(session, fields):
-    """(chat_type, chat_id) in Feishu's words (`group`, `p2p`). What the line says of its own chat
-    (the Conversation-info block) comes before what the session says: a shared main session holds
-    chats of several peers. A direct chat's id is the sender's open_id: the transcript, like the
-    hook event, holds no p2p `oc_` chat id."""
+def _transcript_chat(session, fields, conversation):
+    """(chat_type, chat_id) in Feishu's words (`group`, `p2p`). The store's conversation the line
+    links to (`__openclaw.transport.conversationRef` -> `conversations`: kind, native_channel_id) is
+    the chat itself, the p2p `oc_` id of a direct chat included. Without it, what the line says of its
+    own chat (the Conversation-info block) comes before what the session says: a shared main session
+    holds chats of several peers; a direct chat's id is then the sender's open_id."""
+    native = conversation.get("native_channel_id")
+    kind = {"direct": "p2p", "group": "group", "channel": "group"}.get(conversation.get("kind"))
+    if kind and isinstance(native, str) and native.startswith("oc_"):
+        return kind, native
     info = fields["chat"]
     own = info.get("chat_id") if isinstance(info.get("chat_id"), str) and ":" in info["chat_id"] else ""
     prefix, own_id = own.split(":", 1) if own else ("", None)

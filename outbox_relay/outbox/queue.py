@@ -14,6 +14,7 @@ generation a batch was claimed from) are read in one place.
 """
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ import time
 from ..errors import InvalidMessage, OutboxError, OutboxFull, OutboxUnavailable
 from ..message import normalize, restore
 from ..message.events import EDITED
+from ..message.model import gap_fills
 from ..schema.outbox import OUTBOX_MIGRATIONS, OUTBOX_VERSION, row_columns
 from .siblings import Siblings
 from .sqlitefile import SqliteFile
@@ -283,7 +285,20 @@ class Outbox:
         if differs:
             log.warning("message %s arrived again with different content (source %s, first from %s);"
                         " the first version is kept", m.message_id, m.source, stored.source)
+        fills = gap_fills(stored, m) if kind == "message" else {}
+        if fills:
+            state = self._fill(c, row_id, state, dataclasses.replace(stored, **fills))
         return PutResult(m.message_id, True, row_id, state, differs)
+
+    @staticmethod
+    def _fill(c, row_id, state, filled):
+        """A later copy knows ids the stored one lacks (OpenClaw's hook names no parent, and a direct
+        chat only by the sender's ou_ id): the stored payload takes them, and a row already delivered
+        goes out again, so that the target's upsert fills its row too (which changes nothing else)."""
+        new_state = "pending" if state == "delivered" else state
+        c.execute("UPDATE outbox SET payload = ?, chat_id = ?, state = ?, updated_at = ? WHERE id = ?",
+                  (filled.to_json(), filled.chat_id, new_state, time.time(), row_id))
+        return new_state
 
     def _park_overflow(self, c):
         """Park the oldest pending rows beyond max_pending (the design card: oldest first; the relay

@@ -22,6 +22,7 @@ from .. import jsonio
 from ..errors import RowRejected, TableMissing, TargetError, TargetUnavailable
 from ..logs import mask_url
 from ..message.events import EDITED, RECALLED
+from ..message.model import FILLED_IDS, gap_fills
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
 
@@ -360,8 +361,37 @@ class Target:
 
     def insert_rows(self, tx, table, rows):
         """Insert encoded rows of `table` (a schema.Table), keeping the row already there for a key or
-        a unique fact: a re-sent batch must be harmless. -> how many were new."""
+        a unique fact: a re-sent batch must be harmless. A message's row already there gets what it
+        lacks from the new copy (gap_fills) in the same statement. -> how many were new."""
         raise NotImplementedError
+
+    # One message comes several ways (webhook, OpenClaw's hook, either backfill) and some ways know
+    # less: OpenClaw's hook event names no parent, root or thread, and a direct chat only by the
+    # sender's ou_ id. The copy that arrives first makes the row; a later copy that knows more fills
+    # those gaps, and only those: the words stay as first archived (a change of words is an edit,
+    # which the events table records), and nothing a row has is overwritten.
+    FILLED_IDS = FILLED_IDS
+
+    def gap_fills(self, old, new):
+        """[(column, SQL expression)] that give the row already there what it lacks and the incoming
+        copy has; old(c) / new(c) name column c of the row / of the copy in this database's upsert."""
+        fills = [(c, f"CASE WHEN {_blank(old(c))} AND NOT {_blank(new(c))} THEN {new(c)} ELSE {old(c)} END")
+                 for c in self.FILLED_IDS]
+        chat = f"CASE WHEN {self.p2p_gap(old, new)} THEN {new('chat_id')} ELSE {old('chat_id')} END"
+        return fills + [("chat_id", chat)]
+
+    def gap_found(self, old, new):
+        """SQL: the row already there lacks something the incoming copy has (an UPDATE that would
+        change nothing is not made: no new row version, no binlog entry)."""
+        ids = [f"({_blank(old(c))} AND NOT {_blank(new(c))})" for c in self.FILLED_IDS]
+        return "(" + " OR ".join(ids + [f"({self.p2p_gap(old, new)})"]) + ")"
+
+    @staticmethod
+    def p2p_gap(old, new):
+        """A direct chat stored under the sender's open id (ou_…, all OpenClaw's hook knows), and a
+        copy with the chat's own id (oc_…)."""
+        return (f"{old('chat_type')} = 'p2p' AND substr({old('chat_id')}, 1, 3) = 'ou_'"
+                f" AND substr({new('chat_id')}, 1, 3) = 'oc_'")
 
     def name_of(self, table):
         """The name a schema.Table has in this database (the messages table's setting, and the events
@@ -603,9 +633,12 @@ class Target:
         """The keys of `items` (Messages, Events) the archive holds already: a message by its id, an
         event by the fact it states (a recall the webhook brought and the same recall a backfill
         found are one)."""
-        messages = [i.message_id for i in items if i.outbox_kind == "message"]
+        messages = [i for i in items if i.outbox_kind == "message"]
         events = [i for i in items if i.outbox_kind != "message"]
-        held = self.existing_ids(messages) if messages else set()
+        rows = self._existing_rows([m.message_id for m in messages]) if messages else {}
+        # A message whose row lacks what this copy knows is not held: the copy goes out, and the
+        # target's upsert fills the row (gap_fills).
+        held = {m.message_id for m in messages if m.message_id in rows and not gap_fills(rows[m.message_id], m)}
         if events:
             facts = self._existing_facts({e.message_id for e in events})
             held.update(e.key for e in events if (e.message_id, e.fact) in facts)
@@ -624,6 +657,13 @@ class Target:
                 chunk = values[start:start + size]
                 rows += tx.execute(sql.format(marks=", ".join([self.param] * len(chunk))), chunk)
         return rows
+
+    def _existing_rows(self, message_ids):
+        """{message_id: {chat_id, chat_type, parent_id, root_id, thread_id}} of the rows already here."""
+        columns = ("message_id", "chat_id", "chat_type", *FILLED_IDS)
+        return {row[0]: dict(zip(columns, row)) for row in self._in_chunks(
+            f"SELECT {', '.join(columns)} FROM {self.quoted} WHERE message_id IN ({{marks}})",
+            list(dict.fromkeys(message_ids)))}
 
     def existing_ids(self, message_ids):
         """The subset of `message_ids` already in the target table (backfills skip those)."""
@@ -687,6 +727,10 @@ def unfilled_column(table, column, error=None):
     return (f"table {table} has a NOT NULL column {column} without a default, which outbox-relay does not"
             f" fill: every message is refused (add a default or drop NOT NULL)"
             + (f": {error}" if error else ""))
+
+
+def _blank(sql):
+    return f"({sql} IS NULL OR {sql} = '')"
 
 
 def _json(value):

@@ -177,14 +177,23 @@ class MySQLTarget(PooledTarget):
         limit = self._max_packet(tx.conn)
         for row in rows:  # rows encoded before the limit was known, or with another connection's
             self._check_fits(table, row, limit)
-        head, tail, new = self._insert_head(table), INSERT_TAILS[table.key], 0
+        head, tail, new = self._insert_head(table), self._insert_tail(table), 0
         with tx.conn.cursor() as cur:
             for sql in _statements(head, tail, rows, min(MAX_STATEMENT_BYTES, limit - 1)):
                 cur.execute(sql)  # no parameters: PyMySQL leaves the bytes (and any %) alone
-                # 1 per inserted row, 0 per duplicate left as it was (PyMySQL does not set
-                # CLIENT_FOUND_ROWS): the sum is how many were new.
-                new += cur.rowcount
+                new += _inserted(cur)
         return new
+
+    def _insert_tail(self, table):
+        """INSERT_TAILS[key], and for a message the gaps a later copy fills (base.gap_fills): in ON
+        DUPLICATE KEY UPDATE a bare column is the row's, VALUES(c) the incoming copy's. Assignments run
+        left to right, each seeing the ones before: every fill reads only its own column and
+        chat_type, which none sets."""
+        tail = INSERT_TAILS[table.key]
+        if table is not schema.MESSAGES:
+            return tail
+        fills = self.gap_fills(lambda c: c, lambda c: f"VALUES({c})")
+        return tail + "".join(f", {c} = {expr}" for c, expr in fills).encode()
 
     def _insert_head(self, table):
         return f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)}) VALUES ".encode()
@@ -218,7 +227,7 @@ class MySQLTarget(PooledTarget):
 
     def _check_fits(self, table, row, limit):
         """RowRejected for a row whose INSERT alone is over max_allowed_packet (with the command byte)."""
-        size = len(self._insert_head(table)) + len(row) + len(INSERT_TAILS[table.key]) + 1
+        size = len(self._insert_head(table)) + len(row) + len(self._insert_tail(table)) + 1
         if size > limit:
             raise RowRejected(f"MySQL error 1153 (Got a packet bigger than 'max_allowed_packet' bytes): this row is"
                               f" {size:,} bytes as SQL, the server's max_allowed_packet is {limit:,} (raise it,"
@@ -229,7 +238,7 @@ class MySQLTarget(PooledTarget):
         is that input (MAX_MESSAGE_BYTES of JSON), `content` and `mentions` are parts of it, `text` is
         at most as long, and SQL escaping at most doubles a byte: six times the input, plus the
         other columns (ids of at most 128 characters, kinds, times, the host: ROW_FIXED)."""
-        head, tail = self._insert_head(schema.MESSAGES), INSERT_TAILS[schema.MESSAGES.key]
+        head, tail = self._insert_head(schema.MESSAGES), self._insert_tail(schema.MESSAGES)
         return len(head) + 6 * MAX_MESSAGE_BYTES + ROW_FIXED + len(tail) + 1
 
     def setting_problems(self, tx):
@@ -343,6 +352,20 @@ INSERT_TAILS = {
                    b" IF(CAST(message_id AS BINARY) = CAST(VALUES(message_id) AS BINARY), message_id, NULL)"),
     "event_id": b" ON DUPLICATE KEY UPDATE event_id = event_id",
 }
+
+
+_DUPLICATES = re.compile(rb"Duplicates: (\d+)")
+
+
+def _inserted(cur):
+    """Rows an INSERT … ON DUPLICATE KEY UPDATE added. Its affected rows count 1 per row inserted, 2
+    per row a gap fill changed and 0 per duplicate left as it was (PyMySQL does not set
+    CLIENT_FOUND_ROWS); a multi-row INSERT's info line ("Records: 5  Duplicates: 2  Warnings: 0")
+    counts the changed ones as Duplicates, a one-row INSERT has no such line (2 then is a change)."""
+    result = getattr(cur, "_result", None)
+    info = _DUPLICATES.search(getattr(result, "message", None) or b"")
+    changed = int(info.group(1)) if info else int(cur.rowcount == 2)
+    return cur.rowcount - 2 * changed
 
 
 def _statements(head, tail, rows, limit):

@@ -134,8 +134,17 @@ class PostgresTarget(PooledTarget):
         tx.execute(f"CREATE TEMP TABLE {staging} (LIKE {quoted} INCLUDING DEFAULTS) ON COMMIT DROP")
         with tx.conn.cursor() as cur:
             cur.copy_expert(f"COPY {staging} ({cols}) FROM STDIN", io.StringIO(data), size=COPY_CHUNK)
-        tx.execute(f"INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT DO NOTHING")
-        return tx.rowcount
+        if table is not schema.MESSAGES:
+            tx.execute(f"INSERT INTO {quoted} ({cols}) SELECT {cols} FROM {staging} ON CONFLICT DO NOTHING")
+            return tx.rowcount
+        # A message already there gets the gaps filled. RETURNING names inserted and filled rows
+        # alike; the rows new are those the table did not hold before (the statement's snapshot).
+        key, old, new = table.key, (lambda c: f"m.{c}"), (lambda c: f"excluded.{c}")
+        sets = ", ".join(f"{c} = {expr}" for c, expr in self.gap_fills(old, new))
+        return tx.value(f"WITH written AS (INSERT INTO {quoted} AS m ({cols}) SELECT {cols} FROM {staging}"
+                        f" ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {self.gap_found(old, new)}"
+                        f" RETURNING m.{key}) SELECT count(*) FROM written w"
+                        f" WHERE NOT EXISTS (SELECT 1 FROM {quoted} o WHERE o.{key} = w.{key})")
 
     def id_list(self, column, ids):
         return f"{column} = ANY(%s)", [list(ids)]

@@ -6,6 +6,7 @@ import os
 import sqlite3
 
 from ..errors import ConfigError, RowRejected, TableMissing, TargetUnavailable
+from ..schema import target as schema
 from .base import Target
 
 _NOW = "(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
@@ -64,12 +65,22 @@ class SqliteTarget(Target):
         return None
 
     def insert_rows(self, tx, table, rows):
-        marks = ", ".join("?" * len(table.written))
-        before = tx.conn.total_changes
-        tx.conn.executemany(f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)})"
-                            f" VALUES ({marks})"
-                            " ON CONFLICT DO NOTHING", rows)
-        return tx.conn.total_changes - before
+        marks, quoted = ", ".join("?" * len(table.written)), self.quote(self.name_of(table))
+        insert = f"INSERT INTO {quoted} ({', '.join(table.written)}) VALUES ({marks})"
+        if table is not schema.MESSAGES:
+            before = tx.conn.total_changes
+            tx.conn.executemany(insert + " ON CONFLICT DO NOTHING", rows)
+            return tx.conn.total_changes - before
+        # total_changes would count a gap filled as a change too: the rows new are the batch's ids
+        # the table did not hold before (in this write transaction, nobody else's can appear).
+        ids = [row[0] for row in rows]
+        held = tx.value(f"SELECT count(*) FROM {quoted} WHERE message_id IN (SELECT value FROM json_each(?))",
+                        (json.dumps(ids),))
+        old, new = (lambda c: f"{quoted}.{c}"), (lambda c: f"excluded.{c}")
+        sets = ", ".join(f"{c} = {expr}" for c, expr in self.gap_fills(old, new))
+        tx.conn.executemany(f"{insert} ON CONFLICT ({table.key}) DO UPDATE SET {sets}"
+                            f" WHERE {self.gap_found(old, new)}", rows)
+        return len(set(ids)) - held
 
     def id_list(self, column, ids):
         return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
