@@ -19,11 +19,12 @@ import socket
 import time
 
 from .. import jsonio
-from ..errors import RowRejected, TableMissing, TargetError, TargetUnavailable
+from ..errors import ConfigError, RowRejected, TableMissing, TargetError, TargetUnavailable
 from ..logs import mask_url
 from ..message.events import EDITED, RECALLED
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
+from .partitions import PlainLayout
 
 # How often (seconds) a relay whose role could not make the events table looks again for it.
 EVENTS_RECHECK = 5.0
@@ -83,9 +84,13 @@ class Target:
     # A driver that sends several statements in one query: a write transaction's opening statements
     # go out with its first statement, and its last ones with COMMIT. Round trips count far away.
     several_statements = False
+    # The layouts (targets/partitions.py) this database can give the messages table, by the `partition`
+    # setting's value.
+    layouts = {"none": PlainLayout}
 
     def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
-                 statement_timeout=30, host_name=None, create=True, error_detail=False):
+                 statement_timeout=30, host_name=None, create=True, error_detail=False, partition="none",
+                 retention=None):
         self.url = url
         self.table = schema.check_table_name(table)
         self.quoted = self.quote(table)
@@ -96,6 +101,12 @@ class Target:
         self.statement_timeout = statement_timeout
         self.host_name = host_name or socket.gethostname()
         self.error_detail = error_detail  # keep the row's values the server quotes in its errors (debugging)
+        if partition not in self.layouts:
+            raise ConfigError(f"partition = {partition} is not available on {self.title}: only"
+                              f" {', '.join(self.layouts)} (README: Partitions and retention)")
+        self.partition = partition  # the layout a table made here gets; one already made keeps its own
+        self.layout = PlainLayout()
+        self.retention = retention  # a timeconv.Duration the relay applies once a day, or None
         self.db = self.open_database(self.connect_args(url), create)
         self._schema_checked = False
         # The events table (and the columns it fills) made, so events can be written and applied. A
@@ -347,8 +358,9 @@ class Target:
         messages = [e.data for e in encoded if e.table is schema.MESSAGES]
         events = [e.data for e in encoded if e.table is schema.EVENTS]
         try:
+            self.layout.before_write(self, messages)
             with self.transaction(write=True) as tx:
-                new = self.insert_rows(tx, schema.MESSAGES, messages) if messages else 0
+                new = self.layout.insert_messages(self, tx, messages) if messages else 0
                 if events:
                     self.insert_rows(tx, schema.EVENTS, events)
                 if self.events_ready:
@@ -421,7 +433,11 @@ class Target:
     # -- schema -------------------------------------------------------------------------------------
 
     def schema_sql(self):
-        return schema.schema_sql(type(self), self.table)
+        return schema.schema_sql(type(self), self.table, partitioned=self.partition != "none")
+
+    def read_layout(self, tx):
+        """The layout the table has in the catalog (the one this target writes by)."""
+        return self.layout
 
     def schema_version(self):
         """The applied version of our table, 0 when absent. Raises TargetUnavailable."""
@@ -452,11 +468,13 @@ class Target:
             with self._ddl_unlocked_after(tx):
                 tx.execute(self.version_table_sql())
                 current, recorded = self._version(tx), self._recorded_version(tx)
-                migrations = schema.target_migrations(type(self), self.table, existing=self.table_columns(tx))
+                migrations = schema.migrations_for(type(self), self.table, existing=self.table_columns(tx),
+                                                   partitioned=self.partition != "none")
                 for stmts in migrations[current:]:
                     for sql in stmts:
                         tx.execute(sql)
                 tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
+                self.layout = self.read_layout(tx)
         if recorded > current:
             log.warning("table %s was dropped: made again (version %s was on record)", self.table, recorded)
         self.events_ready = True
@@ -504,6 +522,8 @@ class Target:
             # The version table may be unreadable too: a DBA who ran the DDL often grants
             # the app role only what it needs on the messages table.
             if self.schema_version() >= len(migrations):
+                with self.transaction() as tx:
+                    self.layout = self.read_layout(tx)
                 self._checked(events_ready=True)
                 return False
             self.init_db(trigram=True)

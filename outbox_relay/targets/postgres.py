@@ -14,6 +14,7 @@ from ..errors import RowRejected, StatementTimeout, TableMissing, TargetUnavaila
 from ..logs import mask_url
 from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
+from .partitions import MonthlyLayout, PlainLayout
 
 # SQLSTATE classes about the data in the rows: retrying the same rows cannot help.
 # 22 data exception (bad value, NUL byte, too long), 23 integrity constraint,
@@ -33,6 +34,7 @@ class PostgresTarget(PooledTarget):
              "empty": " DEFAULT ''"}
     search_index_note = "needs the pg_trgm extension"
     several_statements = True
+    layouts = {"none": PlainLayout, "month": MonthlyLayout}
 
     @classmethod
     def connect_args(cls, url):
@@ -183,6 +185,12 @@ class PostgresTarget(PooledTarget):
 
     def day_of(self, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def read_layout(self, tx):
+        # relkind 'p': a partitioned table.
+        kind = tx.value("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (self.quoted,))
+        wanted = MonthlyLayout if kind == "p" else PlainLayout
+        return self.layout if type(self.layout) is wanted else wanted()
 
     def stream_rows(self, tx, sql, params, size):
         # A server-side cursor by DECLARE/FETCH: psycopg2's named cursors refuse a connection in

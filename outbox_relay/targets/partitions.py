@@ -1,0 +1,181 @@
+"""How the messages table is laid out (issue 22): plain (one table: every database), or partitioned
+by month of created_at (PostgreSQL's declarative partitioning). What differs between the two is a
+method here; a target holds one layout, read from the catalog (`Target.read_layout`), never from the
+setting alone: a partitioned table written as a plain one would take a message twice.
+
+Exactly once on a partitioned table: PostgreSQL's unique indexes there must hold created_at, and the
+same message reaches us with different created_at values (the webhook's create_time, the hook's
+context.timestamp, a backfill's item). So the batch's transaction first inserts the message_ids into
+the keys table (message_id PRIMARY KEY) with ON CONFLICT DO NOTHING RETURNING, then COPYs only the
+rows whose key was new: one more round trip than the plain layout, no temporary table.
+"""
+
+import datetime as dt
+import logging
+import time
+
+from ..errors import ConfigError, TargetError
+from ..schema import target as schema
+from ..timeconv import UTC, ms_to_datetime
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("none", "month")
+# Months of their own: from this many months before now to AHEAD after it, made on demand when a batch
+# holds a message of one; anything else (a clock at 1970, a date in 2100) goes to DEFAULT.
+BEHIND = 12 * 20
+AHEAD = 3
+MAINTAIN_EVERY = 86_400.0  # seconds between the relay's runs of maintain(): months ahead, retention
+_CREATED = schema.MESSAGES.written.index("created_at")
+
+
+class PlainLayout:
+    """One table: the database's unique key on message_id keeps a message one row."""
+
+    name = "none"
+    partitioned = False
+
+    def before_write(self, target, lines):
+        """What a batch needs made before its transaction (a partition)."""
+
+    def insert_messages(self, target, tx, lines):
+        return target.insert_rows(tx, schema.MESSAGES, lines)
+
+    def maintain(self, target):
+        """The relay's daily work on the table."""
+
+    def partitions(self, target):
+        raise ConfigError(f"table {target.table} is not partitioned: convert it first (`outbox-relay partition"
+                          " --convert`); retention drops whole months, and a plain table has none")
+
+
+class MonthlyLayout(PlainLayout):
+    """PostgreSQL: RANGE partitions of created_at, one a month, and a DEFAULT one."""
+
+    name = "month"
+    partitioned = True
+
+    def __init__(self):
+        self.months = set()  # (year, month) partitions known to exist
+        self.maintained_at = None
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def before_write(self, target, lines):
+        now = time.time()
+        if self.maintained_at is None or now - self.maintained_at >= MAINTAIN_EVERY:
+            self.maintain(target)
+        wanted = {month for month in map(_month_of, lines) if _own_partition(month, now)} - self.months
+        if wanted:
+            self.make_months(target, sorted(wanted))
+
+    def insert_messages(self, target, tx, lines):
+        """The keys first, then the rows whose key was new (COPY, routed to their partitions)."""
+        keys = [_key_of(line) for line in lines]
+        new = {r[0] for r in tx.execute(
+            f"INSERT INTO {target.quote(schema.keys_table(target.table))} (message_id, created_at)"
+            " SELECT * FROM unnest(%s::text[], %s::timestamptz[]) ON CONFLICT DO NOTHING RETURNING message_id",
+            ([k for k, _ in keys], [c for _, c in keys]))}
+        fresh = []
+        for line, (key, _) in zip(lines, keys):
+            if key in new:  # once: a batch may hold one message twice (two ways in, two created_at)
+                new.discard(key)
+                fresh.append(line)
+        return target.insert_rows(tx, schema.MESSAGES, fresh) if fresh else 0
+
+    # -- partitions -----------------------------------------------------------------------------
+
+    def maintain(self, target):
+        """The months around now made ahead (the relay at start and once a day), and retention where set."""
+        self.maintained_at = time.time()
+        self.months = {(y, m) for y, m, _ in self.partitions(target) if m}
+        now = dt.datetime.now(UTC)
+        ahead = [_add_months((now.year, now.month), k) for k in range(-1, AHEAD + 1)]
+        self.make_months(target, [m for m in ahead if m not in self.months])
+        if target.retention is not None:
+            from ..archive.retention import apply_retention
+            apply_retention(target, target.retention)
+
+    def make_months(self, target, months):
+        """Each month's partition, where it is not there yet. A role that may not make one (the DBA made
+        the table) is told once a day: the month's rows go to DEFAULT meanwhile, nothing waits."""
+        for month in months:
+            name = partition_name(target.table, month)
+            try:
+                with target.transaction(timeout=False) as tx:
+                    target.ddl_lock(tx)
+                    made = not target.table_exists(tx, name)
+                    if made:
+                        self.make_month(target, tx, month)
+            except TargetError as e:
+                if not (e.sqlstate or "").startswith("42"):
+                    raise
+                log.warning("cannot make partition %s (%s): its rows go to %s_default until the DBA makes it",
+                            name, e, target.table)
+                made = False
+            self.months.add(month)
+            if made:
+                log.info("made partition %s", name)
+
+    def make_month(self, target, tx, month, name=None):
+        """A month's partition, with what DEFAULT already holds of it moved in (a partition may not be
+        attached while DEFAULT holds rows of its range)."""
+        t, default = target.quoted, target.quote(target.table + "_default")
+        part = target.quote(name or partition_name(target.table, month))
+        low, high = month_range(month)
+        tx.execute(f"CREATE TABLE {part} (LIKE {t} INCLUDING DEFAULTS)")
+        tx.execute(f"WITH moved AS (DELETE FROM {default} WHERE created_at >= %s AND created_at < %s RETURNING *)"
+                   f" INSERT INTO {part} SELECT * FROM moved", (low, high))
+        tx.execute(f"ALTER TABLE {t} ATTACH PARTITION {part} FOR VALUES FROM (%s) TO (%s)", (low, high))
+
+    def partitions(self, target):
+        """[(year, month, name)] of the table's partitions, oldest first; DEFAULT as (None, None, name)."""
+        schema_name, _, name = target.table.rpartition(".")
+        rows = target.query(
+            "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c ON c.oid ="
+            " i.inhrelid WHERE i.inhparent = to_regclass(%s)", (target.quoted,))
+        out = []
+        for relname, bound in rows:
+            low = _bound_month(bound)
+            out.append((low[0], low[1], relname) if low else (None, None, relname))
+        return sorted(out, key=lambda p: (p[0] is not None, p[0] or 0, p[1] or 0))
+
+
+def partition_name(table, month):
+    return f"{table}_p{month[0]:04d}_{month[1]:02d}"
+
+
+def month_range(month):
+    """(first instant, first instant of the next month) as aware datetimes."""
+    return dt.datetime(month[0], month[1], 1, tzinfo=UTC), dt.datetime(*_add_months(month, 1), 1, tzinfo=UTC)
+
+
+def _add_months(month, k):
+    n = month[0] * 12 + month[1] - 1 + k
+    return n // 12, n % 12 + 1
+
+
+def _bound_month(bound):
+    """"FOR VALUES FROM ('2026-11-01 00:00:00+00') TO (…)" -> (2026, 11); DEFAULT -> None."""
+    if "FROM ('" not in bound:
+        return None
+    text = bound.split("FROM ('", 1)[1]
+    return int(text[0:4]), int(text[5:7])
+
+
+def _key_of(line):
+    """A COPY line -> (message_id, created_at text). Ids hold no control characters (message/fields.py),
+    so a backslash is the only escape COPY can have put in one."""
+    fields = line.split("\t", _CREATED + 1)
+    return fields[0].replace("\\\\", "\\"), fields[_CREATED]
+
+
+def _month_of(line):
+    created = line.split("\t", _CREATED + 1)[_CREATED]
+    return int(created[0:4]), int(created[5:7])
+
+
+def _own_partition(month, now):
+    today = ms_to_datetime(int(now * 1000))
+    here = today.year * 12 + today.month
+    return here - BEHIND <= month[0] * 12 + month[1] <= here + AHEAD
