@@ -439,6 +439,12 @@ class Target:
         """The layout the table has in the catalog (the one this target writes by)."""
         return self.layout
 
+    def adopt_layout(self):
+        """Read the table's layout from the catalog and write by it from now on. -> the layout."""
+        with self.transaction() as tx:
+            self.layout = self.read_layout(tx)
+        return self.layout
+
     def schema_version(self):
         """The applied version of our table, 0 when absent. Raises TargetUnavailable."""
         with self.transaction() as tx:
@@ -522,8 +528,7 @@ class Target:
             # The version table may be unreadable too: a DBA who ran the DDL often grants
             # the app role only what it needs on the messages table.
             if self.schema_version() >= len(migrations):
-                with self.transaction() as tx:
-                    self.layout = self.read_layout(tx)
+                self.adopt_layout()
                 self._checked(events_ready=True)
                 return False
             self.init_db(trigram=True)

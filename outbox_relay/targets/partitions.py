@@ -14,7 +14,7 @@ import datetime as dt
 import logging
 import time
 
-from ..errors import ConfigError, TargetError
+from ..errors import LayoutError, TargetError
 from ..schema import target as schema
 from ..timeconv import UTC, ms_to_datetime
 
@@ -25,6 +25,7 @@ LAYOUTS = ("none", "month")
 # holds a message of one; anything else (a clock at 1970, a date in 2100) goes to DEFAULT.
 BEHIND = 12 * 20
 AHEAD = 3
+HELD_SUFFIX = "_held"  # a month's partition that retention left holding only the rows of held chats
 MAINTAIN_EVERY = 86_400.0  # seconds between the relay's runs of maintain(): months ahead, retention
 _CREATED = schema.MESSAGES.written.index("created_at")
 
@@ -45,7 +46,7 @@ class PlainLayout:
         """The relay's daily work on the table."""
 
     def partitions(self, target):
-        raise ConfigError(f"table {target.table} is not partitioned: convert it first (`outbox-relay partition"
+        raise LayoutError(f"table {target.table} is not partitioned: convert it first (`outbox-relay partition"
                           " --convert`); retention drops whole months, and a plain table has none")
 
 
@@ -127,6 +128,46 @@ class MonthlyLayout(PlainLayout):
         tx.execute(f"WITH moved AS (DELETE FROM {default} WHERE created_at >= %s AND created_at < %s RETURNING *)"
                    f" INSERT INTO {part} SELECT * FROM moved", (low, high))
         tx.execute(f"ALTER TABLE {t} ATTACH PARTITION {part} FOR VALUES FROM (%s) TO (%s)", (low, high))
+
+    # -- retention (archive/retention.py decides; these say it in PostgreSQL's words) -------------
+
+    def chats_in(self, target, name):
+        """[(chat_id, rows)] of one partition."""
+        return target.query(f"SELECT chat_id, count(*) FROM {target.quote(name)} GROUP BY chat_id ORDER BY chat_id")
+
+    def rows_before(self, target, name, before):
+        with target.transaction() as tx:
+            if not target.table_exists(tx, name):
+                return 0
+            return tx.value(f"SELECT count(*) FROM {target.quote(name)} WHERE created_at < %s", (before,))
+
+    def drop_month(self, target, month, name, held):
+        """One month, in one transaction: the rows of `held` chats into a new partition of the same range,
+        the other messages' events deleted, DETACH + DROP, the new partition attached. A relay's batch
+        waits for it (DETACH locks the table), never longer."""
+        t, part, events = target.quoted, target.quote(name), target.quote(target.events_table)
+        with target.transaction(timeout=False) as tx:
+            kept = tx.value(f"SELECT count(*) FROM {part} WHERE chat_id = ANY(%s)", (held,)) if held else 0
+            if kept and not tx.value(f"SELECT count(*) FROM {part} WHERE NOT chat_id = ANY(%s) OR chat_id IS NULL",
+                                     (held,)):
+                return {"held": kept, "action": "kept (only held rows)"}
+            keeper = None
+            if kept:
+                base = partition_name(target.table, month)
+                keeper = target.quote(base if name.endswith(HELD_SUFFIX) else base + HELD_SUFFIX)
+                tx.execute(f"CREATE TABLE {keeper} (LIKE {t} INCLUDING DEFAULTS)")
+                tx.execute(f"INSERT INTO {keeper} SELECT * FROM {part} WHERE chat_id = ANY(%s)", (held,))
+            if target.table_exists(tx, target.events_table):
+                tx.execute(f"DELETE FROM {events} e USING {part} m WHERE e.message_id = m.message_id"
+                           " AND (m.chat_id IS NULL OR NOT m.chat_id = ANY(%s))", (held,))
+            tx.execute(f"ALTER TABLE {t} DETACH PARTITION {part}")
+            tx.execute(f"DROP TABLE {part}")
+            if keeper:
+                low, high = month_range(month)
+                tx.execute(f"ALTER TABLE {t} ATTACH PARTITION {keeper} FOR VALUES FROM (%s) TO (%s)", (low, high))
+        if keeper is None:
+            self.months.discard(month)
+        return {"held": kept, "action": "replaced by its held rows" if keeper else "dropped"}
 
     def partitions(self, target):
         """[(year, month, name)] of the table's partitions, oldest first; DEFAULT as (None, None, name)."""
