@@ -180,7 +180,24 @@ def partitioned_messages(db, table):
         f"CREATE TABLE IF NOT EXISTS {t} (\n{body}\n) PARTITION BY RANGE (created_at)",
         f"CREATE TABLE IF NOT EXISTS {db.quote(table + '_default')} PARTITION OF {t} DEFAULT"]
     statements += db.create_table_statements(table, dataclasses.replace(MESSAGES, columns=()))[1:]
-    return statements + db.create_table_statements(keys_table(table), KEYS)
+    return statements + db.create_table_statements(keys_table(table), KEYS) + one_row_guard(db, table)
+
+
+def one_row_guard(db, table, keys=None):
+    """A trigger that makes the database itself keep a message one row for any writer that does not write
+    the keys (an older relay, a relay that has not seen the table become partitioned, a DBA's INSERT): the
+    row goes in only if its message_id is new to the keys table. The relay writes the keys itself, a batch
+    at a time (faster), and says so for its transaction (outbox_relay.keyed)."""
+    function = db.quote(table + "_one_row")
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF current_setting('outbox_relay.keyed', true) = 'on' THEN RETURN NEW; END IF;"
+        f" INSERT INTO {db.quote(keys or keys_table(table))} (message_id, created_at)"
+        " VALUES (NEW.message_id, NEW.created_at) ON CONFLICT DO NOTHING;"
+        " IF FOUND THEN RETURN NEW; END IF; RETURN NULL; END $$",
+        f"DROP TRIGGER IF EXISTS one_row ON {db.quote(table)}",
+        f"CREATE TRIGGER one_row BEFORE INSERT ON {db.quote(table)} FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
 
 
 def column_line(db, column):

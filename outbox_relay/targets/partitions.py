@@ -74,7 +74,8 @@ class MonthlyLayout(PlainLayout):
         """The keys first, then the rows whose key was new (COPY, routed to their partitions)."""
         keys = [_key_of(line) for line in lines]
         new = {r[0] for r in tx.execute(
-            f"INSERT INTO {target.quote(schema.keys_table(target.table))} (message_id, created_at)"
+            "SELECT set_config('outbox_relay.keyed', 'on', true);"
+            f" INSERT INTO {target.quote(schema.keys_table(target.table))} (message_id, created_at)"
             " SELECT * FROM unnest(%s::text[], %s::timestamptz[]) ON CONFLICT DO NOTHING RETURNING message_id",
             ([k for k, _ in keys], [c for _, c in keys]))}
         fresh = []

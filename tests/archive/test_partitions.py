@@ -101,3 +101,14 @@ def test_the_relay_follows_the_table_not_the_setting(make_target, pg_url):
 def test_partition_month_is_postgresql_only(tmp_path, invoke):
     result = invoke("init-db", "--target", f"sqlite:///{tmp_path}/a.db", "--partition", "month")
     assert result.exit_code == 2 and "partition = month is not available on SQLite" in result.output
+
+
+def test_a_writer_that_does_not_write_the_keys_still_makes_one_row(make_target, pg_url):
+    """An older relay, or one that has not yet seen the table become partitioned, COPYs or INSERTs plain
+    rows: the table's trigger keeps each message one row all the same."""
+    make_target(pg_url, partition="month").close()
+    columns = "message_id, msg_type, text, created_at, source, received_at"
+    for at in ("2026-01-05", "2026-03-05", "2026-01-05"):
+        pg_query(pg_url, f"INSERT INTO feishu_messages ({columns}) VALUES ('om_x', 'text', 'x', %s, 'api', now())",
+                 (at,))
+    assert pg_query(pg_url, "SELECT count(*), min(created_at)::date::text FROM feishu_messages") == [(1, "2026-01-05")]
