@@ -1,8 +1,9 @@
-"""Commands that manage the archive's life: retention, legal holds."""
+"""Commands that manage the archive's life: its layout (partition), retention, legal holds."""
 
 import click
 
 from ..operate.human import format_holds, format_retention
+from ..progress import progress_for
 from ..timeconv import parse_duration
 from .group import cli
 from .options import BadSetting, friendly_errors, json_option, opened, settings_options, show
@@ -80,3 +81,35 @@ def hold_list(cfg, audit, as_json):
     with opened(cfg, outbox=False, create=False) as (_, target):
         result = list_holds(target)
     show(result, as_json, lambda r: format_holds(r, audit))
+
+
+@cli.command()
+@settings_options
+@click.option("--convert", is_flag=True,
+              help="Move a plain table into the partitioned layout while relays keep delivering (resumable).")
+@click.option("--rows-per-batch", type=click.IntRange(min=1), default=5000, show_default=True,
+              help="Rows copied a transaction by --convert.")
+@json_option
+@friendly_errors
+def partition(cfg, convert, rows_per_batch, as_json):
+    """The messages table's layout and its partitions; --convert makes a plain table partitioned by month.
+
+    --convert copies the rows in batches while a trigger mirrors what relays write meanwhile, then swaps
+    the tables in one short transaction; the plain table is kept as TABLE_plain until you drop it. Killed,
+    it goes on from where it stopped when run again.
+    """
+    from ..targets.convert import Conversion
+    with opened(cfg, outbox=False, create=False) as (_, target):
+        if convert:
+            with progress_for() as progress:
+                result = Conversion(target, rows_per_batch, progress).run()
+            show(result, as_json, lambda r: f"{target.table} is partitioned by month ({r['copied']} rows copied by"
+                                            f" this run); the plain table is kept as {r['old']}: DROP it when"
+                                            " you are satisfied")
+            return
+        layout = target.adopt_layout()
+        parts = [{"month": f"{y:04d}-{m:02d}" if y else "default", "partition": name}
+                 for y, m, name in layout.partitions(target)] if layout.partitioned else []
+    show({"table": target.table, "layout": layout.name, "partitions": parts}, as_json,
+         lambda r: "\n".join([f"{r['table']}: {r['layout']}"] + [f"  {p['month']:<8} {p['partition']}"
+                                                                 for p in r["partitions"]]))

@@ -28,6 +28,8 @@ from .partitions import PlainLayout
 
 # How often (seconds) a relay whose role could not make the events table looks again for it.
 EVENTS_RECHECK = 5.0
+# How often (seconds) a relay reads its table's layout again (a conversion under it).
+LAYOUT_RECHECK = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,7 @@ class Target:
         # again now and then (EVENTS_RECHECK) for the DBA to have run it.
         self.events_ready = False
         self._events_recheck_at = 0.0
+        self._layout_recheck_at = time.monotonic() + LAYOUT_RECHECK
 
     # -- what each database says for itself --------------------------------------------------
 
@@ -522,6 +525,10 @@ class Target:
         if self._schema_checked:
             if not self.events_ready and time.monotonic() >= self._events_recheck_at:
                 self._recheck_events()
+            if time.monotonic() >= self._layout_recheck_at:
+                # A table converted under a running relay (`partition --convert`) is written its new way.
+                self._layout_recheck_at = time.monotonic() + LAYOUT_RECHECK
+                self.adopt_layout()
             return False
         migrations = schema.target_migrations(type(self), self.table)
         try:

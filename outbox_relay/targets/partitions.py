@@ -119,11 +119,12 @@ class MonthlyLayout(PlainLayout):
             if made:
                 log.info("made partition %s", name)
 
-    def make_month(self, target, tx, month, name=None):
+    def make_month(self, target, tx, month, name=None, parent=None):
         """A month's partition, with what DEFAULT already holds of it moved in (a partition may not be
         attached while DEFAULT holds rows of its range)."""
-        t, default = target.quoted, target.quote(target.table + "_default")
-        part = target.quote(name or partition_name(target.table, month))
+        parent = parent or target.table
+        t, default = target.quote(parent), target.quote(parent + "_default")
+        part = target.quote(name or partition_name(parent, month))
         low, high = month_range(month)
         tx.execute(f"CREATE TABLE {part} (LIKE {t} INCLUDING DEFAULTS)")
         tx.execute(f"WITH moved AS (DELETE FROM {default} WHERE created_at >= %s AND created_at < %s RETURNING *)"
