@@ -109,7 +109,7 @@ def export(cfg, chats, senders, since, until, fmt, output, bom):
 @contextlib.contextmanager
 def _output(path):
     """stdout, or the file: written as FILE.partial, renamed into place when whole (a failed export
-    leaves no file that looks complete)."""
+    leaves no file that looks complete); a device or a pipe is written directly."""
     if path is None:
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
         try:
@@ -117,6 +117,11 @@ def _output(path):
         finally:
             out.flush()
             out.detach()  # stdout stays open for what click writes after
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device or a pipe (/dev/null, a FIFO): written as it is; a rename would replace it with a file.
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            yield out
         return
     partial = f"{path}.partial"
     try:

@@ -169,3 +169,21 @@ def test_a_bad_exported_line_is_refused_naming_it(invoke, tmp_path):
     result = invoke("put", src, "--outbox", tmp_path / "o.db")
     assert result.exit_code == 1
     assert "line 2: history[0].kind must be one of" in result.output
+
+
+def test_output_to_a_device_writes_it_and_leaves_it_a_device(invoke, tmp_path, pg_url):
+    """--output /dev/null (or a FIFO) is written as it is: renaming a finished file over it would replace
+    the device with a regular file."""
+    import os
+    import stat
+    archive_of([flat(i) for i in range(3)], invoke, tmp_path, pg_url, "first")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, encoding="utf-8").read()))
+    reader.start()
+    result = invoke("export", "--target", pg_url, "--format", "jsonl", "--output", fifo)
+    reader.join(10)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and len(got[0].splitlines()) == 3

@@ -1,0 +1,114 @@
+"""The archive at size (issue 22): export's peak memory, search and stats on the partitioned table beside
+the plain one, and retention of one month (DETACH + DROP) beside a DELETE of the same rows.
+
+Rows are made inside PostgreSQL (generate_series, about 1 KB each, over 36 months), the same rows in
+both layouts; the partitioned table gets its months first, so no row lands in DEFAULT.
+"""
+
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import Line, limit_line
+
+from outbox_relay.archive.retention import apply_retention
+from outbox_relay.archive.search import search_target
+from outbox_relay.archive.stats import target_stats
+from outbox_relay.targets import open_target
+from outbox_relay.timeconv import now_ms, parse_duration
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "archive"))
+from memory import WRAPPER  # noqa: E402
+from test_export import generate_sql  # noqa: E402 - one generator for the tests and the benchmark
+
+EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
+
+
+def filled(url, n, partition, months=36):
+    target = open_target(url, partition=partition, host_name="bench")
+    target.init_db()
+    if target.layout.partitioned:
+        end = dt.date(2026, 12, 1)
+        target.layout.make_months(target, [((end.year * 12 + end.month - 1 - k) // 12,
+                                            (end.year * 12 + end.month - 1 - k) % 12 + 1) for k in range(months + 1)])
+    with target.transaction(timeout=False) as tx:
+        tx.execute(generate_sql(n, target.table, months))
+        tx.execute(f"ANALYZE {target.quoted}")
+    return target
+
+
+def bench_export(url, n, limit_mb=100):
+    target = filled(url, n, "none", months=1)
+    target.close()
+    out = os.path.join(tempfile.mkdtemp(prefix="outbox-relay-export-"), "export.jsonl")
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, EXE, "export", "--target", url, "--format", "jsonl",
+                           "--output", out], capture_output=True, text=True)
+    result = json.loads(proc.stdout)
+    os.remove(out) if os.path.exists(out) else None
+    if result["rc"] != 0:
+        raise RuntimeError(result["stderr"])
+    return [limit_line(f"export: peak RSS of {n:,} rows to JSON lines", result["maxrss_kb"] / 1024, "MB", limit_mb,
+                       baseline=f"{n * 1.1 / 1024:,.0f} MB of rows", note="`outbox-relay export --format jsonl` as"
+                       " a child of a wrapper whose only child it is (ru_maxrss); the baseline is what the rows"
+                       f" weigh, which a non-streaming export would hold; took {result['seconds']:.1f} s")]
+
+
+def timed(fn, rounds=5):
+    fn()  # warm the cache
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_read(plain_url, part_url, n):
+    plain, part = filled(plain_url, n, "none"), filled(part_url, n, "month")
+    since = now_ms() - 30 * 86_400_000
+    lines = []
+    try:
+        for what, fn in (
+                ("search '消息1' --since 30d", lambda t: search_target(t, "消息1", since_ms=since, limit=20)),
+                ("search on chat --since 30d", lambda t: search_target(t, "消息", chat="oc_gen_7", since_ms=since)),
+                ("stats --days 30", lambda t: target_stats(t, days=30))):
+            ours, base = timed(lambda f=fn: f(part)), timed(lambda f=fn: f(plain))
+            ratio = ours / base if base else float("inf")
+            lines.append(Line(f"archive: {what}, partitioned vs plain ({n:,} rows)", f"{ours * 1000:,.1f} ms",
+                              f"{base * 1000:,.1f} ms", ratio, "≤ 1.2×", ratio <= 1.2,
+                              "the same rows in a table partitioned by month and in a plain one, median of 5"))
+    finally:
+        plain.close()
+        part.close()
+    return lines
+
+
+def bench_retention(delete_url, part_url, n):
+    """One old month of n rows: retention's DETACH + DROP vs DELETE of the same rows from a plain table."""
+    part, plain = filled(part_url, n, "month", months=1), filled(delete_url, n, "none", months=1)
+    try:
+        wal = "SELECT pg_current_wal_insert_lsn()"
+        before = part.query(wal)[0][0]
+        start = time.perf_counter()
+        report = apply_retention(part, parse_duration("1d"), now=dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc))
+        ours = time.perf_counter() - start
+        ours_wal = float(part.query(f"SELECT pg_wal_lsn_diff(({wal}), %s)", (before,))[0][0])
+        before = plain.query(wal)[0][0]
+        start = time.perf_counter()
+        plain.query(f"DELETE FROM {plain.quoted} WHERE created_at < '2026-12-01'")
+        base = time.perf_counter() - start
+        base_wal = float(plain.query(f"SELECT pg_wal_lsn_diff(({wal}), %s)", (before,))[0][0])
+    finally:
+        part.close()
+        plain.close()
+    dropped = sum(1 for m in report["months"] if m["action"] == "dropped")
+    ratio = base / ours if ours else float("inf")
+    return [Line(f"retention: one month of {n:,} rows, DROP vs DELETE", f"{ours * 1000:,.0f} ms",
+                 f"{base * 1000:,.0f} ms", ratio, "≥ 10×", ratio >= 10 and dropped >= 1,
+                 f"apply_retention (DETACH + DROP, {dropped} partition) vs DELETE of the same rows from a plain"
+                 f" table; WAL written: {ours_wal / 1e6:,.2f} MB vs {base_wal / 1e6:,.1f} MB")]
