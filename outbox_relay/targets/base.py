@@ -486,6 +486,7 @@ class Target:
                 self.layout = self.read_layout(tx)
         if recorded > current:
             log.warning("table %s was dropped: made again (version %s was on record)", self.table, recorded)
+        self.layout.after_init(self)
         self.events_ready = True
         report = {"from_version": current, "version": len(migrations), "dropped": recorded > current,
                   "trigram": None}

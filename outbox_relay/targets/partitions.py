@@ -45,6 +45,9 @@ class PlainLayout:
     def maintain(self, target):
         """The relay's daily work on the table."""
 
+    def after_init(self, target):
+        """What init-db does beyond the DDL (the months around now)."""
+
     def partitions(self, target):
         raise LayoutError(f"table {target.table} is not partitioned: convert it first (`outbox-relay partition"
                           " --convert`); retention drops whole months, and a plain table has none")
@@ -87,13 +90,20 @@ class MonthlyLayout(PlainLayout):
 
     # -- partitions -----------------------------------------------------------------------------
 
-    def maintain(self, target):
-        """The months around now made ahead (the relay at start and once a day), and retention where set."""
-        self.maintained_at = time.time()
+    def after_init(self, target):
+        self.make_ahead(target)
+
+    def make_ahead(self, target):
+        """The months around now (last month to AHEAD ahead), where they are not made yet."""
         self.months = {(y, m) for y, m, _ in self.partitions(target) if m}
         now = dt.datetime.now(UTC)
         ahead = [_add_months((now.year, now.month), k) for k in range(-1, AHEAD + 1)]
         self.make_months(target, [m for m in ahead if m not in self.months])
+
+    def maintain(self, target):
+        """The months around now made ahead (the relay at start and once a day), and retention where set."""
+        self.maintained_at = time.time()
+        self.make_ahead(target)
         if target.retention is not None:
             from ..archive.retention import apply_retention
             apply_retention(target, target.retention)

@@ -3,6 +3,7 @@ message still one row when it comes twice with different created_at values by di
 kill -9. The issue's 300,000 messages are in `make bench` (bench/partitions.py); here 12,000."""
 
 import datetime as dt
+import json
 import signal
 
 from factories import feishu_message, sample
@@ -112,3 +113,14 @@ def test_a_writer_that_does_not_write_the_keys_still_makes_one_row(make_target, 
         pg_query(pg_url, f"INSERT INTO feishu_messages ({columns}) VALUES ('om_x', 'text', 'x', %s, 'api', now())",
                  (at,))
     assert pg_query(pg_url, "SELECT count(*), min(created_at)::date::text FROM feishu_messages") == [(1, "2026-01-05")]
+
+
+def test_init_db_makes_the_months_around_now(invoke, pg_url):
+    assert invoke("init-db", "--partition", "month", "--target", pg_url).exit_code == 0
+    now = dt.datetime.now(dt.timezone.utc)
+    here = now.year * 12 + now.month - 1
+    wanted = [f"feishu_messages_p{(here + k) // 12:04d}_{(here + k) % 12 + 1:02d}" for k in range(-1, 4)]
+    listed = invoke("partition", "--json", "--target", pg_url)
+    assert listed.exit_code == 0, listed.output
+    names = [p["partition"] for p in json.loads(listed.stdout)["partitions"]]
+    assert names == ["feishu_messages_default"] + wanted
