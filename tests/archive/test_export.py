@@ -187,3 +187,29 @@ def test_output_to_a_device_writes_it_and_leaves_it_a_device(invoke, tmp_path, p
     reader.join(10)
     assert result.exit_code == 0, result.output
     assert stat.S_ISFIFO(os.stat(fifo).st_mode) and len(got[0].splitlines()) == 3
+
+
+def comparable(path):
+    """An export's lines without what each relay stamps on its way in."""
+    out = []
+    for line in open(path, encoding="utf-8"):
+        data = json.loads(line)
+        for stamp in ("received_at", "relayed_at"):
+            data["archived"].pop(stamp)
+        out.append(data)
+    return out
+
+
+def test_jsonl_from_mariadb_into_a_sqlite_archive_exports_the_same(invoke, tmp_path, maria_url):
+    """MySQL's unbuffered cursor and SQLite's: an export, put into another archive of another database,
+    exports the same lines."""
+    archive_of(mixed_payloads(), invoke, tmp_path, maria_url, "first")
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert invoke("export", "--target", maria_url, "--format", "jsonl", "-o", first).exit_code == 0
+    copy = f"sqlite:///{tmp_path}/copy.db"
+    assert invoke("put", first, "--outbox", tmp_path / "copy-outbox.db").exit_code == 0
+    assert invoke("sync", "--outbox", tmp_path / "copy-outbox.db", "--target", copy).exit_code == 0
+    assert invoke("export", "--target", copy, "--format", "jsonl", "-o", second).exit_code == 0
+    lines = comparable(first)
+    assert len(lines) == 27 and sum(len(x["history"]) for x in lines) == 5
+    assert comparable(second) == lines
