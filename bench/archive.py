@@ -8,13 +8,14 @@ both layouts; the partitioned table gets its months first, so no row lands in DE
 import datetime as dt
 import json
 import os
+import pathlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from common import Line, limit_line
+from common import Line, harness, limit_line
 
 from outbox_relay.archive.retention import apply_retention
 from outbox_relay.archive.search import search_target
@@ -23,6 +24,7 @@ from outbox_relay.targets import open_target
 from outbox_relay.timeconv import now_ms, parse_duration
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "archive"))
+harness("relayutil")  # puts tests/ on the path, for the scenarios of tests/archive
 from memory import WRAPPER  # noqa: E402
 from test_export import generate_sql  # noqa: E402 - one generator for the tests and the benchmark
 
@@ -112,3 +114,65 @@ def bench_retention(delete_url, part_url, n):
                  f"{base * 1000:,.0f} ms", ratio, "≥ 10×", ratio >= 10 and dropped >= 1,
                  f"apply_retention (DETACH + DROP, {dropped} partition) vs DELETE of the same rows from a plain"
                  f" table; WAL written: {ours_wal / 1e6:,.2f} MB vs {base_wal / 1e6:,.1f} MB")]
+
+
+class Spawner:
+    """The tests' `spawn` fixture, for a benchmark: relayutil.RelayProcess children in a directory."""
+
+    def __init__(self, workdir):
+        self.workdir, self.procs = workdir, []
+
+    def __call__(self, name, args, **settings):
+        relayutil = harness("relayutil")
+        proc = relayutil.RelayProcess(args, relayutil.relay_env(**settings), cwd=self.workdir,
+                                      log_path=os.path.join(self.workdir, f"{name}.log"))
+        self.procs.append(proc)
+        return proc
+
+    def close(self):
+        for proc in self.procs:
+            proc.stop()
+
+
+def bench_load(workdir, url, n):
+    """The issue's load: n messages over 36 months into a partitioned table, a tenth again by another way in
+    with another created_at, the relay killed -9 again and again (tests/archive/test_partitions.py)."""
+    scenario, relayutil = harness("test_partitions"), harness("relayutil")
+    spawn, where = Spawner(workdir), pathlib.Path(workdir) / "load"
+    where.mkdir(exist_ok=True)
+    start = time.perf_counter()
+    try:
+        kills = scenario.deliver_twice_through_kill_9(spawn, where, url, n)
+    finally:
+        spawn.close()
+    seconds = time.perf_counter() - start
+    rows = relayutil.pg_rows(url)
+    doubled = len(rows) - len(set(rows))
+    months = scenario.months_by_partition(url)
+    own = sum(1 for m, p, _ in months if m != "1970_01" and p == f"feishu_messages_p{m}")
+    in_default = [c for m, p, c in months if m == "1970_01" and p == "feishu_messages_default"]
+    ok = len(set(rows)) == n + 1 and not doubled and own == 36 and in_default == [1]
+    return [Line(f"partitioned load: {n:,} messages over 36 months, {n // 10:,} again, kill -9",
+                 f"{len(set(rows)):,} rows after {len(kills)} kills, {doubled} doubled, {own} months in their own"
+                 f" partition, 1970 in DEFAULT: {bool(in_default)}", f"{n + 1:,} rows", None, "exactly once", ok,
+                 f"tests/archive/test_partitions.py's scenario at full size; took {seconds:.0f} s")]
+
+
+def bench_convert(workdir, url, n):
+    """`partition --convert` of n rows under a relay delivering a writer's messages, killed -9 twice."""
+    test_convert, relayutil = harness("test_convert"), harness("relayutil")
+    spawn = Spawner(workdir)
+    start = time.perf_counter()
+    try:
+        result = test_convert.convert_through_kill_9(spawn, pathlib.Path(workdir), url, n)
+    finally:
+        spawn.close()
+    seconds = time.perf_counter() - start
+    rows = relayutil.pg_rows(url)
+    doubled = len(rows) - len(set(rows))
+    ok = set(rows) == result["expected"] and not doubled and result["relay_clean"]
+    return [Line(f"partition --convert: {n:,} rows under a delivering relay, kill -9 x2",
+                 f"{len(set(rows)):,} rows ({len(result['expected']) - n:,} delivered meanwhile), {doubled} doubled,"
+                 f" relay errors: {'none' if result['relay_clean'] else 'some'}", f"{len(result['expected']):,} rows",
+                 None, "exactly once", ok,
+                 f"tests/archive/test_convert.py's scenario at full size; took {seconds:.0f} s")]

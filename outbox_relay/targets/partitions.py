@@ -106,7 +106,10 @@ class MonthlyLayout(PlainLayout):
         self.make_ahead(target)
         if target.retention is not None:
             from ..archive.retention import apply_retention
-            apply_retention(target, target.retention)
+            try:
+                apply_retention(target, target.retention)
+            except TargetError as e:  # tried again tomorrow; the batches go on meanwhile
+                log.warning("retention (%s) not applied: %s", target.retention, e)
 
     def make_months(self, target, months):
         """Each month's partition, where it is not there yet. A role that may not make one (the DBA made
