@@ -44,6 +44,9 @@ class Conversion:
 
     def run(self):
         """-> {"copied": rows copied by this run, "swapped": bool, "old": the plain table's new name}."""
+        if "month" not in self.target.layouts:
+            raise LayoutError(f"{self.target.title} has no partitioned layout yet (README: Partitions on MySQL /"
+                              " MariaDB)")
         if self.target.adopt_layout().partitioned and not self._exists(self.new):
             raise LayoutError(f"table {self.table} is partitioned already")
         self.start()

@@ -49,6 +49,9 @@ class PlainLayout:
         """What init-db does beyond the DDL (the months around now)."""
 
     def partitions(self, target):
+        if "month" not in target.layouts:
+            raise LayoutError(f"{target.title} has no partitioned layout yet (README: Partitions on MySQL / MariaDB):"
+                              " retention drops whole months, and a plain table has none")
         raise LayoutError(f"table {target.table} is not partitioned: convert it first (`outbox-relay partition"
                           " --convert`); retention drops whole months, and a plain table has none")
 

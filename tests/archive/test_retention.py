@@ -138,3 +138,13 @@ def test_the_relay_applies_retention_when_it_is_set(make_target, pg_url):
     oldest = pg_query(pg_url, "SELECT min(created_at) FROM feishu_messages")[0][0]
     assert oldest >= parse_duration("1y").before(NOW) - dt.timedelta(days=31)
     assert pg_query(pg_url, "SELECT count(*) FROM deleted_rows")[0][0] == 0
+
+
+def test_retention_and_convert_on_sqlite_say_there_is_no_partitioned_layout(invoke, tmp_path):
+    target = f"sqlite:///{tmp_path}/archive.db"
+    assert invoke("init-db", "--target", target).exit_code == 0
+    for args in (("retention", "--keep", "1y"), ("partition", "--convert")):
+        result = invoke(*args, "--target", target)
+        assert result.exit_code == 1 and "SQLite archive has no partitioned layout yet" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert invoke("hold", "add", "oc_1", "--reason", "kept on every database", "--target", target).exit_code == 0
