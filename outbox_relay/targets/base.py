@@ -105,7 +105,7 @@ class Target:
         self.error_detail = error_detail  # keep the row's values the server quotes in its errors (debugging)
         if partition not in self.layouts:
             raise ConfigError(f"partition = {partition} is not available on {self.title}: only"
-                              f" {', '.join(self.layouts)} (README: Partitions and retention)")
+                              f" {', '.join(self.layouts)} (README: The archive at size)")
         self.partition = partition  # the layout a table made here gets; one already made keeps its own
         self.layout = PlainLayout()
         self.retention = retention  # a timeconv.Duration the relay applies once a day, or None
@@ -544,6 +544,8 @@ class Target:
             if e.sqlstate and e.sqlstate.startswith("42"):
                 log.warning("cannot check or create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
                             self.table, e)
+                with contextlib.suppress(TargetError):  # a DBA's partitioned table is written its way
+                    self.adopt_layout()
                 self._checked(events_ready=self._events_table_ready())
                 return False
             raise
