@@ -114,8 +114,12 @@ def _output(path):
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
         try:
             yield out
-        finally:
             out.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): what it wanted it has. Nothing more goes to that pipe.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        finally:
             out.detach()  # stdout stays open for what click writes after
         return
     if os.path.exists(path) and not os.path.isfile(path):
@@ -128,6 +132,8 @@ def _output(path):
         with open(partial, "w", encoding="utf-8", newline="") as out:
             yield out
         os.replace(partial, path)
+    except OSError as e:  # a full disk, a directory that went away: one line, no half file
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)

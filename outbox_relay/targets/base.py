@@ -681,8 +681,17 @@ class Target:
         """The rows of one query as an iterator that holds `size` of them at a time (a server-side
         cursor where the database has one), inside one transaction: a consistent snapshot where the
         database gives one. No statement timeout: a whole archive may rightly take longer."""
+        failed = None
         with self.transaction(timeout=False) as tx:
-            yield self.stream_rows(tx, sql, params, size)
+            rows = self.stream_rows(tx, sql, params, size)
+            try:
+                yield rows
+            except OSError as e:  # the reader's side (a pipe closed, a disk full), not the database's
+                failed = e
+            finally:
+                rows.close()  # its cursor, while the connection is still ours
+        if failed is not None:
+            raise failed
 
     def stream_rows(self, tx, sql, params, size):
         """SQLite's cursor steps through the result as it is read."""

@@ -213,3 +213,16 @@ def test_jsonl_from_mariadb_into_a_sqlite_archive_exports_the_same(invoke, tmp_p
     lines = comparable(first)
     assert len(lines) == 27 and sum(len(x["history"]) for x in lines) == 5
     assert comparable(second) == lines
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path, pg_url):
+    """`outbox-relay export … | head -1`: exit 0, no traceback, the connection given back."""
+    assert subprocess.run(relay_cmd() + ["init-db", "--target", pg_url], env=clean_env()).returncode == 0
+    pg_query(pg_url, generate_sql(20_000))
+    proc = subprocess.Popen(relay_cmd() + ["export", "--target", pg_url, "--format", "jsonl"], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(proc.stdout.readline())["archived"]["message_id"]
+    proc.stdout.close()
+    assert proc.wait(60) == 0
+    assert b"Traceback" not in proc.stderr.read()
+    proc.stderr.close()
