@@ -176,8 +176,10 @@ class MonthlyLayout(PlainLayout):
                 tx.execute(f"CREATE TABLE {keeper} (LIKE {t} INCLUDING DEFAULTS)")
                 tx.execute(f"INSERT INTO {keeper} SELECT * FROM {part} WHERE chat_id = ANY(%s)", (held,))
             if target.table_exists(tx, target.events_table):
-                tx.execute(f"DELETE FROM {events} e USING {part} m WHERE e.message_id = m.message_id"
-                           " AND (m.chat_id IS NULL OR NOT m.chat_id = ANY(%s))", (held,))
+                # Driven from the (small) events table: each event's message looked up in the month by its
+                # key, not the month's million rows read to find the few with history.
+                tx.execute(f"DELETE FROM {events} e WHERE EXISTS (SELECT 1 FROM {part} m WHERE m.message_id ="
+                           " e.message_id AND (m.chat_id IS NULL OR NOT m.chat_id = ANY(%s)))", (held,))
             tx.execute(f"ALTER TABLE {t} DETACH PARTITION {part}")
             tx.execute(f"DROP TABLE {part}")
             if keeper:
