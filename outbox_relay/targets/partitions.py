@@ -160,10 +160,14 @@ class MonthlyLayout(PlainLayout):
             return tx.value(f"SELECT count(*) FROM {target.quote(name)} WHERE created_at < %s", (before,))
 
     def drop_month(self, target, month, name, held):
-        """One month, in one transaction: the rows of `held` chats into a new partition of the same range,
-        the other messages' events deleted, DETACH + DROP, the new partition attached. A relay's batch
-        waits for it (DETACH locks the table), never longer."""
+        """One month: in one transaction the rows of `held` chats copied into a new partition of the same
+        range, the other messages' events deleted, the month DETACHed (and renamed retired_…) and the new
+        partition attached; a relay's batch waits for that, never longer. The retired table is DROPped in
+        a transaction of its own: giving its files back takes time that grows with its size (about half a
+        second for 200 MB here), and only it is locked meanwhile. One a crash left is dropped next time."""
         t, part, events = target.quoted, target.quote(name), target.quote(target.events_table)
+        self.drop_retired(target)
+        retired = retired_name(target.table, name)
         with target.transaction(timeout=False) as tx:
             kept = tx.value(f"SELECT count(*) FROM {part} WHERE chat_id = ANY(%s)", (held,)) if held else 0
             if kept and not tx.value(f"SELECT count(*) FROM {part} WHERE NOT chat_id = ANY(%s) OR chat_id IS NULL",
@@ -181,13 +185,25 @@ class MonthlyLayout(PlainLayout):
                 tx.execute(f"DELETE FROM {events} e WHERE EXISTS (SELECT 1 FROM {part} m WHERE m.message_id ="
                            " e.message_id AND (m.chat_id IS NULL OR NOT m.chat_id = ANY(%s)))", (held,))
             tx.execute(f"ALTER TABLE {t} DETACH PARTITION {part}")
-            tx.execute(f"DROP TABLE {part}")
+            tx.execute(f"ALTER TABLE {part} RENAME TO {target.quote(retired.split('.')[-1])}")
             if keeper:
                 low, high = month_range(month)
                 tx.execute(f"ALTER TABLE {t} ATTACH PARTITION {keeper} FOR VALUES FROM (%s) TO (%s)", (low, high))
+        self.drop_retired(target)
         if keeper is None:
             self.months.discard(month)
         return {"held": kept, "action": "replaced by its held rows" if keeper else "dropped"}
+
+    def drop_retired(self, target):
+        """DROP the months retention has detached (retired_…), each in a transaction of its own."""
+        schema_name, _, name = target.table.rpartition(".")
+        rows = target.query("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                            " WHERE n.nspname = coalesce(%s, current_schema()) AND c.relkind = 'r'"
+                            " AND c.relname LIKE %s",
+                            (schema_name or None, (name + "_retired_").replace("_", "\\_") + "%"))
+        for (relname,) in rows:
+            with target.transaction(timeout=False) as tx:
+                tx.execute(f"DROP TABLE IF EXISTS {target.quote((schema_name + '.' if schema_name else '') + relname)}")
 
     def partitions(self, target):
         """[(year, month, name)] of the table's partitions, oldest first; DEFAULT as (None, None, name)."""
@@ -200,6 +216,11 @@ class MonthlyLayout(PlainLayout):
             low = _bound_month(bound)
             out.append((low[0], low[1], relname) if low else (None, None, relname))
         return sorted(out, key=lambda p: (p[0] is not None, p[0] or 0, p[1] or 0))
+
+
+def retired_name(table, partition):
+    """feishu_messages_p2023_01 -> feishu_messages_retired_p2023_01: a month retention has detached."""
+    return f"{table}_retired{partition.split('.')[-1][len(table.split('.')[-1]):]}"
 
 
 def partition_name(table, month):

@@ -75,6 +75,7 @@ def test_retention_drops_old_months_keeps_held_chats_and_touches_nothing_younger
     assert {m["partition"] for m in report["months"]} == old_months
     left = month_partitions(pg_url)
     assert not old_months & set(left), "old partitions still in pg_class"
+    assert not pg_query(pg_url, "SELECT relname FROM pg_class WHERE relname LIKE 'feishu\\_messages\\_retired%%'")
     assert {p + "_held" for p in old_months} <= set(left) | {p + "_held" for p in old_months if p not in left}
     assert pg_query(pg_url, "SELECT count(*) FROM deleted_rows")[0][0] == 0, "rows were deleted one by one"
     # The held chats' rows, all of them, still there and readable through the table.
