@@ -23,12 +23,14 @@ from common import Line
 FULL = dict(put=2000, put_rounds=3, json=1000, many=20_000, many_rounds=2, web_seconds=10,
             web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000,
             mysql=100_000, link=20_000, link_old={0: 300, 1: 200, 5: 80, 20: 25}, chart_puts=2000,
-            spool_large=200_000, spool_small=50_000, events=20_000)
+            spool_large=200_000, spool_small=50_000, events=20_000, archive_export=1_000_000,
+            archive_read=2_000_000, archive_retention=1_000_000, archive_load=300_000, archive_convert=300_000)
 QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seconds=2,
              web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100, mysql=3000,
              link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200, spool_large=3000, spool_small=1000,
-             events=2000)
-SECTIONS = ("ingest", "webhook", "relay", "events", "link", "e2e", "memory", "spool", "hook", "mysql")
+             events=2000, archive_export=20_000, archive_read=30_000, archive_retention=20_000, archive_load=3000,
+             archive_convert=5000)
+SECTIONS = ("ingest", "webhook", "relay", "events", "link", "e2e", "memory", "spool", "hook", "mysql", "archive")
 
 
 def log(msg):
@@ -111,11 +113,25 @@ def run_sections(args, size, workdir, pg):
                      lambda: hook.bench_hook(workdir, common.fresh_database(pg, "bench_hook"), size["hook"]))
     lines += section("mysql", f"drain {size['mysql']:,} into MariaDB vs LOAD DATA",
                      lambda: bench_mysql(workdir, size["mysql"]))
+    lines += section("archive", f"export of {size['archive_export']:,} rows, search/stats on"
+                     f" {size['archive_read']:,} partitioned vs plain, retention of {size['archive_retention']:,}",
+                     lambda: bench_archive(workdir, pg, size))
     if rates and not args.quick:
         import chart
         log("chart: put latency percentiles, then bench/chart.png")
         chart.draw(os.path.join(common.BENCH, "chart.png"), rates, chart.put_latencies(workdir, size["chart_puts"]))
     return lines, errors
+
+
+def bench_archive(workdir, pg, size):
+    import archive
+    fresh = common.fresh_database
+    return (archive.bench_export(fresh(pg, "bench_export"), size["archive_export"])
+            + archive.bench_read(fresh(pg, "bench_plain"), fresh(pg, "bench_partitioned"), size["archive_read"])
+            + archive.bench_retention(fresh(pg, "bench_delete"), fresh(pg, "bench_retention"),
+                                      size["archive_retention"])
+            + archive.bench_load(workdir, fresh(pg, "bench_load"), size["archive_load"])
+            + archive.bench_convert(workdir, fresh(pg, "bench_convert"), size["archive_convert"]))
 
 
 def bench_mysql(workdir, n):

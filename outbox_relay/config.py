@@ -15,6 +15,7 @@ from .logs import mask_url
 from .outbox import OVERFLOW_POLICIES, SYNCHRONOUS
 from .schema import check_table_name
 from .targets import check_url
+from .timeconv import parse_duration
 
 try:
     import tomllib
@@ -31,7 +32,7 @@ DEFAULT_CONFIG_FILE = "outbox-relay.toml"
 class Setting:
     name: str
     default: object
-    kind: str  # str, int, float, bool, choice, url, http_url, hostport, table
+    kind: str  # str, int, float, bool, choice, url, http_url, hostport, table, duration
     help: str
     choices: tuple = ()
     minimum: float | None = None
@@ -107,6 +108,14 @@ SETTINGS = (
             unit="N"),
     # 8 h: longer than Feishu's whole retry schedule (15 s, 5 min, 1 h, 6 h), so a retry is taken
     # whether Feishu signs it anew or sends it as it was; a repeat within it is caught by its key.
+    # Issue 22: the archive at 100 million rows.
+    Setting("partition", "none", "choice",
+            "how init-db and run make a new messages table (PostgreSQL): month = partitioned by month of"
+            " created_at (a table made already keeps its layout; `partition --convert` changes it)",
+            choices=("none", "month")),
+    Setting("retention", None, "duration",
+            "keep this long (400d, 18mo, 3y), then `run` drops whole months once a day (partitioned"
+            " table; chats under hold kept); unset: keep everything"),
     Setting("feishu_replay_window", 28800, "int",
             "seconds a signed Feishu request stays acceptable (its X-Lark-Request-Timestamp, either way"
             " of now); one seen before within it stores nothing", minimum=60, unit="SECONDS"),
@@ -264,6 +273,12 @@ def _parse(s, value, origin):
         if value.lower() not in s.choices:
             raise bad(f"must be one of: {', '.join(s.choices)}")
         return value.lower()
+    if s.kind == "duration":
+        try:
+            parse_duration(value, "")
+        except ValueError as e:
+            raise bad("is not a period: " + str(e).split(": ", 1)[1]) from None
+        return value
     if s.kind == "hostport":
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

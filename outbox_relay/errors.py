@@ -99,6 +99,10 @@ class DecryptError(InvalidMessage):
     """Raised when an encrypted Feishu body cannot be decrypted with the configured key."""
 
 
+class LayoutError(OutboxRelayError):
+    """Raised when the archive's table has not the layout an operation needs (retention on a plain table)."""
+
+
 class SpoolError(OutboxRelayError):
     """Raised when the handoff spool cannot be written or read (missing, unreadable, unwritable, full),
     or is given a name no spool item can have."""

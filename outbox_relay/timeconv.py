@@ -6,6 +6,8 @@ arithmetic on timedeltas: `ms / 1000` as a float is a millisecond off for dates 
 `timestamp() * 1000` can be too), so neither appears anywhere.
 """
 
+import calendar
+import dataclasses
 import datetime as dt
 import email.utils
 import re
@@ -103,3 +105,42 @@ def parse_when(value, option="--since", now=None):
         raise ValueError(f"{option} {value!r}: use a date (2026-11-01), a date-time "
                          "(2026-11-01T08:00) or an age (30m, 12h, 7d, 2w)")
     return ms
+
+
+# A retention period: days, weeks, months or years. Never a bare "m", which reads as minutes to some
+# and months to others: months are "mo".
+_DURATION = re.compile(r"^\s*(\d+)\s*(d|w|mo|y)\s*$", re.I)
+_DURATION_UNITS = {"d": "days", "w": "weeks", "mo": "months", "y": "years"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Duration:
+    """A calendar period (retention's --keep): `count` of `unit` (days, weeks, months, years)."""
+
+    count: int
+    unit: str
+
+    def __str__(self):
+        return f"{self.count} {self.unit if self.count != 1 else self.unit[:-1]}"
+
+    def before(self, moment):
+        """The instant this period before `moment` (an aware datetime); months and years by the calendar,
+        the day clamped (31 March - 1 month = 28 or 29 February)."""
+        if self.unit in ("days", "weeks"):
+            return moment - dt.timedelta(**{self.unit: self.count})
+        months = self.count * (12 if self.unit == "years" else 1)
+        n = moment.year * 12 + moment.month - 1 - months
+        year, month = n // 12, n % 12 + 1
+        last = calendar.monthrange(year, month)[1] if year >= 1 else 31
+        return moment.replace(year=max(year, 1), month=month, day=min(moment.day, last))
+
+
+def parse_duration(value, option="--keep"):
+    """'400d', '8w', '18mo', '3y' -> Duration. Raises ValueError with a sentence naming `option`."""
+    m = _DURATION.match(value or "")
+    if m is None or int(m.group(1)) == 0:
+        hint = (" ('m' is ambiguous: write mo for months)" if re.match(r"^\s*\d+\s*m\s*$", value or "", re.I)
+                else "")
+        raise ValueError(f"{option} {value!r}: use a number of days, weeks, months or years, e.g. 400d, 8w, 18mo,"
+                         f" 3y{hint}")
+    return Duration(int(m.group(1)), _DURATION_UNITS[m.group(2).lower()])

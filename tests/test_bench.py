@@ -49,6 +49,13 @@ EXPECTED = [
     ("hook: per message, service stopped (spool), p99", False),
     ("hook: per message, service running: spool vs HTTP POST", True),
     ("relay: drain 3,000 into MariaDB vs LOAD DATA", True),
+    ("export: peak RSS of 20,000 rows to JSON lines", True),
+    ("archive: search '消息1' --since 30d, partitioned vs plain (30,000 rows)", True),
+    ("archive: search on chat --since 30d, partitioned vs plain (30,000 rows)", True),
+    ("archive: stats --days 30, partitioned vs plain (30,000 rows)", True),
+    ("retention: one month of 20,000 rows, DROP vs DELETE", True),
+    ("partitioned load: 3,000 messages over 36 months, 300 again, kill -9", True),
+    ("partition --convert: 5,000 rows under a delivering relay, kill -9 x2", True),
 ]
 NUMBER = re.compile(r"\d")
 

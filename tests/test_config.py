@@ -42,6 +42,8 @@ def value_for(s, layer):
         return f"127.0.0.1:{8100 + n}"
     if s.kind == "table":
         return f"{layer}_messages"
+    if s.kind == "duration":
+        return f"{n}y"
     if s.secret:
         return f"{layer}-secret-XYZZY"
     return f"{layer}/outbox.db"

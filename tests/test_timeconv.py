@@ -68,3 +68,21 @@ def test_search_shows_the_exact_created_at_of_a_late_message(hermetic, tmp_path)
     assert found == {"om_late": ("9999-12-31T23:59:59.999+00:00", "target"),
                      "om_wait": ("9999-12-31T23:59:59.998+00:00", "target"),
                      "om_new": ("9999-12-31T23:59:59.997+00:00", "outbox (pending)")}
+
+
+def test_retention_periods_by_the_calendar_and_never_a_bare_m():
+    import datetime as dt
+
+    from outbox_relay.timeconv import parse_duration
+    at = dt.datetime(2026, 3, 31, 12, tzinfo=dt.timezone.utc)
+    assert parse_duration("400d").before(at) == at - dt.timedelta(days=400)
+    assert parse_duration("18mo").before(at) == dt.datetime(2024, 9, 30, 12, tzinfo=dt.timezone.utc)
+    assert parse_duration("1mo").before(at) == dt.datetime(2026, 2, 28, 12, tzinfo=dt.timezone.utc)
+    assert parse_duration("3Y").before(at) == dt.datetime(2023, 3, 31, 12, tzinfo=dt.timezone.utc)
+    assert str(parse_duration("2w")) == "2 weeks"
+    for bad in ("3m", "18M", "0d", "3", "y", "3 years", "-1y"):
+        with pytest.raises(ValueError) as e:
+            parse_duration(bad)
+        assert "--keep" in str(e.value)
+    with pytest.raises(ValueError, match="'m' is ambiguous"):
+        parse_duration("3m")

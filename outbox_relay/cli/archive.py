@@ -111,20 +111,31 @@ def export(cfg, chats, senders, since, until, fmt, output, bom):
 @contextlib.contextmanager
 def _output(path):
     """stdout, or the file: written as FILE.partial, renamed into place when whole (a failed export
-    leaves no file that looks complete)."""
+    leaves no file that looks complete); a device or a pipe is written directly."""
     if path is None:
         out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
         try:
             yield out
-        finally:
             out.flush()
+        except BrokenPipeError:
+            # The reader went away (`| head`): what it wanted it has. Nothing more goes to that pipe.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        finally:
             out.detach()  # stdout stays open for what click writes after
+        return
+    if os.path.exists(path) and not os.path.isfile(path):
+        # A device or a pipe (/dev/null, a FIFO): written as it is; a rename would replace it with a file.
+        with open(path, "w", encoding="utf-8", newline="") as out:
+            yield out
         return
     partial = f"{path}.partial"
     try:
         with open(partial, "w", encoding="utf-8", newline="") as out:
             yield out
         os.replace(partial, path)
+    except OSError as e:  # a full disk, a directory that went away: one line, no half file
+        raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.remove(partial)

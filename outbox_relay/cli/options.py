@@ -25,7 +25,7 @@ def _setting_option(s):
     # setting (exit 2), whether it came from a flag, the environment or the file.
     hint = f" ({'|'.join(s.choices)})" if s.choices else ""
     metavar = s.unit or {"url": "URL", "http_url": "URL", "hostport": "HOST:PORT", "table": "NAME", "int": "N",
-                         "float": "N", "choice": "|".join(s.choices)}.get(
+                         "float": "N", "duration": "DURATION", "choice": "|".join(s.choices)}.get(
                              s.kind, "PATH" if s.name in ("outbox", "spool") else "TEXT")
     return click.option(s.flag, s.name, default=None, metavar=metavar,
                         help=f"{s.help}{hint} [env {s.env}; default {s.default!r}]")

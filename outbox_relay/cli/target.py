@@ -34,7 +34,8 @@ def check(cfg, as_json):
 @friendly_errors
 def schema(cfg, as_sql, dialect):
     """Print the target table's DDL for a DBA (RDS users often may not run DDL themselves)."""
-    click.echo(schema_sql(target_class(dialect or cfg.target), cfg.table), nl=False)
+    click.echo(schema_sql(target_class(dialect or cfg.target), cfg.table, partitioned=cfg.partition != "none"),
+               nl=False)
 
 
 @cli.command("init-db")

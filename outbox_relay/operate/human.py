@@ -266,3 +266,30 @@ def format_openclaw_backfill(report):
     lines += [f"  {e['where']}: {e['reason']}: {e['error']}" for e in report["examples"]]
     lines += [f"could not read {s['where']}: {s['error']}" for s in report["unreadable_sources"]]
     return "\n".join(lines)
+
+
+def format_retention(r):
+    """`retention`: per month what goes and what stays (per chat in a dry run)."""
+    head = (f"keep {r['keep']}: months wholly before {r['horizon'][:10]}"
+            + (" (dry run: nothing changed)" if r["dry_run"] else ""))
+    lines = [head, f"chats under hold: {', '.join(r['held_chats']) or 'none'}"]
+    if not r["months"]:
+        lines.append("no month is old enough")
+    for m in r["months"]:
+        rows = f", {m['rows']} rows" if "rows" in m else ""
+        lines.append(f"  {m['month']}  {m['partition']}: {m['action']}{rows}, {m['held']} held rows kept")
+        for chat, n in (m.get("chats") or {}).items():
+            lines.append(f"      {chat or '(no chat)'}: {n}")
+    if r["default_rows"]:
+        lines.append(f"{r['default_rows']} older rows in the DEFAULT partition are kept (only whole months go)")
+    return "\n".join(lines)
+
+
+def format_holds(r, audit=False):
+    """`hold list`: the chats held now, and (audit) every change."""
+    lines = [f"{h['chat_id']}\theld since {h['at']} by {h['by']}: {h['reason']}" for h in r["holds"]]
+    lines = lines or ["no chat is under hold"]
+    if audit:
+        lines += ["audit:"] + [f"  {a['at']}  {a['action']:<6} {a['chat_id']} by {a['by']}: {a['reason']}"
+                               for a in r["audit"]]
+    return "\n".join(lines)

@@ -103,6 +103,29 @@ EVENTS = Table("event_id", (
     ("kind_happened", ("kind", "happened_at")),
 ), unique=(("fact", ("message_id", "fact")),))
 
+# A partitioned messages table's keys (issue 22): PostgreSQL's unique indexes on a partitioned table
+# must hold the partition key (created_at), and one message reaches us with different created_at
+# values by different ways in; this table holds each message_id once, written in the batch's
+# transaction before the rows (targets/partitions.py), so the message stays one row.
+KEYS = Table("message_id", (
+    ("message_id", "id", "PRIMARY KEY"),
+    ("created_at", "time", "NOT NULL"),
+), ())
+# Chats under legal hold, and every change to a hold (who, when, why): retention keeps their rows.
+HOLDS = Table("chat_id", (
+    ("chat_id", "id", "PRIMARY KEY"),
+    ("reason", "text", "NOT NULL"),
+    ("held_by", "host", "NOT NULL"),
+    ("held_at", "time", "NOT NULL"),
+), ())
+HOLD_AUDIT = Table("chat_id", (
+    ("chat_id", "id", "NOT NULL"),
+    ("action", "kind", "NOT NULL"),
+    ("reason", "text", "NOT NULL"),
+    ("done_by", "host", "NOT NULL"),
+    ("done_at", "time", "NOT NULL DEFAULT {now}"),
+), (("chat", ("chat_id", "done_at")),))
+
 COLUMNS = MESSAGES.columns
 TARGET_COLUMNS = MESSAGES.written
 JSON_COLUMNS = MESSAGES.json_columns
@@ -132,6 +155,50 @@ def events_table(table):
     return check_table_name(schema_part + dot + name)
 
 
+def keys_table(table):
+    """feishu_messages -> feishu_messages_keys (a partitioned table's message_ids)."""
+    return check_table_name(table + "_keys")
+
+
+def holds_table(table):
+    return check_table_name(table + "_holds")
+
+
+def hold_audit_table(table):
+    return check_table_name(table + "_hold_audit")
+
+
+def partitioned_messages(db, table):
+    """The messages table partitioned by RANGE of created_at (PostgreSQL): the key is (message_id,
+    created_at), as the database requires, and message_id is kept unique by the keys table beside it.
+    A DEFAULT partition takes what no month's partition does (a message dated 1970 or 2100)."""
+    t = db.quote(table)
+    columns = [("message_id", "id", "NOT NULL") if c[0] == "message_id" else c for c in MESSAGES.columns]
+    body = ",\n".join(column_lines(db, columns) + ["    PRIMARY KEY (message_id, created_at)"])
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {t} (\n{body}\n) PARTITION BY RANGE (created_at)",
+        f"CREATE TABLE IF NOT EXISTS {db.quote(table + '_default')} PARTITION OF {t} DEFAULT"]
+    statements += db.create_table_statements(table, dataclasses.replace(MESSAGES, columns=()))[1:]
+    return statements + db.create_table_statements(keys_table(table), KEYS) + one_row_guard(db, table)
+
+
+def one_row_guard(db, table, keys=None):
+    """A trigger that makes the database itself keep a message one row for any writer that does not write
+    the keys (an older relay, a relay that has not seen the table become partitioned, a DBA's INSERT): the
+    row goes in only if its message_id is new to the keys table. The relay writes the keys itself, a batch
+    at a time (faster), and says so for its transaction (outbox_relay.keyed)."""
+    function = db.quote(table + "_one_row")
+    return [
+        f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF current_setting('outbox_relay.keyed', true) = 'on' THEN RETURN NEW; END IF;"
+        f" INSERT INTO {db.quote(keys or keys_table(table))} (message_id, created_at)"
+        " VALUES (NEW.message_id, NEW.created_at) ON CONFLICT DO NOTHING;"
+        " IF FOUND THEN RETURN NEW; END IF; RETURN NULL; END $$",
+        f"DROP TRIGGER IF EXISTS one_row ON {db.quote(table)}",
+        f"CREATE TRIGGER one_row BEFORE INSERT ON {db.quote(table)} FOR EACH ROW EXECUTE FUNCTION {function}()",
+    ]
+
+
 def column_line(db, column):
     """One column's definition in `db`'s types (a Target class)."""
     name, kind, constraint = column
@@ -155,9 +222,16 @@ def target_migrations(db, table, existing=None):
     ]
 
 
-def schema_sql(db, table):
+def migrations_for(db, table, existing=None, partitioned=False):
+    """target_migrations(), the table made partitioned by month in the first step where `partitioned`
+    (the `partition` setting, PostgreSQL); the later steps are the same for both layouts."""
+    migrations = target_migrations(db, table, existing)
+    return [partitioned_messages(db, table)] + migrations[1:] if partitioned else migrations
+
+
+def schema_sql(db, table, partitioned=False):
     """The whole DDL as one script, for a DBA to read and run."""
-    migrations = target_migrations(db, table)
+    migrations = migrations_for(db, table, partitioned=partitioned)
     lines = [f"-- outbox-relay target schema for {table} ({db.name}), version {len(migrations)}"]
     lines.append(db.version_table_sql() + ";")
     for stmts in migrations:

@@ -48,12 +48,14 @@ def check_url(url):
 
 def open_target(url, **options):
     """A Target for `url` (table, pool_size, connect_timeout, statement_timeout, host_name, create,
-    error_detail)."""
+    error_detail, partition, retention)."""
     return target_class(url)(url, **options)
 
 
 def open_from_config(cfg, create=True):
     """The target the settings describe."""
+    from ..timeconv import parse_duration
     return open_target(cfg.target, table=cfg.table, pool_size=cfg.pool_size, create=create,
                        connect_timeout=cfg.connect_timeout, statement_timeout=cfg.statement_timeout,
-                       error_detail=cfg.error_detail == "on")
+                       error_detail=cfg.error_detail == "on", partition=cfg.partition,
+                       retention=parse_duration(cfg.retention) if cfg.retention else None)

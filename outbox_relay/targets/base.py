@@ -19,15 +19,18 @@ import socket
 import time
 
 from .. import jsonio
-from ..errors import RowRejected, TableMissing, TargetError, TargetUnavailable
+from ..errors import ConfigError, RowRejected, TableMissing, TargetError, TargetUnavailable
 from ..logs import mask_url
 from ..message.events import EDITED, RECALLED
 from ..message.model import FILLED_IDS, gap_fills
 from ..schema import target as schema
 from ..timeconv import ms_to_iso, s_to_iso
+from .partitions import PlainLayout
 
 # How often (seconds) a relay whose role could not make the events table looks again for it.
 EVENTS_RECHECK = 5.0
+# How often (seconds) a relay reads its table's layout again (a conversion under it).
+LAYOUT_RECHECK = 60.0
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +87,13 @@ class Target:
     # A driver that sends several statements in one query: a write transaction's opening statements
     # go out with its first statement, and its last ones with COMMIT. Round trips count far away.
     several_statements = False
+    # The layouts (targets/partitions.py) this database can give the messages table, by the `partition`
+    # setting's value.
+    layouts = {"none": PlainLayout}
 
     def __init__(self, url, *, table="feishu_messages", pool_size=2, connect_timeout=10,
-                 statement_timeout=30, host_name=None, create=True, error_detail=False):
+                 statement_timeout=30, host_name=None, create=True, error_detail=False, partition="none",
+                 retention=None):
         self.url = url
         self.table = schema.check_table_name(table)
         self.quoted = self.quote(table)
@@ -97,6 +104,12 @@ class Target:
         self.statement_timeout = statement_timeout
         self.host_name = host_name or socket.gethostname()
         self.error_detail = error_detail  # keep the row's values the server quotes in its errors (debugging)
+        if partition not in self.layouts:
+            raise ConfigError(f"partition = {partition} is not available on {self.title}: only"
+                              f" {', '.join(self.layouts)} (README: The archive at size)")
+        self.partition = partition  # the layout a table made here gets; one already made keeps its own
+        self.layout = PlainLayout()
+        self.retention = retention  # a timeconv.Duration the relay applies once a day, or None
         self.db = self.open_database(self.connect_args(url), create)
         self._schema_checked = False
         # The events table (and the columns it fills) made, so events can be written and applied. A
@@ -104,6 +117,7 @@ class Target:
         # again now and then (EVENTS_RECHECK) for the DBA to have run it.
         self.events_ready = False
         self._events_recheck_at = 0.0
+        self._layout_recheck_at = time.monotonic() + LAYOUT_RECHECK
 
     # -- what each database says for itself --------------------------------------------------
 
@@ -348,8 +362,9 @@ class Target:
         messages = [e.data for e in encoded if e.table is schema.MESSAGES]
         events = [e.data for e in encoded if e.table is schema.EVENTS]
         try:
+            self.layout.before_write(self, messages)
             with self.transaction(write=True) as tx:
-                new = self.insert_rows(tx, schema.MESSAGES, messages) if messages else 0
+                new = self.layout.insert_messages(self, tx, messages) if messages else 0
                 if events:
                     self.insert_rows(tx, schema.EVENTS, events)
                 if self.events_ready:
@@ -451,7 +466,17 @@ class Target:
     # -- schema -------------------------------------------------------------------------------------
 
     def schema_sql(self):
-        return schema.schema_sql(type(self), self.table)
+        return schema.schema_sql(type(self), self.table, partitioned=self.partition != "none")
+
+    def read_layout(self, tx):
+        """The layout the table has in the catalog (the one this target writes by)."""
+        return self.layout
+
+    def adopt_layout(self):
+        """Read the table's layout from the catalog and write by it from now on. -> the layout."""
+        with self.transaction() as tx:
+            self.layout = self.read_layout(tx)
+        return self.layout
 
     def schema_version(self):
         """The applied version of our table, 0 when absent. Raises TargetUnavailable."""
@@ -482,13 +507,16 @@ class Target:
             with self._ddl_unlocked_after(tx):
                 tx.execute(self.version_table_sql())
                 current, recorded = self._version(tx), self._recorded_version(tx)
-                migrations = schema.target_migrations(type(self), self.table, existing=self.table_columns(tx))
+                migrations = schema.migrations_for(type(self), self.table, existing=self.table_columns(tx),
+                                                   partitioned=self.partition != "none")
                 for stmts in migrations[current:]:
                     for sql in stmts:
                         tx.execute(sql)
                 tx.execute(self.upsert_version_sql(self.param, self.param), (self.table, len(migrations)))
+                self.layout = self.read_layout(tx)
         if recorded > current:
             log.warning("table %s was dropped: made again (version %s was on record)", self.table, recorded)
+        self.layout.after_init(self)
         self.events_ready = True
         report = {"from_version": current, "version": len(migrations), "dropped": recorded > current,
                   "trigram": None}
@@ -528,12 +556,17 @@ class Target:
         if self._schema_checked:
             if not self.events_ready and time.monotonic() >= self._events_recheck_at:
                 self._recheck_events()
+            if time.monotonic() >= self._layout_recheck_at:
+                # A table converted under a running relay (`partition --convert`) is written its new way.
+                self._layout_recheck_at = time.monotonic() + LAYOUT_RECHECK
+                self.adopt_layout()
             return False
         migrations = schema.target_migrations(type(self), self.table)
         try:
             # The version table may be unreadable too: a DBA who ran the DDL often grants
             # the app role only what it needs on the messages table.
             if self.schema_version() >= len(migrations):
+                self.adopt_layout()
                 self._checked(events_ready=True)
                 return False
             self.init_db(trigram=True)
@@ -541,6 +574,8 @@ class Target:
             if e.sqlstate and e.sqlstate.startswith("42"):
                 log.warning("cannot check or create %s (%s): ask the DBA to run `outbox-relay schema --sql`",
                             self.table, e)
+                with contextlib.suppress(TargetError):  # a DBA's partitioned table is written its way
+                    self.adopt_layout()
                 self._checked(events_ready=self._events_table_ready())
                 return False
             raise
@@ -692,8 +727,17 @@ class Target:
         """The rows of one query as an iterator that holds `size` of them at a time (a server-side
         cursor where the database has one), inside one transaction: a consistent snapshot where the
         database gives one. No statement timeout: a whole archive may rightly take longer."""
+        failed = None
         with self.transaction(timeout=False) as tx:
-            yield self.stream_rows(tx, sql, params, size)
+            rows = self.stream_rows(tx, sql, params, size)
+            try:
+                yield rows
+            except OSError as e:  # the reader's side (a pipe closed, a disk full), not the database's
+                failed = e
+            finally:
+                rows.close()  # its cursor, while the connection is still ours
+        if failed is not None:
+            raise failed
 
     def stream_rows(self, tx, sql, params, size):
         """SQLite's cursor steps through the result as it is read."""

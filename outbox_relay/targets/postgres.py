@@ -14,6 +14,7 @@ from ..errors import RowRejected, StatementTimeout, TableMissing, TargetUnavaila
 from ..logs import mask_url
 from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
+from .partitions import MonthlyLayout, PlainLayout
 
 # SQLSTATE classes about the data in the rows: retrying the same rows cannot help.
 # 22 data exception (bad value, NUL byte, too long), 23 integrity constraint,
@@ -33,6 +34,7 @@ class PostgresTarget(PooledTarget):
              "empty": " DEFAULT ''"}
     search_index_note = "needs the pg_trgm extension"
     several_statements = True
+    layouts = {"none": PlainLayout, "month": MonthlyLayout}
 
     @classmethod
     def connect_args(cls, url):
@@ -146,6 +148,20 @@ class PostgresTarget(PooledTarget):
                         f" RETURNING m.{key}) SELECT count(*) FROM written w"
                         f" WHERE NOT EXISTS (SELECT 1 FROM {quoted} o WHERE o.{key} = w.{key})")
 
+    def fill_gaps(self, tx, lines):
+        """Copies (COPY lines) of messages whose rows are there already: each row gets what it lacks from
+        its copy (gap_fills), nothing else; a copy that knows no more changes nothing. A partitioned
+        table's way, where the keys table, not a unique index, says a message is there."""
+        table, staging = schema.MESSAGES, "outbox_relay_gap_batch"
+        cols, quoted = ", ".join(table.written), self.quote(self.name_of(table))
+        tx.execute(f"CREATE TEMP TABLE {staging} (LIKE {quoted} INCLUDING DEFAULTS) ON COMMIT DROP")
+        with tx.conn.cursor() as cur:
+            cur.copy_expert(f"COPY {staging} ({cols}) FROM STDIN", io.StringIO("".join(lines)), size=COPY_CHUNK)
+        old, new = (lambda c: f"m.{c}"), (lambda c: f"s.{c}")
+        sets = ", ".join(f"{c} = {expr}" for c, expr in self.gap_fills(old, new))
+        tx.execute(f"UPDATE {quoted} AS m SET {sets} FROM {staging} AS s"
+                   f" WHERE m.{table.key} = s.{table.key} AND {self.gap_found(old, new)}")
+
     def id_list(self, column, ids):
         return f"{column} = ANY(%s)", [list(ids)]
 
@@ -192,6 +208,12 @@ class PostgresTarget(PooledTarget):
 
     def day_of(self, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+    def read_layout(self, tx):
+        # relkind 'p': a partitioned table.
+        kind = tx.value("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (self.quoted,))
+        wanted = MonthlyLayout if kind == "p" else PlainLayout
+        return self.layout if type(self.layout) is wanted else wanted()
 
     def stream_rows(self, tx, sql, params, size):
         # A server-side cursor by DECLARE/FETCH: psycopg2's named cursors refuse a connection in

@@ -169,3 +169,60 @@ def test_a_bad_exported_line_is_refused_naming_it(invoke, tmp_path):
     result = invoke("put", src, "--outbox", tmp_path / "o.db")
     assert result.exit_code == 1
     assert "line 2: history[0].kind must be one of" in result.output
+
+
+def test_output_to_a_device_writes_it_and_leaves_it_a_device(invoke, tmp_path, pg_url):
+    """--output /dev/null (or a FIFO) is written as it is: renaming a finished file over it would replace
+    the device with a regular file."""
+    import os
+    import stat
+    archive_of([flat(i) for i in range(3)], invoke, tmp_path, pg_url, "first")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo, encoding="utf-8").read()))
+    reader.start()
+    result = invoke("export", "--target", pg_url, "--format", "jsonl", "--output", fifo)
+    reader.join(10)
+    assert result.exit_code == 0, result.output
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and len(got[0].splitlines()) == 3
+
+
+def comparable(path):
+    """An export's lines without what each relay stamps on its way in."""
+    out = []
+    for line in open(path, encoding="utf-8"):
+        data = json.loads(line)
+        for stamp in ("received_at", "relayed_at"):
+            data["archived"].pop(stamp)
+        out.append(data)
+    return out
+
+
+def test_jsonl_from_mariadb_into_a_sqlite_archive_exports_the_same(invoke, tmp_path, maria_url):
+    """MySQL's unbuffered cursor and SQLite's: an export, put into another archive of another database,
+    exports the same lines."""
+    archive_of(mixed_payloads(), invoke, tmp_path, maria_url, "first")
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert invoke("export", "--target", maria_url, "--format", "jsonl", "-o", first).exit_code == 0
+    copy = f"sqlite:///{tmp_path}/copy.db"
+    assert invoke("put", first, "--outbox", tmp_path / "copy-outbox.db").exit_code == 0
+    assert invoke("sync", "--outbox", tmp_path / "copy-outbox.db", "--target", copy).exit_code == 0
+    assert invoke("export", "--target", copy, "--format", "jsonl", "-o", second).exit_code == 0
+    lines = comparable(first)
+    assert len(lines) == 27 and sum(len(x["history"]) for x in lines) == 5
+    assert comparable(second) == lines
+
+
+def test_a_reader_that_stops_early_ends_the_export_quietly(tmp_path, pg_url):
+    """`outbox-relay export … | head -1`: exit 0, no traceback, the connection given back."""
+    assert subprocess.run(relay_cmd() + ["init-db", "--target", pg_url], env=clean_env()).returncode == 0
+    pg_query(pg_url, generate_sql(20_000))
+    proc = subprocess.Popen(relay_cmd() + ["export", "--target", pg_url, "--format", "jsonl"], env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert json.loads(proc.stdout.readline())["archived"]["message_id"]
+    proc.stdout.close()
+    assert proc.wait(60) == 0
+    assert b"Traceback" not in proc.stderr.read()
+    proc.stderr.close()

@@ -15,8 +15,10 @@ pytestmark = pytest.mark.usefixtures("hermetic")
 COLUMNS = ("message_id", "chat_id", "chat_type", "parent_id", "root_id", "thread_id", "msg_type", "text", "source")
 
 
-@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+@pytest.fixture(params=["postgresql", "postgresql-partitioned", "mariadb", "sqlite"])
 def target(request, make_target, tmp_path):
+    if request.param == "postgresql-partitioned":  # a message is there by the keys table, not a unique index
+        return make_target(request.getfixturevalue("pg_url"), partition="month")
     if request.param == "postgresql":
         url = request.getfixturevalue("pg_url")
     elif request.param == "mariadb":
