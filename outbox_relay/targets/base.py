@@ -739,9 +739,12 @@ class Target:
         if failed is not None:
             raise failed
 
+    def stream_cursor(self, tx):
+        """A cursor that steps through a result as it is read (SQLite's own does)."""
+        return tx.conn.cursor()
+
     def stream_rows(self, tx, sql, params, size):
-        """SQLite's cursor steps through the result as it is read."""
-        cur = tx.conn.cursor()
+        cur = self.stream_cursor(tx)
         try:
             cur.execute(sql) if params is None else cur.execute(sql, params)
             while rows := cur.fetchmany(size):

@@ -326,18 +326,12 @@ class MySQLTarget(PooledTarget):
         # The session is UTC; no DATE_FORMAT, whose % signs PyMySQL would read as placeholders.
         return f"CAST(DATE({column}) AS CHAR(10))"
 
-    def stream_rows(self, tx, sql, params, size):
+    def stream_cursor(self, tx):
         # An unbuffered cursor: rows come off the socket as they are read. The server gives up on a
         # reader slower than net_write_timeout (60 s): a person's disk or pipe may be.
         import pymysql.cursors
         tx.execute("SET SESSION net_write_timeout = 3600")
-        cur = tx.conn.cursor(pymysql.cursors.SSCursor)
-        try:
-            cur.execute(sql) if params is None else cur.execute(sql, params)
-            while rows := cur.fetchmany(size):
-                yield from rows
-        finally:
-            cur.close()
+        return tx.conn.cursor(pymysql.cursors.SSCursor)
 
 
 # Bytes of one multi-row INSERT at most (less where the server's max_allowed_packet is less):
