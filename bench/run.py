@@ -30,7 +30,7 @@ QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seco
              link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200, spool_large=3000, spool_small=1000,
              events=2000, archive_export=20_000, archive_read=30_000, archive_retention=20_000, archive_load=3000,
              archive_convert=5000)
-SECTIONS = ("ingest", "webhook", "relay", "events", "link", "e2e", "memory", "spool", "hook", "mysql", "archive")
+SECTIONS = ("ingest", "webhook", "relay", "events", "link", "e2e", "memory", "spool", "hook", "mysql", "partitions")
 
 
 def log(msg):
@@ -113,7 +113,7 @@ def run_sections(args, size, workdir, pg):
                      lambda: hook.bench_hook(workdir, common.fresh_database(pg, "bench_hook"), size["hook"]))
     lines += section("mysql", f"drain {size['mysql']:,} into MariaDB vs LOAD DATA",
                      lambda: bench_mysql(workdir, size["mysql"]))
-    lines += section("archive", f"export of {size['archive_export']:,} rows, search/stats on"
+    lines += section("partitions", f"export of {size['archive_export']:,} rows, search/stats on"
                      f" {size['archive_read']:,} partitioned vs plain, retention of {size['archive_retention']:,}",
                      lambda: bench_archive(workdir, pg, size))
     if rates and not args.quick:
@@ -124,14 +124,14 @@ def run_sections(args, size, workdir, pg):
 
 
 def bench_archive(workdir, pg, size):
-    import archive
+    import partitions
     fresh = common.fresh_database
-    return (archive.bench_export(fresh(pg, "bench_export"), size["archive_export"])
-            + archive.bench_read(fresh(pg, "bench_plain"), fresh(pg, "bench_partitioned"), size["archive_read"])
-            + archive.bench_retention(fresh(pg, "bench_delete"), fresh(pg, "bench_retention"),
+    return (partitions.bench_export(fresh(pg, "bench_export"), size["archive_export"])
+            + partitions.bench_read(fresh(pg, "bench_plain"), fresh(pg, "bench_partitioned"), size["archive_read"])
+            + partitions.bench_retention(fresh(pg, "bench_delete"), fresh(pg, "bench_retention"),
                                       size["archive_retention"])
-            + archive.bench_load(workdir, fresh(pg, "bench_load"), size["archive_load"])
-            + archive.bench_convert(workdir, fresh(pg, "bench_convert"), size["archive_convert"]))
+            + partitions.bench_load(workdir, fresh(pg, "bench_load"), size["archive_load"])
+            + partitions.bench_convert(workdir, fresh(pg, "bench_convert"), size["archive_convert"]))
 
 
 def bench_mysql(workdir, n):

@@ -1,4 +1,4 @@
-"""The archive at size (issue 22): export's peak memory, search and stats on the partitioned table beside
+"""Partitions (issue 22): export's peak memory, search and stats on the partitioned table beside
 the plain one, and retention of one month (DETACH + DROP) beside a DELETE of the same rows.
 
 Rows are made inside PostgreSQL (generate_series, about 1 KB each, over 36 months), the same rows in
