@@ -8,8 +8,9 @@ branch once an index finds them. An archive whose events table (or its columns) 
 is searched by what it has.
 
 Keywords are always bound parameters and match literally (each database class says how:
-`Target.contains`). On PostgreSQL ILIKE '%…%' can use the pg_trgm GIN index that `init-db`
-creates where it may; without it the database scans, which is slower but gives the same answer.
+`Target.indexed_contains`, through the search index `init-db` made where it may: on PostgreSQL an
+n-gram GIN index, pg_bigm's or pg_trgm's, see targets/postgres_read.py); without one the database
+scans, which is slower but gives the same answer.
 """
 
 from ..errors import TargetError
@@ -39,13 +40,17 @@ def archive_shape(target, tx):
     return state, state and target.table_exists(tx, target.events_table)
 
 
-def _match(target, column, keyword):
-    condition, pattern = target.contains(column, keyword)
-    return condition, [pattern]
+def search_target(target, keyword, *, limit=20, **filters):
+    with target.transaction() as tx:
+        sql, params = search_query(target, tx, keyword, limit=limit, **filters)
+        rows = tx.execute(sql, params)
+    return [_row(*r[:5], to_ms(r[5]), r[6], "target", to_ms(r[7]) if r[7] is not None else None,
+                 to_ms(r[8]) if r[8] is not None else None) for r in rows]
 
 
-def search_target(target, keyword, *, chat=None, sender=None, msg_type=None, since_ms=None,
-                  until_ms=None, limit=20):
+def search_query(target, tx, keyword, *, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None,
+                 limit=20):
+    """(sql, params) of a search in this archive as it is (its columns, its events table, its indexes)."""
     p = target.param
     filters, filter_params = [], []
     for column, value in (("chat_id", chat), ("sender_id", sender), ("msg_type", msg_type)):
@@ -58,24 +63,22 @@ def search_target(target, keyword, *, chat=None, sender=None, msg_type=None, sin
     if until_ms is not None:
         filters.append(f"created_at < {p}")
         filter_params.append(target.created_value(until_ms))
-    with target.transaction() as tx:
-        state, events = archive_shape(target, tx)
-        columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
-        branches = [_match(target, "text", keyword)]
-        if state:
-            branches.append(_match(target, "original_text", keyword))
-        if events:
-            condition, params = _match(target, "text", keyword)
-            branches.append((f"message_id IN (SELECT message_id FROM {target.quote(target.events_table)}"
-                             f" WHERE kind = {p} AND {condition})", [EDITED] + params))
-        sql, params = [], []
-        for n, (condition, condition_params) in enumerate(branches):
-            sql.append(f"SELECT * FROM (SELECT {columns} FROM {target.quoted}"
-                       f" WHERE {' AND '.join([condition] + filters)} ORDER BY created_at DESC LIMIT {p}) AS v{n}")
-            params += condition_params + filter_params + [limit]
-        rows = tx.execute(" UNION ".join(sql) + f" ORDER BY created_at DESC LIMIT {p}", params + [limit])
-    return [_row(*r[:5], to_ms(r[5]), r[6], "target", to_ms(r[7]) if r[7] is not None else None,
-                 to_ms(r[8]) if r[8] is not None else None) for r in rows]
+    state, events = archive_shape(target, tx)
+    columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
+    indexes = target.search_plan(tx)
+    branches = [target.indexed_contains("text", keyword, indexes.get("text"))]
+    if state:
+        branches.append(target.indexed_contains("original_text", keyword, indexes.get("original_text")))
+    if events:
+        condition, params = target.indexed_contains("text", keyword, indexes.get("events.text"))
+        branches.append((f"message_id IN (SELECT message_id FROM {target.quote(target.events_table)}"
+                         f" WHERE kind = {p} AND {condition})", [EDITED] + params))
+    sql, params = [], []
+    for n, (condition, condition_params) in enumerate(branches):
+        sql.append(f"SELECT * FROM (SELECT {columns} FROM {target.quoted}"
+                   f" WHERE {' AND '.join([condition] + filters)} ORDER BY created_at DESC LIMIT {p}) AS v{n}")
+        params += condition_params + filter_params + [limit]
+    return " UNION ".join(sql) + f" ORDER BY created_at DESC LIMIT {p}", params + [limit]
 
 
 def search_messages(outbox, target, keyword, *, limit=20, **filters):

@@ -65,11 +65,11 @@ class SqliteTarget(Target):
 
     def insert_rows(self, tx, table, rows):
         marks = ", ".join("?" * len(table.written))
-        before = tx.conn.total_changes
-        tx.conn.executemany(f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)})"
-                            f" VALUES ({marks})"
-                            " ON CONFLICT DO NOTHING", rows)
-        return tx.conn.total_changes - before
+        # The cursor's rowcount, not total_changes: that one also counts what the rollup's triggers change.
+        cur = tx.conn.executemany(f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)})"
+                                  f" VALUES ({marks})"
+                                  " ON CONFLICT DO NOTHING", rows)
+        return cur.rowcount
 
     def id_list(self, column, ids):
         return f"{column} IN (SELECT value FROM json_each(?))", [json.dumps(ids)]
@@ -85,8 +85,19 @@ class SqliteTarget(Target):
     def server_info(self, tx):
         return {"server_version": "SQLite " + tx.value("SELECT sqlite_version()"), "path": self.path}
 
+    upsert_add = "ON CONFLICT (dim, name) DO UPDATE SET n = n + excluded.n"
+
+    @classmethod
+    def row_trigger_sql(cls, name, when, table, body):
+        return f"CREATE TRIGGER {name} AFTER {when} ON {table} FOR EACH ROW BEGIN {body}; END"
+
+    def count_triggers(self, tx, names):
+        return tx.value(f"SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN"
+                        f" ({', '.join('?' * len(names))})", list(names))
+
     def contains(self, column, keyword):
         return f"instr(lower({column}), lower(?)) > 0", keyword
 
-    def day_of(self, column):
+    @classmethod
+    def day_of(cls, column):
         return f"substr({column}, 1, 10)"
