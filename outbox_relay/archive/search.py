@@ -32,14 +32,6 @@ def _iso(ms):
     return ms_to_iso(ms) if ms is not None else None
 
 
-def archive_shape(target, tx):
-    """(the row has edited_at/recalled_at/original_text, the events table is there): what an archive
-    made by an older release, or by a role that could not run this version's DDL, lacks."""
-    columns = target.table_columns(tx)
-    state = all(c in columns for c in ("edited_at", "recalled_at", "original_text"))
-    return state, state and target.table_exists(tx, target.events_table)
-
-
 def search_target(target, keyword, *, limit=20, **filters):
     with target.transaction() as tx:
         sql, params = search_query(target, tx, keyword, limit=limit, **filters)
@@ -63,9 +55,8 @@ def search_query(target, tx, keyword, *, chat=None, sender=None, msg_type=None, 
     if until_ms is not None:
         filters.append(f"created_at < {p}")
         filter_params.append(target.created_value(until_ms))
-    state, events = archive_shape(target, tx)
+    state, events, indexes = target.search_shape(tx)
     columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
-    indexes = target.search_plan(tx)
     branches = [target.indexed_contains("text", keyword, indexes.get("text"))]
     if state:
         branches.append(target.indexed_contains("original_text", keyword, indexes.get("original_text")))

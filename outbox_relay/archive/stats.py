@@ -6,7 +6,6 @@ from ..errors import TargetError
 from ..message.events import KINDS
 from ..schema import target as schema
 from ..timeconv import day_start_ms, ms_to_iso, now_ms, to_ms
-from .search import archive_shape
 
 
 def target_stats(target, *, days=7, top=10, now=None):
@@ -82,7 +81,7 @@ def _history(target, tx, rollup):
         edited, recalled = marked.get("edited", 0), marked.get("recalled", 0)
         return {**{kind: counts.get(kind, 0) for kind in KINDS}, "messages_edited": edited,
                 "messages_recalled": recalled}
-    state, events = archive_shape(target, tx)
+    _, events, _ = target.search_shape(tx)
     if not events:
         return None
     counts = dict(tx.execute(f"SELECT kind, count(*) FROM {target.quote(target.events_table)} GROUP BY kind"))

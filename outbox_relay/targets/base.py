@@ -163,6 +163,13 @@ class Target:
         """{column searched: how its index serves a substring search}, for indexed_contains; {}: none."""
         return {}
 
+    def search_shape(self, tx):
+        """(the row has edited_at/recalled_at/original_text, the events table is there, search_plan):
+        what a search of this archive as it is can ask."""
+        columns = self.table_columns(tx)
+        state = all(c in columns for c in ("edited_at", "recalled_at", "original_text"))
+        return state, state and self.table_exists(tx, self.events_table), self.search_plan(tx)
+
     def indexed_contains(self, column, keyword, how):
         """(SQL condition, [params]): `column` holds `keyword`, through the index `how` names (search_plan)."""
         condition, pattern = self.contains(column, keyword)
@@ -546,8 +553,9 @@ class Target:
         return tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
                         (self.table,)) or 0
 
-    def init_db(self, trigram=True):
-        """Apply the missing migrations; then the search index where permitted. -> report dict."""
+    def init_db(self, trigram=True, read_side=True):
+        """Apply the missing migrations; then the search indexes and the stats rollup where permitted
+        (read_side=False: not now, e.g. before a bulk load). -> report dict."""
         with self.transaction(timeout=False) as tx:
             # Two relays starting at once must not both run the DDL: the lock comes first, since
             # even CREATE TABLE IF NOT EXISTS fails (PostgreSQL: 23505 on pg_type) when two race.
@@ -565,7 +573,8 @@ class Target:
         self.events_ready = True
         report = {"from_version": current, "version": len(migrations), "dropped": recorded > current,
                   "trigram": None, "search": {}, "rollup": None}
-        report.update(self.create_read_side(trigram))
+        if read_side:
+            report.update(self.create_read_side(trigram))
         return report
 
     def create_read_side(self, trigram=True):

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.usefixtures("hermetic")
 ROWS = 6000
 KEYWORDS = ["测", "会", "的", "罕", "鑫", "测试", "会议", "周报", "罕见", "测试环", "上线了", "代码评审通过",
             "罕见词语鑫", "PR已合并", "bug修复", "好的👍", "👍", "🎉", "%", "100%", "_", "a_b", "\\", "C:\\t",
-            "deploy", "DEPLOY", "Deploy", "ok", "没有这个词"]
+            "deploy", "DEPLOY", "Deploy", "ok", "没有这个词", "\ue000y", "x\ue000"]
 DAY = 86_400_000
 FILTERS = {"chat": "oc_7", "sender": "ou_21", "msg_type": "text",
            "since_ms": (EPOCH_S - 7 * ROWS // 2) * 1000, "until_ms": (EPOCH_S - 7 * ROWS // 8) * 1000}
