@@ -35,7 +35,7 @@ def fill_sql(dialect, first, last, table="feishu_messages"):
     words = ", ".join(_literal(w, dialect) for w in WORDS)
     n = len(WORDS)
     if dialect == "postgresql":
-        pick = f"(ARRAY[{words}])[1 + abs(hashint4(g * 7919 + k)) % {n}]"
+        pick = f"(ARRAY[{words}])[1 + abs(hashint8(g::bigint * 7919 + k)) % {n}]"
         text = (f"(SELECT string_agg({pick}, '' ORDER BY k) FROM generate_series(1, 3 + g % 12) AS k)"
                 f" || CASE WHEN g % {RARE_EVERY} = 0 THEN '{RARE}' ELSE '' END")
         return (f"INSERT INTO {table} (message_id, chat_id, sender_id, msg_type, text, created_at, source,"

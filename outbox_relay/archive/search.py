@@ -32,42 +32,102 @@ def _iso(ms):
     return ms_to_iso(ms) if ms is not None else None
 
 
+# Where a search index exists, a search reads first the newest WALK messages (after the filters) in
+# created_at order: a keyword in at least --limit of them is answered by that walk alone. A rarer one
+# goes to the n-gram index, newest first by windows of time growing fourfold (1 day, 4, 16 … then all),
+# so that it fetches about --limit matching rows, not every one: the planner cannot tell a common
+# keyword from a rare one well enough to do this itself (it takes a keyword's pairs of characters as
+# independent, and they are not), and fetching all the matches of a common one costs seconds at 10 M.
+WALK = 2_000
+WINDOWS_DAYS = (1, 4, 16, 64, 256, 1024)
+DAY_MS = 86_400_000
+
+
 def search_target(target, keyword, *, limit=20, **filters):
     with target.transaction() as tx:
-        sql, params = search_query(target, tx, keyword, limit=limit, **filters)
-        rows = tx.execute(sql, params)
+        shape = target.search_shape(tx)
+        rows = []
+        if shape[2].get("text"):
+            rows = tx.execute(*walk_query(target, keyword, limit=limit, **filters))
+            if len(rows) < limit:
+                rows = _by_windows(target, tx, keyword, limit, shape, filters)
+        else:
+            rows = tx.execute(*search_query(target, tx, keyword, limit=limit, shape=shape, parts=("text",),
+                                            **filters))
+        sql, params = search_query(target, tx, keyword, limit=limit, shape=shape, parts=("versions",), **filters)
+        if sql:  # the words first sent and the edits' words: their own (small, indexed) branches
+            rows = sorted(set(rows) | set(tx.execute(sql, params)), key=lambda r: (r[5], r[0]), reverse=True)
     return [_row(*r[:5], to_ms(r[5]), r[6], "target", to_ms(r[7]) if r[7] is not None else None,
-                 to_ms(r[8]) if r[8] is not None else None) for r in rows]
+                 to_ms(r[8]) if r[8] is not None else None) for r in rows[:limit]]
 
 
-def search_query(target, tx, keyword, *, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None,
-                 limit=20):
-    """(sql, params) of a search in this archive as it is (its columns, its events table, its indexes)."""
+def _by_windows(target, tx, keyword, limit, shape, filters):
+    where, params = _filters(target, **filters)
+    newest = tx.value(f"SELECT max(created_at) FROM {target.quoted}" + (f" WHERE {' AND '.join(where)}" if where
+                                                                       else ""), params or None)
+    if newest is None:
+        return []
+    newest, since = to_ms(newest), filters.get("since_ms")
+    for days in WINDOWS_DAYS + (None,):
+        bound = None if days is None else newest - days * DAY_MS
+        if bound is not None and since is not None and bound <= since:
+            bound = None  # the window already reaches past --since: this is the last one
+        window = dict(filters, since_ms=bound if bound is not None else since)
+        rows = tx.execute(*search_query(target, tx, keyword, limit=limit, shape=shape, parts=("text",), **window))
+        if len(rows) >= limit or bound is None:
+            return rows
+    return rows
+
+
+def _filters(target, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None):
     p = target.param
-    filters, filter_params = [], []
+    filters, params = [], []
     for column, value in (("chat_id", chat), ("sender_id", sender), ("msg_type", msg_type)):
         if value is not None:
             filters.append(f"{column} = {p}")
-            filter_params.append(value)
+            params.append(value)
     if since_ms is not None:
         filters.append(f"created_at >= {p}")
-        filter_params.append(target.created_value(since_ms))
+        params.append(target.created_value(since_ms))
     if until_ms is not None:
         filters.append(f"created_at < {p}")
-        filter_params.append(target.created_value(until_ms))
-    state, events, indexes = target.search_shape(tx)
+        params.append(target.created_value(until_ms))
+    return filters, params
+
+
+def walk_query(target, keyword, *, limit=20, **filters):
+    """(sql, params): the newest matches among the newest WALK messages the filters allow (their
+    indexes with created_at serve the walk), by the words they show now."""
+    where, params = _filters(target, **filters)
+    condition, pattern = target.contains("text", keyword)
+    state_columns = ", ".join(COLUMNS)
+    return (f"SELECT {state_columns} FROM (SELECT {state_columns} FROM {target.quoted}"
+            + (f" WHERE {' AND '.join(where)}" if where else "")
+            + f" ORDER BY created_at DESC LIMIT {target.param}) AS recent WHERE {condition}"
+            f" ORDER BY created_at DESC LIMIT {target.param}", params + [WALK, pattern, limit])
+
+
+def search_query(target, tx, keyword, *, limit=20, shape=None, parts=("text", "versions"), **filters):
+    """(sql, params) of a search in this archive as it is (its columns, its events table, its indexes):
+    one branch per version of the words, each through its own index. parts: "text" (the words now),
+    "versions" (the words first sent, each edit's); (None, None) where the archive has none of them."""
+    p = target.param
+    where, filter_params = _filters(target, **filters)
+    state, events, indexes = shape or target.search_shape(tx)
     columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
-    branches = [target.indexed_contains("text", keyword, indexes.get("text"))]
-    if state:
+    branches = [target.indexed_contains("text", keyword, indexes.get("text"))] if "text" in parts else []
+    if state and "versions" in parts:
         branches.append(target.indexed_contains("original_text", keyword, indexes.get("original_text")))
-    if events:
+    if events and "versions" in parts:
         condition, params = target.indexed_contains("text", keyword, indexes.get("events.text"))
         branches.append((f"message_id IN (SELECT message_id FROM {target.quote(target.events_table)}"
                          f" WHERE kind = {p} AND {condition})", [EDITED] + params))
+    if not branches:
+        return None, None
     sql, params = [], []
     for n, (condition, condition_params) in enumerate(branches):
         sql.append(f"SELECT * FROM (SELECT {columns} FROM {target.quoted}"
-                   f" WHERE {' AND '.join([condition] + filters)} ORDER BY created_at DESC LIMIT {p}) AS v{n}")
+                   f" WHERE {' AND '.join([condition] + where)} ORDER BY created_at DESC LIMIT {p}) AS v{n}")
         params += condition_params + filter_params + [limit]
     return " UNION ".join(sql) + f" ORDER BY created_at DESC LIMIT {p}", params + [limit]
 

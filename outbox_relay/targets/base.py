@@ -736,6 +736,10 @@ class Target:
             problems.append(f"no n-gram search index: a keyword that matches few messages scans the table{cost};"
                             " `init-db` makes it where the role may, else ask the DBA to run"
                             " `outbox-relay schema --sql --search`")
+        elif not self.search_index_statements(self.table) and self.scan_ms_per_100k:
+            problems.append(f"{self.title} has no index for substring search: a keyword that matches few messages"
+                            f" scans the table{cost}; --chat, --sender, --type and --since narrow it through their"
+                            " indexes (README: Search on MySQL / MariaDB)")
         if self.rollup_statements(self.table) and not rollup:
             problems.append("no stats rollup (or a trigger of it is missing): `stats` counts by scanning the table;"
                             " `init-db` makes it where the role may, else `outbox-relay schema --sql --search`")

@@ -65,7 +65,8 @@ class PostgresReadSide:
         # and a keyword's grams fold into a constant the planner's statistics can judge. The pairs: the
         # text cut after every second character from the first, and from the second (U+E000 marks the
         # cuts; a pair holding U+E000 itself is lost, so a keyword holding it asks for nothing, `{}`,
-        # and the recheck alone decides). Duplicates stay: GIN keeps each key once.
+        # and the recheck alone decides). Duplicates stay: GIN keeps each key once. A keyword's grams
+        # are its pairs only (a sub-SELECT is fine there: the planner evaluates it once, for the constant).
         def pairs(text):
             return f"string_to_array(regexp_replace({text}, '(..)', '\\1' || chr(57344), 'g'), chr(57344))"
         both = f"{pairs('lower(t)')} || {pairs('substr(lower(t), 2)')}"
@@ -74,7 +75,8 @@ class PostgresReadSide:
             f" PARALLEL SAFE AS $$ SELECT array_remove(string_to_array(lower(t), NULL) || {both}, '') $$",
             f"CREATE OR REPLACE FUNCTION {query}(t text) RETURNS text[] LANGUAGE sql IMMUTABLE STRICT"
             f" PARALLEL SAFE AS $$ SELECT CASE WHEN length(t) = 1 THEN ARRAY[lower(t)]"
-            f" WHEN strpos(t, chr(57344)) > 0 THEN '{{}}'::text[] ELSE array_remove({both}, '') END $$",
+            f" WHEN strpos(t, chr(57344)) > 0 THEN '{{}}'::text[] ELSE ARRAY(SELECT DISTINCT g FROM"
+            f" unnest({both}) AS g WHERE length(g) = 2) END $$",
         ]
 
     @classmethod
@@ -259,8 +261,12 @@ class PostgresReadSide:
         if how == "bigm":
             return f"lower({column}) LIKE lower(%s) ESCAPE '\\'", [pattern]
         if how == "grams":
+            # The recheck is strpos on lower() (what ILIKE does in any locale), not ILIKE itself: the planner
+            # then judges how common the keyword is by the index's statistics alone and, for a common one,
+            # walks created_at newest first and stops at --limit instead of fetching every match.
             grams, query = (self._in_schema(self.table, f) for f in (GRAMS_FUNCTION, QUERY_GRAMS_FUNCTION))
-            return (f"{grams}({column}) @> {query}(%s) AND {column} ILIKE %s ESCAPE '\\'", [keyword, pattern])
+            return (f"{grams}({column}) @> {query}(%s) AND strpos(lower({column}), lower(%s)) > 0",
+                    [keyword, keyword])
         return f"{column} ILIKE %s ESCAPE '\\'", [pattern]
 
 
