@@ -194,12 +194,55 @@ def lines_for(figures, drain, quick):
     return out
 
 
+def maria_figures(sizes_):
+    """MariaDB (no substring index: what a user gets there): search p50/p95 by keyword length and stats,
+    on a throwaway mariadbd (tests/mariaharness.py)."""
+    import mysql_relay
+    server = mysql_relay.start_maria()
+    out = {}
+    try:
+        for rows in sizes_:
+            url = mysql_relay.fresh_database(server, f"bench_archive_{rows}")
+            target = open_target(url, statement_timeout=3600)
+            try:
+                target.init_db(read_side=False)
+                for first in range(1, rows + 1, 100_000):
+                    target.query(archivecorpus.fill_sql("mysql", first, min(rows, first + 99_999)))
+                target.create_read_side()
+                target.query("ANALYZE TABLE feishu_messages")
+                out[rows] = {"search": {}, "stats": stats_figures(target)}
+                for length, words in KEYWORDS.items():
+                    times = [ms for w in words
+                             for ms in timed(lambda w=w, t=target: search_target(t, w, limit=50), repeat=3)]
+                    out[rows]["search"][length] = {"p50": percentile(times, 50), "p95": percentile(times, 95)}
+                log(f"MariaDB {rows:,}: {out[rows]}")
+            finally:
+                target.close()
+    finally:
+        server.destroy()
+    return out
+
+
+def maria_lines(figures):
+    out = []
+    for rows, f in sorted(figures.items()):
+        for length in KEYWORDS:
+            s = f["search"][length]
+            out.append(Line(f"MariaDB search {length}-char --limit 50 at {rows:,} rows: p50 / p95 ms",
+                            f"{s['p50']:.1f} / {s['p95']:.1f}", "(no index: this is the scan)"))
+        out.append(Line(f"MariaDB stats --days 30 at {rows:,} rows, ms", f"{f['stats']['p50']:.1f}",
+                        f"{f['stats']['scan']:.1f} (by scanning)",
+                        f["stats"]["scan"] / f["stats"]["p50"] if f["stats"]["p50"] else None))
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100 k rows only (make bench-archive QUICK=1)")
     parser.add_argument("--sizes", help="comma-separated row counts (default 100000,1000000,10000000)")
     parser.add_argument("--drain", type=int, help="messages the drain comparison relays (default 20,000 / 100,000)")
     parser.add_argument("--results", default=os.path.join(common.BENCH, "ARCHIVE.md"))
+    parser.add_argument("--mariadb", help="comma-separated row counts to measure on MariaDB too (e.g. 100000)")
     args = parser.parse_args(argv)
     sizes_ = [int(s) for s in args.sizes.split(",")] if args.sizes else (
         [100_000] if args.quick else [100_000, 1_000_000, 10_000_000])
@@ -226,7 +269,10 @@ def main(argv=None):
         pg.destroy()
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.perf_counter() - started
-    table = common.render(lines_for(figures, drain, args.quick))
+    lines = lines_for(figures, drain, args.quick)
+    if args.mariadb:
+        lines += maria_lines(maria_figures([int(n) for n in args.mariadb.split(",")]))
+    table = common.render(lines)
     print("\n".join(info) + "\n\n" + table + f"\n\ntotal time {elapsed:.0f} s")
     builds = "; ".join(f"{s:,} rows made in {f['loaded_s']:.0f} s, indexed in {f['indexed_s']:.0f} s"
                        for s, f in sorted(figures.items()))

@@ -2,7 +2,8 @@
 search and stats tests and `make bench-archive`. Each message is 3-14 words of a vocabulary of
 everyday Chinese chat words, English words in three cases, emoji, and the characters LIKE treats
 specially (%, _, \\); a few words are rare on purpose (RARE: one message in RARE_EVERY). created_at
-is unique per row (7 s apart, newest = row 1), so "newest first" has one answer.
+is unique per row (7 s apart, newest = row 1), so "newest first" has one answer; each was received
+and relayed a second after it was sent, as in a live archive.
 
     fill_sql(dialect, first, last) -> one INSERT … SELECT of rows first..last (PostgreSQL or MySQL)
 """
@@ -39,14 +40,17 @@ def fill_sql(dialect, first, last, table="feishu_messages"):
         text = (f"(SELECT string_agg({pick}, '' ORDER BY k) FROM generate_series(1, 3 + g % 12) AS k)"
                 f" || CASE WHEN g % {RARE_EVERY} = 0 THEN '{RARE}' ELSE '' END")
         return (f"INSERT INTO {table} (message_id, chat_id, sender_id, msg_type, text, created_at, source,"
-                f" received_at) SELECT 'g_' || g, 'oc_' || (g % {CHATS}), 'ou_' || (g * 7 % {SENDERS}),"
+                f" received_at, relayed_at) SELECT 'g_' || g, 'oc_' || (g % {CHATS}), 'ou_' || (g * 7 % {SENDERS}),"
                 f" CASE g % 20 WHEN 0 THEN 'post' WHEN 1 THEN 'image' ELSE 'text' END, {text},"
-                f" to_timestamp({EPOCH_S} - 7 * g::bigint), 'api', now() FROM generate_series({first}, {last}) AS g")
+                f" to_timestamp({EPOCH_S} - 7 * g::bigint), 'api', to_timestamp({EPOCH_S} - 7 * g::bigint + 1),"
+                f" to_timestamp({EPOCH_S} - 7 * g::bigint + 1) FROM generate_series({first}, {last}) AS g")
     pick = f"ELT(1 + (CRC32(s.seq * 7919 + k.seq) % {n}), {words})"
     text = (f"CONCAT(GROUP_CONCAT({pick} ORDER BY k.seq SEPARATOR ''),"
             f" IF(s.seq % {RARE_EVERY} = 0, '{RARE}', ''))")
-    return (f"INSERT INTO {table} (message_id, chat_id, sender_id, msg_type, text, created_at, source, received_at)"
+    return (f"INSERT INTO {table} (message_id, chat_id, sender_id, msg_type, text, created_at, source, received_at,"
+            f" relayed_at)"
             f" SELECT CONCAT('g_', s.seq), CONCAT('oc_', s.seq % {CHATS}), CONCAT('ou_', s.seq * 7 % {SENDERS}),"
             f" ELT(1 + (s.seq % 20 = 1) + 2 * (s.seq % 20 > 1), 'post', 'image', 'text'), {text},"
-            f" FROM_UNIXTIME({EPOCH_S} - 7 * s.seq), 'api', NOW(3)"
+            f" FROM_UNIXTIME({EPOCH_S} - 7 * s.seq), 'api', FROM_UNIXTIME({EPOCH_S} - 7 * s.seq + 1),"
+            f" FROM_UNIXTIME({EPOCH_S} - 7 * s.seq + 1)"
             f" FROM seq_{first}_to_{last} AS s JOIN seq_1_to_14 AS k ON k.seq <= 3 + s.seq % 12 GROUP BY s.seq")

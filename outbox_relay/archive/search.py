@@ -34,23 +34,24 @@ def _iso(ms):
 
 # Where a search index exists, a search reads first the newest WALK messages (after the filters) in
 # created_at order: a keyword in at least --limit of them is answered by that walk alone. A rarer one
-# goes to the n-gram index, newest first by windows of time growing fourfold (1 day, 4, 16 … then all),
-# so that it fetches about --limit matching rows, not every one: the planner cannot tell a common
-# keyword from a rare one well enough to do this itself (it takes a keyword's pairs of characters as
-# independent, and they are not), and fetching all the matches of a common one costs seconds at 10 M.
+# goes to the n-gram index, newest first, over a window of time sized by what the walk found (the
+# walk's span x 2 x limit / matches: about twice --limit matches expected), widened eightfold until
+# --limit are found or the window is all. So it fetches about --limit rows however common the keyword:
+# the planner cannot tell a common keyword from a rare one well enough to do this itself (it takes a
+# keyword's pairs of characters as independent, and they are not), and fetching all the matches of a
+# common one costs seconds at 10 M rows.
 WALK = 2_000
-WINDOWS_DAYS = (1, 4, 16, 64, 256, 1024)
-DAY_MS = 86_400_000
+WIDEN = 8
 
 
 def search_target(target, keyword, *, limit=20, **filters):
     with target.transaction() as tx:
+        target.tune_search(tx)
         shape = target.search_shape(tx)
-        rows = []
         if shape[2].get("text"):
             rows = tx.execute(*walk_query(target, keyword, limit=limit, **filters))
             if len(rows) < limit:
-                rows = _by_windows(target, tx, keyword, limit, shape, filters)
+                rows = _by_windows(target, tx, keyword, limit, shape, filters, found=len(rows))
         else:
             rows = tx.execute(*search_query(target, tx, keyword, limit=limit, shape=shape, parts=("text",),
                                             **filters))
@@ -61,22 +62,25 @@ def search_target(target, keyword, *, limit=20, **filters):
                  to_ms(r[8]) if r[8] is not None else None) for r in rows[:limit]]
 
 
-def _by_windows(target, tx, keyword, limit, shape, filters):
+def _by_windows(target, tx, keyword, limit, shape, filters, found):
     where, params = _filters(target, **filters)
-    newest = tx.value(f"SELECT max(created_at) FROM {target.quoted}" + (f" WHERE {' AND '.join(where)}" if where
-                                                                       else ""), params or None)
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    (newest, walked), = tx.execute(
+        f"SELECT max(created_at), min(created_at) FROM (SELECT created_at FROM {target.quoted}{condition}"
+        f" ORDER BY created_at DESC LIMIT {target.param}) AS walked", params + [WALK])
     if newest is None:
         return []
-    newest, since = to_ms(newest), filters.get("since_ms")
-    for days in WINDOWS_DAYS + (None,):
-        bound = None if days is None else newest - days * DAY_MS
-        if bound is not None and since is not None and bound <= since:
-            bound = None  # the window already reaches past --since: this is the last one
-        window = dict(filters, since_ms=bound if bound is not None else since)
-        rows = tx.execute(*search_query(target, tx, keyword, limit=limit, shape=shape, parts=("text",), **window))
-        if len(rows) >= limit or bound is None:
+    first = to_ms(tx.value(f"SELECT min(created_at) FROM {target.quoted}{condition}", params or None))
+    newest, since = to_ms(newest), max(filters.get("since_ms") or first, first)
+    window = max(newest - to_ms(walked), 1000) * 2 * limit / max(found, 1)
+    while True:
+        bound = int(newest - window)
+        last = bound <= since  # the window reaches the first message (or --since): nothing is left out
+        rows = tx.execute(*search_query(target, tx, keyword, limit=limit, shape=shape, parts=("text",),
+                                        **dict(filters, since_ms=filters.get("since_ms") if last else bound)))
+        if len(rows) >= limit or last:
             return rows
-    return rows
+        window *= WIDEN
 
 
 def _filters(target, chat=None, sender=None, msg_type=None, since_ms=None, until_ms=None):

@@ -163,6 +163,9 @@ class Target:
         """{column searched: how its index serves a substring search}, for indexed_contains; {}: none."""
         return {}
 
+    def tune_search(self, tx):
+        """Settings for a search's own transaction (each search reads about --limit rows per branch)."""
+
     def search_shape(self, tx):
         """(the row has edited_at/recalled_at/original_text, the events table is there, search_plan):
         what a search of this archive as it is can ask."""

@@ -60,9 +60,11 @@ class PostgresReadSide:
     @classmethod
     def gram_function_statements(cls, table):
         grams, query = cls._in_schema(table, GRAMS_FUNCTION), cls._in_schema(table, QUERY_GRAMS_FUNCTION)
-        # One SQL expression of built-in C functions (no sub-SELECT, so the planner inlines it: 40 us a
-        # message where a generate_series version took 100), IMMUTABLE and STRICT so an index may use it
-        # and a keyword's grams fold into a constant the planner's statistics can judge. The pairs: the
+        # One expression of built-in C functions (12 us a message; a generate_series version took 3 times
+        # that), IMMUTABLE and STRICT so an index may use it. PL/pgSQL (built in, no extension) and COST
+        # 1000, not an inlined SQL function: the planner must know that evaluating it row by row, as a
+        # filter along created_at, is dear (it chose that plan, 250 ms at 1 M rows, when it did not).
+        # A keyword's grams (the second function) fold into a constant the planner's statistics judge. The pairs: the
         # text cut after every second character from the first, and from the second (U+E000 marks the
         # cuts; a pair holding U+E000 itself is lost, so a keyword holding it asks for nothing, `{}`,
         # and the recheck alone decides). Duplicates stay: GIN keeps each key once. A keyword's grams
@@ -71,8 +73,9 @@ class PostgresReadSide:
             return f"string_to_array(regexp_replace({text}, '(..)', '\\1' || chr(57344), 'g'), chr(57344))"
         both = f"{pairs('lower(t)')} || {pairs('substr(lower(t), 2)')}"
         return [
-            f"CREATE OR REPLACE FUNCTION {grams}(t text) RETURNS text[] LANGUAGE sql IMMUTABLE STRICT"
-            f" PARALLEL SAFE AS $$ SELECT array_remove(string_to_array(lower(t), NULL) || {both}, '') $$",
+            f"CREATE OR REPLACE FUNCTION {grams}(t text) RETURNS text[] LANGUAGE plpgsql IMMUTABLE STRICT"
+            f" PARALLEL SAFE COST 1000 AS $$ BEGIN RETURN array_remove(string_to_array(lower(t), NULL) || {both},"
+            f" ''); END $$",
             f"CREATE OR REPLACE FUNCTION {query}(t text) RETURNS text[] LANGUAGE sql IMMUTABLE STRICT"
             f" PARALLEL SAFE AS $$ SELECT CASE WHEN length(t) = 1 THEN ARRAY[lower(t)]"
             f" WHEN strpos(t, chr(57344)) > 0 THEN '{{}}'::text[] ELSE ARRAY(SELECT DISTINCT g FROM"
@@ -182,6 +185,11 @@ class PostgresReadSide:
     def search_plan(self, tx):
         """{column or 'events.text': 'bigm' | 'grams'}: which n-gram index serves each branch."""
         return self._plan_of(self.valid_indexes(tx, self._gram_index_names()))
+
+    def tune_search(self, tx):
+        # Parallel workers take 15-20 ms to start (measured at 1 M rows, 2 cores): more than a whole
+        # search that reads about --limit rows per branch.
+        tx.execute("SET LOCAL max_parallel_workers_per_gather = 0")
 
     def search_shape(self, tx):
         """In one round trip of the catalog (a search's only overhead): the row's state columns,
