@@ -121,7 +121,14 @@ def search_query(target, tx, keyword, *, limit=20, shape=None, parts=("text", "v
     columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
     branches = [target.indexed_contains("text", keyword, indexes.get("text"))] if "text" in parts else []
     if state and "versions" in parts:
-        branches.append(target.indexed_contains("original_text", keyword, indexes.get("original_text")))
+        condition, params = target.indexed_contains("original_text", keyword, indexes.get("original_text"))
+        if events and not indexes.get("original_text"):
+            # No index on it: only edited messages have words first sent, and the events table's index
+            # names them (else this branch alone would read the whole table: 0.25 s per 100,000 on MariaDB).
+            condition = (f"message_id IN (SELECT message_id FROM {target.quote(target.events_table)}"
+                         f" WHERE kind = {p}) AND {condition}")
+            params = [EDITED] + params
+        branches.append((condition, params))
     if events and "versions" in parts:
         condition, params = target.indexed_contains("text", keyword, indexes.get("events.text"))
         branches.append((f"message_id IN (SELECT message_id FROM {target.quote(target.events_table)}"
