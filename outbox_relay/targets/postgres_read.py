@@ -222,14 +222,22 @@ class PostgresReadSide:
         rows), as far as this role may. -> {index or step: "created" | "exists" | "not created: why"}."""
         with self.transaction() as tx:
             bigm = self.bigm_available(tx)
+            encoding = tx.value("SELECT pg_encoding_to_char(encoding) FROM pg_database"
+                                " WHERE datname = current_database()")
         report = {}
-        if bigm:
+        if encoding != "UTF8":
+            # The grams function cuts the text with chr(57344), which only UTF-8 has: in SQL_ASCII or
+            # LATIN1 every insert would fail and stall the queue. Such a database searches by scanning.
+            report["n-gram index"] = f"not created: the database's encoding is {encoding}, the n-gram index needs UTF8"
+            bigm = False
+        elif bigm:
             report["pg_bigm"] = self._ddl_step(["CREATE EXTENSION IF NOT EXISTS pg_bigm"])
             bigm = report["pg_bigm"] == "created"
-        if not bigm:
+        if not bigm and encoding == "UTF8":
             report["functions"] = self._ddl_step(self.gram_function_statements(self.table))
         for name, owner, body in self.search_indexes(self.table, bigm):
-            report[name] = self._concurrent_index(name, owner, body)
+            if encoding == "UTF8" or "gin" not in body:
+                report[name] = self._concurrent_index(name, owner, body)
         if trigram:
             extension, index = self.trigram_statements(self.table, "CONCURRENTLY ")
             report["pg_trgm"] = self._ddl_step([extension])
