@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test bench lint clean system-deps
+.PHONY: help install run test bench bench-archive lint clean system-deps
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ test: $(STAMP) system-deps ## run the test suite against real PostgreSQL and Mar
 
 bench: $(STAMP) system-deps ## benchmarks, each figure beside its baseline (QUICK=1 for a smoke run)
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
+
+bench-archive: $(STAMP) system-deps ## search and stats at 100 k, 1 M and 10 M rows (30-40 min, estimated; QUICK=1: 100 k rows, ~1 min)
+	$(BIN)/python bench/archive.py $(if $(QUICK),--quick,)
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check outbox_relay tests bench

@@ -4,6 +4,7 @@ import click
 
 from ..operate.human import format_check
 from ..schema import schema_sql
+from ..schema.target import read_side_sql
 from ..targets import DIALECTS, target_class
 from .group import cli
 from .options import friendly_errors, json_option, opened, settings_options, show
@@ -31,11 +32,16 @@ def check(cfg, as_json):
 @click.option("--sql", "as_sql", is_flag=True, default=True, help="Print the DDL (the default).")
 @click.option("--dialect", type=click.Choice(DIALECTS), default=None,
               help="Print for this dialect instead of the target's.")
+@click.option("--search", "search_only", is_flag=True,
+              help="Only what makes search and stats fast: the search indexes and the stats rollup.")
 @friendly_errors
-def schema(cfg, as_sql, dialect):
+def schema(cfg, as_sql, dialect, search_only):
     """Print the target table's DDL for a DBA (RDS users often may not run DDL themselves)."""
-    click.echo(schema_sql(target_class(dialect or cfg.target), cfg.table, partitioned=cfg.partition != "none"),
-               nl=False)
+    db = target_class(dialect or cfg.target)
+    if search_only:
+        click.echo("\n".join(read_side_sql(db, cfg.table)) + "\n", nl=False)
+    else:
+        click.echo(schema_sql(db, cfg.table, partitioned=cfg.partition != "none"), nl=False)
 
 
 @cli.command("init-db")
@@ -52,5 +58,9 @@ def init_db(cfg, no_trigram):
         click.echo(f"table {target.table} had been dropped: made again (its rows went with it)")
     if result["trigram"]:
         click.echo(f"trigram index: {result['trigram']}")
+    for name, outcome in result["search"].items():
+        click.echo(f"search index {name}: {outcome}")
+    if result["rollup"]:
+        click.echo(f"stats rollup: {result['rollup']}")
     if problems:
         raise click.ClickException("the table cannot take messages as it is: " + "; ".join(problems))

@@ -108,6 +108,8 @@ def format_check(info):
                      else "no table yet (`run` creates it where allowed; else `schema --sql` for the DBA)"])
     if "setting_problems" in info:
         rows.append(["server settings", "; ".join(info["setting_problems"]) or "ok"])
+    if "read_problems" in info:
+        rows.append(["search and stats", "; ".join(info["read_problems"]) or "indexed (search) and rolled up (stats)"])
     return format_table(["check", "value"], rows)
 
 

@@ -125,6 +125,16 @@ HOLD_AUDIT = Table("chat_id", (
     ("done_by", "host", "NOT NULL"),
     ("done_at", "time", "NOT NULL DEFAULT {now}"),
 ), (("chat", ("chat_id", "done_at")),))
+# The stats rollup beside the messages table (`stats` in constant time): how many messages there are
+# in all (dim 'all'), per UTC day, chat, sender and type, kept exact by triggers in the transaction
+# of every statement that inserts, deletes or retypes rows (targets/), made and filled by init-db.
+COUNTS = Table("dim", (
+    ("dim", "kind", "NOT NULL"),
+    ("name", "id", "NOT NULL"),
+    ("n", "bigint", "NOT NULL"),
+), (
+    ("top", ("dim", "n")),
+), unique=(("dim_name", ("dim", "name")),))
 
 COLUMNS = MESSAGES.columns
 TARGET_COLUMNS = MESSAGES.written
@@ -197,6 +207,10 @@ def one_row_guard(db, table, keys=None):
         f"DROP TRIGGER IF EXISTS one_row ON {db.quote(table)}",
         f"CREATE TRIGGER one_row BEFORE INSERT ON {db.quote(table)} FOR EACH ROW EXECUTE FUNCTION {function}()",
     ]
+def counts_table(table):
+    """The stats rollup beside a messages table: feishu_messages -> feishu_message_counts."""
+    events = events_table(table)
+    return check_table_name(events[:-len("_events")] + "_counts")
 
 
 def column_line(db, column):
@@ -236,9 +250,21 @@ def schema_sql(db, table, partitioned=False):
     lines.append(db.version_table_sql() + ";")
     for stmts in migrations:
         lines.extend(s + ";" for s in stmts)
+    lines.append(db.record_version_sql(table, len(migrations)) + ";")
+    lines.extend(read_side_sql(db, table))
+    return "\n".join(lines) + "\n"
+
+
+def read_side_sql(db, table):
+    """What makes search and stats fast at any size, for a DBA: optional (without it they scan)."""
+    lines = []
     optional = db.search_index_statements(table)
     if optional:
         lines.append(f"-- Optional, for fast substring search ({db.search_index_note}):")
         lines.extend(s + ";" for s in optional)
-    lines.append(db.record_version_sql(table, len(migrations)) + ";")
-    return "\n".join(lines) + "\n"
+    rollup = db.rollup_statements(table)
+    if rollup:
+        lines.append("-- Optional, for `stats` in constant time: the rollup, its triggers, and its first count"
+                     " (which holds off writers while it counts):")
+        lines.extend(s + ";" for s in rollup + db.rollup_fill_statements(table))
+    return lines

@@ -164,7 +164,8 @@ class Target:
         """(SQL condition, parameter): `column` holds `keyword` literally, ASCII case ignored."""
         raise NotImplementedError
 
-    def day_of(self, column):
+    @classmethod
+    def day_of(cls, column):
         """SQL for the UTC day (YYYY-MM-DD text) of a timestamp column."""
         raise NotImplementedError
 
@@ -172,6 +173,105 @@ class Target:
     def search_index_statements(cls, table):
         """Optional DDL for fast substring search, applied where permitted; [] where none exists."""
         return []
+
+    def search_plan(self, tx):
+        """{column searched: how its index serves a substring search}, for indexed_contains; {}: none."""
+        return {}
+
+    def tune_search(self, tx):
+        """Settings for a search's own transaction (each search reads about --limit rows per branch)."""
+
+    def search_shape(self, tx):
+        """(the row has edited_at/recalled_at/original_text, the events table is there, search_plan):
+        what a search of this archive as it is can ask."""
+        columns = self.table_columns(tx)
+        state = all(c in columns for c in ("edited_at", "recalled_at", "original_text"))
+        return state, state and self.table_exists(tx, self.events_table), self.search_plan(tx)
+
+    def indexed_contains(self, column, keyword, how):
+        """(SQL condition, [params]): `column` holds `keyword`, through the index `how` names (search_plan)."""
+        condition, pattern = self.contains(column, keyword)
+        return condition, [pattern]
+
+    # -- the stats rollup (schema.COUNTS), kept by triggers --------------------------------------------
+    # A trigger, not the relay's own statements: it runs in the transaction of whatever inserts, deletes
+    # or changes rows (the relay, a backfill, a DBA's DELETE), sees only rows really inserted (a re-sent
+    # batch's duplicates are not), and costs the relay no round trip.
+    row_trigger_from = ""      # what a SELECT without a table needs to take a WHERE (MySQL: FROM DUAL)
+    upsert_add = None          # SQL that adds the new row's n to the one already there (per database)
+
+    @classmethod
+    def rollup_dims(cls, row=""):
+        """[(dim, name SQL, condition SQL)] of a row: what one message adds to the rollup. `row`: the
+        prefix of its columns in a trigger (NEW., OLD.)."""
+        r = row
+        return [("all", "''", None), ("chat", f"COALESCE({r}chat_id, '')", None),
+                ("day", cls.day_of(f"{r}created_at"), None), ("sender", f"COALESCE({r}sender_id, '')", None),
+                ("type", f"{r}msg_type", None), ("edited", "''", f"{r}edited_at IS NOT NULL"),
+                ("recalled", "''", f"{r}recalled_at IS NOT NULL")]
+
+    @classmethod
+    def rollup_triggers(cls, table):
+        """[(trigger name, table, AFTER what, [(row prefix, sign)])]: the triggers that keep it exact;
+        the events table's count its kinds."""
+        events = schema.events_table(table)
+        return [(schema.index_name(table, "counts_insert"), table, "INSERT", [("NEW.", 1)]),
+                (schema.index_name(table, "counts_delete"), table, "DELETE", [("OLD.", -1)]),
+                (schema.index_name(table, "counts_update"), table, "UPDATE", [("NEW.", 1), ("OLD.", -1)]),
+                (schema.index_name(events, "counts_insert"), events, "INSERT", [("NEW.", 1)]),
+                (schema.index_name(events, "counts_delete"), events, "DELETE", [("OLD.", -1)])]
+
+    @classmethod
+    def _row_deltas(cls, table, on, rows):
+        """SELECT d, nm, v rows: what one trigger's row(s) change in the rollup."""
+        parts = []
+        for prefix, sign in rows:
+            dims = cls.rollup_dims(prefix) if on == table else [("event", f"{prefix}kind", None)]
+            parts += [f"SELECT '{dim}' AS d, {name} AS nm, {sign} AS v{cls.row_trigger_from}"
+                      + (f" WHERE {condition}" if condition else "") for dim, name, condition in dims]
+        return " UNION ALL ".join(parts)
+
+    @classmethod
+    def rollup_statements(cls, table):
+        """The stats rollup table and the row triggers that keep it exact (MySQL's and SQLite's way);
+        [] where a database has none. Each trigger is one statement (no DELIMITER needed)."""
+        counts = cls.quote(schema.counts_table(table))
+        statements = list(cls.create_table_statements(schema.counts_table(table), schema.COUNTS))
+        for name, on, when, rows in cls.rollup_triggers(table):
+            # GROUP BY: one upsert per rollup row, in the same (dim, name) order in every writer.
+            deltas = cls._row_deltas(table, on, rows)
+            body = (f"INSERT INTO {counts} (dim, name, n) SELECT d, nm, SUM(v) FROM ({deltas}) AS x"
+                    f" GROUP BY d, nm HAVING SUM(v) <> 0 ORDER BY d, nm {cls.upsert_add}")
+            statements.append(f"DROP TRIGGER IF EXISTS {cls.quote(name)}")
+            statements.append(cls.row_trigger_sql(cls.quote(name), when, cls.quote(on), body))
+        return statements
+
+    @classmethod
+    def row_trigger_sql(cls, name, when, table, body):
+        return f"CREATE TRIGGER {name} AFTER {when} ON {table} FOR EACH ROW {body}"
+
+    @classmethod
+    def rollup_fill_statements(cls, table):
+        """What counts the rows already there into the new rollup (writers held off meanwhile, where
+        the database says how): one INSERT … SELECT per dimension (MySQL's LOCK TABLES lets a
+        statement name a locked table only once)."""
+        t, events = cls.quote(table), cls.quote(schema.events_table(table))
+        counts = cls.quote(schema.counts_table(table))
+        selects = [f"SELECT '{dim}', {name}, count(*) FROM {t}" + (f" WHERE {condition}" if condition else "")
+                   + " GROUP BY 2" for dim, name, condition in cls.rollup_dims()]
+        selects.append(f"SELECT 'event', kind, count(*) FROM {events} GROUP BY 2")
+        return [f"DELETE FROM {counts}"] + [f"INSERT INTO {counts} (dim, name, n) {select}" for select in selects]
+
+    def rollup_ready(self, tx):
+        """The rollup and all its triggers are there, so its counts are exact (else stats scan)."""
+        if not self.rollup_statements(self.table) or not self.table_exists(tx, schema.counts_table(self.table)):
+            return False
+        names = [name for name, *_ in self.rollup_triggers(self.table)]
+        return self.count_triggers(tx, names) == len(names)
+
+    def count_triggers(self, tx, names):
+        """How many of the triggers `names` exist (on our tables)."""
+        raise NotImplementedError
 
     def created_value(self, ms):
         """Epoch ms -> what this database takes for a timestamp column (also search bounds)."""
@@ -308,6 +408,19 @@ class Target:
         for sql, params in deferred:
             tx.execute(sql, params)
         tx.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def autocommit(self):
+        """A Tx outside any transaction (each statement commits on its own): what PostgreSQL's CREATE
+        INDEX CONCURRENTLY needs. Failures classified; the connection thrown away when in doubt."""
+        conn = self._checkout()
+        try:
+            yield Tx(conn)
+        except Exception as e:
+            error = self.classify(e)
+            self._release(error)
+            raise error from None
+        self._release()
 
     def run(self, fn):
         """fn(raw DB-API connection) inside one transaction; commit; classify any failure."""
@@ -498,8 +611,9 @@ class Target:
         return tx.value(f"SELECT version FROM {schema.VERSION_TABLE} WHERE table_name = {self.param}",
                         (self.table,)) or 0
 
-    def init_db(self, trigram=True):
-        """Apply the missing migrations; then the search index where permitted. -> report dict."""
+    def init_db(self, trigram=True, read_side=True):
+        """Apply the missing migrations; then the search indexes and the stats rollup where permitted
+        (read_side=False: not now, e.g. before a bulk load). -> report dict."""
         with self.transaction(timeout=False) as tx:
             # Two relays starting at once must not both run the DDL: the lock comes first, since
             # even CREATE TABLE IF NOT EXISTS fails (PostgreSQL: 23505 on pg_type) when two race.
@@ -519,23 +633,54 @@ class Target:
         self.layout.after_init(self)
         self.events_ready = True
         report = {"from_version": current, "version": len(migrations), "dropped": recorded > current,
-                  "trigram": None}
-        if trigram and self.search_index_statements(self.table):
-            report["trigram"] = self._try_search_index()
+                  "trigram": None, "search": {}, "rollup": None}
+        if read_side:
+            report.update(self.create_read_side(trigram))
         return report
 
-    def _try_search_index(self):
+    def create_read_side(self, trigram=True):
+        """What makes search and stats fast (search indexes, the stats rollup), each part where this
+        role may: without it they scan, slower but with the same answers. -> init_db's report keys."""
+        search = self.create_search_indexes(trigram)
+        for name, outcome in search.items():
+            if outcome.startswith("not created"):
+                log.warning("search index %s %s; search falls back to a scan there", name, outcome)
+        rollup = self.create_rollup()
+        if rollup and rollup.startswith("not created"):
+            log.warning("stats rollup %s; stats count by scanning the table", rollup)
+        trgm = [v for k, v in search.items() if k.endswith("text_trgm") or k == "pg_trgm"]
+        return {"search": search, "rollup": rollup,
+                "trigram": next((v for v in trgm if v != "created"), "created") if trgm else None}
+
+    def create_search_indexes(self, trigram=True):
+        """The search DDL in one step. -> {"search index": "created" | "not created: why"}, {} if none."""
+        statements = self.search_index_statements(self.table)
+        return {"search index": self._ddl_step(statements)} if statements else {}
+
+    def create_rollup(self):
+        """The stats rollup, made and filled where missing: "exists" | "created" | "not created: why" |
+        None (this database has none)."""
+        statements = self.rollup_statements(self.table)
+        if not statements:
+            return None
+        with self.transaction() as tx:
+            if self.rollup_ready(tx):
+                return "exists"
+        return self._ddl_step(statements + self.rollup_fill_statements(self.table))
+
+    def _ddl_step(self, statements):
+        """Statements in one transaction under the DDL lock -> "created" or "not created: why" (a role
+        without the right, an extension the server lacks). A target that is down is raised."""
         try:
             with self.transaction(timeout=False) as tx:
-                self.ddl_lock(tx)  # CREATE EXTENSION IF NOT EXISTS races the same way
+                self.ddl_lock(tx)  # CREATE EXTENSION / CREATE TRIGGER race like CREATE TABLE
                 with self._ddl_unlocked_after(tx):
-                    for sql in self.search_index_statements(self.table):
+                    for sql in statements:
                         tx.execute(sql)
             return "created"
         except TargetError as e:
             if e.transient and e.sqlstate is None:
                 raise
-            log.warning("search index not created (%s); search falls back to a plain scan", e)
             return f"not created: {e}"
 
     @contextlib.contextmanager
@@ -631,7 +776,42 @@ class Target:
         except TargetError as e:
             result["schema_version"] = f"unknown: {e}"
         result["table"] = self.table
+        try:
+            result["read_problems"] = self.read_problems()
+        except TargetError as e:
+            result["read_problems"] = [f"unknown: {e}"]
         return result
+
+    # What a keyword search that no index serves costs, per 100,000 rows, measured (README): in `check`.
+    scan_ms_per_100k = None
+
+    def estimated_rows(self, tx):
+        """The table's row count as the server's statistics have it (no scan)."""
+        return tx.value(f"SELECT count(*) FROM {self.quoted}")
+
+    def read_problems(self):
+        """What makes search or stats scan the table here, each a sentence with what it costs and the fix."""
+        problems = []
+        with self.transaction() as tx:
+            if not self.table_exists(tx, self.table):
+                return []
+            rows = self.estimated_rows(tx) or 0
+            plan = self.search_plan(tx)
+            rollup = self.rollup_ready(tx)
+        cost = (f" (about {rows * self.scan_ms_per_100k / 100_000 / 1000:.1f} s at its {rows:,} rows)"
+                if self.scan_ms_per_100k else "")
+        if self.search_index_statements(self.table) and "text" not in plan:
+            problems.append(f"no n-gram search index: a keyword that matches few messages scans the table{cost};"
+                            " `init-db` makes it where the role may, else ask the DBA to run"
+                            " `outbox-relay schema --sql --search`")
+        elif not self.search_index_statements(self.table) and self.scan_ms_per_100k:
+            problems.append(f"{self.title} has no index for substring search: a keyword that matches few messages"
+                            f" scans the table{cost}; --chat, --sender, --type and --since narrow it through their"
+                            " indexes (README: Search on MySQL / MariaDB)")
+        if self.rollup_statements(self.table) and not rollup:
+            problems.append("no stats rollup (or a trigger of it is missing): `stats` counts by scanning the table;"
+                            " `init-db` makes it where the role may, else `outbox-relay schema --sql --search`")
+        return problems
 
     def connections(self):
         """server_info() in a transaction of its own: what `stats` shows of the connections."""

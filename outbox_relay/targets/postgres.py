@@ -15,6 +15,7 @@ from ..logs import mask_url
 from ..schema import target as schema
 from .base import PooledTarget, unfilled_column
 from .partitions import MonthlyLayout, PlainLayout
+from .postgres_read import PostgresReadSide, like_escape
 
 # SQLSTATE classes about the data in the rows: retrying the same rows cannot help.
 # 22 data exception (bad value, NUL byte, too long), 23 integrity constraint,
@@ -26,13 +27,12 @@ ROW_ERROR_CLASSES = ("22", "23", "54")
 COPY_CHUNK = 1 << 20
 
 
-class PostgresTarget(PooledTarget):
+class PostgresTarget(PostgresReadSide, PooledTarget):
     name = "postgresql"
     title = "PostgreSQL"
     param = "%s"
     types = {**PooledTarget.types, "json": "jsonb", "text": "text", "time": "timestamptz", "now": "now()",
              "empty": " DEFAULT ''"}
-    search_index_note = "needs the pg_trgm extension"
     several_statements = True
     layouts = {"none": PlainLayout, "month": MonthlyLayout}
 
@@ -179,15 +179,6 @@ class PostgresTarget(PooledTarget):
                           " AND table_schema = coalesce(%s, current_schema())", (name, schema_name or None))
         return {n: (nullable, has_default) for n, nullable, has_default in rows}
 
-    @classmethod
-    def search_index_statements(cls, table):
-        """Substring search on text (Chinese has no word breaks): a pg_trgm GIN index."""
-        return [
-            "CREATE EXTENSION IF NOT EXISTS pg_trgm",
-            f"CREATE INDEX IF NOT EXISTS {cls.quote(schema.index_name(table, 'text_trgm'))}"
-            f" ON {cls.quote(table)} USING gin (text gin_trgm_ops)",
-        ]
-
     def server_info(self, tx):
         (version, user, max_conn, reserved, in_use, role_limit, role_in_use, ours), = tx.execute(
             "SELECT current_setting('server_version'), current_user,"
@@ -203,10 +194,10 @@ class PostgresTarget(PooledTarget):
                     role_connections_in_use=role_in_use, relay_connections=ours, pool_size=self.pool_size)
 
     def contains(self, column, keyword):
-        # ILIKE '%…%' can use the pg_trgm index; LIKE's own wildcards are escaped to match literally.
         return f"{column} ILIKE %s ESCAPE '\\'", "%" + like_escape(keyword) + "%"
 
-    def day_of(self, column):
+    @classmethod
+    def day_of(cls, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
     def read_layout(self, tx):
@@ -257,10 +248,6 @@ def _without_nul(text, is_json):
     if is_json and "\\u0000" in text:
         text = _JSON_NUL.sub(lambda m: m.group(1) + "\\ufffd", text)
     return text
-
-
-def like_escape(keyword):
-    return keyword.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def copy_field(value):

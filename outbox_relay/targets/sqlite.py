@@ -68,9 +68,8 @@ class SqliteTarget(Target):
         marks, quoted = ", ".join("?" * len(table.written)), self.quote(self.name_of(table))
         insert = f"INSERT INTO {quoted} ({', '.join(table.written)}) VALUES ({marks})"
         if table is not schema.MESSAGES:
-            before = tx.conn.total_changes
-            tx.conn.executemany(insert + " ON CONFLICT DO NOTHING", rows)
-            return tx.conn.total_changes - before
+            # The cursor's rowcount, not total_changes: that one also counts what triggers change.
+            return tx.conn.executemany(insert + " ON CONFLICT DO NOTHING", rows).rowcount
         # total_changes would count a gap filled as a change too: the rows new are the batch's ids
         # the table did not hold before (in this write transaction, nobody else's can appear).
         ids = [row[0] for row in rows]
@@ -96,8 +95,19 @@ class SqliteTarget(Target):
     def server_info(self, tx):
         return {"server_version": "SQLite " + tx.value("SELECT sqlite_version()"), "path": self.path}
 
+    upsert_add = "ON CONFLICT (dim, name) DO UPDATE SET n = n + excluded.n"
+
+    @classmethod
+    def row_trigger_sql(cls, name, when, table, body):
+        return f"CREATE TRIGGER {name} AFTER {when} ON {table} FOR EACH ROW BEGIN {body}; END"
+
+    def count_triggers(self, tx, names):
+        return tx.value(f"SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name IN"
+                        f" ({', '.join('?' * len(names))})", list(names))
+
     def contains(self, column, keyword):
         return f"instr(lower({column}), lower(?)) > 0", keyword
 
-    def day_of(self, column):
+    @classmethod
+    def day_of(cls, column):
         return f"substr({column}, 1, 10)"

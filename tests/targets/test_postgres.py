@@ -242,7 +242,10 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
     t = open_target(pg_url)
     try:
         assert t.schema_version() == 0
-        assert t.init_db() == {"from_version": 0, "version": 2, "dropped": False, "trigram": "created"}
+        report = t.init_db()
+        assert {k: report[k] for k in ("from_version", "version", "dropped", "trigram", "rollup")} == \
+            {"from_version": 0, "version": 2, "dropped": False, "trigram": "created", "rollup": "created"}
+        assert set(report["search"].values()) == {"created"}
         assert t.init_db()["from_version"] == 2
         assert t.schema_version() == 2
         indexes = {r[0] for r in pg_query(pg_url, "SELECT indexname FROM pg_indexes"
@@ -257,7 +260,9 @@ def test_init_db_is_idempotent_and_versioned(pg_url, monkeypatch):
         def with_v3(db, table, existing=None):
             return original(db, table, existing) + [[f"ALTER TABLE {db.quote(table)} ADD COLUMN lang varchar(16)"]]
         monkeypatch.setattr(schema, "target_migrations", with_v3)
-        assert t.init_db() == {"from_version": 2, "version": 3, "dropped": False, "trigram": "created"}
+        report = t.init_db()
+        assert {k: report[k] for k in ("from_version", "version", "dropped", "trigram", "rollup")} == \
+            {"from_version": 2, "version": 3, "dropped": False, "trigram": "created", "rollup": "exists"}
         assert t.init_db()["from_version"] == 3           # ADD COLUMN would fail if run twice
         assert t.schema_version() == 3 and t.count() == 3
         cols = {r[0] for r in pg_query(pg_url, "SELECT column_name FROM information_schema.columns"
