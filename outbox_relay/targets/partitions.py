@@ -189,6 +189,7 @@ class MonthlyLayout(PlainLayout):
                 # key, not the month's million rows read to find the few with history.
                 tx.execute(f"DELETE FROM {events} e WHERE EXISTS (SELECT 1 FROM {part} m WHERE m.message_id ="
                            " e.message_id AND (m.chat_id IS NULL OR NOT m.chat_id = ANY(%s)))", (held,))
+            target.rollup_take_out(tx, part, "chat_id IS NULL OR NOT chat_id = ANY(%s)", (held,))
             tx.execute(f"ALTER TABLE {t} DETACH PARTITION {part}")
             tx.execute(f"ALTER TABLE {part} RENAME TO {target.quote(retired.split('.')[-1])}")
             if keeper:

@@ -142,6 +142,21 @@ class PostgresReadSide:
                            f" FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"]
         return statements
 
+    def rollup_take_out(self, tx, source, where, params):
+        """Take the rows of `source` (a partition) matching `where` out of the rollup, where there is one:
+        a DETACH or DROP fires no DELETE trigger, so retention says what leaves, in its own transaction."""
+        if not self.rollup_ready(tx):
+            return
+        counts = self.quote(schema.counts_table(self.table))
+        deltas = " UNION ALL ".join(
+            f"SELECT '{dim}' AS d, {expr} AS nm, count(*) AS v FROM leaving"
+            + (f" WHERE {condition}" if condition else "") + " GROUP BY 2"
+            for dim, expr, condition in self.rollup_dims())
+        tx.execute(f"WITH leaving AS (SELECT * FROM {source} WHERE {where})"
+                   f" INSERT INTO {counts} (dim, name, n) SELECT d, nm, -sum(v) FROM ({deltas}) AS x"
+                   f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm"
+                   f" ON CONFLICT (dim, name) DO UPDATE SET n = {counts}.n + excluded.n", params)
+
     @classmethod
     def rollup_fill_statements(cls, table):
         """Writers held off (SHARE ROW EXCLUSIVE, till the end of init-db's transaction), then counted."""
@@ -213,7 +228,11 @@ class PostgresReadSide:
                                                      (self.quote(schema.counts_table(self.table)),))
 
     def count_triggers(self, tx, names):
-        return tx.value("SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s) AND NOT tgisinternal", (list(names),))
+        # On our two tables only: a table renamed away (partition --convert keeps the old one) keeps its
+        # triggers, which count for nothing here.
+        return tx.value("SELECT count(*) FROM pg_trigger WHERE tgname = ANY(%s) AND NOT tgisinternal"
+                        " AND tgrelid IN (SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)",
+                        (list(names), [self.quoted, self.quote(self.events_table)]))
 
     # -- applying it --------------------------------------------------------------------------------
 
