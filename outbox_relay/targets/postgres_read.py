@@ -275,10 +275,15 @@ class PostgresReadSide:
                 while not tx.value("SELECT pg_try_advisory_lock(hashtext(%s))", key):
                     time.sleep(0.2)
                 try:
+                    # A partitioned table takes no CONCURRENTLY: its index is built on every partition at
+                    # once, holding off writers meanwhile (instant on a new table; on a big one, run init-db
+                    # when a pause of the relay is acceptable: README "The archive at size").
+                    partitioned = tx.value("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                                           (self.quote(owner),)) == "p"
+                    how = "" if partitioned else "CONCURRENTLY "
                     if self.invalid_indexes(tx, [name]):  # an earlier build was interrupted: start again
-                        tx.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {self._in_schema(owner, name)}")
-                    tx.execute(f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {self.quote(name)}"
-                               f" ON {self.quote(owner)} {body}")
+                        tx.execute(f"DROP INDEX {how}IF EXISTS {self._in_schema(owner, name)}")
+                    tx.execute(f"CREATE INDEX {how}IF NOT EXISTS {self.quote(name)} ON {self.quote(owner)} {body}")
                 finally:
                     tx.execute("SELECT pg_advisory_unlock(hashtext(%s))", key)
             return "created"

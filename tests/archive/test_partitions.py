@@ -134,3 +134,11 @@ def test_init_db_makes_the_months_around_now(invoke, pg_url):
     assert listed.exit_code == 0, listed.output
     names = [p["partition"] for p in json.loads(listed.stdout)["partitions"]]
     assert names == ["feishu_messages_default"] + wanted
+
+
+def test_a_partitioned_table_gets_its_search_indexes(make_target, pg_url):
+    """CREATE INDEX CONCURRENTLY refuses a partitioned table: init-db builds issue 20's search indexes
+    on it the plain way (every partition at once), so search on a partitioned archive uses them too."""
+    make_target(pg_url, partition="month")  # init-db, with the search step
+    names = {r[0] for r in pg_query(pg_url, "SELECT indexname FROM pg_indexes WHERE tablename = 'feishu_messages'")}
+    assert {"feishu_messages_text_grams", "feishu_messages_type_created"} <= names, names
