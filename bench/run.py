@@ -23,13 +23,13 @@ from common import Line
 FULL = dict(put=2000, put_rounds=3, json=1000, many=20_000, many_rounds=2, web_seconds=10,
             web_rated_seconds=15, relay=100_000, old_way=1000, e2e_seconds=30, memory=1_000_000, hook=2000,
             mysql=100_000, link=20_000, link_old={0: 300, 1: 200, 5: 80, 20: 25}, chart_puts=2000,
-            spool_large=200_000, spool_small=50_000, events=20_000, archive_export=1_000_000,
+            spool_large=200_000, spool_small=50_000, events=20_000, events_rounds=5, archive_export=1_000_000,
             archive_read=2_000_000, archive_retention=1_000_000, archive_load=300_000, archive_convert=300_000)
 QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seconds=2,
              web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100, mysql=3000,
              link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200, spool_large=3000, spool_small=1000,
-             events=2000, archive_export=20_000, archive_read=30_000, archive_retention=20_000, archive_load=3000,
-             archive_convert=5000)
+             events=1000, events_rounds=2, archive_export=5000, archive_read=10_000, archive_retention=5000,
+             archive_load=1000, archive_convert=2000)
 SECTIONS = ("ingest", "webhook", "relay", "events", "link", "e2e", "memory", "spool", "hook", "mysql", "partitions")
 
 
@@ -93,7 +93,7 @@ def run_sections(args, size, workdir, pg):
                      lambda: relay.bench_relay(workdir, common.fresh_database(pg, "bench_relay"),
                                                size["relay"], size["old_way"]))
     lines += section("events", f"drain {size['events']:,} with 30 % events vs messages only",
-                     lambda: events.bench_events(workdir, pg, size["events"]))
+                     lambda: events.bench_events(workdir, pg, size["events"], size["events_rounds"]))
     rates = {}
 
     def link_lines():
