@@ -29,7 +29,7 @@ QUICK = dict(put=200, put_rounds=1, json=100, many=2000, many_rounds=1, web_seco
              web_rated_seconds=2, relay=3000, old_way=50, e2e_seconds=3, memory=20_000, hook=100, mysql=3000,
              link=1000, link_old={0: 10, 1: 10, 5: 5, 20: 3}, chart_puts=200, spool_large=3000, spool_small=1000,
              events=1000, events_rounds=2, archive_export=5000, archive_read=10_000, archive_retention=5000,
-             archive_load=1000, archive_convert=2000)
+             archive_load=3000, archive_convert=2000)
 SECTIONS = ("ingest", "webhook", "relay", "events", "link", "e2e", "memory", "spool", "hook", "mysql", "partitions")
 
 

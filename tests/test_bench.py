@@ -54,7 +54,7 @@ EXPECTED = [
     ("archive: search on chat --since 30d, partitioned vs plain (10,000 rows)", True),
     ("archive: stats --days 30, partitioned vs plain (10,000 rows)", True),
     ("retention: one month of 5,000 rows, DROP vs DELETE", True),
-    ("partitioned load: 1,000 messages over 36 months, 100 again, kill -9", True),
+    ("partitioned load: 3,000 messages over 36 months, 300 again, kill -9", True),
     ("partition --convert: 2,000 rows under a delivering relay, kill -9 x2", True),
 ]
 NUMBER = re.compile(r"\d")
