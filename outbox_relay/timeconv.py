@@ -107,6 +107,17 @@ def parse_when(value, option="--since", now=None):
     return ms
 
 
+def add_months(month, k):
+    """(year, month) `k` months later (earlier when negative)."""
+    n = month[0] * 12 + month[1] - 1 + k
+    return n // 12, n % 12 + 1
+
+
+def month_range(month):
+    """(first instant, first instant of the next month) of (year, month), as aware datetimes in UTC."""
+    return dt.datetime(month[0], month[1], 1, tzinfo=UTC), dt.datetime(*add_months(month, 1), 1, tzinfo=UTC)
+
+
 # A retention period: days, weeks, months or years. Never a bare "m", which reads as minutes to some
 # and months to others: months are "mo".
 _DURATION = re.compile(r"^\s*(\d+)\s*(d|w|mo|y)\s*$", re.I)
@@ -129,8 +140,7 @@ class Duration:
         if self.unit in ("days", "weeks"):
             return moment - dt.timedelta(**{self.unit: self.count})
         months = self.count * (12 if self.unit == "years" else 1)
-        n = moment.year * 12 + moment.month - 1 - months
-        year, month = n // 12, n % 12 + 1
+        year, month = add_months((moment.year, moment.month), -months)
         last = calendar.monthrange(year, month)[1] if year >= 1 else 31
         return moment.replace(year=max(year, 1), month=month, day=min(moment.day, last))
 

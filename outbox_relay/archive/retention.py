@@ -12,8 +12,7 @@ Rows in DEFAULT (a message dated 1970) are not touched: retention only ever drop
 import datetime as dt
 import logging
 
-from ..targets.partitions import month_range
-from ..timeconv import UTC
+from ..timeconv import UTC, month_range
 from .holds import held_chats
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ import time
 
 from ..errors import LayoutError, TargetError
 from ..schema import target as schema
-from ..timeconv import UTC, ms_to_datetime
+from ..timeconv import UTC, add_months, month_range, ms_to_datetime
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class MonthlyLayout(PlainLayout):
         """The months around now (last month to AHEAD ahead), where they are not made yet."""
         self.months = {(y, m) for y, m, _ in self.partitions(target) if m}
         now = dt.datetime.now(UTC)
-        ahead = [_add_months((now.year, now.month), k) for k in range(-1, AHEAD + 1)]
+        ahead = [add_months((now.year, now.month), k) for k in range(-1, AHEAD + 1)]
         self.make_months(target, [m for m in ahead if m not in self.months])
 
     def maintain(self, target):
@@ -231,16 +231,6 @@ def retired_name(table, partition):
 
 def partition_name(table, month):
     return f"{table}_p{month[0]:04d}_{month[1]:02d}"
-
-
-def month_range(month):
-    """(first instant, first instant of the next month) as aware datetimes."""
-    return dt.datetime(month[0], month[1], 1, tzinfo=UTC), dt.datetime(*_add_months(month, 1), 1, tzinfo=UTC)
-
-
-def _add_months(month, k):
-    n = month[0] * 12 + month[1] - 1 + k
-    return n // 12, n % 12 + 1
 
 
 def _bound_month(bound):
