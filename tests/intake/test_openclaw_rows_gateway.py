@@ -211,7 +211,8 @@ def test_a_burst_through_the_gateway_with_the_relay_killed_twice(world):
             world.hook.proc.kill()  # SIGKILL
             world.hook.proc.wait(10)
             kills.append(at)
-            time.sleep(0.5)  # the hook keeps writing the spool meanwhile
+            # The relay stays down while more messages come: the hook keeps writing the spool meanwhile.
+            wait_until(lambda at=at: len(sent) >= at + 5, timeout=300, what=f"{at + 5} posted with the relay down")
             world.start_hook_service()
 
     thread = threading.Thread(target=killer, daemon=True)
