@@ -77,10 +77,13 @@ def test_quick_benchmark_fills_every_line(tmp_path):
     if not (os.path.exists(WRK) or shutil.which("wrk")):
         unavailable("wrk not installed: the webhook benchmark needs it (apt-get install wrk)")
     results = tmp_path / "RESULTS.md"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--quick",
-         "--workdir", str(tmp_path / "work"), "--results", str(results)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "bench", "run.py"), "--quick",
+             "--workdir", str(tmp_path / "work"), "--results", str(results)],
+            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:  # say which section was running: the log is its stderr
+        pytest.fail(f"bench/run.py --quick still running after 300 s; its log:\n{(e.stderr or b'').decode()[-4000:]}")
     assert proc.returncode == 0, f"bench/run.py --quick exited {proc.returncode}:\n{proc.stderr[-4000:]}"
     out = proc.stdout
     for label in ("CPU:", "Python ", "SQLite ", "PostgreSQL "):
