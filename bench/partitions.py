@@ -179,20 +179,25 @@ def bench_load(workdir, url, n):
 
 
 def bench_convert(workdir, url, n):
-    """`partition --convert` of n rows under a relay delivering a writer's messages, killed -9 twice."""
+    """`partition --convert` of n rows under a relay delivering a writer's messages, killed -9 twice. The
+    issue's 20,000 delivered meanwhile for 300,000 rows (the same share at other sizes): the writer commits
+    ten messages at a time, as a busy webhook's group commit does, so that it outpaces the conversion."""
     test_convert, relayutil = harness("test_convert"), harness("relayutil")
     spawn = Spawner(workdir)
+    wanted = n * 20_000 // 300_000
     start = time.perf_counter()
     try:
-        result = test_convert.convert_through_kill_9(spawn, pathlib.Path(workdir), url, n)
+        result = test_convert.convert_through_kill_9(spawn, pathlib.Path(workdir), url, n, per_commit=10)
     finally:
         spawn.close()
     seconds = time.perf_counter() - start
     rows = relayutil.pg_rows(url)
     doubled = len(rows) - len(set(rows))
-    ok = set(rows) == result["expected"] and not doubled and result["relay_clean"]
+    ok = (set(rows) == result["expected"] and not doubled and result["relay_clean"]
+          and result["during"] >= wanted)
     return [Line(f"partition --convert: {n:,} rows under a delivering relay, kill -9 x2",
-                 f"{len(set(rows)):,} rows ({len(result['expected']) - n:,} delivered meanwhile), {doubled} doubled,"
+                 f"{len(set(rows)):,} rows ({result['during']:,} delivered during the conversion,"
+                 f" {len(result['expected']) - n:,} in all), {doubled} doubled,"
                  f" relay errors: {'none' if result['relay_clean'] else 'some'}", f"{len(result['expected']):,} rows",
-                 None, "exactly once", ok,
+                 None, f"exactly once, ≥ {wanted:,} delivered during", ok,
                  f"tests/archive/test_convert.py's scenario at full size; took {seconds:.0f} s")]

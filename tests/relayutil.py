@@ -75,12 +75,14 @@ def heartbeat(path):
 
 
 class Writer(threading.Thread):
-    """Puts flat messages one at a time (each its own commit) until stopped; remembers the ids."""
+    """Puts flat messages one at a time (each its own commit; `per_commit` > 1: that many a commit, as a
+    busy webhook's group commit does) until stopped; remembers the ids."""
 
-    def __init__(self, outbox_path, prefix="om"):
+    def __init__(self, outbox_path, prefix="om", per_commit=1):
         super().__init__(daemon=True)
         self.outbox_path = outbox_path
         self.prefix = prefix
+        self.per_commit = per_commit
         self.put = 0
         self.errors = []
         self.halt = threading.Event()
@@ -89,8 +91,11 @@ class Writer(threading.Thread):
         with Outbox(self.outbox_path) as outbox:
             while not self.halt.is_set():
                 try:
-                    outbox.put(flat(self.put, self.prefix))
-                    self.put += 1
+                    if self.per_commit == 1:
+                        outbox.put(flat(self.put, self.prefix))
+                    else:
+                        outbox.put_many([flat(self.put + k, self.prefix) for k in range(self.per_commit)])
+                    self.put += self.per_commit
                 except Exception as e:  # noqa: BLE001 - asserted by the test
                     self.errors.append(e)
                     return

@@ -8,7 +8,8 @@ keep delivering into it.
    run copies again; the keys table makes a row copied twice (by the copy and by the mirror) one row;
 3. swap (one short transaction, the table locked for it: a relay's batch waits, no longer): the mirror
    dropped, T renamed T_plain (kept, with every row, until the operator drops it), T_converting and
-   everything named after it renamed to T's names.
+   everything named after it renamed to T's names; the stats rollup's triggers move with the rows (the
+   counts stay exact, stats keep reading them).
 
 Each step is found from the catalog, so running the command again after any kill goes on from where the
 last one stopped. A relay that started before the swap keeps writing the plain way into the new table:
@@ -132,6 +133,7 @@ class Conversion:
             if not t.table_exists(tx, self.new):
                 return
             tx.execute(f"LOCK TABLE {t.quoted} IN ACCESS EXCLUSIVE MODE")
+            counted = t.rollup_ready(tx)
             tx.execute(f"DROP TRIGGER outbox_relay_mirror ON {t.quoted}")
             tx.execute(f"DROP FUNCTION {self.q(self.new + '_mirror')}()")
             tx.execute(f"DROP TABLE {self.q(self.state)}")
@@ -141,8 +143,21 @@ class Conversion:
             for sql in schema.one_row_guard(db, self.table):
                 tx.execute(sql)
             tx.execute(f"DROP FUNCTION {self.q(self.new + '_one_row')}()")
+            if counted:
+                self._move_rollup(tx)
         log.info("converted %s: partitioned by month; the plain table is kept as %s until you drop it",
                  self.table, self.old)
+
+    def _move_rollup(self, tx):
+        """The stats rollup's triggers go with the rows: off the plain table, onto the partitioned one,
+        which holds the same rows (the mirror), so the counts stay exact without counting again and
+        stats keep reading the rollup (not a scan until the next init-db)."""
+        t = self.target
+        for sql in t.rollup_statements(self.table):  # idempotent: the counts table and functions are kept
+            tx.execute(sql)
+        for name, on, *_ in t.rollup_triggers(self.table):
+            if on == self.table:
+                tx.execute(f"DROP TRIGGER IF EXISTS {self.q(name)} ON {self.q(self.old)}")
 
     def _rename_all(self, tx, prefix, into, schema_name, plain=False):
         """Rename the table `prefix` and every relation named after it to start with `into`. plain: only
