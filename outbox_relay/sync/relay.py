@@ -24,7 +24,7 @@ import time
 
 import backoff
 
-from ..errors import OutboxError, RowRejected, StatementTimeout, TargetUnavailable
+from ..errors import OutboxError, RowRejected, StatementTimeout, TargetError, TargetUnavailable
 from ..message import restore
 from .heartbeat import Heartbeat, stamp
 
@@ -415,6 +415,11 @@ class Relay:
             return
         if self._target_back(time.time()):
             self.write_heartbeat()
+        try:  # the table and its daily work (months ahead, retention) do not wait for traffic
+            self.target.ensure_schema()
+            self.target.layout.maintain_if_due(self.target)
+        except TargetError as e:  # maintenance: tried again the next day, as before a batch
+            log.warning("the table's daily maintenance failed: %s", e)
 
     def check_outbox_file(self):
         """Every pass: is the file at the path still ours (a stat)? Every check_interval: is it

@@ -45,6 +45,10 @@ class PlainLayout:
     def maintain(self, target):
         """The relay's daily work on the table."""
 
+    def maintain_if_due(self, target):
+        """maintain() when a day has passed since the last time: before a batch, and while the relay
+        idles (an archive with no traffic for days still has its retention applied)."""
+
     def after_init(self, target):
         """What init-db does beyond the DDL (the months around now)."""
 
@@ -70,8 +74,7 @@ class MonthlyLayout(PlainLayout):
 
     def before_write(self, target, lines):
         now = time.time()
-        if self.maintained_at is None or now - self.maintained_at >= MAINTAIN_EVERY:
-            self.maintain(target)
+        self.maintain_if_due(target)
         wanted = {month for month in map(_month_of, lines) if _own_partition(month, now)} - self.months
         if wanted:
             self.make_months(target, sorted(wanted))
@@ -95,6 +98,10 @@ class MonthlyLayout(PlainLayout):
         if again:  # a later copy of a message already there fills its row's gaps, as on a plain table
             target.fill_gaps(tx, again)
         return inserted
+
+    def maintain_if_due(self, target):
+        if self.maintained_at is None or time.time() - self.maintained_at >= MAINTAIN_EVERY:
+            self.maintain(target)
 
     # -- partitions -----------------------------------------------------------------------------
 

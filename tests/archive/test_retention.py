@@ -4,13 +4,17 @@ younger is touched; holds are audited. (One month of 1,000,000 rows vs a DELETE:
 
 import datetime as dt
 import json
+import threading
 
 from outbox_relay.message import normalize
+from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 from outbox_relay.timeconv import parse_duration
 
 from factories import feishu_edit, feishu_message
 from relayutil import pg_query
+from serverproc import wait_until
 
 NOW = dt.datetime.now(dt.timezone.utc)
 DAY_MS = 86_400_000
@@ -163,6 +167,26 @@ def test_the_relay_applies_retention_when_it_is_set(make_target, pg_url):
         relay_target.close()
     oldest = pg_query(pg_url, "SELECT min(created_at) FROM feishu_messages")[0][0]
     assert oldest >= parse_duration("1y").before(NOW) - dt.timedelta(days=31)
+    assert pg_query(pg_url, "SELECT count(*) FROM deleted_rows")[0][0] == 0
+
+
+def test_an_idle_relay_applies_retention_without_waiting_for_a_message(make_target, pg_url, tmp_outbox):
+    """No traffic for days must not mean no retention: the relay's idle probe does the table's daily work."""
+    archive(make_target, pg_url, months=16, per_day=1)
+    relay_target = open_target(pg_url, host_name="h", retention=parse_duration("1y"))
+    relay = Relay(Outbox(tmp_outbox), relay_target, probe_interval=0.1)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    try:
+        horizon = parse_duration("1y").before(NOW) - dt.timedelta(days=31)
+        wait_until(lambda: pg_query(pg_url, "SELECT min(created_at) FROM feishu_messages")[0][0] >= horizon,
+                   timeout=60, what="retention applied by the idle relay")
+    finally:
+        relay.stop()
+        thread.join(30)
+        relay_target.close()
+    assert not thread.is_alive()
+    assert relay.outbox.counts()["delivered"] == 0  # nothing was relayed: the probe did it
     assert pg_query(pg_url, "SELECT count(*) FROM deleted_rows")[0][0] == 0
 
 
