@@ -26,6 +26,8 @@ Fixtures
                               or the one named by $OUTBOX_RELAY_TEST_MYSQL_URL
                               (e.g. mysql://root@127.0.0.1:3306/mysql)
   maria_url          function mysql:// URL of a fresh, empty database on maria_server (dropped after)
+  archive_url        function pg_url, maria_url and a SQLite file's URL in turn (parametrized)
+  pg_archive         function a Target on pg_url after init-db (trigram=False), closed after
   private_maria      function a MariaServer of the test's own (stop/kill/restart welcome)
   make_maria         function factory: make_maria(tls=False, **settings) -> a started MariaServer
   hermetic           function no OUTBOX_RELAY_* from the shell, cwd = tmp_path
@@ -169,6 +171,26 @@ def maria_server():
 def maria_url(maria_server, request):
     """A fresh, empty database for this test; dropped afterwards."""
     yield from _fresh_database(maria_server, request)
+
+
+@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
+def archive_url(request, tmp_path):
+    """The URL of a fresh, empty archive on each kind of target in turn."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("pg_url")
+    if request.param == "mariadb":
+        pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
+        return request.getfixturevalue("maria_url")
+    return f"sqlite:///{tmp_path / 'archive.db'}"
+
+
+@pytest.fixture
+def pg_archive(pg_url):
+    """A Target on pg_url with what init-db makes (no pg_trgm index: the n-gram index alone), closed after."""
+    target = open_target(pg_url)
+    target.init_db(trigram=False)
+    yield target
+    target.close()
 
 
 @pytest.fixture

@@ -490,6 +490,16 @@ class Gateway:
         return res.stdout
 
     def prepare(self):
+        self._prepare_state()
+        # `mkdir -p hooks` first: `cp -r dir hooks/` onto a missing hooks/ makes hooks/ the hook itself.
+        hooks = self.state / "hooks"
+        hooks.mkdir(exist_ok=True)
+        shutil.copytree(HOOK_SOURCE, hooks / "outbox-relay", dirs_exist_ok=True)
+        self._cli("hooks", "enable", "outbox-relay")
+
+    def _prepare_state(self):
+        """The directories, the ports, openclaw.json and the plugin's install record: what every gateway
+        of the tests starts from, before its hook is installed."""
         for d in (self.home, self.state, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         self.webhook_port, self.gateway_port = free_port(), free_port()
@@ -503,11 +513,6 @@ class Gateway:
         # ~/.openclaw would.
         (self.state / "state").mkdir(exist_ok=True)
         shutil.copy2(self.install.plugin_registry, self.state / "state" / "openclaw.sqlite")
-        # `mkdir -p hooks` first: `cp -r dir hooks/` onto a missing hooks/ makes hooks/ the hook itself.
-        hooks = self.state / "hooks"
-        hooks.mkdir(exist_ok=True)
-        shutil.copytree(HOOK_SOURCE, hooks / "outbox-relay", dirs_exist_ok=True)
-        self._cli("hooks", "enable", "outbox-relay")
         # The gateway reads <state>/.env: where a systemd-run gateway gets OUTBOX_RELAY_* from.
         lines = [f"OUTBOX_RELAY_SPOOL={self.spool}"]
         if self.relay_url:
@@ -861,12 +866,7 @@ class ReadmeGateway(Gateway):
         return env
 
     def prepare(self):
-        for d in (self.home, self.state, self.tmp):
-            d.mkdir(parents=True, exist_ok=True)
-        self.webhook_port, self.gateway_port = free_port(), free_port()
-        (self.state / "openclaw.json").write_text(json.dumps(self.config(), indent=2))
-        (self.state / "state").mkdir(exist_ok=True)
-        shutil.copy2(self.install.plugin_registry, self.state / "state" / "openclaw.sqlite")
+        self._prepare_state()
         if (self.state / "hooks").exists():
             raise RuntimeError("not a fresh host: ~/.openclaw/hooks exists before the install")
         exe = pathlib.Path(os.path.dirname(os.path.realpath(sys.executable)), "outbox-relay")

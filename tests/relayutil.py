@@ -15,6 +15,8 @@ import threading
 import psycopg2
 
 from outbox_relay.outbox import Outbox
+from outbox_relay.sync import Relay
+from outbox_relay.targets import open_target
 
 from cliutil import clean_env
 from factories import BASE_MS, flat, ids
@@ -72,6 +74,23 @@ def heartbeat(path):
     """What the relay last wrote about itself into the outbox ({} before its first beat)."""
     with Outbox(path) as outbox:
         return outbox.get_meta("relay", {})
+
+
+def archive_with(url, outbox_path, delivered, pending=()):
+    """An archive made by init-db at url holding `delivered` (relayed), its outbox at outbox_path still
+    holding `pending`. -> {"url", "outbox"}: what a test of the CLI's reads names."""
+    target = open_target(url)
+    target.init_db()
+    outbox = Outbox(outbox_path)
+    try:
+        outbox.put_many(list(delivered))
+        assert Relay(outbox, target).drain()["delivered"] == len(delivered)
+        outbox.put_many(list(pending))
+        assert outbox.counts()["pending"] == len(pending)
+    finally:
+        outbox.close()
+        target.close()
+    return {"url": url, "outbox": outbox_path}
 
 
 class Writer(threading.Thread):

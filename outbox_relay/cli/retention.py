@@ -44,30 +44,32 @@ def _hold_options(fn):
     return click.argument("chat_id")(fn)
 
 
-@hold.command("add")
-@settings_options
-@_hold_options
-@json_option
-@friendly_errors
+def _change_hold(cfg, chat_id, reason, by, as_json, change, verb):
+    """add_hold or remove_hold on the target, said in one line (or JSON)."""
+    with opened(cfg, outbox=False, create=False) as (_, target):
+        result = change(target, chat_id, reason, by)
+    show(result, as_json, lambda h: f"{verb} {h['chat_id']} ({h['reason']}), by {h['by']} at {h['at']}")
+
+
+def _hold_change_command(name):
+    """`hold add` and `hold remove`: the same options and errors, a command of `hold`."""
+    def decorate(fn):
+        return hold.command(name)(settings_options(_hold_options(json_option(friendly_errors(fn)))))
+    return decorate
+
+
+@_hold_change_command("add")
 def hold_add(cfg, chat_id, reason, by, as_json):
     """Put CHAT_ID under hold: retention keeps its messages."""
     from ..archive.holds import add_hold
-    with opened(cfg, outbox=False, create=False) as (_, target):
-        result = add_hold(target, chat_id, reason, by)
-    show(result, as_json, lambda h: f"held {h['chat_id']} ({h['reason']}), by {h['by']} at {h['at']}")
+    _change_hold(cfg, chat_id, reason, by, as_json, add_hold, "held")
 
 
-@hold.command("remove")
-@settings_options
-@_hold_options
-@json_option
-@friendly_errors
+@_hold_change_command("remove")
 def hold_remove(cfg, chat_id, reason, by, as_json):
     """End the hold on CHAT_ID (the audit keeps it); exit 1 when it is not held."""
     from ..archive.holds import remove_hold
-    with opened(cfg, outbox=False, create=False) as (_, target):
-        result = remove_hold(target, chat_id, reason, by)
-    show(result, as_json, lambda h: f"released {h['chat_id']} ({h['reason']}), by {h['by']} at {h['at']}")
+    _change_hold(cfg, chat_id, reason, by, as_json, remove_hold, "released")
 
 
 @hold.command("list")

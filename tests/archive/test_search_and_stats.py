@@ -24,7 +24,7 @@ from outbox_relay.targets import open_target
 
 from cliutil import run_cli
 from factories import flat_message, sample
-from relayutil import pg_query
+from relayutil import archive_with, pg_query
 from skiputil import unavailable
 
 HOUR, DAY = 3600 * 1000, 86400 * 1000
@@ -90,19 +90,8 @@ def expected(keyword, chat=None, sender=None, msg_type=None, since=None, until=N
 @pytest.fixture
 def corpus(pg_url, tmp_outbox):
     """The target holds the delivered part of CORPUS; the outbox still holds the rest, pending."""
-    target = open_target(pg_url)
-    target.init_db()
-    outbox = Outbox(tmp_outbox)
-    try:
-        outbox.put_many([p for p, delivered in CORPUS if delivered])
-        totals = Relay(outbox, target).drain()
-        assert totals["delivered"] == sum(d for _, d in CORPUS)
-        outbox.put_many([p for p, delivered in CORPUS if not delivered])
-        assert outbox.counts()["pending"] == sum(not d for _, d in CORPUS)
-    finally:
-        outbox.close()
-        target.close()
-    return {"url": pg_url, "outbox": tmp_outbox}
+    return archive_with(pg_url, tmp_outbox, [p for p, delivered in CORPUS if delivered],
+                        [p for p, delivered in CORPUS if not delivered])
 
 
 def search_json(corpus, keyword, *options):

@@ -96,46 +96,38 @@ def test_search_returns_exactly_what_a_literal_like_returns(corpus):
         target.close()
 
 
-def test_a_two_character_search_uses_the_ngram_index(pg_url):
+def test_a_two_character_search_uses_the_ngram_index(pg_archive, pg_url):
     """50,000 rows, ANALYZEd: a rare pair of characters is found through the GIN index, not a scan."""
-    target = open_target(pg_url)
-    try:
-        target.init_db(trigram=False)
-        target.query(fill_sql("postgresql", 1, 50_000))
-        report = target.create_read_side(trigram=False)
-        assert report["search"]["feishu_messages_text_grams"] == "created", report
-        pg_query(pg_url, "ANALYZE feishu_messages")
-        for keyword in ("罕见", "罕", "罕见词语鑫"):
-            with target.transaction() as tx:
-                sql, params = search_query(target, tx, keyword, limit=50)
-                plan = "\n".join(r[0] for r in tx.execute("EXPLAIN " + sql, params))
-            assert "Bitmap Index Scan on feishu_messages_text_grams" in plan, (keyword, plan)
-            assert "Seq Scan on feishu_messages" not in plan, (keyword, plan)
-            assert len(search_target(target, keyword, limit=100)) == 50_000 // 997
-        # With a chat filter too, the index still serves it.
+    target = pg_archive
+    target.query(fill_sql("postgresql", 1, 50_000))
+    report = target.create_read_side(trigram=False)
+    assert report["search"]["feishu_messages_text_grams"] == "created", report
+    pg_query(pg_url, "ANALYZE feishu_messages")
+    for keyword in ("罕见", "罕", "罕见词语鑫"):
         with target.transaction() as tx:
-            sql, params = search_query(target, tx, "罕见", chat="oc_3", limit=50)
+            sql, params = search_query(target, tx, keyword, limit=50)
             plan = "\n".join(r[0] for r in tx.execute("EXPLAIN " + sql, params))
-        assert "feishu_messages_text_grams" in plan and "Seq Scan on feishu_messages" not in plan, plan
-    finally:
-        target.close()
+        assert "Bitmap Index Scan on feishu_messages_text_grams" in plan, (keyword, plan)
+        assert "Seq Scan on feishu_messages" not in plan, (keyword, plan)
+        assert len(search_target(target, keyword, limit=100)) == 50_000 // 997
+    # With a chat filter too, the index still serves it.
+    with target.transaction() as tx:
+        sql, params = search_query(target, tx, "罕见", chat="oc_3", limit=50)
+        plan = "\n".join(r[0] for r in tx.execute("EXPLAIN " + sql, params))
+    assert "feishu_messages_text_grams" in plan and "Seq Scan on feishu_messages" not in plan, plan
 
 
-def test_check_names_what_makes_reads_scan_and_schema_prints_it(pg_url):
-    target = open_target(pg_url)
-    try:
-        target.init_db(trigram=False)
-        assert target.check()["read_problems"] == []
-        pg_query(pg_url, "DROP INDEX feishu_messages_text_grams")
-        pg_query(pg_url, "DROP TRIGGER feishu_messages_counts_delete ON feishu_messages")
-        problems = target.check()["read_problems"]
-        assert len(problems) == 2 and "schema --sql --search" in problems[0] and "rollup" in problems[1], problems
-        # init-db puts both back (the index CONCURRENTLY, the rollup counted again).
-        report = target.init_db(trigram=False)
-        assert report["search"]["feishu_messages_text_grams"] == "created" and report["rollup"] == "created"
-        assert target.check()["read_problems"] == []
-    finally:
-        target.close()
+def test_check_names_what_makes_reads_scan_and_schema_prints_it(pg_archive, pg_url):
+    target = pg_archive
+    assert target.check()["read_problems"] == []
+    pg_query(pg_url, "DROP INDEX feishu_messages_text_grams")
+    pg_query(pg_url, "DROP TRIGGER feishu_messages_counts_delete ON feishu_messages")
+    problems = target.check()["read_problems"]
+    assert len(problems) == 2 and "schema --sql --search" in problems[0] and "rollup" in problems[1], problems
+    # init-db puts both back (the index CONCURRENTLY, the rollup counted again).
+    report = target.init_db(trigram=False)
+    assert report["search"]["feishu_messages_text_grams"] == "created" and report["rollup"] == "created"
+    assert target.check()["read_problems"] == []
     result = run_cli("schema", "--sql", "--search", "--dialect", "postgresql")
     assert result.exit_code == 0
     assert "CREATE INDEX IF NOT EXISTS \"feishu_messages_text_grams\"" in result.stdout
@@ -167,14 +159,9 @@ def test_pg_bigm_is_used_where_the_server_has_it(pg_url, monkeypatch):
 
 # -- stats from the rollup == stats by scanning ----------------------------------------------------------
 
-@pytest.fixture(params=["postgresql", "mysql", "sqlite"])
-def url(request, tmp_path):
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_url")
-    if request.param == "mysql":
-        pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
-        return request.getfixturevalue("maria_url")
-    return f"sqlite:///{tmp_path / 'archive.db'}"
+@pytest.fixture
+def url(archive_url):
+    return archive_url  # conftest: each of the three databases
 
 
 def both_ways(target, monkeypatch, **options):

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from outbox_relay.outbox import Outbox
-from outbox_relay.sync import Relay
 from outbox_relay.targets import open_target
 
 from cliutil import run_cli
 from factories import SAMPLES, feishu_edit, feishu_message, feishu_reaction, feishu_recall
+from relayutil import archive_with
 
 pytestmark = pytest.mark.usefixtures("hermetic")
 
@@ -25,14 +25,9 @@ def iso(ms):
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-@pytest.fixture(params=["postgresql", "mariadb", "sqlite"])
-def url(request, tmp_path):
-    if request.param == "postgresql":
-        return request.getfixturevalue("pg_url")
-    if request.param == "mariadb":
-        pytest.importorskip("mariaharness", reason="tests/mariaharness.py needs PyMySQL (the [mysql] extra)")
-        return request.getfixturevalue("maria_url")
-    return f"sqlite:///{tmp_path / 'archive.db'}"
+@pytest.fixture
+def url(archive_url):
+    return archive_url  # conftest: each of the three databases
 
 
 # Two edits of one message (the middle words are only in the history), a recall, reactions, a plain one.
@@ -53,17 +48,7 @@ PENDING = [feishu_edit("om_plain", "e-3", "Pending words 待定的话", T + 40_0
 
 @pytest.fixture
 def archive(url, tmp_outbox):
-    target = open_target(url)
-    target.init_db()
-    outbox = Outbox(tmp_outbox)
-    try:
-        outbox.put_many(DELIVERED)
-        assert Relay(outbox, target).drain()["delivered"] == len(DELIVERED)
-        outbox.put_many(PENDING)
-    finally:
-        outbox.close()
-        target.close()
-    return {"url": url, "outbox": tmp_outbox}
+    return archive_with(url, tmp_outbox, DELIVERED, PENDING)
 
 
 def search(archive, keyword, *options, as_json=True):

@@ -16,11 +16,8 @@ from relayutil import flat, pg_query, put_all, row_stats
 
 
 @pytest.fixture
-def table(pg_url):
-    target = open_target(pg_url)
-    target.init_db(trigram=False)
-    yield target
-    target.close()
+def table(pg_archive):
+    return pg_archive
 
 
 def step_refused(outbox, target):
