@@ -1,7 +1,8 @@
 """Events through the relay's real faults (issue 19): 2,000 messages and 3,000 events about them, in
 a shuffled order (an edit often comes before its message), drained by a `run` killed -9 five times
-while PostgreSQL is stopped once. Every event ends in feishu_message_events once, and every message's
-row is what its events say, as worked out here from the events the test made."""
+while the server goes down once (PostgreSQL stopped, MariaDB killed -9). Every event ends in
+feishu_message_events once, and every message's row is what its events say, as worked out here from
+the events the test made."""
 
 import random
 import signal
@@ -56,12 +57,11 @@ def made_up_traffic(rng):
     return payloads, expected
 
 
-def archived_state(url):
-    """{message_id: the same shape as made_up_traffic's}, read back from the target, and every
-    event_id in it (duplicates kept, to be counted)."""
-    rows = pg_query(url, "SELECT message_id, text, original_text, edited_at, recalled_at FROM feishu_messages")
-    events = pg_query(url, "SELECT event_id, message_id, kind, emoji, operator_id, happened_at"
-                           " FROM feishu_message_events")
+def archived_state(query):
+    """{message_id: the same shape as made_up_traffic's}, read back from the target (query(sql) -> rows),
+    and every event_id in it (duplicates kept, to be counted)."""
+    rows = query("SELECT message_id, text, original_text, edited_at, recalled_at FROM feishu_messages")
+    events = query("SELECT event_id, message_id, kind, emoji, operator_id, happened_at FROM feishu_message_events")
     state = {m: {"text": text, "original_text": original, "edited_at": to_ms(edited) if edited else None,
                  "recalled_at": to_ms(recalled) if recalled else None, "events": set(), "reactions": []}
              for m, text, original, edited, recalled in rows}
@@ -79,17 +79,38 @@ def comparable(state):
     return {**state, "reactions": current_reactions(state["reactions"])}
 
 
+class Server:
+    """The target's server as the scenario needs it: a database's URL, a query, a crash and a start."""
+
+    def __init__(self, url, query, crash, start):
+        self.url, self.query, self.crash, self.start = url, query, crash, start
+
+
 def test_events_exactly_once_through_kill_9_and_a_postgresql_outage(spawn, tmp_path, private_pg):
     private_pg.execute("CREATE DATABASE relay")
     url = private_pg.url("relay")
+    events_through_kill_9_and_an_outage(spawn, tmp_path, Server(url, lambda sql: pg_query(url, sql),
+                                                               lambda: private_pg.stop(mode="immediate"),
+                                                               private_pg.start))
+
+
+def test_events_exactly_once_through_kill_9_and_a_mariadb_crash(spawn, tmp_path, private_maria):
+    private_maria.create_database("relay")
+    events_through_kill_9_and_an_outage(spawn, tmp_path, Server(
+        private_maria.url("relay"), lambda sql: [tuple(r) for r in private_maria.execute(sql, dbname="relay")],
+        private_maria.kill, private_maria.start))
+
+
+def events_through_kill_9_and_an_outage(spawn, tmp_path, server):
+    url = server.url
     rng = random.Random(SEED)
     payloads, expected = made_up_traffic(rng)
     outbox_path = outbox_with(tmp_path / "outbox.db", payloads)
 
     def landed():
         try:
-            return sum(pg_query(url, "SELECT (SELECT count(*) FROM feishu_messages)"
-                                     " + (SELECT count(*) FROM feishu_message_events)")[0])
+            return sum(server.query("SELECT (SELECT count(*) FROM feishu_messages)"
+                                    " + (SELECT count(*) FROM feishu_message_events)")[0])
         except Exception:  # noqa: BLE001 - before the tables exist, or while the server is down
             return 0
 
@@ -99,13 +120,13 @@ def test_events_exactly_once_through_kill_9_and_a_postgresql_outage(spawn, tmp_p
         seen = wait_until(lambda before=seen: (lambda c: c if c > before else 0)(landed()), timeout=30,
                           what=f"progress in round {round_} (seed {SEED})")
         if not outage and len(kills) == 2:
-            # PostgreSQL stops under a running relay, which keeps its rows and carries on once it is back.
-            private_pg.stop(mode="immediate")
+            # The server goes down under a running relay, which keeps its rows and carries on once it is back.
+            server.crash()
             stopped_at = time.time()
             wait_until(lambda t=stopped_at: (heartbeat(outbox_path).get("last_error_at") or 0) > t, timeout=20,
                        what="the relay to record the outage")
             assert proc.alive(), proc.output()
-            private_pg.start()
+            server.start()
             outage = True
             seen = wait_until(lambda before=seen: (lambda c: c if c > before else 0)(landed()), timeout=60,
                               what="progress after the outage")
@@ -120,7 +141,7 @@ def test_events_exactly_once_through_kill_9_and_a_postgresql_outage(spawn, tmp_p
     final = spawn("final", ["sync", "--json"], outbox=outbox_path, target=url, batch_size=500)
     assert final.wait(120) == 0, final.output()
 
-    message_ids, event_ids, archived = archived_state(url)
+    message_ids, event_ids, archived = archived_state(server.query)
     assert_exactly_once(message_ids, set(expected))
     assert_exactly_once(event_ids, {e for s in expected.values() for e in s["events"]})
     wrong = {m: (comparable(archived[m]), comparable(s)) for m, s in expected.items()
