@@ -159,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every line")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--size", action="append", default=[], metavar="NAME=N",
+                        help="one size of the run set to N (e.g. archive_read=10000000: the partitioned vs plain"
+                             " reads at 10 M rows); repeatable")
     parser.add_argument("--workdir", help="where outboxes and files go (default: a new temporary directory)")
     parser.add_argument("--results", default=os.path.join(common.BENCH, "RESULTS.md"),
                         help="where a full run writes its table (default bench/RESULTS.md)")
@@ -167,7 +170,12 @@ def main(argv=None):
     unknown = args.only - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s): {', '.join(sorted(unknown))}")
-    size = QUICK if args.quick else FULL
+    size = dict(QUICK if args.quick else FULL)
+    for item in args.size:
+        name, _, value = item.partition("=")
+        if name not in size or not value.isdigit():
+            parser.error(f"--size {item!r}: NAME=N with NAME one of {', '.join(sorted(size))}")
+        size[name] = int(value)
     started = time.perf_counter()
     workdir = args.workdir or tempfile.mkdtemp(prefix="outbox-relay-bench-")
     os.makedirs(workdir, exist_ok=True)

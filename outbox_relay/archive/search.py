@@ -119,9 +119,15 @@ def search_query(target, tx, keyword, *, limit=20, shape=None, parts=("text", "v
     where, filter_params = _filters(target, **filters)
     state, events, indexes = shape or target.search_shape(tx)
     columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
-    branches = [target.indexed_contains("text", keyword, indexes.get("text"))] if "text" in parts else []
+    grams = target.search_grams(tx, keyword) if "grams" in indexes.values() else None
+    branches = [target.indexed_contains("text", keyword, indexes.get("text"), grams)] if "text" in parts else []
     if state and "versions" in parts:
-        condition, params = target.indexed_contains("original_text", keyword, indexes.get("original_text"))
+        condition, params = target.indexed_contains("original_text", keyword, indexes.get("original_text"), grams)
+        # Said outright, not left to be implied: the planner then counts this branch's rows from the
+        # column's null fraction (only edited messages have words first sent) and reads them through
+        # their partial index. Without it, it guessed one row in 600 and walked created_at through all
+        # 10 M rows for none (1.7 s a search, measured).
+        condition = f"original_text IS NOT NULL AND {condition}"
         if events and not indexes.get("original_text"):
             # No index on it: only edited messages have words first sent, and the events table's index
             # names them (else this branch alone would read the whole table: 0.25 s per 100,000 on MariaDB).
@@ -130,7 +136,7 @@ def search_query(target, tx, keyword, *, limit=20, shape=None, parts=("text", "v
             params = [EDITED] + params
         branches.append((condition, params))
     if events and "versions" in parts:
-        condition, params = target.indexed_contains("text", keyword, indexes.get("events.text"))
+        condition, params = target.indexed_contains("text", keyword, indexes.get("events.text"), grams)
         branches.append((f"message_id IN (SELECT message_id FROM {target.quote(target.events_table)}"
                          f" WHERE kind = {p} AND {condition})", [EDITED] + params))
     if not branches:

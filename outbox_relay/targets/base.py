@@ -188,8 +188,13 @@ class Target:
         state = all(c in columns for c in ("edited_at", "recalled_at", "original_text"))
         return state, state and self.table_exists(tx, self.events_table), self.search_plan(tx)
 
-    def indexed_contains(self, column, keyword, how):
-        """(SQL condition, [params]): `column` holds `keyword`, through the index `how` names (search_plan)."""
+    def search_grams(self, tx, keyword):
+        """What the n-gram index is asked for `keyword` (postgres_read), None: the index's own rule."""
+        return None
+
+    def indexed_contains(self, column, keyword, how, grams=None):
+        """(SQL condition, [params]): `column` holds `keyword`, through the index `how` names (search_plan);
+        `grams`: what search_grams chose to ask that index for."""
         condition, pattern = self.contains(column, keyword)
         return condition, [pattern]
 
