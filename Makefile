@@ -29,7 +29,7 @@ test: $(STAMP) system-deps ## run the test suite against real PostgreSQL and Mar
 bench: $(STAMP) system-deps ## benchmarks, each figure beside its baseline (QUICK=1 for a smoke run)
 	$(BIN)/python bench/run.py $(if $(QUICK),--quick,)
 
-bench-archive: $(STAMP) system-deps ## search and stats at 100 k, 1 M and 10 M rows (30-40 min, estimated; QUICK=1: 100 k rows, ~1 min)
+bench-archive: $(STAMP) system-deps ## search and stats at 100 k, 1 M and 10 M rows (~10 min; QUICK=1: 100 k rows, ~1 min)
 	$(BIN)/python bench/archive.py $(if $(QUICK),--quick,)
 
 lint: $(STAMP) ## ruff

@@ -15,9 +15,8 @@ builds them on an existing archive (CONCURRENTLY). Measured per size:
 Once: the relay's drain rate into a table with every search index and the rollup's triggers vs a
 table with the release's indexes only. --mariadb N,…: the same search and stats on a throwaway MariaDB
 (no substring index there: what a user gets). Writes bench/ARCHIVE.md and bench/archive.png (latency
-vs rows). On this 2-core machine 100 k rows take about a minute, 1 M about 4 (30 s to make, 60-80 s
-to index, the rest the scans of the baseline); the full run's 10 M rows have not been run here: by the
-1 M run, about 5 minutes to make, 12-15 to index and 8 for the baseline's scans, so 30-40 minutes in all.
+vs rows). On this 2-core machine the whole run takes about 10 minutes: 100 k rows a few seconds, 1 M
+about a minute, 10 M 2.5 minutes to make and 6 to index (2026-12-05).
 """
 
 import argparse
