@@ -31,7 +31,7 @@ from test_export import generate_sql  # noqa: E402 - one generator for the tests
 EXE = os.path.join(os.path.dirname(sys.executable), "outbox-relay")
 
 
-def filled(url, n, partition, months=36):
+def filled(url, n, partition, months=36, words=150):
     target = open_target(url, partition=partition, host_name="bench")
     target.init_db()
     if target.layout.partitioned:
@@ -43,7 +43,7 @@ def filled(url, n, partition, months=36):
             # The keys written as the relay writes them, a set at a time, not by the table's trigger row by
             # row (which holds ~2 KB of server memory a row until a statement of millions of rows ends).
             tx.execute("SET LOCAL outbox_relay.keyed = on")
-        tx.execute(generate_sql(n, target.table, months))
+        tx.execute(generate_sql(n, target.table, months, words))
         if target.layout.partitioned:
             tx.execute(f"INSERT INTO {target.quote(target.table + '_keys')} SELECT message_id, created_at"
                        f" FROM {target.quoted}")
@@ -91,7 +91,8 @@ def timed(fn, rounds=5):
 
 
 def bench_read(plain_url, part_url, n):
-    plain, part = filled(plain_url, n, "none"), filled(part_url, n, "month")
+    # Chat-sized messages (20 characters): at 1 KB a message, two tables of 10 M rows are 40 GB to write.
+    plain, part = filled(plain_url, n, "none", words=10), filled(part_url, n, "month", words=10)
     since = now_ms() - 30 * 86_400_000
     lines = []
     try:
@@ -103,7 +104,8 @@ def bench_read(plain_url, part_url, n):
             ratio = ours / base if base else float("inf")
             lines.append(Line(f"archive: {what}, partitioned vs plain ({n:,} rows)", f"{ours * 1000:,.1f} ms",
                               f"{base * 1000:,.1f} ms", ratio, "≤ 1.2×", ratio <= 1.2,
-                              "the same rows in a table partitioned by month and in a plain one, median of 5"))
+                              "the same rows (20-character messages over 36 months) in a table partitioned by month"
+                              " and in a plain one, each vacuumed and analyzed; median of 5"))
     finally:
         plain.close()
         part.close()

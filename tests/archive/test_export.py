@@ -151,12 +151,12 @@ def peak_rss_kb(command):
     return int(proc.stdout)
 
 
-def generate_sql(n, table="feishu_messages", months=1):
-    """INSERT of n messages made by PostgreSQL itself (generate_series: fast), about 1 KB each, spread
-    over `months` months before 2026-12-01."""
+def generate_sql(n, table="feishu_messages", months=1, words=150):
+    """INSERT of n messages made by PostgreSQL itself (generate_series: fast), `words` times 消息 each
+    (150: about 1 KB a message with its content), spread over `months` months before 2026-12-01."""
     return (f"INSERT INTO {table} (message_id, chat_id, sender_id, msg_type, content, text, created_at, source,"
             " received_at) SELECT 'om_gen_' || lpad(i::text, 9, '0'), 'oc_gen_' || (i % 50), 'ou_gen_' || (i % 300),"
-            " 'text', jsonb_build_object('text', repeat('消息', 150)), repeat('消息', 150) || i,"
+            f" 'text', jsonb_build_object('text', repeat('消息', {words})), repeat('消息', {words}) || i,"
             f" timestamptz '2026-12-01' - (i::float / {n} * {months}) * interval '30 days', 'feishu.v2', now()"
             f" FROM generate_series(1, {n}) AS i")
 
