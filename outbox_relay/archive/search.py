@@ -47,7 +47,7 @@ WIDEN = 8
 def search_target(target, keyword, *, limit=20, **filters):
     with target.transaction() as tx:
         target.tune_search(tx)
-        shape = target.search_shape(tx)
+        shape = search_shape(target, tx, keyword)
         if shape[2].get("text"):
             rows = tx.execute(*walk_query(target, keyword, limit=limit, **filters))
             if len(rows) < limit:
@@ -60,6 +60,14 @@ def search_target(target, keyword, *, limit=20, **filters):
             rows = sorted(set(rows) | set(tx.execute(sql, params)), key=lambda r: (r[5], r[0]), reverse=True)
     return [_row(*r[:5], to_ms(r[5]), r[6], "target", to_ms(r[7]) if r[7] is not None else None,
                  to_ms(r[8]) if r[8] is not None else None) for r in rows[:limit]]
+
+
+def search_shape(target, tx, keyword):
+    """What one search of `keyword` in this archive asks, found once for all its queries: the target's
+    search_shape (state columns, events table, index plan) and what the n-gram index is asked for."""
+    state, events, indexes = target.search_shape(tx)
+    grams = target.search_grams(tx, keyword) if "grams" in indexes.values() else None
+    return state, events, indexes, grams
 
 
 def _by_windows(target, tx, keyword, limit, shape, filters, found):
@@ -117,9 +125,8 @@ def search_query(target, tx, keyword, *, limit=20, shape=None, parts=("text", "v
     "versions" (the words first sent, each edit's); (None, None) where the archive has none of them."""
     p = target.param
     where, filter_params = _filters(target, **filters)
-    state, events, indexes = shape or target.search_shape(tx)
+    state, events, indexes, grams = shape or search_shape(target, tx, keyword)
     columns = ", ".join(c if state or not c.endswith("ed_at") else f"NULL AS {c}" for c in COLUMNS)
-    grams = target.search_grams(tx, keyword) if "grams" in indexes.values() else None
     branches = [target.indexed_contains("text", keyword, indexes.get("text"), grams)] if "text" in parts else []
     if state and "versions" in parts:
         condition, params = target.indexed_contains("original_text", keyword, indexes.get("original_text"), grams)
