@@ -545,24 +545,27 @@ class Target:
                     " WHERE n = 1")
         edit = latest(EDITED, "message_id, happened_at, msg_type, content, text, mentions", "DESC")
         applies = "(m.edited_at IS NULL OR m.edited_at < e.happened_at)"
-        # Two statements, the words first archived saved before the edit replaces them: MySQL does not
-        # promise the order of a multi-table UPDATE's assignments.
-        tx.defer(self.update_from(t, edit, [("original_text", "COALESCE(m.original_text, m.text)"),
-                                            ("original_content", "COALESCE(m.original_content, m.content)")],
-                                  applies), ids_params)
-        tx.defer(self.update_from(t, edit, [("text", "e.text"), ("content", "e.content"),
-                                            ("msg_type", "COALESCE(e.msg_type, m.msg_type)"),
-                                            ("mentions", "e.mentions"), ("edited_at", "e.happened_at")],
-                                  applies), ids_params)
+        # The words first archived are saved, then the edit replaces them: one new row version where
+        # the database reads every SET from the row as it was (update_from), two where it may not.
+        for sql in self.update_from(t, edit, [
+                [("original_text", "COALESCE(m.original_text, m.text)"),
+                 ("original_content", "COALESCE(m.original_content, m.content)")],
+                [("text", "e.text"), ("content", "e.content"), ("msg_type", "COALESCE(e.msg_type, m.msg_type)"),
+                 ("mentions", "e.mentions"), ("edited_at", "e.happened_at")]], applies):
+            tx.defer(sql, ids_params)
         recall = latest(RECALLED, "message_id, happened_at, recall_type", "ASC")
-        tx.defer(self.update_from(t, recall, [("recalled_at", "e.happened_at"), ("recall_type", "e.recall_type")],
-                                  "m.recalled_at IS NULL"), ids_params)
+        for sql in self.update_from(t, recall, [[("recalled_at", "e.happened_at"), ("recall_type", "e.recall_type")]],
+                                    "m.recalled_at IS NULL"):
+            tx.defer(sql, ids_params)
 
-    def update_from(self, table, derived, assignments, where):
-        """UPDATE `table` AS m from the rows of `derived` (AS e, joined on message_id): [(column, SQL
-        expression)]; PostgreSQL's and SQLite's form (MySQL says it with a JOIN)."""
-        sets = ", ".join(f"{column} = {expr}" for column, expr in assignments)
-        return f"UPDATE {table} AS m SET {sets} FROM ({derived}) AS e WHERE m.message_id = e.message_id AND {where}"
+    def update_from(self, table, derived, steps, where):
+        """[SQL]: UPDATE `table` AS m from the rows of `derived` (AS e, joined on message_id), `steps`
+        a list of [(column, SQL expression)] each of which reads the columns the steps before it set
+        as they were before. PostgreSQL and SQLite evaluate every SET expression on the row as it
+        was: one statement, one new row version (every index entry of the row written once, not once
+        a step). MySQL says it its own way."""
+        sets = ", ".join(f"{column} = {expr}" for step in steps for column, expr in step)
+        return [f"UPDATE {table} AS m SET {sets} FROM ({derived}) AS e WHERE m.message_id = e.message_id AND {where}"]
 
     def id_list(self, column, ids):
         """(SQL condition, parameters): `column` is one of `ids`."""

@@ -198,10 +198,12 @@ class MySQLTarget(PooledTarget):
     def _insert_head(self, table):
         return f"INSERT INTO {self.quote(self.name_of(table))} ({', '.join(table.written)}) VALUES ".encode()
 
-    def update_from(self, table, derived, assignments, where):
-        # MySQL's multi-table UPDATE: a JOIN, and the columns it sets named with their table.
-        sets = ", ".join(f"m.{column} = {expr}" for column, expr in assignments)
-        return f"UPDATE {table} AS m JOIN ({derived}) AS e ON m.message_id = e.message_id SET {sets} WHERE {where}"
+    def update_from(self, table, derived, steps, where):
+        # MySQL's multi-table UPDATE: a JOIN, the columns it sets named with their table, and a
+        # statement a step, since MySQL does not promise the order of its assignments (an expression
+        # may read a column another assignment of the statement has already set).
+        return [f"UPDATE {table} AS m JOIN ({derived}) AS e ON m.message_id = e.message_id"
+                f" SET {', '.join(f'm.{column} = {expr}' for column, expr in step)} WHERE {where}" for step in steps]
 
     def _checkout(self):
         # Asked as a connection is first used, so before the relay's first batch is encoded
