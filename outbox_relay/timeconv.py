@@ -87,6 +87,17 @@ def day_start_ms(ms):
     return datetime_to_ms(dt.datetime.combine(ms_to_datetime(ms).date(), dt.time(), UTC))
 
 
+def minute_of_ms(ms):
+    """Epoch ms -> '2026-11-01 08:00', its UTC minute: the stats rollup's name for the minute a row was
+    relayed in (each database's Target.minute_of writes the same)."""
+    return ms_to_datetime(ms).strftime("%Y-%m-%d %H:%M")
+
+
+def minute_start_ms(ms):
+    """The start of the UTC minute that holds `ms`, as epoch ms."""
+    return ms - ms % 60_000
+
+
 def now_ms(now=None):
     """Epoch ms of `now` (epoch seconds, for a caller that fixes the moment), by default the clock's."""
     return time.time_ns() // 1_000_000 if now is None else s_to_ms(now)

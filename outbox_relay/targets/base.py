@@ -170,6 +170,11 @@ class Target:
         raise NotImplementedError
 
     @classmethod
+    def minute_of(cls, column):
+        """SQL for the UTC minute ('YYYY-MM-DD HH:MM' text, as timeconv.minute_of_ms) of a timestamp column."""
+        raise NotImplementedError
+
+    @classmethod
     def search_index_statements(cls, table):
         """Optional DDL for fast substring search, applied where permitted; [] where none exists."""
         return []
@@ -213,7 +218,7 @@ class Target:
         return [("all", "''", None), ("chat", f"COALESCE({r}chat_id, '')", None),
                 ("day", cls.day_of(f"{r}created_at"), None), ("sender", f"COALESCE({r}sender_id, '')", None),
                 ("type", f"{r}msg_type", None), ("edited", "''", f"{r}edited_at IS NOT NULL"),
-                ("recalled", "''", f"{r}recalled_at IS NOT NULL")]
+                ("recalled", "''", f"{r}recalled_at IS NOT NULL"), ("relayed", cls.minute_of(f"{r}relayed_at"), None)]
 
     @classmethod
     def rollup_triggers(cls, table):
@@ -265,14 +270,23 @@ class Target:
         selects = [f"SELECT '{dim}', {name}, count(*) FROM {t}" + (f" WHERE {condition}" if condition else "")
                    + " GROUP BY 2" for dim, name, condition in cls.rollup_dims()]
         selects.append(f"SELECT 'event', kind, count(*) FROM {events} GROUP BY 2")
+        selects.append(f"SELECT 'rollup', 'version', {schema.ROLLUP_VERSION}{cls.row_trigger_from}")
         return [f"DELETE FROM {counts}"] + [f"INSERT INTO {counts} (dim, name, n) {select}" for select in selects]
 
     def rollup_ready(self, tx):
-        """The rollup and all its triggers are there, so its counts are exact (else stats scan)."""
+        """The rollup of this release and all its triggers are there, so its counts are exact (else
+        stats scan, and init-db makes it again: an earlier release's counts lack what this one reads)."""
         if not self.rollup_statements(self.table) or not self.table_exists(tx, schema.counts_table(self.table)):
             return False
         names = [name for name, *_ in self.rollup_triggers(self.table)]
-        return self.count_triggers(tx, names) == len(names)
+        if self.count_triggers(tx, names) != len(names) or not self.rollup_readable(tx):
+            return False
+        return tx.value(f"SELECT n FROM {self.quote(schema.counts_table(self.table))}"
+                        " WHERE dim = 'rollup' AND name = 'version'") == schema.ROLLUP_VERSION
+
+    def rollup_readable(self, tx):
+        """This role may read the rollup."""
+        return True
 
     def count_triggers(self, tx, names):
         """How many of the triggers `names` exist (on our tables)."""
@@ -817,8 +831,9 @@ class Target:
                             f" scans the table{cost}; --chat, --sender, --type and --since narrow it through their"
                             " indexes (README: Search on MySQL / MariaDB)")
         if self.rollup_statements(self.table) and not rollup:
-            problems.append("no stats rollup (or a trigger of it is missing): `stats` counts by scanning the table;"
-                            " `init-db` makes it where the role may, else `outbox-relay schema --sql --search`")
+            problems.append("no stats rollup of this release (or a trigger of it is missing): `stats` counts by"
+                            " scanning the table; `init-db` makes it where the role may, else"
+                            " `outbox-relay schema --sql --search`")
         return problems
 
     def connections(self):

@@ -374,6 +374,10 @@ class MySQLTarget(PooledTarget):
         # The session is UTC; no DATE_FORMAT, whose % signs PyMySQL would read as placeholders.
         return f"CAST(DATE({column}) AS CHAR(10))"
 
+    @classmethod
+    def minute_of(cls, column):
+        return f"SUBSTRING(CAST({column} AS CHAR), 1, 16)"  # the session is UTC: 'YYYY-MM-DD HH:MM:SS.fff'
+
     def stream_cursor(self, tx):
         # An unbuffered cursor: rows come off the socket as they are read. The server gives up on a
         # reader slower than net_write_timeout (60 s): a person's disk or pipe may be.

@@ -200,6 +200,10 @@ class PostgresTarget(PostgresReadSide, PooledTarget):
     def day_of(cls, column):
         return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
+    @classmethod
+    def minute_of(cls, column):
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')"
+
     def read_layout(self, tx):
         # relkind 'p': a partitioned table.
         kind = tx.value("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (self.quoted,))

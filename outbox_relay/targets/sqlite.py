@@ -111,3 +111,7 @@ class SqliteTarget(Target):
     @classmethod
     def day_of(cls, column):
         return f"substr({column}, 1, 10)"
+
+    @classmethod
+    def minute_of(cls, column):
+        return f"replace(substr({column}, 1, 16), 'T', ' ')"  # ISO text in UTC, as _NOW writes it
