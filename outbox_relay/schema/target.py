@@ -129,10 +129,13 @@ HOLD_AUDIT = Table("chat_id", (
 # in all (dim 'all'), per UTC day, chat, sender and type, kept exact by triggers in the transaction
 # of every statement that inserts, deletes or retypes rows (targets/), made and filled by init-db. Each
 # dim's rows are read by name: 'all', 'day' (UTC), 'chat', 'sender', 'type', 'edited', 'recalled',
-# 'relayed' (the UTC minute, 'YYYY-MM-DD HH:MM'), 'event' (by kind) and 'rollup' (its version).
+# 'relayed' (the UTC minute, 'YYYY-MM-DD HH:MM'), 'event' (by kind) and 'rollup' (its version); on
+# PostgreSQL each but 'day' also per month of created_at ('2026-11:chat'), which retention reads to take a
+# dropped month out (targets/postgres_read.py).
 # What the rollup counts changed with releases: its fill writes ROLLUP_VERSION into it (dim 'rollup'), and
 # a rollup without it (an earlier release's triggers) is not read: stats scan until init-db makes it again.
-# 2: the minutes rows were relayed in (dim 'relayed'), for "relayed in the last hour" without a scan.
+# 2: the minutes rows were relayed in (dim 'relayed'), for "relayed in the last hour" without a scan, and
+# (PostgreSQL) the months' own counts.
 ROLLUP_VERSION = 2
 COUNTS = Table("dim", (
     ("dim", "kind", "NOT NULL"),

@@ -212,13 +212,14 @@ class Target:
 
     @classmethod
     def rollup_dims(cls, row=""):
-        """[(dim, name SQL, condition SQL)] of a row: what one message adds to the rollup. `row`: the
+        """[(dim SQL, name SQL, condition SQL)] of a row: what one message adds to the rollup. `row`: the
         prefix of its columns in a trigger (NEW., OLD.)."""
         r = row
-        return [("all", "''", None), ("chat", f"COALESCE({r}chat_id, '')", None),
-                ("day", cls.day_of(f"{r}created_at"), None), ("sender", f"COALESCE({r}sender_id, '')", None),
-                ("type", f"{r}msg_type", None), ("edited", "''", f"{r}edited_at IS NOT NULL"),
-                ("recalled", "''", f"{r}recalled_at IS NOT NULL"), ("relayed", cls.minute_of(f"{r}relayed_at"), None)]
+        return [(f"'{dim}'", name, condition) for dim, name, condition in (
+            ("all", "''", None), ("chat", f"COALESCE({r}chat_id, '')", None),
+            ("day", cls.day_of(f"{r}created_at"), None), ("sender", f"COALESCE({r}sender_id, '')", None),
+            ("type", f"{r}msg_type", None), ("edited", "''", f"{r}edited_at IS NOT NULL"),
+            ("recalled", "''", f"{r}recalled_at IS NOT NULL"), ("relayed", cls.minute_of(f"{r}relayed_at"), None))]
 
     @classmethod
     def rollup_triggers(cls, table):
@@ -236,8 +237,8 @@ class Target:
         """SELECT d, nm, v rows: what one trigger's row(s) change in the rollup."""
         parts = []
         for prefix, sign in rows:
-            dims = cls.rollup_dims(prefix) if on == table else [("event", f"{prefix}kind", None)]
-            parts += [f"SELECT '{dim}' AS d, {name} AS nm, {sign} AS v{cls.row_trigger_from}"
+            dims = cls.rollup_dims(prefix) if on == table else [("'event'", f"{prefix}kind", None)]
+            parts += [f"SELECT {dim} AS d, {name} AS nm, {sign} AS v{cls.row_trigger_from}"
                       + (f" WHERE {condition}" if condition else "") for dim, name, condition in dims]
         return " UNION ALL ".join(parts)
 
@@ -267,8 +268,8 @@ class Target:
         statement name a locked table only once)."""
         t, events = cls.quote(table), cls.quote(schema.events_table(table))
         counts = cls.quote(schema.counts_table(table))
-        selects = [f"SELECT '{dim}', {name}, count(*) FROM {t}" + (f" WHERE {condition}" if condition else "")
-                   + " GROUP BY 2" for dim, name, condition in cls.rollup_dims()]
+        selects = [f"SELECT {dim}, {name}, count(*) FROM {t}" + (f" WHERE {condition}" if condition else "")
+                   + " GROUP BY 1, 2" for dim, name, condition in cls.rollup_dims()]
         selects.append(f"SELECT 'event', kind, count(*) FROM {events} GROUP BY 2")
         selects.append(f"SELECT 'rollup', 'version', {schema.ROLLUP_VERSION}{cls.row_trigger_from}")
         return [f"DELETE FROM {counts}"] + [f"INSERT INTO {counts} (dim, name, n) {select}" for select in selects]

@@ -181,6 +181,9 @@ class MonthlyLayout(PlainLayout):
         self.drop_retired(target)
         retired = retired_name(target.table, name)
         with target.transaction(timeout=False) as tx:
+            # Writers of this month wait till it is gone (a late message, an edit): what the rollup is
+            # told leaves is then exactly what does. Other months' writers do not wait.
+            tx.execute(f"LOCK TABLE {part} IN SHARE ROW EXCLUSIVE MODE")
             kept = tx.value(f"SELECT count(*) FROM {part} WHERE chat_id = ANY(%s)", (held,)) if held else 0
             if kept and not tx.value(f"SELECT count(*) FROM {part} WHERE NOT chat_id = ANY(%s) OR chat_id IS NULL",
                                      (held,)):
@@ -196,7 +199,7 @@ class MonthlyLayout(PlainLayout):
                 # key, not the month's million rows read to find the few with history.
                 tx.execute(f"DELETE FROM {events} e WHERE EXISTS (SELECT 1 FROM {part} m WHERE m.message_id ="
                            " e.message_id AND (m.chat_id IS NULL OR NOT m.chat_id = ANY(%s)))", (held,))
-            target.rollup_take_out(tx, part, "chat_id IS NULL OR NOT chat_id = ANY(%s)", (held,))
+            target.rollup_take_out(tx, month, part, held)
             tx.execute(f"ALTER TABLE {t} DETACH PARTITION {part}")
             tx.execute(f"ALTER TABLE {part} RENAME TO {target.quote(retired.split('.')[-1])}")
             if keeper:

@@ -123,10 +123,10 @@ class PostgresReadSide:
         for name, on, when, rows in cls.rollup_triggers(table):
             tables = [("new_rows" if prefix == "NEW." else "old_rows", sign) for prefix, sign in rows]
             deltas = " UNION ALL ".join(
-                f"SELECT '{dim}' AS d, {expr} AS nm, {'-' if sign < 0 else ''}count(*) AS v FROM {rows_table}"
-                + (f" WHERE {condition}" if condition else "") + " GROUP BY 2"
+                f"SELECT {dim} AS d, {expr} AS nm, {'-' if sign < 0 else ''}count(*) AS v FROM {rows_table}"
+                + (f" WHERE {condition}" if condition else "") + " GROUP BY 1, 2"
                 for rows_table, sign in tables
-                for dim, expr, condition in (cls.rollup_dims() if on == table else [("event", "kind", None)]))
+                for dim, expr, condition in (cls.rollup_dims() if on == table else [("'event'", "kind", None)]))
             # Rows locked in one order (dim, name) by every writer: two batches never deadlock on them.
             body = (f"BEGIN INSERT INTO {counts} (dim, name, n) SELECT d, nm, sum(v) FROM ({deltas}) AS x"
                     f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm"
@@ -142,20 +142,42 @@ class PostgresReadSide:
                            f" FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"]
         return statements
 
-    def rollup_take_out(self, tx, source, where, params):
-        """Take the rows of `source` (a partition) matching `where` out of the rollup, where there is one:
-        a DETACH or DROP fires no DELETE trigger, so retention says what leaves, in its own transaction."""
+    @classmethod
+    def rollup_dims(cls, row=""):
+        # Each count also kept per month of created_at ('2026-11:chat', …; the days are already), so that
+        # retention takes a month's partition out of the rollup by reading the rollup, not the month's rows
+        # (a million of them: 8.7 s, against the DROP's second).
+        dims = super().rollup_dims(row)
+        month = f"to_char({row}created_at AT TIME ZONE 'UTC', 'YYYY-MM')"
+        return dims + [(f"{month} || ':' || {dim}", name, condition) for dim, name, condition in dims if dim != "'day'"]
+
+    def month_dims(self, month):
+        """The names of the dims that hold the month (year, month)'s own counts, as the triggers write them."""
+        return [f"{month[0]:04d}-{month[1]:02d}:{dim.strip(chr(39))}"
+                for dim, _, _ in super().rollup_dims() if dim != "'day'"]
+
+    def rollup_take_out(self, tx, month, source, held):
+        """Take partition `source`, the month (year, month) (or what is left of it: its held rows), out of
+        the rollup, but for the rows of `held` chats, which stay: a DETACH or DROP fires no DELETE trigger.
+        The month's own counts come off the totals and go, then the held rows' are counted back in (few:
+        read by the chat index). The caller holds the partition locked, so no writer changes it meanwhile."""
         if not self.rollup_ready(tx):
             return
-        counts = self.quote(schema.counts_table(self.table))
-        deltas = " UNION ALL ".join(
-            f"SELECT '{dim}' AS d, {expr} AS nm, count(*) AS v FROM leaving"
-            + (f" WHERE {condition}" if condition else "") + " GROUP BY 2"
-            for dim, expr, condition in self.rollup_dims())
-        tx.execute(f"WITH leaving AS (SELECT * FROM {source} WHERE {where})"
-                   f" INSERT INTO {counts} (dim, name, n) SELECT d, nm, -sum(v) FROM ({deltas}) AS x"
-                   f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm"
-                   f" ON CONFLICT (dim, name) DO UPDATE SET n = {counts}.n + excluded.n", params)
+        counts, own = self.quote(schema.counts_table(self.table)), self.month_dims(month)
+        add = f"ON CONFLICT (dim, name) DO UPDATE SET n = {counts}.n + excluded.n"
+        tx.execute(f"INSERT INTO {counts} (dim, name, n) SELECT d, nm, -n FROM (SELECT split_part(dim, ':', 2) AS d,"
+                   f" name AS nm, n FROM {counts} WHERE dim = ANY(%s) UNION ALL SELECT dim, name, n FROM {counts}"
+                   f" WHERE dim = 'day' AND name LIKE %s) AS x WHERE n <> 0 ORDER BY d, nm {add}",
+                   (own, "%04d-%02d-%%" % month))
+        tx.execute(f"DELETE FROM {counts} WHERE dim = ANY(%s)", (own,))
+        if held:
+            deltas = " UNION ALL ".join(
+                f"SELECT {dim} AS d, {expr} AS nm, count(*) AS v FROM staying"
+                + (f" WHERE {condition}" if condition else "") + " GROUP BY 1, 2"
+                for dim, expr, condition in self.rollup_dims())
+            tx.execute(f"WITH staying AS (SELECT * FROM {source} WHERE chat_id = ANY(%s))"
+                       f" INSERT INTO {counts} (dim, name, n) SELECT d, nm, sum(v) FROM ({deltas}) AS x"
+                       f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm {add}", (held,))
 
     @classmethod
     def rollup_fill_statements(cls, table):
