@@ -181,8 +181,12 @@ class MonthlyLayout(PlainLayout):
         self.drop_retired(target)
         retired = retired_name(target.table, name)
         with target.transaction(timeout=False) as tx:
-            # Writers of this month wait till it is gone (a late message, an edit): what the rollup is
-            # told leaves is then exactly what does. Other months' writers do not wait.
+            # Writers of this month wait till it is gone (a late message, an edit): what the held chats'
+            # copy keeps and the rollup is told leaves are then exactly what the month holds. Other
+            # months' writers do not wait. A batch that meets this lock with a message of the month
+            # (older than the horizon) while holding the table's lock, which the DETACH waits for, is a
+            # deadlock PostgreSQL breaks by failing one of the two: the batch is retried, nothing lost
+            # (TargetUnavailable), or retention fails and runs again next time.
             tx.execute(f"LOCK TABLE {part} IN SHARE ROW EXCLUSIVE MODE")
             kept = tx.value(f"SELECT count(*) FROM {part} WHERE chat_id = ANY(%s)", (held,)) if held else 0
             if kept and not tx.value(f"SELECT count(*) FROM {part} WHERE NOT chat_id = ANY(%s) OR chat_id IS NULL",

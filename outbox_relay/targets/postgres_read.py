@@ -122,15 +122,8 @@ class PostgresReadSide:
         statements = list(cls.create_table_statements(schema.counts_table(table), schema.COUNTS))
         for name, on, when, rows in cls.rollup_triggers(table):
             tables = [("new_rows" if prefix == "NEW." else "old_rows", sign) for prefix, sign in rows]
-            deltas = " UNION ALL ".join(
-                f"SELECT {dim} AS d, {expr} AS nm, {'-' if sign < 0 else ''}count(*) AS v FROM {rows_table}"
-                + (f" WHERE {condition}" if condition else "") + " GROUP BY 1, 2"
-                for rows_table, sign in tables
-                for dim, expr, condition in (cls.rollup_dims() if on == table else [("'event'", "kind", None)]))
-            # Rows locked in one order (dim, name) by every writer: two batches never deadlock on them.
-            body = (f"BEGIN INSERT INTO {counts} (dim, name, n) SELECT d, nm, sum(v) FROM ({deltas}) AS x"
-                    f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm"
-                    f" ON CONFLICT (dim, name) DO UPDATE SET n = {counts}.n + excluded.n; RETURN NULL; END")
+            dims = cls.rollup_dims() if on == table else [("'event'", "kind", None)]
+            body = f"BEGIN {cls._rollup_add(counts, tables, dims)}; RETURN NULL; END"
             fn = cls._in_schema(table, name)
             refs = " ".join(f"{'NEW' if t == 'new_rows' else 'OLD'} TABLE AS {t}" for t, _ in tables)
             # SECURITY DEFINER: the relay's role (often granted only the two tables by a DBA) needs no
@@ -143,6 +136,22 @@ class PostgresReadSide:
         return statements
 
     @classmethod
+    def _rollup_add(cls, counts, sources, dims):
+        """The upsert that adds to the rollup what the rows of each (rows, sign) of `sources` count for, by
+        `dims` (rollup_dims); the rollup's rows locked in one order (dim, name) by every writer, so two
+        batches never deadlock on them."""
+        deltas = " UNION ALL ".join(
+            f"SELECT {dim} AS d, {expr} AS nm, {'-' if sign < 0 else ''}count(*) AS v FROM {rows}"
+            + (f" WHERE {condition}" if condition else "") + " GROUP BY 1, 2"
+            for rows, sign in sources for dim, expr, condition in dims)
+        return (f"INSERT INTO {counts} (dim, name, n) SELECT d, nm, sum(v) FROM ({deltas}) AS x"
+                f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm {cls._rollup_on_conflict(counts)}")
+
+    @staticmethod
+    def _rollup_on_conflict(counts):
+        return f"ON CONFLICT (dim, name) DO UPDATE SET n = {counts}.n + excluded.n"
+
+    @classmethod
     def rollup_dims(cls, row=""):
         # Each count also kept per month of created_at ('2026-11:chat', …; the days are already), so that
         # retention takes a month's partition out of the rollup by reading the rollup, not the month's rows
@@ -151,10 +160,9 @@ class PostgresReadSide:
         month = f"to_char({row}created_at AT TIME ZONE 'UTC', 'YYYY-MM')"
         return dims + [(f"{month} || ':' || {dim}", name, condition) for dim, name, condition in dims if dim != "'day'"]
 
-    def month_dims(self, month):
-        """The names of the dims that hold the month (year, month)'s own counts, as the triggers write them."""
-        return [f"{month[0]:04d}-{month[1]:02d}:{dim.strip(chr(39))}"
-                for dim, _, _ in super().rollup_dims() if dim != "'day'"]
+    def month_dims(self, month_name):
+        """The names of the dims that hold one month's own counts ('2026-11'), as the triggers write them."""
+        return [f"{month_name}:{dim.strip(chr(39))}" for dim, _, _ in super().rollup_dims() if dim != "'day'"]
 
     def rollup_take_out(self, tx, month, source, held):
         """Take partition `source`, the month (year, month) (or what is left of it: its held rows), out of
@@ -163,21 +171,16 @@ class PostgresReadSide:
         read by the chat index). The caller holds the partition locked, so no writer changes it meanwhile."""
         if not self.rollup_ready(tx):
             return
-        counts, own = self.quote(schema.counts_table(self.table)), self.month_dims(month)
-        add = f"ON CONFLICT (dim, name) DO UPDATE SET n = {counts}.n + excluded.n"
+        month_name = "%04d-%02d" % month  # as the triggers' to_char(created_at, 'YYYY-MM') writes it
+        counts, own = self.quote(schema.counts_table(self.table)), self.month_dims(month_name)
         tx.execute(f"INSERT INTO {counts} (dim, name, n) SELECT d, nm, -n FROM (SELECT split_part(dim, ':', 2) AS d,"
                    f" name AS nm, n FROM {counts} WHERE dim = ANY(%s) UNION ALL SELECT dim, name, n FROM {counts}"
-                   f" WHERE dim = 'day' AND name LIKE %s) AS x WHERE n <> 0 ORDER BY d, nm {add}",
-                   (own, "%04d-%02d-%%" % month))
+                   f" WHERE dim = 'day' AND name LIKE %s) AS x WHERE n <> 0 ORDER BY d, nm"
+                   f" {self._rollup_on_conflict(counts)}", (own, month_name + "-%"))
         tx.execute(f"DELETE FROM {counts} WHERE dim = ANY(%s)", (own,))
         if held:
-            deltas = " UNION ALL ".join(
-                f"SELECT {dim} AS d, {expr} AS nm, count(*) AS v FROM staying"
-                + (f" WHERE {condition}" if condition else "") + " GROUP BY 1, 2"
-                for dim, expr, condition in self.rollup_dims())
-            tx.execute(f"WITH staying AS (SELECT * FROM {source} WHERE chat_id = ANY(%s))"
-                       f" INSERT INTO {counts} (dim, name, n) SELECT d, nm, sum(v) FROM ({deltas}) AS x"
-                       f" GROUP BY d, nm HAVING sum(v) <> 0 ORDER BY d, nm {add}", (held,))
+            tx.execute(f"WITH staying AS (SELECT * FROM {source} WHERE chat_id = ANY(%s)) "
+                       + self._rollup_add(counts, [("staying", 1)], self.rollup_dims()), (held,))
 
     @classmethod
     def rollup_fill_statements(cls, table):
